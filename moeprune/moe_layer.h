@@ -1,0 +1,87 @@
+#pragma once
+
+#include <moeprune/expert_bank.h>
+#include <moeprune/functional/aux_losses.h>
+#include <moeprune/functional/routing.h>
+#include <moeprune/router.h>
+
+#include <torch/arg.h>
+#include <torch/nn/cloneable.h>
+#include <torch/nn/pimpl.h>
+
+#include <string>
+#include <vector>
+
+namespace moeprune {
+
+enum class RouterKind { kTopK, kExpertChoice, kEnsemble };
+
+struct MoELayerOptions {
+  MoELayerOptions(int64_t d_model, int64_t hidden_dim, int64_t num_experts)
+      : d_model_(d_model), hidden_dim_(hidden_dim), num_experts_(num_experts) {}
+
+  /// The named presets: "vmoe", "e3moe", "expert_choice", "switch", "mixtral".
+  /// Each one's defaults and sources are listed in docs/layers.md.
+  static MoELayerOptions preset(const std::string& name, int64_t d_model, int64_t hidden_dim,
+                                int64_t num_experts);
+  /// The names preset() accepts.
+  static std::vector<std::string> preset_names();
+
+  TORCH_ARG(int64_t, d_model);
+  TORCH_ARG(int64_t, hidden_dim);
+  TORCH_ARG(int64_t, num_experts);
+  TORCH_ARG(RouterKind, router) = RouterKind::kTopK;
+  /// Token-choice routing (kTopK, and per member for kEnsemble): k, capacity, BPR, groups.
+  /// Expert choice reads capacity_factor, capacity_multiple and group_size from here too.
+  TORCH_ARG(functional::TopKRoutingOptions, routing) = functional::TopKRoutingOptions(2);
+  /// Logit noise while training, in units of 1/E (V-MoE: 1).
+  TORCH_ARG(double, noise_std) = 0.0;
+  /// Multiplicative router-input jitter while training (Switch).
+  TORCH_ARG(double, jitter) = 0.0;
+  /// Route each item of a [B, S, d] input as its own group (Switch: capacity per sequence).
+  TORCH_ARG(bool, group_per_item) = false;
+  /// Ensemble members (kEnsemble).
+  TORCH_ARG(int64_t, ensemble_size) = 1;
+  TORCH_ARG(ExpertKind, expert_kind) = ExpertKind::kMlp;
+  TORCH_ARG(ExpertActivation, activation) = ExpertActivation::kGelu;
+  TORCH_ARG(bool, expert_bias) = true;
+  /// Weights of the auxiliary losses in MoELayerOutput::aux_loss.
+  TORCH_ARG(functional::AuxLossWeights, aux_loss_weights);
+};
+
+struct MoELayerOutput {
+  torch::Tensor output;    ///< same shape as the input; zero for tokens whose slots all dropped
+  torch::Tensor aux_loss;  ///< the weighted sum of `losses` (add it to the training loss)
+  functional::AuxLosses losses;
+  RoutingPlan plan;
+};
+
+/// A Mixture-of-Experts layer: router + expert bank + dispatch/combine. Takes tokens [..., d]
+/// (a [B, S, d] input makes each of the B items one `item` for E3-MoE members and per-sequence
+/// groups). The output has no residual: the block around the layer adds it.
+class MoELayerImpl : public torch::nn::Cloneable<MoELayerImpl> {
+ public:
+  explicit MoELayerImpl(MoELayerOptions options);
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+
+  MoELayerOutput forward(const torch::Tensor& input);
+
+  /// Keeps only `experts` (original ids) in the bank; the router keeps its E columns and slots
+  /// routed to removed experts output zero (the pruning semantics of Chowdhury et al. 2024).
+  void keep_experts(const std::vector<int64_t>& experts);
+
+  Router& router() { return *router_; }
+  const Router& router() const { return *router_; }
+  ExpertBank& experts() { return experts_; }
+
+  MoELayerOptions options;
+
+ private:
+  std::shared_ptr<torch::nn::Module> router_module_;
+  Router* router_ = nullptr;
+  ExpertBank experts_{nullptr};
+};
+TORCH_MODULE(MoELayer);
+
+}  // namespace moeprune

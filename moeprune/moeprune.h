@@ -1,0 +1,14 @@
+#pragma once
+
+// Everything moeprune offers, in one include.
+#include <moeprune/ensemble_router.h>
+#include <moeprune/expert_bank.h>
+#include <moeprune/expert_choice_router.h>
+#include <moeprune/functional/aux_losses.h>
+#include <moeprune/functional/routing.h>
+#include <moeprune/moe_layer.h>
+#include <moeprune/ops.h>
+#include <moeprune/router.h>
+#include <moeprune/routing_plan.h>
+#include <moeprune/top_k_router.h>
+#include <moeprune/version.h>
