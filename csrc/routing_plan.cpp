@@ -17,6 +17,14 @@ double RoutingPlan::dropped_fraction() const {
   return static_cast<double>(used - num_rows()) / static_cast<double>(used);
 }
 
+double RoutingPlan::unrouted_fraction() const {
+  if (num_tokens() == 0) {
+    return 0.0;
+  }
+  const auto unrouted = kept().any(1).logical_not().sum().item<int64_t>();
+  return static_cast<double>(unrouted) / static_cast<double>(num_tokens());
+}
+
 RoutingPlan RoutingPlan::to(const torch::Device& device) const {
   RoutingPlan out = *this;
   for (auto* t : {&out.expert_index, &out.combine_weight, &out.slot_row, &out.row_slot,

@@ -15,7 +15,8 @@ namespace moeprune {
 /// rows of expert e are [expert_offsets[e], expert_offsets[e + 1]), so each expert runs one GEMM
 /// on a contiguous block.
 struct RoutingPlan {
-  /// [T, K] int64: the router's expert (original id, 0..E) of each slot; -1 for an unused slot.
+  /// [T, K] int64: the router's expert (original id, 0..E) of each slot; -1 for an unused slot
+  /// (expert choice: the experts that did not pick the token).
   torch::Tensor expert_index;
   /// [T, K] floating: the combine weight of each slot (differentiable w.r.t. the router).
   /// Dropped slots keep their gate value here; slot_row tells that they are dropped.
@@ -53,6 +54,8 @@ struct RoutingPlan {
   std::vector<int64_t> counts() const;
   /// Fraction of used slots (expert_index >= 0) that were dropped.
   double dropped_fraction() const;
+  /// Fraction of tokens that reach no expert at all (their layer output is zero).
+  double unrouted_fraction() const;
   /// The same plan on another device.
   RoutingPlan to(const torch::Device& device) const;
 };

@@ -77,7 +77,7 @@ Routing expert_choice(const Matrix& probs, int64_t capacity, int64_t group_size)
   out.rows_of_expert.assign(E, {});
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t e = 0; e < E; ++e) {
-      out.slots[t][e] = {e, probs[t][e], false};
+      out.slots[t][e] = {-1, probs[t][e], false};  // unused until expert e picks token t
     }
   }
   for (int64_t e = 0; e < E; ++e) {
@@ -87,7 +87,7 @@ Routing expert_choice(const Matrix& probs, int64_t capacity, int64_t group_size)
       std::stable_sort(order.begin(), order.end(),
                        [&](int64_t a, int64_t b) { return probs[a][e] > probs[b][e]; });
       for (int64_t i = 0; i < std::min(capacity, S); ++i) {
-        out.slots[order[i]][e].kept = true;
+        out.slots[order[i]][e] = {e, probs[order[i]][e], true};
         out.rows_of_expert[e].push_back(order[i] * E + e);
       }
     }

@@ -202,7 +202,7 @@ RoutingPlan expert_choice_route(const torch::Tensor& probs, double capacity_fact
   const auto order = std::get<1>(key.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
 
   RoutingPlan plan;
-  plan.expert_index = expert.expand({T, E}).contiguous();
+  plan.expert_index = torch::where(rank.lt(capacity), expert, -1);
   plan.combine_weight = probs;
   plan.router_probs = probs;
   plan.capacity = capacity;
