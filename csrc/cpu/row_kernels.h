@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace moeprune::cpu {
@@ -42,14 +43,24 @@ void gather_rows(const scalar_t* src, const scalar_t* weight, const int64_t* row
 }
 
 // out[t] = sum_j (weight ? weight[t, j] : 1) * rows[slot_row[t, j]] over slots with a row.
+// Accumulates in at::opmath_type (fp32 for half/bf16); fp32 and fp64 accumulate in the output
+// row itself, which saves a pass over a scratch row.
 template <typename scalar_t>
 void sum_slot_rows(const scalar_t* rows, const scalar_t* weight, const int64_t* slot_row, int64_t T,
                    int64_t K, int64_t R, int64_t d, scalar_t* out, const char* op) {
   using acc_t = at::opmath_type<scalar_t>;
+  constexpr bool in_place = std::is_same_v<acc_t, scalar_t>;
   at::parallel_for(0, T, grain_for_width(d), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(static_cast<size_t>(d));
+    std::vector<acc_t> scratch(in_place ? 0 : static_cast<size_t>(d));
     for (int64_t t = begin; t < end; ++t) {
-      std::fill(acc.begin(), acc.end(), acc_t(0));
+      scalar_t* dst = out + t * d;
+      acc_t* acc = nullptr;
+      if constexpr (in_place) {
+        acc = dst;
+      } else {
+        acc = scratch.data();
+      }
+      bool first = true;
       for (int64_t j = 0; j < K; ++j) {
         const int64_t r = slot_row[t * K + j];
         if (r < 0) {
@@ -59,13 +70,24 @@ void sum_slot_rows(const scalar_t* rows, const scalar_t* weight, const int64_t* 
                     " rows");
         const acc_t w = weight == nullptr ? acc_t(1) : static_cast<acc_t>(weight[t * K + j]);
         const scalar_t* src = rows + r * d;
-        for (int64_t i = 0; i < d; ++i) {
-          acc[i] += w * static_cast<acc_t>(src[i]);
+        if (first) {
+          for (int64_t i = 0; i < d; ++i) {
+            acc[i] = w * static_cast<acc_t>(src[i]);
+          }
+          first = false;
+        } else {
+          for (int64_t i = 0; i < d; ++i) {
+            acc[i] += w * static_cast<acc_t>(src[i]);
+          }
         }
       }
-      scalar_t* dst = out + t * d;
-      for (int64_t i = 0; i < d; ++i) {
-        dst[i] = static_cast<scalar_t>(acc[i]);
+      if (first) {
+        std::fill(acc, acc + d, acc_t(0));
+      }
+      if constexpr (!in_place) {
+        for (int64_t i = 0; i < d; ++i) {
+          dst[i] = static_cast<scalar_t>(acc[i]);
+        }
       }
     }
   });
