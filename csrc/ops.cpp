@@ -2,7 +2,8 @@
 // csrc/autograd, each registered for its dispatch key.
 #include <moeprune/ops.h>
 
-#include <ATen/core/dispatch/Dispatcher.h>
+#include "op_handles.h"
+
 #include <torch/library.h>
 
 namespace moeprune::ops {
@@ -22,20 +23,12 @@ TORCH_LIBRARY(moeprune, m) {
 
 torch::Tensor dispatch(const torch::Tensor& input, const torch::Tensor& slot_row,
                        const torch::Tensor& row_slot) {
-  static auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("moeprune::dispatch", "")
-          .typed<torch::Tensor(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&)>();
-  return op.call(input, slot_row, row_slot);
+  return detail::dispatch_op().call(input, slot_row, row_slot);
 }
 
 torch::Tensor combine(const torch::Tensor& expert_output, const torch::Tensor& weight,
                       const torch::Tensor& slot_row, const torch::Tensor& row_slot) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("moeprune::combine", "")
-                       .typed<torch::Tensor(const torch::Tensor&, const torch::Tensor&,
-                                            const torch::Tensor&, const torch::Tensor&)>();
-  return op.call(expert_output, weight, slot_row, row_slot);
+  return detail::combine_op().call(expert_output, weight, slot_row, row_slot);
 }
 
 torch::Tensor dispatch(const torch::Tensor& input, const RoutingPlan& plan) {

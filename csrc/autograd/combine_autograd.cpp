@@ -1,6 +1,7 @@
 // Autograd for moeprune::combine: gradients for the expert outputs (a weighted dispatch of the
 // output gradient) and for the combine weights (one dot product per kept slot).
-#include <ATen/core/dispatch/Dispatcher.h>
+#include "op_handles.h"
+
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -9,28 +10,6 @@
 namespace moeprune::autograd {
 namespace {
 
-torch::Tensor call_combine(const torch::Tensor& expert_output, const torch::Tensor& weight,
-                           const torch::Tensor& slot_row, const torch::Tensor& row_slot) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("moeprune::combine", "")
-                       .typed<torch::Tensor(const torch::Tensor&, const torch::Tensor&,
-                                            const torch::Tensor&, const torch::Tensor&)>();
-  return op.call(expert_output, weight, slot_row, row_slot);
-}
-
-std::tuple<torch::Tensor, torch::Tensor> call_combine_backward(const torch::Tensor& grad_output,
-                                                               const torch::Tensor& expert_output,
-                                                               const torch::Tensor& weight,
-                                                               const torch::Tensor& slot_row,
-                                                               const torch::Tensor& row_slot) {
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("moeprune::_combine_backward", "")
-                       .typed<std::tuple<torch::Tensor, torch::Tensor>(
-                           const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
-                           const torch::Tensor&, const torch::Tensor&)>();
-  return op.call(grad_output, expert_output, weight, slot_row, row_slot);
-}
-
 class CombineFunction : public torch::autograd::Function<CombineFunction> {
  public:
   static torch::Tensor forward(torch::autograd::AutogradContext* ctx,
@@ -38,14 +17,14 @@ class CombineFunction : public torch::autograd::Function<CombineFunction> {
                                const torch::Tensor& slot_row, const torch::Tensor& row_slot) {
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({expert_output, weight, slot_row, row_slot});
-    return call_combine(expert_output, weight, slot_row, row_slot);
+    return detail::combine_op().call(expert_output, weight, slot_row, row_slot);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  const torch::autograd::variable_list& grads) {
     const auto saved = ctx->get_saved_variables();
     auto [grad_rows, grad_weight] =
-        call_combine_backward(grads[0], saved[0], saved[1], saved[2], saved[3]);
+        detail::combine_backward_op().call(grads[0], saved[0], saved[1], saved[2], saved[3]);
     return {grad_rows, grad_weight, torch::Tensor(), torch::Tensor()};
   }
 };
