@@ -162,4 +162,29 @@ void MoELayerImpl::keep_experts(const std::vector<int64_t>& experts) {
   experts_->keep_experts(experts);
 }
 
+void MoELayerImpl::set_capacity_factor(double capacity_factor) {
+  TORCH_CHECK(capacity_factor > 0.0, "MoELayer: capacity_factor should be > 0, got ",
+              capacity_factor);
+  options.routing().capacity_factor(capacity_factor);
+  if (auto* r = dynamic_cast<TopKRouterImpl*>(router_)) {
+    r->options.routing().capacity_factor(capacity_factor);
+  } else if (auto* r = dynamic_cast<ExpertChoiceRouterImpl*>(router_)) {
+    r->options.capacity_factor(capacity_factor);
+  } else if (auto* r = dynamic_cast<EnsembleRouterImpl*>(router_)) {
+    r->options.routing().capacity_factor(capacity_factor);
+  }
+}
+
+void MoELayerImpl::set_group_size(int64_t group_size) {
+  TORCH_CHECK(group_size >= 0, "MoELayer: group_size should be >= 0, got ", group_size);
+  options.routing().group_size(group_size);
+  if (auto* r = dynamic_cast<TopKRouterImpl*>(router_)) {
+    r->options.routing().group_size(group_size);
+  } else if (auto* r = dynamic_cast<ExpertChoiceRouterImpl*>(router_)) {
+    r->options.group_size(group_size);
+  } else if (auto* r = dynamic_cast<EnsembleRouterImpl*>(router_)) {
+    r->options.routing().group_size(group_size);
+  }
+}
+
 }  // namespace moeprune

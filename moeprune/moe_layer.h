@@ -71,6 +71,12 @@ class MoELayerImpl : public torch::nn::Cloneable<MoELayerImpl> {
   /// routed to removed experts output zero (the pruning semantics of Chowdhury et al. 2024).
   void keep_experts(const std::vector<int64_t>& experts);
 
+  /// Changes the capacity factor of the router (token choice, ensemble and expert choice).
+  void set_capacity_factor(double capacity_factor);
+
+  /// Changes the routing group size in tokens (0: one group).
+  void set_group_size(int64_t group_size);
+
   Router& router() { return *router_; }
   const Router& router() const { return *router_; }
   ExpertBank& experts() { return experts_; }

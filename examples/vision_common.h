@@ -1,0 +1,141 @@
+#pragma once
+
+// What the V-MoE example programs share: choosing and loading the data, the task's labels,
+// the checkpoint metadata, and printing an evaluation.
+#include <moeprune/moeprune.h>
+
+#include <fmt/format.h>
+#include <malloc.h>
+#include <torch/torch.h>
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <numeric>
+#include <string>
+#include <vector>
+
+namespace examples {
+
+struct DataArgs {
+  std::string data = "fashion-mnist";
+  std::string dir;
+  std::string labels;  // "0,0,1,..." one new label per class, -1 drops a class
+  int64_t train_limit = 0;
+};
+
+inline void add_data_options(CLI::App& app, DataArgs& args) {
+  app.add_option("--data", args.data, "Data set")
+      ->check(CLI::IsMember({"fashion-mnist", "cifar10", "cifar100"}))
+      ->capture_default_str();
+  app.add_option("--data-dir", args.dir,
+                 "Folder of the data files (default: Debian's /usr/share/datasets/fashion-mnist; "
+                 "for CIFAR the cifar-10-batches-bin or cifar-100-binary folder)");
+  app.add_option("--labels", args.labels,
+                 "Task labels: one new label per class, comma-separated, -1 drops the class "
+                 "(e.g. 0,1,0,1,0,2,0,2,1,2)");
+  app.add_option("--train-limit", args.train_limit,
+                 "Use only the first N training images (0: all)");
+}
+
+struct Splits {
+  moeprune::data::ImageDataset train, test;
+  std::vector<int64_t> mapping;
+};
+
+inline Splits load_splits(const DataArgs& args, std::vector<int64_t> mapping = {}) {
+  Splits s;
+  if (args.data == "fashion-mnist") {
+    const auto dir = args.dir.empty() ? std::string(moeprune::data::kFashionMnistDir) : args.dir;
+    s.train = moeprune::data::load_fashion_mnist(dir, true);
+    s.test = moeprune::data::load_fashion_mnist(dir, false);
+  } else {
+    TORCH_CHECK(!args.dir.empty(), "--data-dir is required for ", args.data);
+    const int64_t classes = args.data == "cifar10" ? 10 : 100;
+    s.train = moeprune::data::load_cifar(args.dir, classes, true);
+    s.test = moeprune::data::load_cifar(args.dir, classes, false);
+  }
+  if (!args.labels.empty()) {
+    mapping = moeprune::data::parse_label_mapping(args.labels);
+  }
+  if (!mapping.empty()) {
+    s.train = moeprune::data::remap_labels(s.train, mapping);
+    s.test = moeprune::data::remap_labels(s.test, mapping);
+  }
+  s.mapping = mapping;
+  if (args.train_limit > 0 && args.train_limit < s.train.size()) {
+    s.train = s.train.subset(torch::arange(args.train_limit));
+  }
+  return s;
+}
+
+/// The small presets are for 28x28 grey images; CIFAR needs 32x32 colour.
+inline moeprune::VisionTransformerOptions fit_to_data(moeprune::VisionTransformerOptions o,
+                                                      const moeprune::data::ImageDataset& d) {
+  return o.image_size(d.images.size(2)).channels(d.images.size(1)).num_classes(d.num_classes);
+}
+
+inline std::vector<double> channel_mean(const moeprune::data::ImageDataset& d) {
+  return d.images.size(1) == 1 ? std::vector<double>{0.286}
+                               : std::vector<double>{0.491, 0.482, 0.447};
+}
+inline std::vector<double> channel_std(const moeprune::data::ImageDataset& d) {
+  return d.images.size(1) == 1 ? std::vector<double>{0.353}
+                               : std::vector<double>{0.247, 0.243, 0.261};
+}
+
+inline std::string metadata(const moeprune::VisionTransformerOptions& o, const DataArgs& args,
+                            const std::vector<int64_t>& mapping) {
+  nlohmann::json j = {{"model", nlohmann::json::parse(o.to_json())}, {"data", args.data}};
+  j["labels"] = mapping;
+  return j.dump();
+}
+
+struct Metadata {
+  moeprune::VisionTransformerOptions options;
+  std::string data;
+  std::vector<int64_t> labels;
+};
+
+inline Metadata read_metadata(const std::string& checkpoint) {
+  const auto j = nlohmann::json::parse(moeprune::read_checkpoint_metadata(checkpoint));
+  TORCH_CHECK(j.contains("model"), "checkpoint ", checkpoint, ": metadata lacks the model options");
+  return {moeprune::VisionTransformerOptions::from_json(j.at("model").dump()),
+          j.value("data", "fashion-mnist"), j.value("labels", std::vector<int64_t>{})};
+}
+
+inline void print_eval(const std::string& title, const moeprune::EvalResult& r) {
+  fmt::print("{}: {}\n", title, moeprune::format_eval(r));
+  for (const auto& l : r.routing) {
+    const int64_t total = std::max<int64_t>(
+        1, std::accumulate(l.rows_per_expert.begin(), l.rows_per_expert.end(), int64_t{0}));
+    std::string load;
+    for (const auto c : l.rows_per_expert) {
+      load += fmt::format("{:5.1f}", 100.0 * static_cast<double>(c) / static_cast<double>(total));
+    }
+    fmt::print("  MoE block {}: load % per expert [{} ]  dropped {:.2f}%  no expert {:.2f}%\n",
+               l.block, load, 100.0 * l.dropped_fraction, 100.0 * l.unrouted_fraction);
+  }
+}
+
+/// Keeps freed memory in the process: without it glibc returns large blocks to the kernel and
+/// every step re-faults them (about 20% of CPU training time, docs/performance.md).
+inline void keep_freed_memory() {
+  mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+}
+
+/// Runs a program's body, printing a bad input's message (without a C++ backtrace) and
+/// returning 1 instead of aborting.
+template <typename Body>
+int guarded(Body body, int argc, char** argv) {
+  try {
+    return body(argc, argv);
+  } catch (const c10::Error& e) {
+    fmt::print(stderr, "error: {}\n", e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "error: {}\n", e.what());
+  }
+  return 1;
+}
+
+}  // namespace examples

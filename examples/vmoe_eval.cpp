@@ -1,0 +1,52 @@
+// Evaluates a checkpoint on the test split of its task: top-1, top-5, loss, throughput and the
+// routing statistics of every MoE layer.
+#include "vision_common.h"
+
+namespace {
+
+int run(int argc, char** argv) {
+  CLI::App app{"Evaluates a vision MoE checkpoint on the test split of its task."};
+  examples::DataArgs data;
+  examples::add_data_options(app, data);
+  std::string checkpoint;
+  double capacity_factor = 0.0;
+  int64_t batch = 500, threads = 0;
+  app.add_option("--checkpoint", checkpoint, "Checkpoint to evaluate")
+      ->required()
+      ->check(CLI::ExistingFile);
+  app.add_option("--capacity-factor", capacity_factor,
+                 "MoE capacity factor (default: the checkpoint's)");
+  app.add_option("--batch-size", batch, "Evaluation batch size")->capture_default_str();
+  app.add_option("--threads", threads, "Torch threads (0: torch's default)");
+  CLI11_PARSE(app, argc, argv);
+
+  examples::keep_freed_memory();
+  if (threads > 0) {
+    torch::set_num_threads(static_cast<int>(threads));
+  }
+  const auto meta = examples::read_metadata(checkpoint);
+  if (data.labels.empty() && !meta.labels.empty()) {
+    data.labels.clear();
+    for (size_t i = 0; i < meta.labels.size(); ++i) {
+      data.labels += (i ? "," : "") + std::to_string(meta.labels[i]);
+    }
+  }
+  const auto splits = examples::load_splits(data);
+  moeprune::VisionTransformer vit(meta.options);
+  moeprune::load_checkpoint(checkpoint, *vit);
+  if (capacity_factor > 0) {
+    vit->set_capacity_factor(capacity_factor);
+  }
+  moeprune::Trainer trainer(vit, moeprune::TrainerOptions()
+                                     .eval_batch_size(batch)
+                                     .mean(examples::channel_mean(splits.test))
+                                     .std(examples::channel_std(splits.test)));
+  examples::print_eval(checkpoint, trainer.evaluate(splits.test));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return examples::guarded(run, argc, argv);
+}

@@ -1,0 +1,136 @@
+#pragma once
+
+#include <moeprune/moe_layer.h>
+
+#include <torch/nn/cloneable.h>
+#include <torch/nn/modules/conv.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/modules/normalization.h>
+#include <torch/nn/pimpl.h>
+
+#include <string>
+#include <vector>
+
+namespace moeprune {
+
+/// Blocks 1, 3, 5, ... of `depth` (V-MoE's "Every 2"; 0-based).
+std::vector<int64_t> moe_blocks_every_2(int64_t depth);
+/// The last n odd blocks (V-MoE's "Last n").
+std::vector<int64_t> moe_blocks_last(int64_t depth, int64_t n);
+
+struct VisionTransformerOptions {
+  VisionTransformerOptions(int64_t image_size, int64_t channels, int64_t patch_size,
+                           int64_t num_classes)
+      : image_size_(image_size),
+        channels_(channels),
+        patch_size_(patch_size),
+        num_classes_(num_classes) {}
+
+  /// The V-MoE paper family (Riquelme et al. 2021): size 'S', 'B' or 'L' (hidden 512/768/1024,
+  /// MLP 2048/3072/4096, depth 8/12/24, heads 8/12/16), patch 16 or 32, E experts, top-k,
+  /// MoE in every second block (last_n = 0) or the last n odd blocks.
+  static VisionTransformerOptions vmoe(char size, int64_t patch, int64_t experts, int64_t k,
+                                       int64_t num_classes, int64_t image_size = 224,
+                                       int64_t last_n = 0);
+  /// A V-MoE that trains on 28x28 grey images (Fashion-MNIST) on a 2-core CPU in minutes:
+  /// patch 4 (49 patches), d 64, depth 4, 4 heads, MLP 128, MoE in blocks 1 and 3 with 8
+  /// experts, top-2.
+  static VisionTransformerOptions small_vmoe(int64_t num_classes);
+  /// small_vmoe with E3-MoE's ensemble router (2 members of 4 experts, top-1 each).
+  static VisionTransformerOptions small_e3moe(int64_t num_classes);
+  /// small_vmoe with expert-choice routing.
+  static VisionTransformerOptions small_expert_choice(int64_t num_classes);
+  /// The dense ViT of small_vmoe's size (MLP everywhere).
+  static VisionTransformerOptions small_dense(int64_t num_classes);
+  /// A preset by name: small_vmoe, small_e3moe, small_expert_choice, small_dense.
+  static VisionTransformerOptions small(const std::string& name, int64_t num_classes);
+
+  /// JSON text holding every option (checkpoints store it); from_json reads it back and
+  /// names the field that is missing or wrong.
+  std::string to_json() const;
+  static VisionTransformerOptions from_json(const std::string& text);
+
+  TORCH_ARG(int64_t, image_size);
+  TORCH_ARG(int64_t, channels);
+  TORCH_ARG(int64_t, patch_size);
+  TORCH_ARG(int64_t, num_classes);
+  TORCH_ARG(int64_t, d_model) = 64;
+  TORCH_ARG(int64_t, depth) = 4;
+  TORCH_ARG(int64_t, heads) = 4;
+  TORCH_ARG(int64_t, mlp_dim) = 128;
+  /// 0-based indices of the blocks whose MLP is a MoE layer; empty: a dense ViT.
+  TORCH_ARG(std::vector<int64_t>, moe_blocks);
+  /// MoE layer preset: "vmoe", "e3moe" or "expert_choice".
+  TORCH_ARG(std::string, moe_preset) = "vmoe";
+  TORCH_ARG(int64_t, num_experts) = 8;
+  /// Experts per token (per member for e3moe); unused by expert choice.
+  TORCH_ARG(int64_t, k) = 2;
+  TORCH_ARG(double, capacity_factor) = 1.05;
+  TORCH_ARG(bool, batch_priority) = false;
+  /// Routing groups of this many images' tokens (V-MoE: 8); 0: the whole batch is one group.
+  TORCH_ARG(int64_t, group_images) = 8;
+  /// E3-MoE members; the input is replicated this many times before the first MoE block.
+  TORCH_ARG(int64_t, ensemble_size) = 1;
+};
+
+/// A pre-LayerNorm transformer block: x + attn(LN(x)), then x + mlp(LN(x)) with a dense MLP or
+/// a MoE layer.
+class EncoderBlockImpl : public torch::nn::Cloneable<EncoderBlockImpl> {
+ public:
+  EncoderBlockImpl(int64_t d_model, int64_t heads, int64_t mlp_dim,
+                   std::optional<MoELayerOptions> moe);
+  void reset() override;
+  /// Returns the block output; `aux` gets the MoE auxiliary loss and `plan` its routing.
+  torch::Tensor forward(const torch::Tensor& x, torch::Tensor* aux = nullptr,
+                        RoutingPlan* plan = nullptr);
+  bool is_moe() const { return !moe.is_empty(); }
+
+  int64_t d_model, heads, mlp_dim;
+  std::optional<MoELayerOptions> moe_options;
+  torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};
+  torch::nn::Linear qkv{nullptr}, proj{nullptr}, fc1{nullptr}, fc2{nullptr};
+  MoELayer moe{nullptr};
+};
+TORCH_MODULE(EncoderBlock);
+
+struct VisionTransformerOutput {
+  /// [B, classes]: the logits; for an ensemble, log of the members' mean softmax.
+  torch::Tensor logits;
+  /// [B, M, classes] for an ensemble of M members (undefined otherwise).
+  torch::Tensor member_logits;
+  /// Sum of the MoE layers' weighted auxiliary losses (0 for a dense ViT).
+  torch::Tensor aux_loss;
+  /// The routing of each MoE block, in block order.
+  std::vector<RoutingPlan> plans;
+};
+
+/// ViT (Dosovitskiy et al. 2021) with MoE blocks (V-MoE), E3-MoE ensembles, or dense.
+class VisionTransformerImpl : public torch::nn::Cloneable<VisionTransformerImpl> {
+ public:
+  explicit VisionTransformerImpl(VisionTransformerOptions options);
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+
+  /// images [B, C, H, W] float.
+  VisionTransformerOutput forward(const torch::Tensor& images);
+  /// Cross-entropy for training; an ensemble trains each member on the label.
+  torch::Tensor loss(const VisionTransformerOutput& output, const torch::Tensor& labels) const;
+
+  /// A new classification head for another label set; the body is kept.
+  void replace_head(int64_t num_classes);
+  /// Changes the capacity factor of every token-choice and expert-choice MoE layer
+  /// (V-MoE trains at 1.05 and fine-tunes/evaluates at 1.5).
+  void set_capacity_factor(double capacity_factor);
+  /// The MoE layers with their block indices.
+  std::vector<std::pair<int64_t, MoELayer>> moe_layers() const;
+
+  VisionTransformerOptions options;
+  torch::nn::Conv2d patch_embedding{nullptr};
+  torch::Tensor class_token, position_embedding;
+  std::vector<EncoderBlock> blocks;
+  torch::nn::LayerNorm norm{nullptr};
+  torch::nn::Linear head{nullptr};
+};
+TORCH_MODULE(VisionTransformer);
+
+}  // namespace moeprune
