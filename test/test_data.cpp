@@ -21,12 +21,13 @@ namespace {
 // not used: libtorch.so exports its own copy of the filesystem symbols, and that one crashes
 // while iterating a folder.)
 fs::path scratch_dir(const std::string& name) {
-  static const std::string root = [] {
+  // Never destroyed, so the exit handler can still read it.
+  static const std::string& root = *new std::string([] {
     std::string tmpl = (fs::temp_directory_path() / "moeprune_test_XXXXXX").string();
     REQUIRE(mkdtemp(tmpl.data()) != nullptr);
     std::atexit([] { std::system(("rm -rf '" + root + "'").c_str()); });
     return tmpl;
-  }();
+  }());
   static int counter = 0;
   auto dir = fs::path(root) / (name + std::to_string(++counter));
   fs::create_directories(dir);

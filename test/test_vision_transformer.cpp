@@ -198,6 +198,12 @@ TEST_CASE("checkpoints round-trip exactly and refuse another model's shapes") {
   }
   CHECK(torch::equal(vit->head->weight, copy->head->weight));
 
+  // Each run of this test case (one per SECTION) writes the file anew; remove it at the end.
+  struct Remove {
+    std::string path;
+    ~Remove() { std::remove(path.c_str()); }
+  } remove_after{path};
+
   SECTION("another number of experts") {
     VisionTransformer other(tiny("small_vmoe").num_experts(4));
     REQUIRE_THROWS_WITH(
@@ -213,10 +219,11 @@ TEST_CASE("checkpoints round-trip exactly and refuse another model's shapes") {
   SECTION("not a checkpoint") {
     const auto bogus = scratch("bogus");
     std::ofstream(bogus) << "not a checkpoint";
-    REQUIRE_THROWS_WITH(moeprune::load_checkpoint(bogus, *vit),
-                        Catch::Contains("not a readable checkpoint"));
-    REQUIRE_THROWS_WITH(moeprune::load_checkpoint(bogus + ".none", *vit),
-                        Catch::Contains("file not found"));
+    CHECK_THROWS_WITH(moeprune::load_checkpoint(bogus, *vit),
+                      Catch::Contains("not a readable checkpoint"));
+    std::remove(bogus.c_str());
+    CHECK_THROWS_WITH(moeprune::load_checkpoint(bogus + ".none", *vit),
+                      Catch::Contains("file not found"));
   }
   SECTION("options JSON missing a field") {
     REQUIRE_THROWS_WITH(VisionTransformerOptions::from_json("{\"image_size\": 28}"),
