@@ -7,6 +7,8 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
+
 namespace moeprune {
 
 using functional::AuxLossWeights;
@@ -135,7 +137,8 @@ MoELayerOutput MoELayerImpl::forward(const torch::Tensor& input) {
 
   torch::Tensor map;
   int64_t bank_size = -1;
-  if (!experts_->holds_all()) {
+  // A bank smaller than the router (router columns kept): map router experts to bank rows.
+  if (router_->num_experts() != experts_->num_held()) {
     map = experts_->expert_map(tokens.device());
     bank_size = experts_->num_held();
   }
@@ -155,11 +158,58 @@ MoELayerOutput MoELayerImpl::forward(const torch::Tensor& input) {
   return out;
 }
 
-void MoELayerImpl::keep_experts(const std::vector<int64_t>& experts) {
+void MoELayerImpl::keep_experts(const std::vector<int64_t>& experts, bool drop_router_columns) {
   TORCH_CHECK(static_cast<int64_t>(experts.size()) >= router_->min_bank_experts(),
               "MoELayer: keeping ", experts.size(), " experts, the router needs at least ",
               router_->min_bank_experts());
+  if (auto* ensemble = dynamic_cast<EnsembleRouterImpl*>(router_)) {
+    // E3-MoE prunes within members: each member keeps at least its k experts.
+    const int64_t M = ensemble->options.ensemble_size();
+    const int64_t per_member = ensemble->options.num_experts() / M;
+    for (int64_t m = 0; m < M; ++m) {
+      const auto in_member = std::count_if(experts.begin(), experts.end(), [&](int64_t e) {
+        return e >= m * per_member && e < (m + 1) * per_member;
+      });
+      TORCH_CHECK(in_member >= ensemble->options.routing().k(), "MoELayer: ensemble member ", m,
+                  " would keep ", in_member, " experts, fewer than its k = ",
+                  ensemble->options.routing().k());
+    }
+  }
+  if (!drop_router_columns) {
+    TORCH_CHECK(router_->num_experts() == experts_->options.num_experts(),
+                "MoELayer: the router's columns were already dropped; keep dropping them");
+    experts_->keep_experts(experts);
+    return;
+  }
+  TORCH_CHECK(router_->num_experts() == experts_->num_held(),
+              "MoELayer: dropping router columns needs a router and bank of one size (", router_->num_experts(),
+              " vs ", experts_->num_held(), ")");
+  auto* ensemble = dynamic_cast<EnsembleRouterImpl*>(router_);
+  TORCH_CHECK(ensemble == nullptr,
+              "MoELayer: an ensemble router keeps its columns (prune within members instead)");
+  // Router rows of the kept experts, by their position among the experts the bank holds.
+  const auto& held = experts_->expert_ids();
+  std::vector<int64_t> rows;
+  for (const int64_t id : experts) {
+    const auto it = std::lower_bound(held.begin(), held.end(), id);
+    TORCH_CHECK(it != held.end() && *it == id, "MoELayer: expert ", id, " is not in the bank");
+    rows.push_back(it - held.begin());
+  }
+  std::sort(rows.begin(), rows.end());
+  const int64_t new_e = static_cast<int64_t>(rows.size());
+  if (auto* r = dynamic_cast<TopKRouterImpl*>(router_)) {
+    TORCH_CHECK(r->options.routing().k() <= new_e, "MoELayer: keeping ", new_e,
+                " experts, fewer than k = ", r->options.routing().k());
+    r->options.num_experts(new_e);
+    r->options.routing().renormalize(true);
+  } else if (auto* r = dynamic_cast<ExpertChoiceRouterImpl*>(router_)) {
+    r->options.num_experts(new_e);
+  }
   experts_->keep_experts(experts);
+  torch::NoGradGuard no_grad;
+  auto weight = router_->router_weight();
+  weight.set_data(weight.index_select(0, torch::tensor(rows, torch::kLong).to(weight.device())));
+  weight.mutable_grad() = torch::Tensor();
 }
 
 void MoELayerImpl::set_capacity_factor(double capacity_factor) {

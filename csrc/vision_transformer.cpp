@@ -101,6 +101,14 @@ std::string VisionTransformerOptions::to_json() const {
                       {"batch_priority", batch_priority()},
                       {"group_images", group_images()},
                       {"ensemble_size", ensemble_size()}};
+  if (!kept_experts().empty()) {
+    nlohmann::json kept = nlohmann::json::object();
+    for (const auto& [block, experts] : kept_experts()) {
+      kept[std::to_string(block)] = experts;
+    }
+    j["kept_experts"] = kept;
+    j["drop_router_columns"] = drop_router_columns();
+  }
   return j.dump();
 }
 
@@ -135,6 +143,13 @@ VisionTransformerOptions VisionTransformerOptions::from_json(const std::string& 
         .batch_priority(get("batch_priority").get<bool>())
         .group_images(get("group_images").get<int64_t>())
         .ensemble_size(get("ensemble_size").get<int64_t>());
+    if (j.contains("kept_experts")) {
+      std::map<int64_t, std::vector<int64_t>> kept;
+      for (const auto& [block, experts] : j.at("kept_experts").items()) {
+        kept[std::stoll(block)] = experts.get<std::vector<int64_t>>();
+      }
+      o.kept_experts(kept).drop_router_columns(j.value("drop_router_columns", false));
+    }
     return o;
   } catch (const nlohmann::json::exception& e) {
     TORCH_CHECK(false, "model options: a field has the wrong type: ", e.what());
@@ -163,13 +178,17 @@ void EncoderBlockImpl::reset() {
 }
 
 torch::Tensor EncoderBlockImpl::forward(const torch::Tensor& x, torch::Tensor* aux,
-                                        RoutingPlan* plan) {
+                                        RoutingPlan* plan, torch::Tensor* moe_input) {
   const int64_t B = x.size(0), N = x.size(1), dh = d_model / heads;
   auto q_k_v = qkv(ln1(x)).view({B, N, 3, heads, dh}).permute({2, 0, 3, 1, 4});
   auto attended = at::scaled_dot_product_attention(q_k_v[0], q_k_v[1], q_k_v[2]);
   auto h = x + proj(attended.transpose(1, 2).reshape({B, N, d_model}));
   if (moe) {
-    auto out = moe(ln2(h));
+    const auto tokens = ln2(h);
+    if (moe_input != nullptr) {
+      *moe_input = tokens.reshape({-1, d_model});
+    }
+    auto out = moe(tokens);
     if (aux != nullptr) {
       *aux = out.aux_loss;
     }
@@ -223,6 +242,11 @@ void VisionTransformerImpl::reset() {
     blocks.push_back(register_module("block" + std::to_string(i),
                                      EncoderBlock(o.d_model(), o.heads(), o.mlp_dim(), moe)));
   }
+  for (const auto& [block, kept] : o.kept_experts()) {
+    TORCH_CHECK(block >= 0 && block < o.depth() && blocks[block]->is_moe(),
+                "VisionTransformer: kept_experts names block ", block, ", which is not a MoE block");
+    blocks[block]->moe->keep_experts(kept, o.drop_router_columns() || o.moe_preset() == "expert_choice");
+  }
   norm = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.d_model()})));
   head = register_module("head", torch::nn::Linear(o.d_model(), o.num_classes()));
 }
@@ -259,11 +283,14 @@ VisionTransformerOutput VisionTransformerImpl::forward(const torch::Tensor& imag
         replicated = true;
       }
       block->moe->set_group_size(group_tokens);
-      torch::Tensor aux;
+      torch::Tensor aux, input;
       RoutingPlan plan;
-      x = block(x, &aux, &plan);
+      x = block->forward(x, &aux, &plan, capture_moe_inputs ? &input : nullptr);
       out.aux_loss = out.aux_loss + aux;
       out.plans.push_back(std::move(plan));
+      if (capture_moe_inputs) {
+        out.moe_inputs.push_back(input);
+      }
     } else {
       x = block(x);
     }
@@ -301,6 +328,20 @@ void VisionTransformerImpl::set_capacity_factor(double capacity_factor) {
   for (auto& [index, layer] : moe_layers()) {
     layer->set_capacity_factor(capacity_factor);
   }
+}
+
+void VisionTransformerImpl::keep_experts(int64_t block, const std::vector<int64_t>& experts) {
+  TORCH_CHECK(block >= 0 && block < static_cast<int64_t>(blocks.size()) && blocks[block]->is_moe(),
+              "VisionTransformer: block ", block, " is not a MoE block");
+  TORCH_CHECK(options.kept_experts().count(block) == 0, "VisionTransformer: block ", block,
+              " is already pruned");
+  blocks[block]->moe->keep_experts(
+      experts, options.drop_router_columns() || options.moe_preset() == "expert_choice");
+  auto kept = options.kept_experts();
+  auto sorted = experts;
+  std::sort(sorted.begin(), sorted.end());
+  kept[block] = sorted;
+  options.kept_experts(kept);
 }
 
 std::vector<std::pair<int64_t, MoELayer>> VisionTransformerImpl::moe_layers() const {

@@ -6,8 +6,12 @@
 
 #include <fmt/format.h>
 #include <malloc.h>
+
 #include <torch/torch.h>
 #include <CLI/CLI.hpp>
+#include <filesystem>
+#include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include <numeric>

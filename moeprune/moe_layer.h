@@ -67,9 +67,13 @@ class MoELayerImpl : public torch::nn::Cloneable<MoELayerImpl> {
 
   MoELayerOutput forward(const torch::Tensor& input);
 
-  /// Keeps only `experts` (original ids) in the bank; the router keeps its E columns and slots
-  /// routed to removed experts output zero (the pruning semantics of Chowdhury et al. 2024).
-  void keep_experts(const std::vector<int64_t>& experts);
+  /// Keeps only `experts` (original ids) in the bank, freeing the others.
+  /// drop_router_columns = false (Chowdhury et al. 2024's semantics for token choice): the router
+  /// keeps its E columns, softmax and top-k run over all E, capacity is unchanged, and slots
+  /// routed to removed experts output zero. true (Expert Drop of He et al. 2024, and the paper's
+  /// expert-choice semantics): the removed experts' router columns go too; token choice then
+  /// renormalises its top-k weights over the survivors and capacity follows the new E.
+  void keep_experts(const std::vector<int64_t>& experts, bool drop_router_columns = false);
 
   /// Changes the capacity factor of the router (token choice, ensemble and expert choice).
   void set_capacity_factor(double capacity_factor);

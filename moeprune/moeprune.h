@@ -12,6 +12,9 @@
 #include <moeprune/moe_layer.h>
 #include <moeprune/ops.h>
 #include <moeprune/progress_bar.h>
+#include <moeprune/pruning/builtin_criteria.h>
+#include <moeprune/pruning/criterion.h>
+#include <moeprune/pruning/pruning_plan.h>
 #include <moeprune/router.h>
 #include <moeprune/routing_plan.h>
 #include <moeprune/top_k_router.h>

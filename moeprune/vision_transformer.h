@@ -8,6 +8,7 @@
 #include <torch/nn/modules/normalization.h>
 #include <torch/nn/pimpl.h>
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,9 @@ namespace moeprune {
 std::vector<int64_t> moe_blocks_every_2(int64_t depth);
 /// The last n odd blocks (V-MoE's "Last n").
 std::vector<int64_t> moe_blocks_last(int64_t depth, int64_t n);
+
+/// Block index -> the experts a pruned MoE block keeps (original ids, increasing).
+using KeptExperts = std::map<int64_t, std::vector<int64_t>>;
 
 struct VisionTransformerOptions {
   VisionTransformerOptions(int64_t image_size, int64_t channels, int64_t patch_size,
@@ -71,6 +75,11 @@ struct VisionTransformerOptions {
   TORCH_ARG(int64_t, group_images) = 8;
   /// E3-MoE members; the input is replicated this many times before the first MoE block.
   TORCH_ARG(int64_t, ensemble_size) = 1;
+  /// Pruned models: block -> the experts it keeps (original ids). Absent blocks keep all.
+  TORCH_ARG(KeptExperts, kept_experts);
+  /// How token-choice layers were pruned: false keeps all router columns (Chowdhury et al.),
+  /// true drops the pruned experts' columns (Expert Drop). Expert-choice layers always drop.
+  TORCH_ARG(bool, drop_router_columns) = false;
 };
 
 /// A pre-LayerNorm transformer block: x + attn(LN(x)), then x + mlp(LN(x)) with a dense MLP or
@@ -82,7 +91,7 @@ class EncoderBlockImpl : public torch::nn::Cloneable<EncoderBlockImpl> {
   void reset() override;
   /// Returns the block output; `aux` gets the MoE auxiliary loss and `plan` its routing.
   torch::Tensor forward(const torch::Tensor& x, torch::Tensor* aux = nullptr,
-                        RoutingPlan* plan = nullptr);
+                        RoutingPlan* plan = nullptr, torch::Tensor* moe_input = nullptr);
   bool is_moe() const { return !moe.is_empty(); }
 
   int64_t d_model, heads, mlp_dim;
@@ -102,6 +111,8 @@ struct VisionTransformerOutput {
   torch::Tensor aux_loss;
   /// The routing of each MoE block, in block order.
   std::vector<RoutingPlan> plans;
+  /// Each MoE block's input tokens [T, d] (after its LayerNorm), when capture_moe_inputs is set.
+  std::vector<torch::Tensor> moe_inputs;
 };
 
 /// ViT (Dosovitskiy et al. 2021) with MoE blocks (V-MoE), E3-MoE ensembles, or dense.
@@ -124,7 +135,13 @@ class VisionTransformerImpl : public torch::nn::Cloneable<VisionTransformerImpl>
   /// The MoE layers with their block indices.
   std::vector<std::pair<int64_t, MoELayer>> moe_layers() const;
 
+  /// Applies a pruning: keeps `experts` in MoE block `block` and records it in
+  /// options.kept_experts, so checkpoints of the pruned model rebuild its shapes.
+  void keep_experts(int64_t block, const std::vector<int64_t>& experts);
+
   VisionTransformerOptions options;
+  /// Fill VisionTransformerOutput::moe_inputs (criteria that run the experts need them).
+  bool capture_moe_inputs = false;
   torch::nn::Conv2d patch_embedding{nullptr};
   torch::Tensor class_token, position_embedding;
   std::vector<EncoderBlock> blocks;

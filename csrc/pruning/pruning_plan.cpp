@@ -1,0 +1,292 @@
+#include <moeprune/pruning/pruning_plan.h>
+
+#include <moeprune/ensemble_router.h>
+#include <moeprune/top_k_router.h>
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <numeric>
+#include <set>
+#include <sstream>
+
+namespace moeprune::pruning {
+namespace {
+
+// Experts a layer must keep, and the member each expert belongs to (0 when not an ensemble).
+struct LayerLimits {
+  int64_t num_experts = 0;
+  int64_t min_keep = 1;
+  int64_t members = 1;
+  int64_t min_per_member = 0;
+};
+
+LayerLimits limits_of(MoELayer& layer) {
+  LayerLimits l;
+  l.num_experts = layer->router().num_experts();
+  if (auto* e = dynamic_cast<EnsembleRouterImpl*>(&layer->router())) {
+    l.members = e->options.ensemble_size();
+    l.min_per_member = e->options.routing().k();
+    l.min_keep = l.members * l.min_per_member;
+  } else if (auto* t = dynamic_cast<TopKRouterImpl*>(&layer->router())) {
+    l.min_keep = t->options.routing().k();
+  }
+  return l;
+}
+
+std::map<int64_t, MoELayer> layer_map(const VisionTransformer& model) {
+  std::map<int64_t, MoELayer> m;
+  for (auto& [block, layer] : model->moe_layers()) {
+    m.emplace(block, layer);
+  }
+  return m;
+}
+
+// The n lowest-scored experts (ties: lower id first) that keep each member at its minimum.
+std::vector<int64_t> lowest(const torch::Tensor& scores, int64_t n, const LayerLimits& l,
+                            int64_t block) {
+  TORCH_CHECK(n >= 0, "pruning plan: block ", block, ": cannot prune ", n, " experts");
+  TORCH_CHECK(l.num_experts - n >= l.min_keep, "pruning plan: block ", block, " has ",
+              l.num_experts, " experts; pruning ", n, " leaves ", l.num_experts - n,
+              ", fewer than the ", l.min_keep, " its router needs");
+  const auto s = scores.contiguous();
+  std::vector<int64_t> order(static_cast<size_t>(l.num_experts));
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+    return s[a].item<double>() < s[b].item<double>();
+  });
+  const int64_t per_member = l.num_experts / l.members;
+  std::vector<int64_t> left(static_cast<size_t>(l.members), per_member);
+  std::vector<int64_t> pruned;
+  for (const int64_t e : order) {
+    if (static_cast<int64_t>(pruned.size()) == n) {
+      break;
+    }
+    auto& m = left[static_cast<size_t>(e / per_member)];
+    if (m - 1 < l.min_per_member) {
+      continue;  // an E3-MoE member keeps its k experts
+    }
+    --m;
+    pruned.push_back(e);
+  }
+  std::sort(pruned.begin(), pruned.end());
+  return pruned;
+}
+
+std::vector<double> to_vector(const torch::Tensor& t) {
+  const auto c = t.to(torch::kDouble).contiguous();
+  return {c.data_ptr<double>(), c.data_ptr<double>() + c.numel()};
+}
+
+PruningPlan from_counts(const ExpertScores& scores, const VisionTransformer& model,
+                        const std::map<int64_t, int64_t>& counts, const std::string& criterion) {
+  PruningPlan plan;
+  plan.criterion = criterion;
+  plan.model_signature = model_signature(model);
+  auto layers = layer_map(model);
+  for (const auto& [block, n] : counts) {
+    TORCH_CHECK(layers.count(block) == 1, "pruning plan: block ", block, " is not a MoE block");
+    TORCH_CHECK(scores.count(block) == 1, "pruning plan: no scores for block ", block);
+    const auto limits = limits_of(layers.at(block));
+    LayerPlan lp;
+    lp.block = block;
+    lp.num_experts = limits.num_experts;
+    lp.pruned = lowest(scores.at(block), n, limits, block);
+    lp.scores = to_vector(scores.at(block));
+    plan.layers.push_back(lp);
+  }
+  return plan;
+}
+
+}  // namespace
+
+std::string model_signature(const VisionTransformer& model) {
+  auto j = nlohmann::json::parse(model->options.to_json());
+  // The head and the capacity may change between pre-training, fine-tuning and pruning.
+  for (const char* key : {"num_classes", "capacity_factor", "kept_experts", "drop_router_columns"}) {
+    j.erase(key);
+  }
+  return j.dump();
+}
+
+PruningPlan PruningPlan::same_count(const ExpertScores& scores, const VisionTransformer& model,
+                                    int64_t n, std::vector<int64_t> blocks,
+                                    const std::string& criterion) {
+  if (blocks.empty()) {
+    for (auto& [block, layer] : model->moe_layers()) {
+      blocks.push_back(block);
+    }
+  }
+  std::map<int64_t, int64_t> counts;
+  for (const auto b : blocks) {
+    counts[b] = n;
+  }
+  return from_counts(scores, model, counts, criterion);
+}
+
+PruningPlan PruningPlan::per_layer(const ExpertScores& scores, const VisionTransformer& model,
+                                   const std::map<int64_t, int64_t>& counts,
+                                   const std::string& criterion) {
+  return from_counts(scores, model, counts, criterion);
+}
+
+PruningPlan PruningPlan::global_budget(const ExpertScores& scores, const VisionTransformer& model,
+                                       int64_t total, int64_t floor, const std::string& criterion) {
+  auto layers = layer_map(model);
+  struct Candidate {
+    double score;
+    int64_t block, expert;
+  };
+  std::vector<Candidate> all;
+  int64_t capacity = 0;
+  std::map<int64_t, int64_t> counts;
+  for (auto& [block, layer] : layers) {
+    TORCH_CHECK(scores.count(block) == 1, "pruning plan: no scores for block ", block);
+    const auto s = to_vector(scores.at(block));
+    for (size_t e = 0; e < s.size(); ++e) {
+      all.push_back({s[e], block, static_cast<int64_t>(e)});
+    }
+    const auto l = limits_of(layer);
+    capacity += l.num_experts - std::max(l.min_keep, floor);
+    counts[block] = 0;
+  }
+  TORCH_CHECK(total >= 0 && total <= capacity, "pruning plan: a global budget of ", total,
+              " experts is more than the ", capacity, " the layers can lose with a floor of ",
+              floor, " (and their routers' minimum)");
+  std::stable_sort(all.begin(), all.end(),
+                   [](const Candidate& a, const Candidate& b) { return a.score < b.score; });
+  // Take candidates in score order while each layer stays above its floor. An E3-MoE member's
+  // minimum is enforced when the layer's experts are chosen (lowest()).
+  int64_t taken = 0;
+  for (const auto& c : all) {
+    if (taken == total) {
+      break;
+    }
+    const auto l = limits_of(layers.at(c.block));
+    if (l.num_experts - counts[c.block] - 1 < std::max(l.min_keep, floor)) {
+      continue;
+    }
+    ++counts[c.block];
+    ++taken;
+  }
+  return from_counts(scores, model, counts, criterion);
+}
+
+int64_t PruningPlan::total_pruned() const {
+  int64_t n = 0;
+  for (const auto& l : layers) {
+    n += static_cast<int64_t>(l.pruned.size());
+  }
+  return n;
+}
+
+std::string PruningPlan::table() const {
+  std::ostringstream out;
+  out << "pruning plan" << (criterion.empty() ? "" : " (" + criterion + ")") << ": "
+      << total_pruned() << " experts\n";
+  out << "  block  kept  pruned experts        scores (lowest first are pruned)\n";
+  for (const auto& l : layers) {
+    std::ostringstream ids, sc;
+    for (size_t i = 0; i < l.pruned.size(); ++i) {
+      ids << (i ? "," : "") << l.pruned[i];
+    }
+    for (size_t e = 0; e < l.scores.size(); ++e) {
+      char buf[32];
+      std::snprintf(buf, sizeof(buf), "%s%.4g", e ? " " : "", l.scores[e]);
+      sc << buf;
+    }
+    char line[96];
+    std::snprintf(line, sizeof(line), "  %5ld  %2ld/%-2ld %-21s ", static_cast<long>(l.block),
+                  static_cast<long>(l.num_experts - static_cast<int64_t>(l.pruned.size())),
+                  static_cast<long>(l.num_experts), ids.str().empty() ? "-" : ids.str().c_str());
+    out << line << sc.str() << "\n";
+  }
+  return out.str();
+}
+
+std::string PruningPlan::to_json() const {
+  nlohmann::json j = {{"criterion", criterion},
+                      {"model_signature", nlohmann::json::parse(model_signature)},
+                      {"layers", nlohmann::json::array()}};
+  for (const auto& l : layers) {
+    j["layers"].push_back({{"block", l.block},
+                           {"num_experts", l.num_experts},
+                           {"pruned", l.pruned},
+                           {"scores", l.scores}});
+  }
+  return j.dump(2);
+}
+
+PruningPlan PruningPlan::from_json(const std::string& text) {
+  PruningPlan plan;
+  try {
+    const auto j = nlohmann::json::parse(text);
+    plan.criterion = j.value("criterion", "");
+    plan.model_signature = j.at("model_signature").dump();
+    for (const auto& l : j.at("layers")) {
+      plan.layers.push_back({l.at("block").get<int64_t>(), l.at("num_experts").get<int64_t>(),
+                             l.at("pruned").get<std::vector<int64_t>>(),
+                             l.value("scores", std::vector<double>{})});
+    }
+  } catch (const nlohmann::json::exception& e) {
+    TORCH_CHECK(false, "pruning plan JSON: ", e.what());
+  }
+  return plan;
+}
+
+void PruningPlan::validate(const VisionTransformer& model) const {
+  const auto own = pruning::model_signature(model);
+  TORCH_CHECK(model_signature.empty() ||
+                  nlohmann::json::parse(model_signature) == nlohmann::json::parse(own),
+              "pruning plan: made for another model (plan: ", model_signature, "; model: ", own,
+              ")");
+  auto layers = layer_map(model);
+  std::set<int64_t> blocks;
+  for (const auto& lp : this->layers) {
+    TORCH_CHECK(layers.count(lp.block) == 1, "pruning plan: block ", lp.block,
+                " is not a MoE block of the model");
+    TORCH_CHECK(blocks.insert(lp.block).second, "pruning plan: block ", lp.block,
+                " appears twice");
+    TORCH_CHECK(model->options.kept_experts().count(lp.block) == 0, "pruning plan: block ",
+                lp.block, " is already pruned");
+    const auto l = limits_of(layers.at(lp.block));
+    TORCH_CHECK(lp.num_experts == l.num_experts, "pruning plan: block ", lp.block, " has ",
+                l.num_experts, " experts, the plan expects ", lp.num_experts);
+    std::set<int64_t> ids;
+    for (const auto e : lp.pruned) {
+      TORCH_CHECK(e >= 0 && e < l.num_experts, "pruning plan: block ", lp.block, ": expert ", e,
+                  " is outside [0, ", l.num_experts, ")");
+      TORCH_CHECK(ids.insert(e).second, "pruning plan: block ", lp.block, " names expert ", e,
+                  " twice");
+    }
+    const int64_t left = l.num_experts - static_cast<int64_t>(ids.size());
+    TORCH_CHECK(left > 0, "pruning plan: block ", lp.block, " would prune every expert");
+    TORCH_CHECK(left >= l.min_keep, "pruning plan: block ", lp.block, " would keep ", left,
+                " experts, fewer than the ", l.min_keep, " its router needs (k)");
+    const int64_t per_member = l.num_experts / l.members;
+    for (int64_t m = 0; m < l.members && l.members > 1; ++m) {
+      const auto gone = std::count_if(ids.begin(), ids.end(), [&](int64_t e) {
+        return e / per_member == m;
+      });
+      TORCH_CHECK(per_member - gone >= l.min_per_member, "pruning plan: block ", lp.block,
+                  " would leave ensemble member ", m, " with ", per_member - gone,
+                  " experts, fewer than its k = ", l.min_per_member);
+    }
+  }
+}
+
+void apply_plan(VisionTransformer& model, const PruningPlan& plan) {
+  plan.validate(model);
+  for (const auto& lp : plan.layers) {
+    std::vector<int64_t> kept;
+    for (int64_t e = 0; e < lp.num_experts; ++e) {
+      if (std::find(lp.pruned.begin(), lp.pruned.end(), e) == lp.pruned.end()) {
+        kept.push_back(e);
+      }
+    }
+    model->keep_experts(lp.block, kept);
+  }
+}
+
+}  // namespace moeprune::pruning

@@ -1,0 +1,79 @@
+#pragma once
+
+// The built-in expert-pruning criteria. Every score is "lower is pruned first".
+#include <moeprune/pruning/criterion.h>
+
+namespace moeprune::pruning {
+
+/// Chowdhury et al., ICML 2024, "A Provably Effective Method for Pruning Experts in Fine-tuned
+/// Sparse Mixture-of-Experts" (Algorithm 1; github nowazrabbani/MoE_Pruning): the signed change
+/// of the router column's l2 norm, delta_s = ||W_ft[:, s]|| - ||W_pre[:, s]||. Experts whose
+/// router grew least in fine-tuning are task-irrelevant and pruned first.
+class RouterNormChange : public Criterion {
+ public:
+  std::string name() const override { return "router_norm_change"; }
+  std::string description() const override;
+  bool needs_pretrained() const override { return true; }
+  ExpertScores score(const CriterionContext& context) const override;
+};
+
+/// V-MoE's importance (Riquelme et al. 2021, A.1): sum over calibration tokens of the expert's
+/// softmax gate. The pruning paper's main baseline.
+class Importance : public Criterion {
+ public:
+  std::string name() const override { return "importance"; }
+  std::string description() const override;
+  bool needs_data() const override { return true; }
+  ExpertScores score(const CriterionContext& context) const override;
+};
+
+/// The fine-tuned router column's norm ||W_ft[:, s]|| (baseline in Chowdhury et al. 2024).
+class RouterMagnitude : public Criterion {
+ public:
+  std::string name() const override { return "router_magnitude"; }
+  std::string description() const override;
+  ExpertScores score(const CriterionContext& context) const override;
+};
+
+/// Mean over the expert's hidden neurons of the change of the neuron's input-weight norm
+/// ||w1_ft[s][:, j]|| - ||w1_pre[s][:, j]|| between pre-trained and fine-tuned (the "average
+/// change of neuron norms" baseline of Chowdhury et al. 2024; their theory's neuron is w_j).
+class NeuronMagnitudeChange : public Criterion {
+ public:
+  std::string name() const override { return "neuron_magnitude_change"; }
+  std::string description() const override;
+  bool needs_pretrained() const override { return true; }
+  ExpertScores score(const CriterionContext& context) const override;
+};
+
+/// Routing frequency: calibration tokens whose top-k choices include the expert (before
+/// capacity drops; for expert choice, tokens the expert picked). METHODS.md section 6.
+class Frequency : public Criterion {
+ public:
+  std::string name() const override { return "frequency"; }
+  std::string description() const override;
+  bool needs_data() const override { return true; }
+  ExpertScores score(const CriterionContext& context) const override;
+};
+
+/// REAP (Lasby et al. 2025, CerebrasResearch/reap): mean over the tokens routed to expert j of
+/// g_j(x) * ||f_j(x)||_2, with g renormalised over the token's top-k. Never-routed experts
+/// score 0.
+class Reap : public Criterion {
+ public:
+  std::string name() const override { return "reap"; }
+  std::string description() const override;
+  bool needs_data() const override { return true; }
+  ExpertScores score(const CriterionContext& context) const override;
+};
+
+/// Random scores from the seed (a per-layer permutation, as the official code's baseline);
+/// the same seed gives the same ranking.
+class RandomCriterion : public Criterion {
+ public:
+  std::string name() const override { return "random"; }
+  std::string description() const override;
+  ExpertScores score(const CriterionContext& context) const override;
+};
+
+}  // namespace moeprune::pruning
