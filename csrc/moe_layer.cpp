@@ -171,8 +171,8 @@ void MoELayerImpl::keep_experts(const std::vector<int64_t>& experts, bool drop_r
         return e >= m * per_member && e < (m + 1) * per_member;
       });
       TORCH_CHECK(in_member >= ensemble->options.routing().k(), "MoELayer: ensemble member ", m,
-                  " would keep ", in_member, " experts, fewer than its k = ",
-                  ensemble->options.routing().k());
+                  " would keep ", in_member,
+                  " experts, fewer than its k = ", ensemble->options.routing().k());
     }
   }
   if (!drop_router_columns) {
@@ -182,8 +182,8 @@ void MoELayerImpl::keep_experts(const std::vector<int64_t>& experts, bool drop_r
     return;
   }
   TORCH_CHECK(router_->num_experts() == experts_->num_held(),
-              "MoELayer: dropping router columns needs a router and bank of one size (", router_->num_experts(),
-              " vs ", experts_->num_held(), ")");
+              "MoELayer: dropping router columns needs a router and bank of one size (",
+              router_->num_experts(), " vs ", experts_->num_held(), ")");
   auto* ensemble = dynamic_cast<EnsembleRouterImpl*>(router_);
   TORCH_CHECK(ensemble == nullptr,
               "MoELayer: an ensemble router keeps its columns (prune within members instead)");

@@ -244,8 +244,10 @@ void VisionTransformerImpl::reset() {
   }
   for (const auto& [block, kept] : o.kept_experts()) {
     TORCH_CHECK(block >= 0 && block < o.depth() && blocks[block]->is_moe(),
-                "VisionTransformer: kept_experts names block ", block, ", which is not a MoE block");
-    blocks[block]->moe->keep_experts(kept, o.drop_router_columns() || o.moe_preset() == "expert_choice");
+                "VisionTransformer: kept_experts names block ", block,
+                ", which is not a MoE block");
+    blocks[block]->moe->keep_experts(kept,
+                                     o.drop_router_columns() || o.moe_preset() == "expert_choice");
   }
   norm = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.d_model()})));
   head = register_module("head", torch::nn::Linear(o.d_model(), o.num_classes()));

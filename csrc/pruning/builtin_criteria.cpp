@@ -21,8 +21,9 @@ std::map<int64_t, MoELayer> layers_of(const VisionTransformer& model) {
 
 // Runs the fine-tuned model over the calibration data in evaluation mode and hands each MoE
 // layer's plan (and, when asked, its input tokens [T, d]) to `visit(block, plan, tokens)`.
-void for_each_routing(const CriterionContext& context, bool with_inputs,
-                      const std::function<void(int64_t, const RoutingPlan&, const torch::Tensor&)>& visit) {
+void for_each_routing(
+    const CriterionContext& context, bool with_inputs,
+    const std::function<void(int64_t, const RoutingPlan&, const torch::Tensor&)>& visit) {
   auto model = context.finetuned;
   torch::NoGradGuard no_grad;
   const bool was_training = model->is_training();
@@ -33,8 +34,7 @@ void for_each_routing(const CriterionContext& context, bool with_inputs,
   context.data([&](const torch::Tensor& images) {
     const auto out = model->forward(images);
     for (size_t i = 0; i < out.plans.size(); ++i) {
-      visit(blocks[i].first, out.plans[i],
-            with_inputs ? out.moe_inputs[i] : torch::Tensor());
+      visit(blocks[i].first, out.plans[i], with_inputs ? out.moe_inputs[i] : torch::Tensor());
     }
   });
   model->capture_moe_inputs = captured;
@@ -73,9 +73,10 @@ std::string Importance::description() const {
 
 ExpertScores Importance::score(const CriterionContext& context) const {
   auto scores = zero_scores(context.finetuned);
-  for_each_routing(context, false, [&](int64_t block, const RoutingPlan& plan, const torch::Tensor&) {
-    scores[block] += plan.router_probs.to(torch::kDouble).sum(0).cpu();
-  });
+  for_each_routing(context, false,
+                   [&](int64_t block, const RoutingPlan& plan, const torch::Tensor&) {
+                     scores[block] += plan.router_probs.to(torch::kDouble).sum(0).cpu();
+                   });
   return scores;
 }
 
@@ -102,8 +103,9 @@ ExpertScores NeuronMagnitudeChange::score(const CriterionContext& context) const
     auto& ft_bank = layer->experts();
     MoELayer pre_layer = pre.at(block);
     auto& pre_bank = pre_layer->experts();
-    TORCH_CHECK(ft_bank->holds_all() && pre_bank->holds_all(), "neuron_magnitude_change: MoE block ",
-                block, " has pruned experts; score the unpruned models");
+    TORCH_CHECK(ft_bank->holds_all() && pre_bank->holds_all(),
+                "neuron_magnitude_change: MoE block ", block,
+                " has pruned experts; score the unpruned models");
     const auto norms = [](const torch::Tensor& w1) {  // [E, d, F] -> [E, F]
       return w1.detach().to(torch::kDouble).norm(2, 1).cpu();
     };
@@ -118,10 +120,11 @@ std::string Frequency::description() const {
 
 ExpertScores Frequency::score(const CriterionContext& context) const {
   auto scores = zero_scores(context.finetuned);
-  for_each_routing(context, false, [&](int64_t block, const RoutingPlan& plan, const torch::Tensor&) {
-    const auto used = plan.expert_index.masked_select(plan.expert_index.ge(0)).cpu();
-    scores[block] += torch::bincount(used, {}, scores[block].size(0)).to(torch::kDouble);
-  });
+  for_each_routing(
+      context, false, [&](int64_t block, const RoutingPlan& plan, const torch::Tensor&) {
+        const auto used = plan.expert_index.masked_select(plan.expert_index.ge(0)).cpu();
+        scores[block] += torch::bincount(used, {}, scores[block].size(0)).to(torch::kDouble);
+      });
   return scores;
 }
 
@@ -133,20 +136,22 @@ ExpertScores Reap::score(const CriterionContext& context) const {
   auto sums = zero_scores(context.finetuned);
   auto counts = zero_scores(context.finetuned);
   const auto layers = layers_of(context.finetuned);
-  for_each_routing(context, true, [&](int64_t block, const RoutingPlan& plan, const torch::Tensor& x) {
-    MoELayer layer = layers.at(block);
-    const auto rows = ops::dispatch(x, plan);
-    const auto y = layer->experts()->forward(rows, plan.counts());
-    const auto norms = y.to(torch::kDouble).norm(2, 1);
-    // Gates renormalised over each token's used slots (its top-k).
-    const auto w = plan.combine_weight.to(torch::kDouble) * plan.expert_index.ge(0);
-    const auto renormalised = (w / w.sum(1, true).clamp_min(1e-30)).reshape({-1});
-    const auto gate = renormalised.index_select(0, plan.row_slot);
-    const auto expert = plan.expert_index.reshape({-1}).index_select(0, plan.row_slot);
-    const int64_t E = sums[block].size(0);
-    sums[block] += torch::zeros({E}, torch::kDouble).index_add_(0, expert.cpu(), (gate * norms).cpu());
-    counts[block] += torch::bincount(expert.cpu(), {}, E).to(torch::kDouble);
-  });
+  for_each_routing(
+      context, true, [&](int64_t block, const RoutingPlan& plan, const torch::Tensor& x) {
+        MoELayer layer = layers.at(block);
+        const auto rows = ops::dispatch(x, plan);
+        const auto y = layer->experts()->forward(rows, plan.counts());
+        const auto norms = y.to(torch::kDouble).norm(2, 1);
+        // Gates renormalised over each token's used slots (its top-k).
+        const auto w = plan.combine_weight.to(torch::kDouble) * plan.expert_index.ge(0);
+        const auto renormalised = (w / w.sum(1, true).clamp_min(1e-30)).reshape({-1});
+        const auto gate = renormalised.index_select(0, plan.row_slot);
+        const auto expert = plan.expert_index.reshape({-1}).index_select(0, plan.row_slot);
+        const int64_t E = sums[block].size(0);
+        sums[block] +=
+            torch::zeros({E}, torch::kDouble).index_add_(0, expert.cpu(), (gate * norms).cpu());
+        counts[block] += torch::bincount(expert.cpu(), {}, E).to(torch::kDouble);
+      });
   ExpertScores scores;
   for (auto& [block, s] : sums) {
     scores[block] = s / counts[block].clamp_min(1.0);
@@ -161,8 +166,10 @@ std::string RandomCriterion::description() const {
 ExpertScores RandomCriterion::score(const CriterionContext& context) const {
   ExpertScores scores;
   for (auto& [block, layer] : context.finetuned->moe_layers()) {
-    auto generator = at::detail::createCPUGenerator(context.seed * 1000003ULL + static_cast<uint64_t>(block));
-    scores[block] = torch::randperm(layer->router().num_experts(), generator, torch::kLong).to(torch::kDouble);
+    auto generator =
+        at::detail::createCPUGenerator(context.seed * 1000003ULL + static_cast<uint64_t>(block));
+    scores[block] =
+        torch::randperm(layer->router().num_experts(), generator, torch::kLong).to(torch::kDouble);
   }
   return scores;
 }

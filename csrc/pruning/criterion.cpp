@@ -54,8 +54,8 @@ ExpertScores score_experts(const Criterion& criterion, const CriterionContext& c
     TORCH_CHECK(pre.size() == layers.size(), name, ": the pre-trained model has ", pre.size(),
                 " MoE layers, the fine-tuned one ", layers.size());
     for (size_t i = 0; i < layers.size(); ++i) {
-      TORCH_CHECK(pre[i].first == layers[i].first &&
-                      pre[i].second->router().num_experts() == layers[i].second->router().num_experts(),
+      TORCH_CHECK(pre[i].first == layers[i].first && pre[i].second->router().num_experts() ==
+                                                         layers[i].second->router().num_experts(),
                   name, ": MoE block ", layers[i].first,
                   " differs between the pre-trained and fine-tuned models");
     }

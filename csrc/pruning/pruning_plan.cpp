@@ -3,8 +3,8 @@
 #include <moeprune/ensemble_router.h>
 #include <moeprune/top_k_router.h>
 
-#include <nlohmann/json.hpp>
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <numeric>
@@ -53,9 +53,8 @@ std::vector<int64_t> lowest(const torch::Tensor& scores, int64_t n, const LayerL
   const auto s = scores.contiguous();
   std::vector<int64_t> order(static_cast<size_t>(l.num_experts));
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-    return s[a].item<double>() < s[b].item<double>();
-  });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return s[a].item<double>() < s[b].item<double>(); });
   const int64_t per_member = l.num_experts / l.members;
   std::vector<int64_t> left(static_cast<size_t>(l.members), per_member);
   std::vector<int64_t> pruned;
@@ -104,7 +103,8 @@ PruningPlan from_counts(const ExpertScores& scores, const VisionTransformer& mod
 std::string model_signature(const VisionTransformer& model) {
   auto j = nlohmann::json::parse(model->options.to_json());
   // The head and the capacity may change between pre-training, fine-tuning and pruning.
-  for (const char* key : {"num_classes", "capacity_factor", "kept_experts", "drop_router_columns"}) {
+  for (const char* key :
+       {"num_classes", "capacity_factor", "kept_experts", "drop_router_columns"}) {
     j.erase(key);
   }
   return j.dump();
@@ -246,8 +246,7 @@ void PruningPlan::validate(const VisionTransformer& model) const {
   for (const auto& lp : this->layers) {
     TORCH_CHECK(layers.count(lp.block) == 1, "pruning plan: block ", lp.block,
                 " is not a MoE block of the model");
-    TORCH_CHECK(blocks.insert(lp.block).second, "pruning plan: block ", lp.block,
-                " appears twice");
+    TORCH_CHECK(blocks.insert(lp.block).second, "pruning plan: block ", lp.block, " appears twice");
     TORCH_CHECK(model->options.kept_experts().count(lp.block) == 0, "pruning plan: block ",
                 lp.block, " is already pruned");
     const auto l = limits_of(layers.at(lp.block));
@@ -266,9 +265,8 @@ void PruningPlan::validate(const VisionTransformer& model) const {
                 " experts, fewer than the ", l.min_keep, " its router needs (k)");
     const int64_t per_member = l.num_experts / l.members;
     for (int64_t m = 0; m < l.members && l.members > 1; ++m) {
-      const auto gone = std::count_if(ids.begin(), ids.end(), [&](int64_t e) {
-        return e / per_member == m;
-      });
+      const auto gone =
+          std::count_if(ids.begin(), ids.end(), [&](int64_t e) { return e / per_member == m; });
       TORCH_CHECK(per_member - gone >= l.min_per_member, "pruning plan: block ", lp.block,
                   " would leave ensemble member ", m, " with ", per_member - gone,
                   " experts, fewer than its k = ", l.min_per_member);

@@ -13,9 +13,9 @@ namespace moeprune::pruning {
 /// The experts one MoE layer loses.
 struct LayerPlan {
   int64_t block = 0;
-  int64_t num_experts = 0;            ///< router width of the layer
-  std::vector<int64_t> pruned;        ///< original expert ids, increasing
-  std::vector<double> scores;         ///< the criterion's score of every expert (may be empty)
+  int64_t num_experts = 0;      ///< router width of the layer
+  std::vector<int64_t> pruned;  ///< original expert ids, increasing
+  std::vector<double> scores;   ///< the criterion's score of every expert (may be empty)
 };
 
 /// Which experts of which MoE layers go. Built from scores in one of three forms, printed as a
