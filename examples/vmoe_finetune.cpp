@@ -40,15 +40,20 @@ int run(int argc, char** argv) {
     torch::set_num_threads(static_cast<int>(threads));
   }
   const auto meta = examples::read_metadata(pretrained);
-  TORCH_CHECK(!data.labels.empty(), "--labels is required: the downstream task's label mapping");
-  const auto splits = examples::load_splits(data);
+  // Without --labels: the checkpoint's own task (post-pruning fine-tuning).
+  const auto splits = examples::load_splits(data, meta.labels);
   torch::manual_seed(seed);
   moeprune::VisionTransformer vit(meta.options);
   moeprune::load_checkpoint(pretrained, *vit);
-  vit->replace_head(splits.train.num_classes);
+  // A new task gets a new head; the same task (post-pruning fine-tuning) keeps the trained one.
+  const bool same_task = meta.labels == splits.mapping &&
+                         meta.options.num_classes() == splits.train.num_classes;
+  if (!same_task) {
+    vit->replace_head(splits.train.num_classes);
+  }
   vit->set_capacity_factor(capacity_factor);
-  fmt::print("fine-tuning {} on {} classes ({} training images)\n", pretrained,
-             splits.train.num_classes, splits.train.size());
+  fmt::print("fine-tuning {} on {} classes ({} training images, {} head)\n", pretrained,
+             splits.train.num_classes, splits.train.size(), same_task ? "its trained" : "a new");
   std::fflush(stdout);
 
   moeprune::Trainer trainer(vit,
