@@ -41,6 +41,58 @@ inline void add_data_options(CLI::App& app, DataArgs& args) {
                  "Use only the first N training images (0: all)");
 }
 
+inline std::vector<double> channel_mean(const moeprune::data::ImageDataset& d) {
+  return d.images.size(1) == 1 ? std::vector<double>{0.286}
+                               : std::vector<double>{0.491, 0.482, 0.447};
+}
+inline std::vector<double> channel_std(const moeprune::data::ImageDataset& d) {
+  return d.images.size(1) == 1 ? std::vector<double>{0.353}
+                               : std::vector<double>{0.247, 0.243, 0.261};
+}
+
+/// The training options vmoe_train and vmoe_finetune share; the defaults differ per program.
+struct TrainArgs {
+  int64_t epochs = 1, batch = 128, warmup = 100, threads = 0;
+  double lr = 1e-3, weight_decay = 1e-4, clip = 1.0;
+  std::string optimizer = "adamw", out, log;
+  uint64_t seed = 0;
+};
+
+inline void add_train_options(CLI::App& app, TrainArgs& a) {
+  app.add_option("--epochs", a.epochs, "Epochs")->capture_default_str();
+  app.add_option("--batch-size", a.batch, "Batch size")->capture_default_str();
+  app.add_option("--lr", a.lr, "Peak learning rate")->capture_default_str();
+  app.add_option("--optimizer", a.optimizer, "adamw, or sgd (momentum 0.9)")
+      ->check(CLI::IsMember({"adamw", "sgd"}))
+      ->capture_default_str();
+  app.add_option("--weight-decay", a.weight_decay, "Weight decay")->capture_default_str();
+  app.add_option("--warmup", a.warmup, "Linear warm-up steps")->capture_default_str();
+  app.add_option("--clip", a.clip, "Gradient clipping by global norm (0: off)")
+      ->capture_default_str();
+  app.add_option("--seed", a.seed, "Seed (initialisation, shuffling, router noise)")
+      ->capture_default_str();
+  app.add_option("--threads", a.threads, "Torch threads (0: torch's default)");
+  app.add_option("--out", a.out, "Checkpoint to write")->capture_default_str();
+  app.add_option("--log", a.log, "JSON log of the run");
+}
+
+inline moeprune::TrainerOptions trainer_options(const TrainArgs& a,
+                                                const moeprune::data::ImageDataset& train) {
+  return moeprune::TrainerOptions()
+      .epochs(a.epochs)
+      .batch_size(a.batch)
+      .lr(a.lr)
+      .optimizer(a.optimizer == "sgd" ? moeprune::OptimizerKind::kSgd
+                                      : moeprune::OptimizerKind::kAdamW)
+      .weight_decay(a.weight_decay)
+      .warmup_steps(a.warmup)
+      .clip_norm(a.clip)
+      .seed(a.seed)
+      .mean(channel_mean(train))
+      .std(channel_std(train))
+      .log_path(a.log);
+}
+
 struct Splits {
   moeprune::data::ImageDataset train, test;
   std::vector<int64_t> mapping;
@@ -76,15 +128,6 @@ inline Splits load_splits(const DataArgs& args, std::vector<int64_t> mapping = {
 inline moeprune::VisionTransformerOptions fit_to_data(moeprune::VisionTransformerOptions o,
                                                       const moeprune::data::ImageDataset& d) {
   return o.image_size(d.images.size(2)).channels(d.images.size(1)).num_classes(d.num_classes);
-}
-
-inline std::vector<double> channel_mean(const moeprune::data::ImageDataset& d) {
-  return d.images.size(1) == 1 ? std::vector<double>{0.286}
-                               : std::vector<double>{0.491, 0.482, 0.447};
-}
-inline std::vector<double> channel_std(const moeprune::data::ImageDataset& d) {
-  return d.images.size(1) == 1 ? std::vector<double>{0.353}
-                               : std::vector<double>{0.247, 0.243, 0.261};
 }
 
 inline std::string metadata(const moeprune::VisionTransformerOptions& o, const DataArgs& args,
