@@ -1,0 +1,218 @@
+// The main demo: reproduces the expert-pruning experiment of Chowdhury et al. (ICML 2024) on
+// Fashion-MNIST. Pre-trains a small V-MoE on the 10 classes (cached), fine-tunes it on a
+// downstream task built from the same images (cached), then sweeps every pruning criterion and
+// ratio, with and without a short post-pruning fine-tune, and writes a table, JSON, CSV and
+// PNG plots. --full adds the expert-choice and E3-MoE variants and every pruning ratio.
+#include "prune_sweep.h"
+
+#include <cstdlib>
+
+namespace {
+
+// The downstream task: the four upper-body garments (T-shirt/top, Pullover, Coat, Shirt). They
+// are the classes the pre-trained model confuses most, and the six others (trousers, dresses,
+// footwear, bags) become task-irrelevant, the setting of the paper's theory: experts that
+// served them should matter little after fine-tuning. docs/reproduction.md says more.
+const std::vector<int64_t> kTask = {0, -1, 1, -1, 2, -1, 3, -1, -1, -1};
+const std::vector<std::string> kTaskNames = {"T-shirt/top", "Pullover", "Coat", "Shirt"};
+
+std::string home_cache() {
+  const char* home = std::getenv("HOME");
+  return std::string(home ? home : ".") + "/.cache/moeprune/demo";
+}
+
+// Trains `preset` on `splits` (or reuses the checkpoint at `path`) and returns the path.
+void pretrain(const std::string& preset, const examples::Splits& splits, const std::string& path,
+              int64_t epochs, bool fresh) {
+  if (!fresh && std::filesystem::exists(path)) {
+    fmt::print("[1/3] pre-trained {}: reusing {} (--fresh retrains)\n", preset, path);
+    return;
+  }
+  fmt::print("[1/3] pre-training {} on all 10 classes, {} epochs\n", preset, epochs);
+  std::fflush(stdout);
+  torch::manual_seed(0);
+  const auto options = examples::fit_to_data(
+      moeprune::VisionTransformerOptions::small(preset, splits.train.num_classes), splits.train);
+  moeprune::VisionTransformer vit(options);
+  examples::TrainArgs args;
+  args.epochs = epochs;
+  args.lr = 2e-3;
+  args.warmup = 200;
+  moeprune::Trainer trainer(vit, examples::trainer_options(args, splits.train));
+  const auto log = trainer.fit(splits.train, &splits.test);
+  examples::print_eval("      pre-trained", log.back().eval);
+  examples::DataArgs data;
+  moeprune::save_checkpoint(path, *vit, examples::metadata(options, data, {}));
+}
+
+void finetune(const std::string& pretrained, const examples::Splits& task, const std::string& path,
+              bool fresh) {
+  if (!fresh && std::filesystem::exists(path)) {
+    fmt::print("[2/3] fine-tuned: reusing {}\n", path);
+    return;
+  }
+  fmt::print("[2/3] fine-tuning on the 4-way task (new head, capacity factor 1.5, 1 epoch)\n");
+  std::fflush(stdout);
+  torch::manual_seed(0);
+  moeprune::VisionTransformer vit(examples::read_metadata(pretrained).options);
+  moeprune::load_checkpoint(pretrained, *vit);
+  vit->replace_head(task.train.num_classes);
+  vit->set_capacity_factor(1.5);
+  examples::TrainArgs args;
+  args.epochs = 1;
+  args.lr = 0.01;
+  args.optimizer = "sgd";
+  args.weight_decay = 0;
+  args.clip = 10;
+  moeprune::Trainer trainer(vit, examples::trainer_options(args, task.train));
+  const auto log = trainer.fit(task.train, &task.test);
+  examples::print_eval("      fine-tuned", log.back().eval);
+  examples::DataArgs data;
+  moeprune::save_checkpoint(path, *vit, examples::metadata(vit->options, data, task.mapping));
+}
+
+// gnuplot draws accuracy against the fraction of experts pruned, one line per criterion, before
+// and after the post-pruning fine-tune.
+void plot(const std::vector<examples::SweepCell>& cells, const examples::SweepConfig& cfg,
+          int64_t num_experts, const std::string& dir) {
+  const auto data_path = dir + "/plot_" + cfg.model_name + ".dat";
+  std::string data;
+  for (const auto& name : cfg.criteria) {
+    data += "# " + name + "\n";
+    for (const auto n : cfg.counts) {
+      std::vector<double> a, b;
+      for (const auto& c : cells) {
+        if (c.model == cfg.model_name && c.criterion == name && c.pruned == n) {
+          a.push_back(c.top1);
+          b.push_back(c.top1_finetuned);
+        }
+      }
+      const auto [ma, sa] = examples::mean_and_spread(a);
+      const auto [mb, sb] = examples::mean_and_spread(b);
+      data += fmt::format("{} {} {} {} {}\n", static_cast<double>(n) / num_experts, 100 * ma,
+                          100 * sa, 100 * mb, 100 * sb);
+    }
+    data += "\n\n";
+  }
+  examples::write_text(data_path, data);
+  const auto png = dir + "/plot_" + cfg.model_name + ".png";
+  std::string script = fmt::format(
+      "set terminal pngcairo size 1200,480 font ',10' noenhanced\nset output '{}'\n"
+      "set multiplot layout 1,2 title '{} on the 4-way Fashion-MNIST task'\n"
+      "set xlabel 'fraction of experts pruned per MoE layer'\nset ylabel 'test top-1 (%)'\n"
+      "set key bottom left\nset grid\n",
+      png, cfg.model_name);
+  for (const auto& [column, title] :
+       {std::pair{2, std::string("without post-pruning fine-tuning")},
+        std::pair{4, fmt::format("after {} fine-tuning steps", cfg.post_steps)}}) {
+    script += fmt::format("set title '{}'\nplot ", title);
+    for (size_t i = 0; i < cfg.criteria.size(); ++i) {
+      script += fmt::format("{}'{}' index {} using 1:{}:{} with yerrorlines title '{}'",
+                            i ? ", " : "", data_path, i, column, column + 1, cfg.criteria[i]);
+    }
+    script += "\n";
+  }
+  script += "unset multiplot\n";
+  const auto script_path = dir + "/plot_" + cfg.model_name + ".gp";
+  examples::write_text(script_path, script);
+  if (std::system(("gnuplot '" + script_path + "' 2>/dev/null").c_str()) == 0) {
+    fmt::print("      plot: {}\n", png);
+  } else {
+    fmt::print("      gnuplot failed; the data and script are {} and {}\n", data_path, script_path);
+  }
+}
+
+int run(int argc, char** argv) {
+  CLI::App app{
+      "moeprune demo: pre-train a small V-MoE on Fashion-MNIST, fine-tune it on a 4-way task, "
+      "and compare expert-pruning criteria at every pruning ratio."};
+  bool full = false, fresh = false;
+  std::string cache = home_cache(), out = "demo-results";
+  int64_t threads = 0, post_steps = -1, pretrain_epochs = 6;
+  app.add_flag("--full", full,
+               "Whole sweep: also expert choice and E3-MoE, every pruning ratio, longer "
+               "post-pruning fine-tuning (about 1.5 hours on 2 cores)");
+  app.add_flag("--fresh", fresh, "Retrain instead of reusing the cached checkpoints");
+  app.add_option("--cache-dir", cache, "Where the pre-trained and fine-tuned checkpoints are kept")
+      ->capture_default_str();
+  app.add_option("--out-dir", out, "Where the table, JSON, CSV and plots go")
+      ->capture_default_str();
+  app.add_option("--pretrain-epochs", pretrain_epochs, "Pre-training epochs")
+      ->capture_default_str();
+  app.add_option("--post-steps", post_steps,
+                 "Post-pruning fine-tuning steps (default 100, --full 300)");
+  app.add_option("--threads", threads, "Torch threads (0: torch's default)");
+  CLI11_PARSE(app, argc, argv);
+
+  const auto start = std::chrono::steady_clock::now();
+  examples::keep_freed_memory();
+  if (threads > 0) {
+    torch::set_num_threads(static_cast<int>(threads));
+  }
+  std::filesystem::create_directories(cache);
+  std::filesystem::create_directories(out);
+  examples::DataArgs data;
+  const auto all = examples::load_splits(data);
+  const auto task = examples::load_splits(data, kTask);
+  fmt::print("Fashion-MNIST: {} training / {} test images; task: {} ({} / {} images)\n",
+             all.train.size(), all.test.size(), fmt::join(kTaskNames, ", "), task.train.size(),
+             task.test.size());
+
+  const std::vector<std::string> presets =
+      full ? std::vector<std::string>{"small_vmoe", "small_expert_choice", "small_e3moe"}
+           : std::vector<std::string>{"small_vmoe"};
+  const auto registry = moeprune::pruning::CriterionRegistry::with_builtins();
+  std::vector<examples::SweepConfig> configs;
+  for (const auto& preset : presets) {
+    examples::SweepConfig cfg;
+    cfg.model_name = preset;
+    cfg.pretrained = cache + "/pretrained_" + preset + ".pt";
+    cfg.finetuned = cache + "/finetuned_" + preset + "_tops4.pt";
+    pretrain(preset, all, cfg.pretrained, pretrain_epochs, fresh);
+    finetune(cfg.pretrained, task, cfg.finetuned, fresh);
+    cfg.criteria = registry.names();
+    const auto experts = examples::read_metadata(cfg.finetuned).options.num_experts();
+    std::vector<int64_t> wanted;
+    for (int64_t n = 0; n < experts; n += full ? 1 : 2) {
+      wanted.push_back(n);
+    }
+    cfg.counts = examples::feasible_counts(cfg.finetuned, wanted);
+    cfg.post_steps = post_steps >= 0 ? post_steps : (full ? 300 : 100);
+    configs.push_back(cfg);
+  }
+
+  int64_t total = 0;
+  for (const auto& cfg : configs) total += examples::sweep_runs(cfg);
+  fmt::print(
+      "[3/3] pruning sweep: {} runs (criteria x experts pruned per layer, random x 3 seeds)\n",
+      total);
+  std::fflush(stdout);
+  moeprune::ProgressBar bar(total, "sweep", "runs");
+  int64_t done = 0;
+  std::vector<examples::SweepCell> cells;
+  for (const auto& cfg : configs) {
+    const auto c = examples::run_sweep(cfg, task, bar, done);
+    cells.insert(cells.end(), c.begin(), c.end());
+  }
+  bar.finish();
+  const double minutes =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 60.0;
+  for (const auto& cfg : configs) {
+    const auto experts = examples::read_metadata(cfg.finetuned).options.num_experts();
+    examples::print_sweep_table(cells, cfg, experts);
+    plot(cells, cfg, experts, out);
+  }
+  examples::write_sweep(cells, out + "/results",
+                        {{"task", kTaskNames},
+                         {"full", full},
+                         {"minutes", minutes},
+                         {"post_steps", configs.front().post_steps}});
+  fmt::print("\nwrote {0}/results.json and {0}/results.csv; took {1:.1f} minutes\n", out, minutes);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return examples::guarded(run, argc, argv);
+}

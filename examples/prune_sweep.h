@@ -1,0 +1,181 @@
+#pragma once
+
+// The pruning sweep shared by vmoe_prune_sweep and the demo: for each criterion and each number
+// of experts pruned per MoE layer, test accuracy right after pruning and after a short
+// post-pruning fine-tune (the random criterion over several seeds).
+#include "vision_common.h"
+
+#include <cmath>
+#include <sstream>
+
+namespace examples {
+
+struct SweepCell {
+  std::string model, criterion;
+  int64_t pruned = 0;
+  uint64_t seed = 0;
+  double top1 = 0, top1_finetuned = -1;
+};
+
+struct SweepConfig {
+  std::string model_name;  // a label for the results
+  std::string pretrained, finetuned;
+  std::vector<std::string> criteria;
+  std::vector<int64_t> counts;
+  int64_t post_steps = 100, seeds = 3, calibration = 512;
+};
+
+inline moeprune::VisionTransformer load_model(const std::string& path) {
+  moeprune::VisionTransformer m(read_metadata(path).options);
+  moeprune::load_checkpoint(path, *m);
+  return m;
+}
+
+/// Counts of `wanted` that the model's MoE layers allow (every layer keeps its router's minimum).
+inline std::vector<int64_t> feasible_counts(const std::string& checkpoint,
+                                            const std::vector<int64_t>& wanted) {
+  const auto model = load_model(checkpoint);
+  std::vector<int64_t> out;
+  for (const auto n : wanted) {
+    try {
+      moeprune::pruning::ExpertScores zeros;
+      for (auto& [block, layer] : model->moe_layers()) {
+        zeros[block] = torch::arange(layer->router().num_experts(), torch::kDouble);
+      }
+      moeprune::pruning::PruningPlan::same_count(zeros, model, n).validate(model);
+      out.push_back(n);
+    } catch (const c10::Error&) {
+    }
+  }
+  return out;
+}
+
+inline std::vector<SweepCell> run_sweep(const SweepConfig& cfg, const Splits& splits,
+                                        moeprune::ProgressBar& bar, int64_t& done) {
+  const auto registry = moeprune::pruning::CriterionRegistry::with_builtins();
+  const auto mean = channel_mean(splits.train), stdev = channel_std(splits.train);
+  const auto calib =
+      splits.train.subset(torch::arange(std::min(cfg.calibration, splits.train.size())));
+  const auto pre = load_model(cfg.pretrained);
+  std::vector<SweepCell> cells;
+  for (const auto& name : cfg.criteria) {
+    const auto criterion = registry.create(name);
+    for (uint64_t seed = 0; seed < static_cast<uint64_t>(name == "random" ? cfg.seeds : 1);
+         ++seed) {
+      moeprune::pruning::CriterionContext ctx;
+      ctx.finetuned = load_model(cfg.finetuned);
+      ctx.pretrained = pre;
+      ctx.seed = seed;
+      ctx.data = [&](const std::function<void(const torch::Tensor&)>& visit) {
+        for (int64_t b = 0; b < calib.size(); b += 256) {
+          visit(moeprune::data::normalize_batch(
+              calib.images.narrow(0, b, std::min<int64_t>(256, calib.size() - b)), mean, stdev));
+        }
+      };
+      const auto scores = moeprune::pruning::score_experts(*criterion, ctx);
+      for (const auto n : cfg.counts) {
+        auto model = load_model(cfg.finetuned);
+        moeprune::pruning::apply_plan(
+            model, moeprune::pruning::PruningPlan::same_count(scores, model, n, {}, name));
+        SweepCell cell{cfg.model_name, name, n, seed};
+        torch::manual_seed(seed);
+        moeprune::Trainer trainer(model,
+                                  moeprune::TrainerOptions()
+                                      .epochs(1)
+                                      .max_steps(cfg.post_steps)
+                                      .optimizer(moeprune::OptimizerKind::kSgd)
+                                      .lr(0.01)
+                                      .weight_decay(0)
+                                      .warmup_steps(std::min<int64_t>(cfg.post_steps / 10, 100))
+                                      .clip_norm(10)
+                                      .seed(seed)
+                                      .mean(mean)
+                                      .std(stdev)
+                                      .progress(false));
+        cell.top1 = trainer.evaluate(splits.test).top1;
+        if (cfg.post_steps > 0) {
+          trainer.fit(splits.train);
+          cell.top1_finetuned = trainer.evaluate(splits.test).top1;
+        }
+        cells.push_back(cell);
+        bar.update(++done, fmt::format("{} {} n={} seed={}: {:.2f}%", cfg.model_name, name, n, seed,
+                                       100 * cell.top1));
+      }
+    }
+  }
+  return cells;
+}
+
+inline int64_t sweep_runs(const SweepConfig& cfg) {
+  int64_t total = 0;
+  for (const auto& c : cfg.criteria) {
+    total += static_cast<int64_t>(cfg.counts.size()) * (c == "random" ? cfg.seeds : 1);
+  }
+  return total;
+}
+
+inline std::pair<double, double> mean_and_spread(const std::vector<double>& v) {
+  double mean = 0, var = 0;
+  for (const auto x : v) mean += x / static_cast<double>(v.size());
+  for (const auto x : v) var += (x - mean) * (x - mean) / static_cast<double>(v.size());
+  return {mean, std::sqrt(var)};
+}
+
+inline std::string mean_spread(const std::vector<double>& v) {
+  const auto [mean, spread] = mean_and_spread(v);
+  return v.size() > 1 ? fmt::format("{:.2f}±{:.2f}", 100 * mean, 100 * spread)
+                      : fmt::format("{:.2f}", 100 * mean);
+}
+
+/// The table: a row per criterion, a column per count, "after pruning / after fine-tuning".
+inline void print_sweep_table(const std::vector<SweepCell>& cells, const SweepConfig& cfg,
+                              int64_t num_experts) {
+  fmt::print("\n{}: test top-1 (%) after pruning n of {} experts per MoE layer{}\n", cfg.model_name,
+             num_experts,
+             cfg.post_steps > 0
+                 ? fmt::format(" / after {} post-pruning fine-tuning steps", cfg.post_steps)
+                 : "");
+  fmt::print("{:<24}", "criterion");
+  for (const auto n : cfg.counts) fmt::print(" {:>24}", fmt::format("n={}", n));
+  fmt::print("\n");
+  for (const auto& name : cfg.criteria) {
+    fmt::print("{:<24}", name);
+    for (const auto n : cfg.counts) {
+      std::vector<double> a, b;
+      for (const auto& c : cells) {
+        if (c.model == cfg.model_name && c.criterion == name && c.pruned == n) {
+          a.push_back(c.top1);
+          b.push_back(c.top1_finetuned);
+        }
+      }
+      fmt::print(" {:>24}",
+                 cfg.post_steps > 0 ? mean_spread(a) + " / " + mean_spread(b) : mean_spread(a));
+    }
+    fmt::print("\n");
+  }
+}
+
+inline void write_text(const std::string& path, const std::string& text) {
+  std::ofstream(path + ".tmp") << text;
+  std::filesystem::rename(path + ".tmp", path);
+}
+
+inline void write_sweep(const std::vector<SweepCell>& cells, const std::string& prefix,
+                        nlohmann::json header) {
+  header["results"] = nlohmann::json::array();
+  std::string csv = "model,criterion,pruned_per_layer,seed,top1,top1_finetuned\n";
+  for (const auto& c : cells) {
+    header["results"].push_back({{"model", c.model},
+                                 {"criterion", c.criterion},
+                                 {"pruned_per_layer", c.pruned},
+                                 {"seed", c.seed},
+                                 {"top1", c.top1},
+                                 {"top1_finetuned", c.top1_finetuned}});
+    csv += fmt::format("{},{},{},{},{:.6f},{:.6f}\n", c.model, c.criterion, c.pruned, c.seed,
+                       c.top1, c.top1_finetuned);
+  }
+  write_text(prefix + ".json", header.dump(2) + "\n");
+  write_text(prefix + ".csv", csv);
+}
+
+}  // namespace examples
