@@ -220,6 +220,9 @@ TEST_CASE("E3-MoE prunes within members and keeps every member") {
   const auto plan = pr::PruningPlan::same_count({{1, scores}}, m, 4);
   // Expert 3 would empty member 0, so the fourth pruned expert comes from member 1.
   CHECK(plan.layers[0].pruned == std::vector<int64_t>{0, 1, 2, 4});
+  // 4 experts per member, k = 1: at most 3 per member, 6 in all.
+  REQUIRE_THROWS_WITH(pr::PruningPlan::same_count({{1, scores}}, m, 7),
+                      Catch::Contains("fewer than the 2 its router needs"));
   pr::apply_plan(m, plan);
   const auto out = m(torch::randn({2, 1, 28, 28}));
   CHECK(out.member_logits.size(1) == 2);

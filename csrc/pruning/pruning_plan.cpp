@@ -69,6 +69,9 @@ std::vector<int64_t> lowest(const torch::Tensor& scores, int64_t n, const LayerL
     --m;
     pruned.push_back(e);
   }
+  TORCH_CHECK(static_cast<int64_t>(pruned.size()) == n, "pruning plan: block ", block,
+              " can lose only ", pruned.size(), " experts while every ensemble member keeps ",
+              l.min_per_member, "; asked for ", n);
   std::sort(pruned.begin(), pruned.end());
   return pruned;
 }
