@@ -80,13 +80,7 @@ void plot(const std::vector<examples::SweepCell>& cells, const examples::SweepCo
   for (const auto& name : cfg.criteria) {
     data += "# " + name + "\n";
     for (const auto n : cfg.counts) {
-      std::vector<double> a, b;
-      for (const auto& c : cells) {
-        if (c.model == cfg.model_name && c.criterion == name && c.pruned == n) {
-          a.push_back(c.top1);
-          b.push_back(c.top1_finetuned);
-        }
-      }
+      const auto [a, b] = examples::cell_accuracies(cells, cfg.model_name, name, n);
       const auto [ma, sa] = examples::mean_and_spread(a);
       const auto [mb, sb] = examples::mean_and_spread(b);
       data += fmt::format("{} {} {} {} {}\n", static_cast<double>(n) / num_experts, 100 * ma,
@@ -145,10 +139,7 @@ int run(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   const auto start = std::chrono::steady_clock::now();
-  examples::keep_freed_memory();
-  if (threads > 0) {
-    torch::set_num_threads(static_cast<int>(threads));
-  }
+  examples::set_up_process(threads);
   std::filesystem::create_directories(cache);
   std::filesystem::create_directories(out);
   examples::DataArgs data;

@@ -127,6 +127,20 @@ inline std::string mean_spread(const std::vector<double>& v) {
                       : fmt::format("{:.2f}", 100 * mean);
 }
 
+/// The accuracies (after pruning, after fine-tuning) of every run of one cell of the sweep.
+inline std::pair<std::vector<double>, std::vector<double>> cell_accuracies(
+    const std::vector<SweepCell>& cells, const std::string& model, const std::string& criterion,
+    int64_t pruned) {
+  std::pair<std::vector<double>, std::vector<double>> out;
+  for (const auto& c : cells) {
+    if (c.model == model && c.criterion == criterion && c.pruned == pruned) {
+      out.first.push_back(c.top1);
+      out.second.push_back(c.top1_finetuned);
+    }
+  }
+  return out;
+}
+
 /// The table: a row per criterion, a column per count, "after pruning / after fine-tuning".
 inline void print_sweep_table(const std::vector<SweepCell>& cells, const SweepConfig& cfg,
                               int64_t num_experts) {
@@ -141,13 +155,7 @@ inline void print_sweep_table(const std::vector<SweepCell>& cells, const SweepCo
   for (const auto& name : cfg.criteria) {
     fmt::print("{:<24}", name);
     for (const auto n : cfg.counts) {
-      std::vector<double> a, b;
-      for (const auto& c : cells) {
-        if (c.model == cfg.model_name && c.criterion == name && c.pruned == n) {
-          a.push_back(c.top1);
-          b.push_back(c.top1_finetuned);
-        }
-      }
+      const auto [a, b] = cell_accuracies(cells, cfg.model_name, name, n);
       fmt::print(" {:>24}",
                  cfg.post_steps > 0 ? mean_spread(a) + " / " + mean_spread(b) : mean_spread(a));
     }

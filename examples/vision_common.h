@@ -171,6 +171,15 @@ inline void keep_freed_memory() {
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
 }
 
+/// What every vision program does first: keep freed memory, and set the torch thread count
+/// (0: torch's default).
+inline void set_up_process(int64_t threads) {
+  keep_freed_memory();
+  if (threads > 0) {
+    torch::set_num_threads(static_cast<int>(threads));
+  }
+}
+
 /// Runs a program's body, printing a bad input's message (without a C++ backtrace) and
 /// returning 1 instead of aborting.
 template <typename Body>

@@ -20,10 +20,7 @@ int run(int argc, char** argv) {
   app.add_option("--threads", threads, "Torch threads (0: torch's default)");
   CLI11_PARSE(app, argc, argv);
 
-  examples::keep_freed_memory();
-  if (threads > 0) {
-    torch::set_num_threads(static_cast<int>(threads));
-  }
+  examples::set_up_process(threads);
   const auto meta = examples::read_metadata(checkpoint);
   if (data.labels.empty() && !meta.labels.empty()) {
     data.labels.clear();

@@ -62,10 +62,7 @@ int run(int argc, char** argv) {
   TORCH_CHECK(per_layer_count >= 0 || !per_layer.empty() || budget >= 0,
               "say how much to prune: --experts-per-layer, --per-layer or --global-budget");
 
-  examples::keep_freed_memory();
-  if (threads > 0) {
-    torch::set_num_threads(static_cast<int>(threads));
-  }
+  examples::set_up_process(threads);
   const auto meta = examples::read_metadata(finetuned);
   data.data = meta.data;
   const auto splits = examples::load_splits(data, meta.labels);

@@ -30,10 +30,7 @@ int run(int argc, char** argv) {
   app.add_option("--out", out, "Output prefix: writes OUT.json and OUT.csv")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
-  examples::keep_freed_memory();
-  if (threads > 0) {
-    torch::set_num_threads(static_cast<int>(threads));
-  }
+  examples::set_up_process(threads);
   cfg.criteria = registry.names();
   if (!criteria_text.empty()) {
     cfg.criteria.clear();

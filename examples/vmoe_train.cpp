@@ -21,10 +21,7 @@ int run(int argc, char** argv) {
   examples::add_train_options(app, train);
   CLI11_PARSE(app, argc, argv);
 
-  examples::keep_freed_memory();
-  if (train.threads > 0) {
-    torch::set_num_threads(static_cast<int>(train.threads));
-  }
+  examples::set_up_process(train.threads);
   const auto splits = examples::load_splits(data);
   torch::manual_seed(train.seed);
   const auto options = examples::fit_to_data(
