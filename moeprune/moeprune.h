@@ -9,6 +9,8 @@
 #include <moeprune/expert_choice_router.h>
 #include <moeprune/functional/aux_losses.h>
 #include <moeprune/functional/routing.h>
+#include <moeprune/hf_checkpoint.h>
+#include <moeprune/hf_pruning.h>
 #include <moeprune/moe_layer.h>
 #include <moeprune/ops.h>
 #include <moeprune/progress_bar.h>
@@ -17,6 +19,7 @@
 #include <moeprune/pruning/pruning_plan.h>
 #include <moeprune/router.h>
 #include <moeprune/routing_plan.h>
+#include <moeprune/safetensors.h>
 #include <moeprune/top_k_router.h>
 #include <moeprune/trainer.h>
 #include <moeprune/version.h>

@@ -11,21 +11,32 @@ torch::Tensor router_norms(const MoELayer& layer) {
   return layer->router().router_weight().detach().to(torch::kDouble).norm(2, 1).cpu();
 }
 
-std::map<int64_t, MoELayer> layers_of(const VisionTransformer& model) {
-  std::map<int64_t, MoELayer> layers;
-  for (auto& [block, layer] : model->moe_layers()) {
-    layers.emplace(block, layer);
-  }
-  return layers;
-}
-
-// Runs the fine-tuned model over the calibration data in evaluation mode and hands each MoE
-// layer's plan (and, when asked, its input tokens [T, d]) to `visit(block, plan, tokens)`.
+// Runs the fine-tuned MoE layers over the calibration data in evaluation mode and hands each
+// layer's plan (and, when asked, its input tokens [T, d]) to `visit(block, plan, tokens)`: through
+// the whole model for image data, through each layer's router for per-layer token data.
 void for_each_routing(
     const CriterionContext& context, bool with_inputs,
     const std::function<void(int64_t, const RoutingPlan&, const torch::Tensor&)>& visit) {
-  auto model = context.finetuned;
   torch::NoGradGuard no_grad;
+  if (context.layer_data) {
+    const auto layers = context.finetuned_moe_layers();
+    context.layer_data([&](int64_t block, const torch::Tensor& tokens) {
+      const auto it = layers.find(block);
+      TORCH_CHECK(it != layers.end(), "calibration tokens for MoE layer ", block,
+                  ", which the model does not have");
+      MoELayer layer = it->second;
+      const bool was_training = layer->is_training();
+      layer->eval();
+      const auto x = tokens.reshape({-1, tokens.size(-1)});
+      const auto plan = layer->router().route(x, {}, -1, 0).plan;
+      if (was_training) {
+        layer->train();
+      }
+      visit(block, plan, with_inputs ? x : torch::Tensor());
+    });
+    return;
+  }
+  auto model = context.finetuned;
   const bool was_training = model->is_training();
   const bool captured = model->capture_moe_inputs;
   model->eval();
@@ -43,9 +54,9 @@ void for_each_routing(
   }
 }
 
-ExpertScores zero_scores(const VisionTransformer& model) {
+ExpertScores zero_scores(const CriterionContext& context) {
   ExpertScores scores;
-  for (auto& [block, layer] : model->moe_layers()) {
+  for (auto& [block, layer] : context.finetuned_moe_layers()) {
     scores[block] = torch::zeros({layer->router().num_experts()}, torch::kDouble);
   }
   return scores;
@@ -59,9 +70,9 @@ std::string RouterNormChange::description() const {
 }
 
 ExpertScores RouterNormChange::score(const CriterionContext& context) const {
-  const auto pre = layers_of(context.pretrained);
+  const auto pre = context.pretrained_moe_layers();
   ExpertScores scores;
-  for (auto& [block, layer] : context.finetuned->moe_layers()) {
+  for (auto& [block, layer] : context.finetuned_moe_layers()) {
     scores[block] = router_norms(layer) - router_norms(pre.at(block));
   }
   return scores;
@@ -72,7 +83,7 @@ std::string Importance::description() const {
 }
 
 ExpertScores Importance::score(const CriterionContext& context) const {
-  auto scores = zero_scores(context.finetuned);
+  auto scores = zero_scores(context);
   for_each_routing(context, false,
                    [&](int64_t block, const RoutingPlan& plan, const torch::Tensor&) {
                      scores[block] += plan.router_probs.to(torch::kDouble).sum(0).cpu();
@@ -86,7 +97,7 @@ std::string RouterMagnitude::description() const {
 
 ExpertScores RouterMagnitude::score(const CriterionContext& context) const {
   ExpertScores scores;
-  for (auto& [block, layer] : context.finetuned->moe_layers()) {
+  for (auto& [block, layer] : context.finetuned_moe_layers()) {
     scores[block] = router_norms(layer);
   }
   return scores;
@@ -97,9 +108,9 @@ std::string NeuronMagnitudeChange::description() const {
 }
 
 ExpertScores NeuronMagnitudeChange::score(const CriterionContext& context) const {
-  const auto pre = layers_of(context.pretrained);
+  const auto pre = context.pretrained_moe_layers();
   ExpertScores scores;
-  for (auto& [block, layer] : context.finetuned->moe_layers()) {
+  for (auto& [block, layer] : context.finetuned_moe_layers()) {
     auto& ft_bank = layer->experts();
     MoELayer pre_layer = pre.at(block);
     auto& pre_bank = pre_layer->experts();
@@ -119,7 +130,7 @@ std::string Frequency::description() const {
 }
 
 ExpertScores Frequency::score(const CriterionContext& context) const {
-  auto scores = zero_scores(context.finetuned);
+  auto scores = zero_scores(context);
   for_each_routing(
       context, false, [&](int64_t block, const RoutingPlan& plan, const torch::Tensor&) {
         const auto used = plan.expert_index.masked_select(plan.expert_index.ge(0)).cpu();
@@ -133,9 +144,9 @@ std::string Reap::description() const {
 }
 
 ExpertScores Reap::score(const CriterionContext& context) const {
-  auto sums = zero_scores(context.finetuned);
-  auto counts = zero_scores(context.finetuned);
-  const auto layers = layers_of(context.finetuned);
+  auto sums = zero_scores(context);
+  auto counts = zero_scores(context);
+  const auto layers = context.finetuned_moe_layers();
   for_each_routing(
       context, true, [&](int64_t block, const RoutingPlan& plan, const torch::Tensor& x) {
         MoELayer layer = layers.at(block);
@@ -165,7 +176,7 @@ std::string RandomCriterion::description() const {
 
 ExpertScores RandomCriterion::score(const CriterionContext& context) const {
   ExpertScores scores;
-  for (auto& [block, layer] : context.finetuned->moe_layers()) {
+  for (auto& [block, layer] : context.finetuned_moe_layers()) {
     auto generator =
         at::detail::createCPUGenerator(context.seed * 1000003ULL + static_cast<uint64_t>(block));
     scores[block] =

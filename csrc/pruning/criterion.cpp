@@ -43,24 +43,55 @@ std::vector<std::string> CriterionRegistry::names() const {
   return names;
 }
 
+namespace {
+
+std::map<int64_t, MoELayer> layers_or_model(const std::map<int64_t, MoELayer>& layers,
+                                            const VisionTransformer& model) {
+  if (!layers.empty() || model.is_empty()) {
+    return layers;
+  }
+  std::map<int64_t, MoELayer> out;
+  for (auto& [block, layer] : model->moe_layers()) {
+    out.emplace(block, layer);
+  }
+  return out;
+}
+
+}  // namespace
+
+std::map<int64_t, MoELayer> CriterionContext::finetuned_moe_layers() const {
+  return layers_or_model(finetuned_layers, finetuned);
+}
+
+std::map<int64_t, MoELayer> CriterionContext::pretrained_moe_layers() const {
+  return layers_or_model(pretrained_layers, pretrained);
+}
+
 ExpertScores score_experts(const Criterion& criterion, const CriterionContext& context) {
   const auto name = criterion.name();
-  TORCH_CHECK(!context.finetuned.is_empty(), name, ": the fine-tuned model is missing");
-  const auto layers = context.finetuned->moe_layers();
+  TORCH_CHECK(!context.finetuned.is_empty() || !context.finetuned_layers.empty(), name,
+              ": the fine-tuned model is missing");
+  TORCH_CHECK(context.finetuned.is_empty() || context.finetuned_layers.empty(), name,
+              ": give the fine-tuned model or its MoE layers, not both");
+  const auto layers = context.finetuned_moe_layers();
   TORCH_CHECK(!layers.empty(), name, ": the model has no MoE layers to score");
   if (criterion.needs_pretrained()) {
-    TORCH_CHECK(!context.pretrained.is_empty(), name, " needs the pre-trained model");
-    const auto pre = context.pretrained->moe_layers();
+    const auto pre = context.pretrained_moe_layers();
+    TORCH_CHECK(!pre.empty(), name, " needs the pre-trained model");
     TORCH_CHECK(pre.size() == layers.size(), name, ": the pre-trained model has ", pre.size(),
                 " MoE layers, the fine-tuned one ", layers.size());
-    for (size_t i = 0; i < layers.size(); ++i) {
-      TORCH_CHECK(pre[i].first == layers[i].first && pre[i].second->router().num_experts() ==
-                                                         layers[i].second->router().num_experts(),
-                  name, ": MoE block ", layers[i].first,
-                  " differs between the pre-trained and fine-tuned models");
+    for (const auto& [block, layer] : layers) {
+      const auto it = pre.find(block);
+      TORCH_CHECK(
+          it != pre.end() && it->second->router().num_experts() == layer->router().num_experts(),
+          name, ": MoE block ", block, " differs between the pre-trained and fine-tuned models");
     }
   }
-  TORCH_CHECK(!criterion.needs_data() || context.data, name, " needs calibration data");
+  TORCH_CHECK(!criterion.needs_data() || context.has_data(), name, " needs calibration data");
+  TORCH_CHECK(!(context.data && !context.finetuned_layers.empty()), name,
+              ": image calibration data needs the model; give MoE layers token data instead");
+  TORCH_CHECK(!(context.layer_data && context.finetuned_layers.empty()), name,
+              ": per-layer calibration tokens need the MoE layers (finetuned_layers)");
   auto scores = criterion.score(context);
   for (const auto& [block, layer] : layers) {
     TORCH_CHECK(scores.count(block) == 1, name, " gave no scores for MoE block ", block);

@@ -209,9 +209,11 @@ std::string PruningPlan::table() const {
 }
 
 std::string PruningPlan::to_json() const {
-  nlohmann::json j = {{"criterion", criterion},
-                      {"model_signature", nlohmann::json::parse(model_signature)},
-                      {"layers", nlohmann::json::array()}};
+  nlohmann::json j = {
+      {"criterion", criterion},
+      {"model_signature",
+       model_signature.empty() ? nlohmann::json() : nlohmann::json::parse(model_signature)},
+      {"layers", nlohmann::json::array()}};
   for (const auto& l : layers) {
     j["layers"].push_back({{"block", l.block},
                            {"num_experts", l.num_experts},
@@ -226,7 +228,8 @@ PruningPlan PruningPlan::from_json(const std::string& text) {
   try {
     const auto j = nlohmann::json::parse(text);
     plan.criterion = j.value("criterion", "");
-    plan.model_signature = j.at("model_signature").dump();
+    plan.model_signature =
+        j.at("model_signature").is_null() ? std::string() : j.at("model_signature").dump();
     for (const auto& l : j.at("layers")) {
       plan.layers.push_back({l.at("block").get<int64_t>(), l.at("num_experts").get<int64_t>(),
                              l.at("pruned").get<std::vector<int64_t>>(),

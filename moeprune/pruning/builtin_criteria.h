@@ -43,6 +43,7 @@ class NeuronMagnitudeChange : public Criterion {
   std::string name() const override { return "neuron_magnitude_change"; }
   std::string description() const override;
   bool needs_pretrained() const override { return true; }
+  bool needs_expert_weights() const override { return true; }
   ExpertScores score(const CriterionContext& context) const override;
 };
 
@@ -64,6 +65,7 @@ class Reap : public Criterion {
   std::string name() const override { return "reap"; }
   std::string description() const override;
   bool needs_data() const override { return true; }
+  bool needs_expert_weights() const override { return true; }
   ExpertScores score(const CriterionContext& context) const override;
 };
 

@@ -17,13 +17,28 @@ namespace moeprune::pruning {
 /// called more than once, so criteria can make several passes.
 using CalibrationData = std::function<void(const std::function<void(const torch::Tensor&)>& visit)>;
 
-/// What a criterion may use. Criteria that need the pre-trained model or data say so
-/// (Criterion::needs_pretrained / needs_data) and refuse to run without them.
+/// Calibration data fed to the MoE layers directly: calls `visit(layer, tokens)` with input
+/// tokens [T, d] of the layer keyed `layer`, once or more per layer.
+using LayerCalibrationData = std::function<void(
+    const std::function<void(int64_t layer, const torch::Tensor& tokens)>& visit)>;
+
+/// What a criterion may use: a model, or its MoE layers on their own (as read from a Hugging Face
+/// checkpoint), keyed by block/layer index. Criteria that need the pre-trained model or data say
+/// so (Criterion::needs_pretrained / needs_data) and refuse to run without them.
 struct CriterionContext {
   VisionTransformer finetuned{nullptr};
   VisionTransformer pretrained{nullptr};
   CalibrationData data;
+  /// Instead of the models above: their MoE layers, and calibration tokens per layer.
+  std::map<int64_t, MoELayer> finetuned_layers;
+  std::map<int64_t, MoELayer> pretrained_layers;
+  LayerCalibrationData layer_data;
   uint64_t seed = 0;
+
+  /// The fine-tuned (pre-trained) MoE layers, from the model or from *_layers.
+  std::map<int64_t, MoELayer> finetuned_moe_layers() const;
+  std::map<int64_t, MoELayer> pretrained_moe_layers() const;
+  bool has_data() const { return static_cast<bool>(data) || static_cast<bool>(layer_data); }
 };
 
 /// One score per expert of each MoE layer (keyed by block index), [E] float64 in the router's
@@ -39,6 +54,9 @@ class Criterion {
   virtual std::string description() const = 0;
   virtual bool needs_pretrained() const { return false; }
   virtual bool needs_data() const { return false; }
+  /// Whether the score reads expert weights (not only routers), so a caller streaming a large
+  /// checkpoint knows whether to load them.
+  virtual bool needs_expert_weights() const { return false; }
   /// Scores every expert of every MoE layer of context.finetuned.
   virtual ExpertScores score(const CriterionContext& context) const = 0;
 };

@@ -1,0 +1,249 @@
+#include <moeprune/hf_checkpoint.h>
+#include <moeprune/hf_pruning.h>
+
+#include <torch/torch.h>
+#include <catch2/catch.hpp>
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+
+namespace hf = moeprune::hf;
+namespace st = moeprune::safetensors;
+using Catch::Matchers::Contains;
+
+namespace {
+
+const std::string kFixtures = MOEPRUNE_TEST_FIXTURES "/hf";
+
+std::string scratch() {
+  static const std::string dir = [] {
+    char tmpl[] = "/tmp/moeprune-hf-XXXXXX";
+    const std::string d = ::mkdtemp(tmpl);
+    static const std::string cmd = "rm -rf '" + d + "'";
+    std::atexit([] { (void)std::system(cmd.c_str()); });
+    return d;
+  }();
+  return dir;
+}
+
+bool exists(const std::string& path) {
+  return ::access(path.c_str(), F_OK) == 0;
+}
+
+// Runs every MoE layer of `dir` on the reference inputs and compares with transformers' outputs.
+// fp32 throughout; the tolerance covers summation-order differences only.
+void check_parity(const std::string& dir, const std::string& reference, int64_t layers) {
+  auto model = hf::load_moe_model(dir);
+  REQUIRE(static_cast<int64_t>(model.layers.size()) == layers);
+  st::File ref(reference);
+  torch::NoGradGuard no_grad;
+  for (auto& [index, layer] : model.layers) {
+    const auto& prefix = model.info.layers[static_cast<size_t>(index)].prefix;
+    INFO(prefix);
+    layer->eval();
+    const auto x = ref.tensor(prefix + ".input");
+    const auto want = ref.tensor(prefix + ".output");
+    const auto got = layer->forward(x).output;
+    REQUIRE(got.sizes() == want.sizes());
+    CHECK(torch::allclose(got, want, /*rtol=*/1e-5, /*atol=*/1e-6));
+    INFO("max |diff| " << (got - want).abs().max().item<double>());
+  }
+}
+
+std::vector<int64_t> kept_of(const std::vector<int64_t>& pruned, int64_t E) {
+  std::vector<int64_t> kept;
+  for (int64_t j = 0; j < E; ++j) {
+    if (std::find(pruned.begin(), pruned.end(), j) == pruned.end()) {
+      kept.push_back(j);
+    }
+  }
+  return kept;
+}
+
+}  // namespace
+
+TEST_CASE("Mixtral layers reproduce transformers 4.x MixtralSparseMoeBlock (per-expert layout)") {
+  check_parity(kFixtures + "/mixtral_ft", kFixtures + "/mixtral_ft_reference.safetensors", 2);
+  check_parity(kFixtures + "/mixtral_ft_sharded", kFixtures + "/mixtral_ft_reference.safetensors",
+               2);
+}
+
+TEST_CASE("Mixtral layers reproduce transformers 5.x's fused gate_up_proj/down_proj checkpoint") {
+  st::Checkpoint fused(kFixtures + "/mixtral_ft_fused");
+  REQUIRE(fused.contains("model.layers.0.mlp.experts.gate_up_proj"));
+  check_parity(kFixtures + "/mixtral_ft_fused",
+               kFixtures + "/mixtral_ft_fused_reference.safetensors", 2);
+}
+
+TEST_CASE("Switch layers reproduce transformers 4.x SwitchTransformersSparseMLP with drops") {
+  check_parity(kFixtures + "/switch_ft", kFixtures + "/switch_ft_reference.safetensors", 2);
+  // The reference must exercise the capacity: some tokens were dropped (zero output).
+  st::File ref(kFixtures + "/switch_ft_reference.safetensors");
+  const auto out = ref.tensor("encoder.block.1.layer.1.mlp.output");
+  const auto dropped = out.abs().sum(-1).eq(0).sum().item<int64_t>();
+  REQUIRE(dropped > 0);
+}
+
+TEST_CASE("describe refuses a config and tensors that disagree, and missing experts") {
+  const auto dir = scratch() + "/bad_config";
+  REQUIRE(std::system(("cp -r " + kFixtures + "/mixtral_ft " + dir).c_str()) == 0);
+  std::string config;
+  {
+    std::ifstream in(dir + "/config.json");
+    config.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  const auto at = config.find("\"intermediate_size\": 24");
+  REQUIRE(at != std::string::npos);
+  std::ofstream(dir + "/config.json")
+      << config.substr(0, at) + "\"intermediate_size\": 32" + config.substr(at + 23);
+  st::Checkpoint checkpoint(dir);
+  REQUIRE_THROWS_WITH(hf::describe(dir, checkpoint),
+                      Contains("model.layers.0.block_sparse_moe.experts.0.w1.weight") &&
+                          Contains("[24, 16]") && Contains("[32, 16]"));
+
+  // A checkpoint without expert 3's w2.
+  const auto missing = scratch() + "/missing_expert";
+  REQUIRE(std::system(
+              ("mkdir " + missing + " && cp " + kFixtures + "/mixtral_ft/config.json " + missing)
+                  .c_str()) == 0);
+  st::Checkpoint full(kFixtures + "/mixtral_ft");
+  st::Writer w(missing + "/model.safetensors");
+  for (const auto& name : full.names()) {
+    if (name != "model.layers.1.block_sparse_moe.experts.3.w2.weight") {
+      w.add(name, full.tensor(name));
+    }
+  }
+  w.finish();
+  st::Checkpoint partial(missing);
+  REQUIRE_THROWS_WITH(
+      hf::describe(missing, partial),
+      Contains("model.layers.1.block_sparse_moe.experts.3.w2.weight") && Contains("missing"));
+}
+
+TEST_CASE("router_norm_change scores a checkpoint pair as ||W_ft[s]|| - ||W_pre[s]||") {
+  const auto registry = moeprune::pruning::CriterionRegistry::with_builtins();
+  hf::ScoreOptions o;
+  o.finetuned = kFixtures + "/mixtral_ft";
+  o.pretrained = kFixtures + "/mixtral_pre";
+  const auto scores = hf::score_checkpoint(o, registry);
+  REQUIRE(scores.size() == 2);
+  st::Checkpoint pre(o.pretrained), ft(o.finetuned);
+  for (int64_t i = 0; i < 2; ++i) {
+    const auto name = "model.layers." + std::to_string(i) + ".block_sparse_moe.gate.weight";
+    // By hand: row norms of the two router weights.
+    const auto a = ft.tensor(name).to(torch::kDouble), b = pre.tensor(name).to(torch::kDouble);
+    const auto want = a.pow(2).sum(1).sqrt() - b.pow(2).sum(1).sqrt();
+    REQUIRE(torch::allclose(scores.at(i), want, 1e-9, 1e-12));
+  }
+  SECTION("data-driven criteria ask for calibration hidden states") {
+    o.criterion = "frequency";
+    REQUIRE_THROWS_WITH(hf::score_checkpoint(o, registry), Contains("--calibration"));
+  }
+}
+
+TEST_CASE("pruned Mixtral checkpoints: router rows cut or kept, tensors streamed unchanged") {
+  const auto source = GENERATE(std::string("mixtral_ft"), std::string("mixtral_ft_fused"),
+                               std::string("mixtral_ft_sharded"));
+  const auto keep = GENERATE(false, true);
+  INFO(source << (keep ? " keep" : " cut"));
+  const auto src = kFixtures + "/" + source;
+  st::Checkpoint in(src);
+  const auto info = hf::describe(src, in);
+  moeprune::pruning::PruningPlan plan;
+  plan.criterion = "hand";
+  plan.layers.push_back({0, 6, {1, 4}, {}});
+  plan.layers.push_back({1, 6, {0, 5}, {}});
+  const auto out = scratch() + "/" + source + (keep ? "_keep" : "_cut");
+  hf::WriteOptions wo;
+  wo.router = keep ? hf::RouterRows::kKeep : hf::RouterRows::kCut;
+  const auto report = hf::write_pruned_checkpoint(src, plan, out, wo);
+  REQUIRE(report.bytes_written > 0);
+  REQUIRE(exists(out + "/generation_config.json"));
+  REQUIRE(exists(out + "/pruning_plan.json"));
+
+  // Our pruned layers: the source loaded and pruned in memory.
+  auto original = hf::load_moe_model(src);
+  auto pruned = hf::load_moe_model(out);
+  REQUIRE(pruned.info.num_experts == (keep ? 6 : 4));
+  st::Checkpoint written(out);
+  torch::manual_seed(3);
+  const auto x = torch::randn({2, 9, 16});
+  torch::NoGradGuard no_grad;
+  for (const auto& lp : plan.layers) {
+    const auto& ref = info.layers[static_cast<size_t>(lp.block)];
+    INFO(ref.prefix);
+    // Untouched: the router rows of kept experts are the source's bytes.
+    const auto router = written.tensor(ref.router);
+    const auto kept = kept_of(lp.pruned, 6);
+    const auto src_router = in.tensor(ref.router);
+    if (keep) {
+      REQUIRE(torch::equal(router, src_router));
+    } else {
+      REQUIRE(torch::equal(router, src_router.index_select(0, torch::tensor(kept))));
+    }
+    auto layer = original.layers.at(lp.block);
+    layer->keep_experts(kept, /*drop_router_columns=*/!keep);
+    layer->eval();
+    auto loaded = pruned.layers.at(lp.block);
+    loaded->eval();
+    REQUIRE(loaded->experts()->num_held() == 4);
+    REQUIRE(torch::allclose(loaded->forward(x).output, layer->forward(x).output, 1e-5, 1e-6));
+  }
+  // Tensors outside the MoE layers are byte-for-byte copies.
+  for (const auto& name : in.names()) {
+    if (name.find("self_attn") != std::string::npos || name.find("embed") != std::string::npos) {
+      const auto& a = in.file(in.shard_of(name));
+      const auto& b = written.file(written.shard_of(name));
+      REQUIRE(a.info(name).nbytes() == b.info(name).nbytes());
+      REQUIRE(std::memcmp(a.bytes(name), b.bytes(name), a.info(name).nbytes()) == 0);
+    }
+  }
+}
+
+TEST_CASE("pruning a checkpoint refuses bad requests and leaves no partial output") {
+  const auto src = kFixtures + "/switch_ft";
+  moeprune::pruning::PruningPlan plan;
+  plan.layers.push_back({0, 6, {1, 2}, {}});
+  plan.layers.push_back({1, 6, {3}, {}});
+  const auto out = scratch() + "/switch_refused";
+  SECTION("a different count per layer cannot be cut") {
+    REQUIRE_THROWS_WITH(hf::write_pruned_checkpoint(src, plan, out),
+                        Contains("same number of experts") && Contains("--router keep"));
+    REQUIRE_FALSE(exists(out));
+    REQUIRE(std::system(("ls -A " + scratch() + " | grep -q switch_refused").c_str()) != 0);
+  }
+  SECTION("an existing output folder is never touched") {
+    REQUIRE(std::system(("mkdir " + out + " && touch " + out + "/mine").c_str()) == 0);
+    plan.layers[1].pruned = {3, 4};
+    REQUIRE_THROWS_WITH(hf::write_pruned_checkpoint(src, plan, out), Contains("already exists"));
+    REQUIRE(exists(out + "/mine"));
+  }
+  SECTION("a plan for more experts than the model has") {
+    plan.layers[1].pruned = {3, 9};
+    REQUIRE_THROWS_WITH(hf::write_pruned_checkpoint(src, plan, out + "2"),
+                        Contains("expert 9") && Contains("decoder.block.1.layer.2.mlp"));
+    REQUIRE_FALSE(exists(out + "2"));
+  }
+}
+
+TEST_CASE("a cut Switch checkpoint drops the experts' tensors and renumbers the rest") {
+  const auto src = kFixtures + "/switch_ft";
+  moeprune::pruning::PruningPlan plan;
+  plan.layers.push_back({0, 6, {0, 2}, {}});
+  plan.layers.push_back({1, 6, {2, 5}, {}});
+  const auto out = scratch() + "/switch_cut";
+  const auto report = hf::write_pruned_checkpoint(src, plan, out);
+  REQUIRE(report.tensors_dropped == 8);  // 2 experts x (wi, wo) x 2 layers
+  st::Checkpoint in(src), written(out);
+  const std::string p = "decoder.block.1.layer.2.mlp.experts.expert_";
+  // Decoder layer keeps 0, 1, 3, 4 -> renumbered 0, 1, 2, 3.
+  REQUIRE(torch::equal(written.tensor(p + "2.wi.weight"), in.tensor(p + "3.wi.weight")));
+  REQUIRE(torch::equal(written.tensor(p + "3.wo.weight"), in.tensor(p + "4.wo.weight")));
+  REQUIRE_FALSE(written.contains(p + "4.wi.weight"));
+  const auto model = hf::load_moe_model(out);
+  REQUIRE(model.info.num_experts == 4);
+}
