@@ -18,10 +18,9 @@
 #include <torch/torch.h>
 #include <CLI/CLI.hpp>
 
-#include <sys/resource.h>
-
 #include <chrono>
 #include <exception>
+#include <fstream>
 #include <iostream>
 #include <memory>
 
@@ -139,14 +138,21 @@ int main(int argc, char** argv) {
     }
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    rusage usage{};
-    getrusage(RUSAGE_SELF, &usage);
+    // VmHWM: this process's own peak (getrusage would include pages a large parent shared
+    // with us before exec).
+    double peak_mb = 0;
+    std::ifstream status("/proc/self/status");
+    for (std::string line; std::getline(status, line);) {
+      if (line.rfind("VmHWM:", 0) == 0) {
+        peak_mb = std::stod(line.substr(6)) / 1024.0;
+      }
+    }
     fmt::print(
         "wrote {}: {:.1f} MB in {:.1f} s ({:.0f} MB/s); tensors copied {}, sliced {}, dropped {}, "
         "zeroed {}; peak RSS {:.0f} MB\n",
         out, report.bytes_written / 1e6, seconds, report.bytes_written / 1e6 / seconds,
         report.tensors_copied, report.tensors_sliced, report.tensors_dropped, report.tensors_zeroed,
-        usage.ru_maxrss / 1024.0);
+        peak_mb);
   } catch (const c10::Error& e) {
     std::cerr << "moeprune: " << e.what_without_backtrace() << "\n";
     return 1;
