@@ -166,7 +166,6 @@ ModelInfo describe(const std::string& directory, const safetensors::Checkpoint& 
         expect_shape(checkpoint, ref.prefix + ".experts.gate_up_proj", {E, 2 * F, d});
         expect_shape(checkpoint, ref.prefix + ".experts.down_proj", {E, d, F});
       } else {
-        ref.architecture = Architecture::kMixtral;
         for (int64_t j = 0; j < E; ++j) {
           const auto names = ref.expert_tensors(j);
           expect_shape(checkpoint, names[0], {F, d});

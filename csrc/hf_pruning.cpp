@@ -1,5 +1,7 @@
 #include <moeprune/hf_pruning.h>
 
+#include "file_copy.h"
+
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
@@ -69,7 +71,7 @@ void write_text_file(const std::string& path, const std::string& text) {
   }
 }
 
-// Copies a whole file in the kernel (copy_file_range), so the bytes never pass through us.
+// Copies a whole file in the kernel, so the bytes never pass through this process.
 void copy_file(const std::string& from, const std::string& to) {
   const int in = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
   if (in < 0) {
@@ -82,25 +84,12 @@ void copy_file(const std::string& from, const std::string& to) {
     ::close(in);
     fail(to + ": cannot create: " + std::strerror(errno));
   }
-  safetensors::ByteRange range{in, 0, static_cast<uint64_t>(st.st_size)};
-  std::vector<char> buffer(1 << 20);
-  loff_t offset = 0;
-  uint64_t left = range.length;
-  while (left > 0) {
-    ssize_t n = ::copy_file_range(in, &offset, out, nullptr, left, 0);
-    if (n < 0 && errno == EINTR) {
-      continue;
-    }
-    if (n <= 0) {  // another file system: plain reads and writes
-      n = ::pread(in, buffer.data(), std::min<uint64_t>(left, buffer.size()), offset);
-      if (n <= 0 || ::write(out, buffer.data(), static_cast<size_t>(n)) != n) {
-        ::close(in);
-        ::close(out);
-        fail(to + ": copy from " + from + " failed");
-      }
-      offset += n;
-    }
-    left -= static_cast<uint64_t>(n);
+  try {
+    safetensors::detail::copy_range({in, 0, static_cast<uint64_t>(st.st_size)}, out, to);
+  } catch (...) {
+    ::close(in);
+    ::close(out);
+    throw;
   }
   ::close(in);
   if (::close(out) != 0) {

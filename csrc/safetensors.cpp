@@ -1,5 +1,7 @@
 #include <moeprune/safetensors.h>
 
+#include "file_copy.h"
+
 #include <c10/util/Exception.h>
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
@@ -71,6 +73,10 @@ std::string shape_text(const std::vector<int64_t>& shape) {
   return text + "]";
 }
 
+}  // namespace
+
+namespace detail {
+
 // Writes all of `size` bytes or throws.
 void write_all(int fd, const void* data, uint64_t size, const std::string& path) {
   const auto* p = static_cast<const uint8_t*>(data);
@@ -132,7 +138,7 @@ void copy_range(const ByteRange& range, int out_fd, const std::string& path) {
   }
 }
 
-}  // namespace
+}  // namespace detail
 
 std::string dtype_name(torch::ScalarType type) {
   for (const auto& d : kDtypes) {
@@ -523,15 +529,15 @@ uint64_t Writer::finish() {
     fail(path_ + ": cannot create a temporary file next to it: " + reason);
   }
   try {
-    write_all(fd, &header_len, 8, path_);
-    write_all(fd, text.data(), text.size(), path_);
+    detail::write_all(fd, &header_len, 8, path_);
+    detail::write_all(fd, text.data(), text.size(), path_);
     for (const auto& e : entries_) {
       if (e.tensor.defined()) {
         const auto t = e.tensor.detach().to(torch::kCPU).contiguous();
-        write_all(fd, t.data_ptr(), e.nbytes, path_);
+        detail::write_all(fd, t.data_ptr(), e.nbytes, path_);
       } else {
         for (const auto& r : e.ranges) {
-          copy_range(r, fd, path_);
+          detail::copy_range(r, fd, path_);
         }
       }
     }

@@ -4,6 +4,8 @@
 #include <torch/torch.h>
 #include <catch2/catch.hpp>
 
+#include "scratch_dir.h"
+
 #include <unistd.h>
 
 #include <cstdlib>
@@ -20,18 +22,10 @@ namespace {
 const std::string kFixtures = MOEPRUNE_TEST_FIXTURES "/hf";
 
 std::string scratch() {
-  static const std::string dir = [] {
-    char tmpl[] = "/tmp/moeprune-hf-XXXXXX";
-    const std::string d = ::mkdtemp(tmpl);
-    static const std::string cmd = "rm -rf '" + d + "'";
-    std::atexit([] { (void)std::system(cmd.c_str()); });
-    return d;
-  }();
-  return dir;
+  return test::scratch_dir("moeprune-hf");
 }
-
 bool exists(const std::string& path) {
-  return ::access(path.c_str(), F_OK) == 0;
+  return test::path_exists(path);
 }
 
 // Runs every MoE layer of `dir` on the reference inputs and compares with transformers' outputs.
@@ -246,4 +240,29 @@ TEST_CASE("a cut Switch checkpoint drops the experts' tensors and renumbers the 
   REQUIRE_FALSE(written.contains(p + "4.wi.weight"));
   const auto model = hf::load_moe_model(out);
   REQUIRE(model.info.num_experts == 4);
+}
+
+TEST_CASE("checkpoint scoring refuses an unknown model and calibration data that does not fit") {
+  const auto registry = moeprune::pruning::CriterionRegistry::with_builtins();
+  const auto llama = scratch() + "/llama";
+  REQUIRE(std::system(("cp -r " + kFixtures + "/mixtral_ft " + llama +
+                       " && sed -i 's/\"model_type\": \"mixtral\"/\"model_type\": \"llama\"/' " +
+                       llama + "/config.json")
+                          .c_str()) == 0);
+  st::Checkpoint checkpoint(llama);
+  REQUIRE_THROWS_WITH(hf::describe(llama, checkpoint),
+                      Contains("model_type \"llama\" is not supported"));
+
+  hf::ScoreOptions o;
+  o.finetuned = kFixtures + "/mixtral_ft";
+  o.criterion = "frequency";
+  o.calibration = scratch() + "/calibration_wrong_width.safetensors";
+  st::save_file(o.calibration, {{"model.layers.0.block_sparse_moe", torch::randn({5, 8})},
+                                {"model.layers.1.block_sparse_moe", torch::randn({5, 8})}});
+  REQUIRE_THROWS_WITH(hf::score_checkpoint(o, registry),
+                      Contains("last dimension 8") && Contains("hidden size is 16"));
+  o.calibration = scratch() + "/calibration_one_layer.safetensors";
+  st::save_file(o.calibration, {{"model.layers.0.block_sparse_moe", torch::randn({5, 16})}});
+  REQUIRE_THROWS_WITH(hf::score_checkpoint(o, registry),
+                      Contains("no hidden states for MoE layer 'model.layers.1.block_sparse_moe'"));
 }

@@ -3,6 +3,8 @@
 #include <torch/torch.h>
 #include <catch2/catch.hpp>
 
+#include "scratch_dir.h"
+
 #include <unistd.h>
 
 #include <cstdlib>
@@ -17,20 +19,11 @@ namespace {
 
 const std::string kFixtures = MOEPRUNE_TEST_FIXTURES "/hf";
 
-// A scratch folder for this test binary, removed at exit.
 std::string scratch() {
-  static const std::string dir = [] {
-    char tmpl[] = "/tmp/moeprune-safetensors-XXXXXX";
-    const std::string d = ::mkdtemp(tmpl);
-    static const std::string cmd = "rm -rf '" + d + "'";
-    std::atexit([] { (void)std::system(cmd.c_str()); });
-    return d;
-  }();
-  return dir;
+  return test::scratch_dir("moeprune-safetensors");
 }
-
 bool exists(const std::string& path) {
-  return ::access(path.c_str(), F_OK) == 0;
+  return test::path_exists(path);
 }
 
 // Writes a safetensors file by hand: the 8-byte length, `header` verbatim, then `data_bytes`
