@@ -106,6 +106,7 @@ int main(int argc, char** argv) {
   CLI::App app{"Streams a synthetic Mixtral-like checkpoint through `moeprune prune`"};
   std::string work = "bench-checkpoint", cli = "build/tools/moeprune",
               json_out = "bench/results/checkpoint_stream.json";
+  bool keep = false;
   int64_t layers = 9, experts = 8, pruned = 4, d = 4096, F = 14336;
   app.add_option("--work", work, "Scratch folder (removed at the end)")->capture_default_str();
   app.add_option("--cli", cli, "The moeprune command line")->capture_default_str();
@@ -115,6 +116,7 @@ int main(int argc, char** argv) {
   app.add_option("--d-model", d, "Hidden size")->capture_default_str();
   app.add_option("--ffn", F, "Expert hidden size")->capture_default_str();
   app.add_option("--json", json_out, "Result file")->capture_default_str();
+  app.add_flag("--keep", keep, "Keep the scratch folder (the synthetic and pruned checkpoints)");
   CLI11_PARSE(app, argc, argv);
 
   namespace fs = std::filesystem;
@@ -261,7 +263,9 @@ int main(int argc, char** argv) {
       {"targets", {{"peak_rss_mb_below", 2048}, {"speed_vs_copy_at_least", 0.7}}}};
   fs::create_directories(fs::path(json_out).parent_path());
   std::ofstream(json_out) << result.dump(2) << "\n";
-  (void)std::system(("rm -rf '" + work + "'").c_str());
+  if (!keep) {
+    (void)std::system(("rm -rf '" + work + "'").c_str());
+  }
   fmt::print("results: {}\n", json_out);
   return 0;
 }

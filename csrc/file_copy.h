@@ -9,11 +9,28 @@
 
 namespace moeprune::safetensors::detail {
 
-/// Writes all of `size` bytes to `fd` or throws naming `path`.
-void write_all(int fd, const void* data, uint64_t size, const std::string& path);
+/// One output file written front to back: tensor bytes from memory, byte ranges of other files
+/// (in the kernel, copy_file_range, where it can; otherwise through a bounded buffer; fd -1 appends
+/// zeros). Every finished 64 MB window is handed to the kernel's writeback at once, and the one
+/// before it is waited for and dropped from the page cache: a checkpoint larger than RAM then
+/// streams at disk speed instead of piling up dirty pages that the final fsync (or the kernel's
+/// throttling) must flush while reading stalls. Errors throw naming `path`.
+class SequentialOutput {
+ public:
+  SequentialOutput(int fd, std::string path);
+  void write(const void* data, uint64_t size);
+  void copy(const ByteRange& range);
+  /// fsync: everything written is on disk when this returns.
+  void sync();
 
-/// Appends `range` to `out_fd`: in the kernel (copy_file_range) where it can, otherwise through a
-/// bounded buffer; fd -1 appends zeros. Throws naming `path`.
-void copy_range(const ByteRange& range, int out_fd, const std::string& path);
+ private:
+  void pace();
+
+  int fd_;
+  std::string path_;
+  uint64_t written_ = 0;  // bytes appended so far
+  uint64_t started_ = 0;  // writeback started for [0, started_)
+  uint64_t dropped_ = 0;  // on disk and out of the page cache: [0, dropped_)
+};
 
 }  // namespace moeprune::safetensors::detail

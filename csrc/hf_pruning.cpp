@@ -71,7 +71,8 @@ void write_text_file(const std::string& path, const std::string& text) {
   }
 }
 
-// Copies a whole file in the kernel, so the bytes never pass through this process.
+// Copies a whole file in the kernel, so the bytes never pass through this process, and syncs it
+// before the output folder is renamed into place.
 void copy_file(const std::string& from, const std::string& to) {
   const int in = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
   if (in < 0) {
@@ -85,7 +86,9 @@ void copy_file(const std::string& from, const std::string& to) {
     fail(to + ": cannot create: " + std::strerror(errno));
   }
   try {
-    safetensors::detail::copy_range({in, 0, static_cast<uint64_t>(st.st_size)}, out, to);
+    safetensors::detail::SequentialOutput output(out, to);
+    output.copy({in, 0, static_cast<uint64_t>(st.st_size)});
+    output.sync();
   } catch (...) {
     ::close(in);
     ::close(out);

@@ -77,30 +77,37 @@ std::string shape_text(const std::vector<int64_t>& shape) {
 
 namespace detail {
 
-// Writes all of `size` bytes or throws.
-void write_all(int fd, const void* data, uint64_t size, const std::string& path) {
+namespace {
+
+constexpr uint64_t kWritebackWindow = 64ULL << 20;
+
+}  // namespace
+
+SequentialOutput::SequentialOutput(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
+
+void SequentialOutput::write(const void* data, uint64_t size) {
   const auto* p = static_cast<const uint8_t*>(data);
   while (size > 0) {
-    const ssize_t n = ::write(fd, p, std::min<uint64_t>(size, 1ULL << 30));
+    const ssize_t n = ::write(fd_, p, std::min(size, kWritebackWindow));
     if (n < 0 && errno == EINTR) {
       continue;
     }
     if (n <= 0) {
-      fail(path + ": write failed: " + errno_text());
+      fail(path_ + ": write failed: " + errno_text());
     }
     p += n;
     size -= static_cast<uint64_t>(n);
+    written_ += static_cast<uint64_t>(n);
+    pace();
   }
 }
 
-// Copies `range` to the end of `out_fd` in the kernel (copy_file_range), falling back to reads
-// and writes through a bounded buffer where the kernel cannot (other file systems).
-void copy_range(const ByteRange& range, int out_fd, const std::string& path) {
+void SequentialOutput::copy(const ByteRange& range) {
   if (range.fd < 0) {
     static const std::vector<uint8_t> zeros(1 << 20);
     for (uint64_t left = range.length; left > 0;) {
       const uint64_t n = std::min<uint64_t>(left, zeros.size());
-      write_all(out_fd, zeros.data(), n, path);
+      write(zeros.data(), n);
       left -= n;
     }
     return;
@@ -108,8 +115,8 @@ void copy_range(const ByteRange& range, int out_fd, const std::string& path) {
   auto in_offset = static_cast<loff_t>(range.offset);
   uint64_t left = range.length;
   while (left > 0) {
-    const ssize_t n = ::copy_file_range(range.fd, &in_offset, out_fd, nullptr,
-                                        std::min<uint64_t>(left, 1ULL << 30), 0);
+    const ssize_t n =
+        ::copy_file_range(range.fd, &in_offset, fd_, nullptr, std::min(left, kWritebackWindow), 0);
     if (n < 0 && errno == EINTR) {
       continue;
     }
@@ -117,10 +124,12 @@ void copy_range(const ByteRange& range, int out_fd, const std::string& path) {
       break;
     }
     if (n < 0) {
-      fail(path + ": copying tensor bytes failed: " + errno_text());
+      fail(path_ + ": copying tensor bytes failed: " + errno_text());
     }
-    TORCH_CHECK(n > 0, path, ": source file ended ", left, " bytes early");
+    TORCH_CHECK(n > 0, path_, ": source file ended ", left, " bytes early");
     left -= static_cast<uint64_t>(n);
+    written_ += static_cast<uint64_t>(n);
+    pace();
   }
   std::vector<uint8_t> buffer(left > 0 ? (8u << 20) : 0);
   while (left > 0) {
@@ -130,11 +139,33 @@ void copy_range(const ByteRange& range, int out_fd, const std::string& path) {
       continue;
     }
     if (n <= 0) {
-      fail(path + ": reading tensor bytes failed: " + (n < 0 ? errno_text() : "end of file"));
+      fail(path_ + ": reading tensor bytes failed: " + (n < 0 ? errno_text() : "end of file"));
     }
-    write_all(out_fd, buffer.data(), static_cast<uint64_t>(n), path);
+    write(buffer.data(), static_cast<uint64_t>(n));
     in_offset += n;
     left -= static_cast<uint64_t>(n);
+  }
+}
+
+// sync_file_range and posix_fadvise are hints: where a file system does not take them, the
+// final fsync still makes the file durable.
+void SequentialOutput::pace() {
+  while (written_ - started_ >= kWritebackWindow) {
+    ::sync_file_range(fd_, static_cast<off64_t>(started_), kWritebackWindow, SYNC_FILE_RANGE_WRITE);
+    started_ += kWritebackWindow;
+    if (started_ - dropped_ > kWritebackWindow) {
+      ::sync_file_range(
+          fd_, static_cast<off64_t>(dropped_), kWritebackWindow,
+          SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+      ::posix_fadvise(fd_, static_cast<off_t>(dropped_), kWritebackWindow, POSIX_FADV_DONTNEED);
+      dropped_ += kWritebackWindow;
+    }
+  }
+}
+
+void SequentialOutput::sync() {
+  if (::fsync(fd_) != 0) {
+    fail(path_ + ": fsync failed: " + errno_text());
   }
 }
 
@@ -529,21 +560,20 @@ uint64_t Writer::finish() {
     fail(path_ + ": cannot create a temporary file next to it: " + reason);
   }
   try {
-    detail::write_all(fd, &header_len, 8, path_);
-    detail::write_all(fd, text.data(), text.size(), path_);
+    detail::SequentialOutput output(fd, path_);
+    output.write(&header_len, 8);
+    output.write(text.data(), text.size());
     for (const auto& e : entries_) {
       if (e.tensor.defined()) {
         const auto t = e.tensor.detach().to(torch::kCPU).contiguous();
-        detail::write_all(fd, t.data_ptr(), e.nbytes, path_);
+        output.write(t.data_ptr(), e.nbytes);
       } else {
         for (const auto& r : e.ranges) {
-          detail::copy_range(r, fd, path_);
+          output.copy(r);
         }
       }
     }
-    if (::fsync(fd) != 0) {
-      fail(path_ + ": fsync failed: " + errno_text());
-    }
+    output.sync();
   } catch (...) {
     ::close(fd);
     throw;

@@ -121,7 +121,7 @@ int run(int argc, char** argv) {
       "moeprune demo: pre-train a small V-MoE on Fashion-MNIST, fine-tune it on a 4-way task, "
       "and compare expert-pruning criteria at every pruning ratio."};
   bool full = false, fresh = false;
-  std::string cache = home_cache(), out = "demo-results";
+  std::string cache = home_cache(), out = "demo-results", criteria;
   int64_t threads = 0, post_steps = -1, pretrain_epochs = 6;
   app.add_flag("--full", full,
                "Whole sweep: also expert choice and E3-MoE, every pruning ratio, longer "
@@ -135,9 +135,13 @@ int run(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--post-steps", post_steps,
                  "Post-pruning fine-tuning steps (default 100, --full 300)");
+  app.add_option("--criteria", criteria,
+                 "Only these criteria, comma-separated (default: every registered one)");
   app.add_option("--threads", threads, "Torch threads (0: torch's default)");
   CLI11_PARSE(app, argc, argv);
 
+  const auto criteria_names =
+      examples::parse_criteria(moeprune::pruning::CriterionRegistry::with_builtins(), criteria);
   const auto start = std::chrono::steady_clock::now();
   examples::set_up_process(threads);
   std::filesystem::create_directories(cache);
@@ -152,7 +156,6 @@ int run(int argc, char** argv) {
   const std::vector<std::string> presets =
       full ? std::vector<std::string>{"small_vmoe", "small_expert_choice", "small_e3moe"}
            : std::vector<std::string>{"small_vmoe"};
-  const auto registry = moeprune::pruning::CriterionRegistry::with_builtins();
   std::vector<examples::SweepConfig> configs;
   for (const auto& preset : presets) {
     examples::SweepConfig cfg;
@@ -161,7 +164,7 @@ int run(int argc, char** argv) {
     cfg.finetuned = cache + "/finetuned_" + preset + "_tops4.pt";
     pretrain(preset, all, cfg.pretrained, pretrain_epochs, fresh);
     finetune(cfg.pretrained, task, cfg.finetuned, fresh);
-    cfg.criteria = registry.names();
+    cfg.criteria = criteria_names;
     const auto experts = examples::read_metadata(cfg.finetuned).options.num_experts();
     std::vector<int64_t> wanted;
     for (int64_t n = 0; n < experts; n += full ? 1 : 2) {

@@ -25,6 +25,22 @@ struct SweepConfig {
   int64_t post_steps = 100, seeds = 3, calibration = 512;
 };
 
+/// The criteria named in `text` (comma-separated), or every registered one when it is empty.
+inline std::vector<std::string> parse_criteria(const moeprune::pruning::CriterionRegistry& registry,
+                                               const std::string& text) {
+  if (text.empty()) {
+    return registry.names();
+  }
+  std::vector<std::string> out;
+  std::stringstream in(text);
+  for (std::string c; std::getline(in, c, ',');) {
+    TORCH_CHECK(registry.contains(c), "unknown criterion '", c,
+                "'; known: ", fmt::format("{}", fmt::join(registry.names(), ", ")));
+    out.push_back(c);
+  }
+  return out;
+}
+
 inline moeprune::VisionTransformer load_model(const std::string& path) {
   moeprune::VisionTransformer m(read_metadata(path).options);
   moeprune::load_checkpoint(path, *m);

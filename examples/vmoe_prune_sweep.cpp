@@ -31,15 +31,7 @@ int run(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   examples::set_up_process(threads);
-  cfg.criteria = registry.names();
-  if (!criteria_text.empty()) {
-    cfg.criteria.clear();
-    std::stringstream in(criteria_text);
-    for (std::string c; std::getline(in, c, ',');) {
-      TORCH_CHECK(registry.contains(c), "unknown criterion '", c, "'");
-      cfg.criteria.push_back(c);
-    }
-  }
+  cfg.criteria = examples::parse_criteria(registry, criteria_text);
   cfg.counts = moeprune::data::parse_label_mapping(prune_text);
   const auto meta = examples::read_metadata(cfg.finetuned);
   cfg.model_name = meta.options.moe_preset();
