@@ -51,12 +51,128 @@ void ExpertBankImpl::reset() {
     b1 = register_parameter("b1", torch::empty({E, F}).uniform_(-in_bound, in_bound));
     b2 = register_parameter("b2", torch::empty({E, d}).uniform_(-out_bound, out_bound));
   }
+  if (options.rank() > 0) {  // a clone of a factorised bank
+    register_factors(options.rank());
+  }
+}
+
+void ExpertBankImpl::register_factors(int64_t rank) {
+  const int64_t E = num_held(), d = options.d_model(), F = options.hidden_dim();
+  w1_left = register_parameter("w1_left", torch::zeros({E, d, rank}, w1.options()));
+  w1_right = register_parameter("w1_right", torch::zeros({E, rank, F}, w1.options()));
+  w2_left = register_parameter("w2_left", torch::zeros({E, F, rank}, w1.options()));
+  w2_right = register_parameter("w2_right", torch::zeros({E, rank, d}, w1.options()));
+  w1_mask = register_buffer("w1_mask", torch::ones({E, F}, w1.options()));
+  w2_mask = register_buffer("w2_mask", torch::ones({E, d}, w1.options()));
+  if (w3.defined()) {
+    w3_left = register_parameter("w3_left", torch::zeros({E, d, rank}, w1.options()));
+    w3_right = register_parameter("w3_right", torch::zeros({E, rank, F}, w1.options()));
+    w3_mask = register_buffer("w3_mask", torch::ones({E, F}, w1.options()));
+  }
+}
+
+void ExpertBankImpl::factorize(int64_t rank, bool compute) {
+  const int64_t d = options.d_model(), F = options.hidden_dim();
+  TORCH_CHECK(options.rank() == 0, "ExpertBank: the experts are already factorised (rank ",
+              options.rank(), ")");
+  TORCH_CHECK(rank >= 1 && rank <= std::min(d, F), "ExpertBank: rank should be in [1, ",
+              std::min(d, F), "] for d_model ", d, " and hidden_dim ", F, ", got ", rank);
+  register_factors(rank);
+  options.rank(rank);
+  if (!compute) {
+    return;
+  }
+  torch::NoGradGuard no_grad;
+  const auto split = [rank](torch::Tensor& w, torch::Tensor& left, torch::Tensor& right) {
+    // Batched SVD in float64 (the factors are cast back to the weight's dtype).
+    const auto [u, s, vh] = torch::linalg_svd(w.to(torch::kDouble), /*full_matrices=*/false);
+    const auto root = s.narrow(1, 0, rank).sqrt();
+    const auto l = u.narrow(2, 0, rank) * root.unsqueeze(1);
+    const auto r = root.unsqueeze(2) * vh.narrow(1, 0, rank);
+    left.copy_(l);
+    right.copy_(r);
+    w.copy_(w.to(torch::kDouble) - l.bmm(r));
+  };
+  split(w1, w1_left, w1_right);
+  split(w2, w2_left, w2_right);
+  if (w3.defined()) {
+    split(w3, w3_left, w3_right);
+  }
+}
+
+std::vector<std::pair<torch::Tensor, torch::Tensor>> ExpertBankImpl::sparse_parts() const {
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> parts;
+  if (options.rank() == 0) {
+    return parts;
+  }
+  parts.emplace_back(w1, w1_mask);
+  parts.emplace_back(w2, w2_mask);
+  if (w3.defined()) {
+    parts.emplace_back(w3, w3_mask);
+  }
+  return parts;
+}
+
+int64_t ExpertBankImpl::num_parameters(bool stored) const {
+  int64_t total = 0;
+  for (const auto& p : parameters(/*recurse=*/false)) {
+    total += p.numel();
+  }
+  if (stored) {
+    for (const auto& [weight, mask] : sparse_parts()) {
+      // S [E, in, out]: a pruned output unit frees its `in` entries.
+      total -= weight.size(1) * (mask.numel() - static_cast<int64_t>(mask.sum().item<double>()));
+    }
+  }
+  return total;
+}
+
+double ExpertBankImpl::row_flops(int64_t local) const {
+  TORCH_CHECK(local >= 0 && local < num_held(), "ExpertBank: expert ", local,
+              " is outside the bank's ", num_held(), " experts");
+  const double d = static_cast<double>(options.d_model());
+  const double F = static_cast<double>(options.hidden_dim());
+  const int64_t linears = w3.defined() ? 3 : 2;
+  if (options.rank() == 0) {
+    return 2.0 * d * F * static_cast<double>(linears);
+  }
+  double flops = 2.0 * static_cast<double>(options.rank()) * (d + F) * static_cast<double>(linears);
+  for (const auto& [weight, mask] : sparse_parts()) {
+    flops += 2.0 * static_cast<double>(weight.size(1)) * mask[local].sum().item<double>();
+  }
+  return flops;
 }
 
 void ExpertBankImpl::pretty_print(std::ostream& stream) const {
   stream << "moeprune::ExpertBank(experts=" << num_held() << "/" << options.num_experts()
-         << ", d_model=" << options.d_model() << ", hidden_dim=" << options.hidden_dim()
-         << (options.kind() == ExpertKind::kGated ? ", gated" : "") << ")";
+         << (is_merged() ? " merged" : "") << ", d_model=" << options.d_model()
+         << ", hidden_dim=" << options.hidden_dim()
+         << (options.kind() == ExpertKind::kGated ? ", gated" : "");
+  if (options.rank() > 0) {
+    stream << ", rank=" << options.rank();
+  }
+  stream << ")";
+}
+
+torch::Tensor ExpertBankImpl::linear(const torch::Tensor& x, int64_t e, const torch::Tensor& w,
+                                     const torch::Tensor& left, const torch::Tensor& right,
+                                     const torch::Tensor& mask, const torch::Tensor& bias) const {
+  if (!left.defined()) {
+    return bias.defined() ? torch::addmm(bias[e], x, w[e]) : x.mm(w[e]);
+  }
+  auto y = x.mm(left[e]).mm(right[e]);
+  if (bias.defined()) {
+    y = y + bias[e];
+  }
+  if (torch::GradMode::is_enabled()) {
+    return y + x.mm(w[e]);  // training: pruned units of S are zero (SparsePruner keeps them so)
+  }
+  // Inference: only the kept output units of S are computed.
+  const auto kept = mask[e].nonzero().reshape({-1});
+  if (kept.numel() == mask.size(1)) {
+    return y + x.mm(w[e]);
+  }
+  return kept.numel() == 0 ? y : y.index_add(1, kept, x.mm(w[e].index_select(1, kept)));
 }
 
 torch::Tensor ExpertBankImpl::forward(const torch::Tensor& rows,
@@ -80,12 +196,12 @@ torch::Tensor ExpertBankImpl::forward(const torch::Tensor& rows,
     offset += n;
     torch::Tensor h;
     if (options.kind() == ExpertKind::kGated) {
-      h = activate(x.mm(w1[e]), options.activation()) * x.mm(w3[e]);
+      h = activate(linear(x, e, w1, w1_left, w1_right, w1_mask), options.activation()) *
+          linear(x, e, w3, w3_left, w3_right, w3_mask);
     } else {
-      h = activate(b1.defined() ? torch::addmm(b1[e], x, w1[e]) : x.mm(w1[e]),
-                   options.activation());
+      h = activate(linear(x, e, w1, w1_left, w1_right, w1_mask, b1), options.activation());
     }
-    outputs.push_back(b2.defined() ? torch::addmm(b2[e], h, w2[e]) : h.mm(w2[e]));
+    outputs.push_back(linear(h, e, w2, w2_left, w2_right, w2_mask, b2));
   }
   if (outputs.empty()) {
     return torch::zeros_like(rows);
@@ -95,6 +211,9 @@ torch::Tensor ExpertBankImpl::forward(const torch::Tensor& rows,
 
 void ExpertBankImpl::keep_experts(std::vector<int64_t> experts) {
   TORCH_CHECK(!experts.empty(), "ExpertBank: cannot keep an empty subset of experts");
+  TORCH_CHECK(!is_merged(), "ExpertBank: the bank's experts are merged; prune before merging");
+  TORCH_CHECK(options.rank() == 0,
+              "ExpertBank: the experts are factorised; prune before compressing");
   std::sort(experts.begin(), experts.end());
   TORCH_CHECK(std::adjacent_find(experts.begin(), experts.end()) == experts.end(),
               "ExpertBank: the experts to keep name one expert twice");
@@ -117,11 +236,63 @@ void ExpertBankImpl::keep_experts(std::vector<int64_t> experts) {
   expert_ids_ = std::move(experts);
 }
 
+void ExpertBankImpl::merge_experts(std::vector<std::vector<int64_t>> groups) {
+  TORCH_CHECK(!groups.empty(), "ExpertBank: merging needs at least one group");
+  TORCH_CHECK(options.rank() == 0,
+              "ExpertBank: the experts are factorised; merge before compressing");
+  std::vector<bool> seen(static_cast<size_t>(options.num_experts()), false);
+  std::vector<int64_t> local;
+  for (auto& g : groups) {
+    TORCH_CHECK(!g.empty(), "ExpertBank: a merge group is empty");
+    std::sort(g.begin(), g.end());
+    for (const int64_t id : g) {
+      TORCH_CHECK(id >= 0 && id < options.num_experts(), "ExpertBank: merge group names expert ",
+                  id, ", outside [0, ", options.num_experts(), ")");
+      TORCH_CHECK(!seen[static_cast<size_t>(id)], "ExpertBank: expert ", id,
+                  " is in two merge groups");
+      seen[static_cast<size_t>(id)] = true;
+    }
+    const auto it = std::lower_bound(expert_ids_.begin(), expert_ids_.end(), g.front());
+    TORCH_CHECK(!is_merged() && it != expert_ids_.end() && *it == g.front(), "ExpertBank: expert ",
+                g.front(), " is not a held, unmerged expert");
+    for (const int64_t id : g) {
+      TORCH_CHECK(std::binary_search(expert_ids_.begin(), expert_ids_.end(), id),
+                  "ExpertBank: expert ", id, " is not in the bank");
+    }
+    local.push_back(it - expert_ids_.begin());
+  }
+  torch::NoGradGuard no_grad;
+  const auto index = torch::tensor(local, torch::kLong).to(w1.device());
+  for (auto& p : parameters(/*recurse=*/false)) {
+    p.set_data(p.index_select(0, index));
+    p.mutable_grad() = torch::Tensor();
+  }
+  expert_ids_.clear();
+  for (const auto& g : groups) {
+    expert_ids_.push_back(g.front());
+  }
+  groups_ = std::move(groups);
+}
+
+std::vector<std::vector<int64_t>> ExpertBankImpl::expert_groups() const {
+  if (is_merged()) {
+    return groups_;
+  }
+  std::vector<std::vector<int64_t>> out;
+  for (const int64_t id : expert_ids_) {
+    out.push_back({id});
+  }
+  return out;
+}
+
 torch::Tensor ExpertBankImpl::expert_map(const torch::Device& device) const {
   auto map = torch::full({options.num_experts()}, -1, torch::kLong);
   auto* data = map.data_ptr<int64_t>();
-  for (size_t i = 0; i < expert_ids_.size(); ++i) {
-    data[expert_ids_[i]] = static_cast<int64_t>(i);
+  const auto groups = expert_groups();
+  for (size_t i = 0; i < groups.size(); ++i) {
+    for (const int64_t id : groups[i]) {
+      data[id] = static_cast<int64_t>(i);
+    }
   }
   return map.to(device);
 }

@@ -114,9 +114,17 @@ void MoELayerImpl::reset() {
                           .bias(o.expert_bias());
   // A clone re-runs reset(): keep the subset of experts the original held.
   auto held = experts_ ? experts_->expert_ids() : std::vector<int64_t>{};
+  auto groups = experts_ && experts_->is_merged() ? experts_->expert_groups()
+                                                  : std::vector<std::vector<int64_t>>{};
+  const int64_t rank = experts_ ? experts_->options.rank() : 0;
   experts_ = register_module("experts", ExpertBank(bank_options));
-  if (!held.empty() && static_cast<int64_t>(held.size()) != o.num_experts()) {
+  if (!groups.empty()) {
+    experts_->merge_experts(groups);
+  } else if (!held.empty() && static_cast<int64_t>(held.size()) != o.num_experts()) {
     experts_->keep_experts(held);
+  }
+  if (rank > 0) {
+    experts_->factorize(rank, /*compute=*/false);
   }
 }
 
@@ -137,8 +145,9 @@ MoELayerOutput MoELayerImpl::forward(const torch::Tensor& input) {
 
   torch::Tensor map;
   int64_t bank_size = -1;
-  // A bank smaller than the router (router columns kept): map router experts to bank rows.
-  if (router_->num_experts() != experts_->num_held()) {
+  // A bank smaller than the router (router columns kept) or merged: map router experts to bank
+  // rows.
+  if (router_->num_experts() != experts_->num_held() || experts_->is_merged()) {
     map = experts_->expert_map(tokens.device());
     bank_size = experts_->num_held();
   }
@@ -156,6 +165,15 @@ MoELayerOutput MoELayerImpl::forward(const torch::Tensor& input) {
   out.losses = std::move(routed.losses);
   out.plan = std::move(plan);
   return out;
+}
+
+void MoELayerImpl::merge_experts(const std::vector<std::vector<int64_t>>& groups) {
+  TORCH_CHECK(dynamic_cast<EnsembleRouterImpl*>(router_) == nullptr,
+              "MoELayer: merging E3-MoE experts is not supported (members route separately)");
+  TORCH_CHECK(router_->num_experts() == experts_->options.num_experts(),
+              "MoELayer: the router's columns were dropped; merging needs the full router");
+  TORCH_CHECK(static_cast<int64_t>(groups.size()) >= 1, "MoELayer: merging needs a group");
+  experts_->merge_experts(groups);
 }
 
 void MoELayerImpl::keep_experts(const std::vector<int64_t>& experts, bool drop_router_columns) {

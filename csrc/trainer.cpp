@@ -35,6 +35,15 @@ Trainer::Trainer(VisionTransformer model, TrainerOptions options)
     : model_(std::move(model)), options_(std::move(options)) {
   TORCH_CHECK(options_.batch_size() >= 1, "Trainer: batch_size should be >= 1");
   TORCH_CHECK(options_.lr() > 0, "Trainer: lr should be > 0, got ", options_.lr());
+  if (options_.teacher()) {
+    TORCH_CHECK(options_.teacher()->options.num_classes() == model_->options.num_classes(),
+                "Trainer: the teacher has ", options_.teacher()->options.num_classes(),
+                " classes, the model ", model_->options.num_classes());
+    TORCH_CHECK(options_.distill_temperature() > 0,
+                "Trainer: distill_temperature should be > 0, got ", options_.distill_temperature());
+    TORCH_CHECK(options_.distill_weight() >= 0, "Trainer: distill_weight should be >= 0, got ",
+                options_.distill_weight());
+  }
   if (options_.optimizer() == OptimizerKind::kSgd) {
     optimizer_ = std::make_unique<torch::optim::SGD>(model_->parameters(),
                                                      torch::optim::SGDOptions(options_.lr())
@@ -105,11 +114,21 @@ std::vector<EpochLog> Trainer::fit(const data::ImageDataset& train,
       optimizer_->zero_grad();
       const auto out = model_->forward(x);
       const auto task_loss = model_->loss(out, y);
-      (task_loss + options_.aux_loss_weight() * out.aux_loss).backward();
+      auto loss = task_loss + options_.aux_loss_weight() * out.aux_loss;
+      if (options_.teacher()) {
+        loss = loss + options_.distill_weight() * distillation_loss(out.logits, x);
+      }
+      loss.backward();
+      if (options_.after_backward()) {
+        options_.after_backward()(step, total);
+      }
       if (options_.clip_norm() > 0) {
         torch::nn::utils::clip_grad_norm_(model_->parameters(), options_.clip_norm());
       }
       optimizer_->step();
+      if (options_.after_step()) {
+        options_.after_step()(step, total);
+      }
 
       const double l = task_loss.item<double>();
       loss_sum += l * static_cast<double>(y.size(0));
@@ -140,6 +159,31 @@ std::vector<EpochLog> Trainer::fit(const data::ImageDataset& train,
     write_log(epochs);
   }
   return epochs;
+}
+
+torch::Tensor distillation_kl(const torch::Tensor& student_logits,
+                              const torch::Tensor& teacher_logits, double temperature) {
+  TORCH_CHECK(student_logits.sizes() == teacher_logits.sizes(), "distillation_kl: student logits ",
+              student_logits.sizes(), " and teacher logits ", teacher_logits.sizes(), " differ");
+  TORCH_CHECK(temperature > 0, "distillation_kl: temperature should be > 0, got ", temperature);
+  const auto log_student = (student_logits / temperature).log_softmax(-1);
+  const auto log_teacher = (teacher_logits / temperature).log_softmax(-1);
+  return (log_teacher.exp() * (log_teacher - log_student)).sum(-1).mean();
+}
+
+torch::Tensor Trainer::distillation_loss(const torch::Tensor& logits, const torch::Tensor& images) {
+  auto teacher = options_.teacher();
+  torch::Tensor target;
+  {
+    torch::NoGradGuard no_grad;
+    const bool was_training = teacher->is_training();
+    teacher->eval();
+    target = teacher->forward(images).logits;
+    if (was_training) {
+      teacher->train();
+    }
+  }
+  return distillation_kl(logits, target, options_.distill_temperature());
 }
 
 EvalResult Trainer::evaluate(const data::ImageDataset& data) {

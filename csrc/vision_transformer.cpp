@@ -109,6 +109,27 @@ std::string VisionTransformerOptions::to_json() const {
     j["kept_experts"] = kept;
     j["drop_router_columns"] = drop_router_columns();
   }
+  // Compressed models only: plain checkpoints keep the fields they always had.
+  if (!merged_experts().empty()) {
+    nlohmann::json merged = nlohmann::json::object();
+    for (const auto& [block, groups] : merged_experts()) {
+      merged[std::to_string(block)] = groups;
+    }
+    j["merged_experts"] = merged;
+  }
+  if (!expert_ranks().empty()) {
+    nlohmann::json ranks = nlohmann::json::object();
+    for (const auto& [block, rank] : expert_ranks()) {
+      ranks[std::to_string(block)] = rank;
+    }
+    j["expert_ranks"] = ranks;
+  }
+  if (!dropped_mlp_blocks().empty()) {
+    j["dropped_mlp_blocks"] = dropped_mlp_blocks();
+  }
+  if (!dropped_blocks().empty()) {
+    j["dropped_blocks"] = dropped_blocks();
+  }
   return j.dump();
 }
 
@@ -150,6 +171,22 @@ VisionTransformerOptions VisionTransformerOptions::from_json(const std::string& 
       }
       o.kept_experts(kept).drop_router_columns(j.value("drop_router_columns", false));
     }
+    if (j.contains("merged_experts")) {
+      MergedExperts merged;
+      for (const auto& [block, groups] : j.at("merged_experts").items()) {
+        merged[std::stoll(block)] = groups.get<std::vector<std::vector<int64_t>>>();
+      }
+      o.merged_experts(merged);
+    }
+    if (j.contains("expert_ranks")) {
+      ExpertRanks ranks;
+      for (const auto& [block, rank] : j.at("expert_ranks").items()) {
+        ranks[std::stoll(block)] = rank.get<int64_t>();
+      }
+      o.expert_ranks(ranks);
+    }
+    o.dropped_mlp_blocks(j.value("dropped_mlp_blocks", std::vector<int64_t>{}));
+    o.dropped_blocks(j.value("dropped_blocks", std::vector<int64_t>{}));
     return o;
   } catch (const nlohmann::json::exception& e) {
     TORCH_CHECK(false, "model options: a field has the wrong type: ", e.what());
@@ -157,17 +194,28 @@ VisionTransformerOptions VisionTransformerOptions::from_json(const std::string& 
 }
 
 EncoderBlockImpl::EncoderBlockImpl(int64_t d_model_, int64_t heads_, int64_t mlp_dim_,
-                                   std::optional<MoELayerOptions> moe_)
-    : d_model(d_model_), heads(heads_), mlp_dim(mlp_dim_), moe_options(std::move(moe_)) {
+                                   std::optional<MoELayerOptions> moe_, bool has_attention_,
+                                   bool has_mlp_)
+    : d_model(d_model_),
+      heads(heads_),
+      mlp_dim(mlp_dim_),
+      moe_options(std::move(moe_)),
+      has_attention(has_attention_),
+      has_mlp(has_mlp_) {
   reset();
 }
 
 void EncoderBlockImpl::reset() {
   TORCH_CHECK(d_model % heads == 0, "EncoderBlock: d_model ", d_model,
               " is not divisible by heads ", heads);
-  ln1 = register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d_model})));
-  qkv = register_module("qkv", torch::nn::Linear(d_model, 3 * d_model));
-  proj = register_module("proj", torch::nn::Linear(d_model, d_model));
+  if (has_attention) {
+    ln1 = register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d_model})));
+    qkv = register_module("qkv", torch::nn::Linear(d_model, 3 * d_model));
+    proj = register_module("proj", torch::nn::Linear(d_model, d_model));
+  }
+  if (!has_mlp) {
+    return;
+  }
   ln2 = register_module("ln2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({d_model})));
   if (moe_options) {
     moe = register_module("moe", MoELayer(*moe_options));
@@ -178,11 +226,21 @@ void EncoderBlockImpl::reset() {
 }
 
 torch::Tensor EncoderBlockImpl::forward(const torch::Tensor& x, torch::Tensor* aux,
-                                        RoutingPlan* plan, torch::Tensor* moe_input) {
-  const int64_t B = x.size(0), N = x.size(1), dh = d_model / heads;
-  auto q_k_v = qkv(ln1(x)).view({B, N, 3, heads, dh}).permute({2, 0, 3, 1, 4});
-  auto attended = at::scaled_dot_product_attention(q_k_v[0], q_k_v[1], q_k_v[2]);
-  auto h = x + proj(attended.transpose(1, 2).reshape({B, N, d_model}));
+                                        RoutingPlan* plan, torch::Tensor* moe_input,
+                                        torch::Tensor* mid) {
+  auto h = x;
+  if (has_attention) {
+    const int64_t B = x.size(0), N = x.size(1), dh = d_model / heads;
+    auto q_k_v = qkv(ln1(x)).view({B, N, 3, heads, dh}).permute({2, 0, 3, 1, 4});
+    auto attended = at::scaled_dot_product_attention(q_k_v[0], q_k_v[1], q_k_v[2]);
+    h = x + proj(attended.transpose(1, 2).reshape({B, N, d_model}));
+  }
+  if (mid != nullptr) {
+    *mid = h;
+  }
+  if (!has_mlp) {
+    return h;
+  }
   if (moe) {
     const auto tokens = ln2(h);
     if (moe_input != nullptr) {
@@ -198,6 +256,37 @@ torch::Tensor EncoderBlockImpl::forward(const torch::Tensor& x, torch::Tensor* a
     return h + out.output;
   }
   return h + fc2(torch::gelu(fc1(ln2(h)), "tanh"));
+}
+
+void EncoderBlockImpl::drop_mlp() {
+  TORCH_CHECK(has_mlp, "EncoderBlock: the MLP sub-block is already dropped");
+  unregister_module("ln2");
+  ln2 = nullptr;
+  if (moe) {
+    unregister_module("moe");
+    moe = nullptr;
+  } else {
+    unregister_module("fc1");
+    unregister_module("fc2");
+    fc1 = nullptr;
+    fc2 = nullptr;
+  }
+  has_mlp = false;
+}
+
+void EncoderBlockImpl::drop_all() {
+  if (has_mlp) {
+    drop_mlp();
+  }
+  if (has_attention) {
+    for (const char* name : {"ln1", "qkv", "proj"}) {
+      unregister_module(name);
+    }
+    ln1 = nullptr;
+    qkv = nullptr;
+    proj = nullptr;
+    has_attention = false;
+  }
 }
 
 VisionTransformerImpl::VisionTransformerImpl(VisionTransformerOptions options_)
@@ -249,6 +338,29 @@ void VisionTransformerImpl::reset() {
     blocks[block]->moe->keep_experts(kept,
                                      o.drop_router_columns() || o.moe_preset() == "expert_choice");
   }
+  // Compressions, in the order they are applied: merge, factorise, then drop.
+  const auto moe_block = [&](int64_t block, const char* field) {
+    TORCH_CHECK(block >= 0 && block < o.depth() && blocks[block]->is_moe(),
+                "VisionTransformer: ", field, " names block ", block, ", which is not a MoE block");
+    return blocks[block]->moe;
+  };
+  for (const auto& [block, groups] : o.merged_experts()) {
+    moe_block(block, "merged_experts")->merge_experts(groups);
+  }
+  for (const auto& [block, rank] : o.expert_ranks()) {
+    moe_block(block, "expert_ranks")->experts()->factorize(rank, /*compute=*/false);
+  }
+  for (const int64_t block : o.dropped_mlp_blocks()) {
+    TORCH_CHECK(block >= 0 && block < o.depth(),
+                "VisionTransformer: dropped_mlp_blocks names block ", block, ", outside the ",
+                o.depth(), " blocks");
+    blocks[block]->drop_mlp();
+  }
+  for (const int64_t block : o.dropped_blocks()) {
+    TORCH_CHECK(block >= 0 && block < o.depth(), "VisionTransformer: dropped_blocks names block ",
+                block, ", outside the ", o.depth(), " blocks");
+    blocks[block]->drop_all();
+  }
   norm = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({o.d_model()})));
   head = register_module("head", torch::nn::Linear(o.d_model(), o.num_classes()));
 }
@@ -277,25 +389,41 @@ VisionTransformerOutput VisionTransformerImpl::forward(const torch::Tensor& imag
     --group_images;
   }
   const int64_t group_tokens = group_images * x.size(1) * M;
-  for (auto& block : blocks) {
+  // E3-MoE replicates each image once per member before the first MoE block (jnp.repeat order:
+  // b * M + m), also when that block's MoE sub-block was dropped.
+  const auto& moe_blocks = o.moe_blocks();
+  const int64_t first_moe =
+      moe_blocks.empty() ? o.depth() : *std::min_element(moe_blocks.begin(), moe_blocks.end());
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    auto& block = blocks[i];
+    if (!replicated && M > 1 && static_cast<int64_t>(i) >= first_moe) {
+      x = x.repeat_interleave(M, 0);
+      replicated = true;
+    }
+    torch::Tensor mid;
+    if (capture_block_states) {
+      out.block_states.push_back(x);
+    }
+    torch::Tensor* mid_out = capture_block_states ? &mid : nullptr;
     if (block->is_moe()) {
-      if (!replicated && M > 1) {
-        // E3-MoE: replicate each image once per member (jnp.repeat order: b * M + m).
-        x = x.repeat_interleave(M, 0);
-        replicated = true;
-      }
       block->moe->set_group_size(group_tokens);
       torch::Tensor aux, input;
       RoutingPlan plan;
-      x = block->forward(x, &aux, &plan, capture_moe_inputs ? &input : nullptr);
+      x = block->forward(x, &aux, &plan, capture_moe_inputs ? &input : nullptr, mid_out);
       out.aux_loss = out.aux_loss + aux;
       out.plans.push_back(std::move(plan));
       if (capture_moe_inputs) {
         out.moe_inputs.push_back(input);
       }
     } else {
-      x = block(x);
+      x = block->forward(x, nullptr, nullptr, nullptr, mid_out);
     }
+    if (capture_block_states) {
+      out.mlp_states.push_back(mid);
+    }
+  }
+  if (capture_block_states) {
+    out.block_states.push_back(x);
   }
   auto logits = head(norm(x.select(1, 0)));
   if (M > 1) {
@@ -354,6 +482,55 @@ std::vector<std::pair<int64_t, MoELayer>> VisionTransformerImpl::moe_layers() co
     }
   }
   return layers;
+}
+
+void VisionTransformerImpl::merge_experts(int64_t block,
+                                          const std::vector<std::vector<int64_t>>& groups) {
+  TORCH_CHECK(block >= 0 && block < static_cast<int64_t>(blocks.size()) && blocks[block]->is_moe(),
+              "VisionTransformer: block ", block, " is not a MoE block");
+  TORCH_CHECK(options.merged_experts().count(block) == 0, "VisionTransformer: block ", block,
+              " is already merged");
+  blocks[block]->moe->merge_experts(groups);
+  auto merged = options.merged_experts();
+  merged[block] = groups;
+  options.merged_experts(merged);
+}
+
+void VisionTransformerImpl::factorize_experts(int64_t block, int64_t rank) {
+  TORCH_CHECK(block >= 0 && block < static_cast<int64_t>(blocks.size()) && blocks[block]->is_moe(),
+              "VisionTransformer: block ", block, " is not a MoE block");
+  blocks[block]->moe->experts()->factorize(rank);
+  auto ranks = options.expert_ranks();
+  ranks[block] = rank;
+  options.expert_ranks(ranks);
+}
+
+void VisionTransformerImpl::drop_mlp(int64_t block) {
+  TORCH_CHECK(block >= 0 && block < static_cast<int64_t>(blocks.size()),
+              "VisionTransformer: block ", block, " is outside the ", blocks.size(), " blocks");
+  TORCH_CHECK(blocks[block]->has_mlp, "VisionTransformer: the MLP of block ", block,
+              " is already dropped");
+  blocks[block]->drop_mlp();
+  auto dropped = options.dropped_mlp_blocks();
+  dropped.insert(std::upper_bound(dropped.begin(), dropped.end(), block), block);
+  options.dropped_mlp_blocks(dropped);
+}
+
+void VisionTransformerImpl::drop_block(int64_t block) {
+  TORCH_CHECK(block >= 0 && block < static_cast<int64_t>(blocks.size()),
+              "VisionTransformer: block ", block, " is outside the ", blocks.size(), " blocks");
+  TORCH_CHECK(blocks[block]->has_attention || blocks[block]->has_mlp, "VisionTransformer: block ",
+              block, " is already dropped");
+  blocks[block]->drop_all();
+  auto dropped = options.dropped_blocks();
+  dropped.insert(std::upper_bound(dropped.begin(), dropped.end(), block), block);
+  options.dropped_blocks(dropped);
+}
+
+void VisionTransformerImpl::set_routers_trainable(bool trainable) {
+  for (auto& [block, layer] : moe_layers()) {
+    layer->router().router_weight().set_requires_grad(trainable);
+  }
 }
 
 }  // namespace moeprune

@@ -75,6 +75,11 @@ class MoELayerImpl : public torch::nn::Cloneable<MoELayerImpl> {
   /// renormalises its top-k weights over the survivors and capacity follows the new E.
   void keep_experts(const std::vector<int64_t>& experts, bool drop_router_columns = false);
 
+  /// Merges experts (M-SMoE): bank expert g serves every original id in groups[g]; the router
+  /// keeps its E columns and a slot routed to any member goes to the group's expert (two slots
+  /// of one token in one group each get that expert's output with their own gate). The bank's
+  /// parameters shrink to one expert per group (compression/merging.h writes merged weights).
+  void merge_experts(const std::vector<std::vector<int64_t>>& groups);
   /// Changes the capacity factor of the router (token choice, ensemble and expert choice).
   void set_capacity_factor(double capacity_factor);
 
@@ -84,6 +89,7 @@ class MoELayerImpl : public torch::nn::Cloneable<MoELayerImpl> {
   Router& router() { return *router_; }
   const Router& router() const { return *router_; }
   ExpertBank& experts() { return experts_; }
+  const ExpertBank& experts() const { return experts_; }
 
   MoELayerOptions options;
 

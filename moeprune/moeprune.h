@@ -2,6 +2,12 @@
 
 // Everything moeprune offers, in one include.
 #include <moeprune/checkpoint.h>
+#include <moeprune/compression/expert_alignment.h>
+#include <moeprune/compression/linear_assignment.h>
+#include <moeprune/compression/low_rank.h>
+#include <moeprune/compression/merging.h>
+#include <moeprune/compression/model_cost.h>
+#include <moeprune/compression/trimming.h>
 #include <moeprune/data/image_dataset.h>
 #include <moeprune/data/readers.h>
 #include <moeprune/ensemble_router.h>

@@ -6,6 +6,7 @@
 #include <torch/arg.h>
 #include <torch/optim/optimizer.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -13,6 +14,9 @@
 namespace moeprune {
 
 enum class OptimizerKind { kSgd, kAdamW };
+
+/// A callback with (step, total steps) of a training run.
+using StepHook = std::function<void(int64_t, int64_t)>;
 
 struct TrainerOptions {
   TORCH_ARG(int64_t, epochs) = 1;
@@ -45,6 +49,19 @@ struct TrainerOptions {
   TORCH_ARG(std::string, log_path) = "";
   /// Progress bar on stderr with throughput and ETA.
   TORCH_ARG(bool, progress) = true;
+  /// Knowledge distillation (M-SMoE / MC-SMoE after merging): with a teacher, the loss is
+  /// CE + distill_weight * KL(softmax(teacher / T) || softmax(student / T)), T =
+  /// distill_temperature, averaged over the batch (MC-SMoE's KLDivLoss(batchmean), no T^2
+  /// factor). The teacher runs in evaluation mode without gradients; it must see the same
+  /// labels (same head size).
+  TORCH_ARG(VisionTransformer, teacher) = nullptr;
+  TORCH_ARG(double, distill_weight) = 0.2;
+  TORCH_ARG(double, distill_temperature) = 2.0;
+  /// Called with (step, total steps) after each backward pass, before clipping and the optimizer
+  /// step (gradients are in), and after each optimizer step: where compression::SparsePruner
+  /// reads importances and applies its masks.
+  TORCH_ARG(StepHook, after_backward);
+  TORCH_ARG(StepHook, after_step);
 };
 
 /// Load and drops of one MoE layer over an evaluation.
@@ -91,11 +108,18 @@ class Trainer {
 
  private:
   void write_log(const std::vector<EpochLog>& epochs) const;
+  // The distillation term for a batch: KL from the teacher's tempered softmax.
+  torch::Tensor distillation_loss(const torch::Tensor& logits, const torch::Tensor& images);
 
   VisionTransformer model_;
   TrainerOptions options_;
   std::unique_ptr<torch::optim::Optimizer> optimizer_;
 };
+
+/// The distillation term: KL(softmax(teacher / T) || softmax(student / T)) summed over classes and
+/// averaged over the batch (MC-SMoE's KLDivLoss(reduction="batchmean"), without a T^2 factor).
+torch::Tensor distillation_kl(const torch::Tensor& student_logits,
+                              const torch::Tensor& teacher_logits, double temperature);
 
 /// A one-line summary of an evaluation ("top-1 88.10%  top-5 99.71%  loss 0.3312 ...").
 std::string format_eval(const EvalResult& result);

@@ -22,6 +22,12 @@ std::vector<int64_t> moe_blocks_last(int64_t depth, int64_t n);
 /// Block index -> the experts a pruned MoE block keeps (original ids, increasing).
 using KeptExperts = std::map<int64_t, std::vector<int64_t>>;
 
+/// Block index -> the merge groups of a merged MoE block (original ids per merged expert).
+using MergedExperts = std::map<int64_t, std::vector<std::vector<int64_t>>>;
+
+/// Block index -> the rank of a factorised MoE block's experts (low rank plus sparse).
+using ExpertRanks = std::map<int64_t, int64_t>;
+
 struct VisionTransformerOptions {
   VisionTransformerOptions(int64_t image_size, int64_t channels, int64_t patch_size,
                            int64_t num_classes)
@@ -80,6 +86,14 @@ struct VisionTransformerOptions {
   /// How token-choice layers were pruned: false keeps all router columns (Chowdhury et al.),
   /// true drops the pruned experts' columns (Expert Drop). Expert-choice layers always drop.
   TORCH_ARG(bool, drop_router_columns) = false;
+  /// Merged models (M-SMoE): block -> merge groups. Applied after kept_experts.
+  TORCH_ARG(MergedExperts, merged_experts);
+  /// Factorised experts (MC-SMoE): block -> rank of the low-rank part. Applied after merging.
+  TORCH_ARG(ExpertRanks, expert_ranks);
+  /// Layer Drop: blocks whose MLP / MoE sub-block is removed (the block keeps its attention).
+  TORCH_ARG(std::vector<int64_t>, dropped_mlp_blocks);
+  /// Block Drop: blocks removed whole (attention and MLP); they pass their input through.
+  TORCH_ARG(std::vector<int64_t>, dropped_blocks);
 };
 
 /// A pre-LayerNorm transformer block: x + attn(LN(x)), then x + mlp(LN(x)) with a dense MLP or
@@ -87,15 +101,24 @@ struct VisionTransformerOptions {
 class EncoderBlockImpl : public torch::nn::Cloneable<EncoderBlockImpl> {
  public:
   EncoderBlockImpl(int64_t d_model, int64_t heads, int64_t mlp_dim,
-                   std::optional<MoELayerOptions> moe);
+                   std::optional<MoELayerOptions> moe, bool has_attention = true,
+                   bool has_mlp = true);
   void reset() override;
-  /// Returns the block output; `aux` gets the MoE auxiliary loss and `plan` its routing.
+  /// Returns the block output; `aux` gets the MoE auxiliary loss and `plan` its routing,
+  /// `moe_input` the MoE layer's input tokens and `mid` the residual stream between the
+  /// attention and the MLP sub-blocks.
   torch::Tensor forward(const torch::Tensor& x, torch::Tensor* aux = nullptr,
-                        RoutingPlan* plan = nullptr, torch::Tensor* moe_input = nullptr);
+                        RoutingPlan* plan = nullptr, torch::Tensor* moe_input = nullptr,
+                        torch::Tensor* mid = nullptr);
   bool is_moe() const { return !moe.is_empty(); }
+  /// Removes the MLP / MoE sub-block (Layer Drop): the block becomes x + attn(LN(x)).
+  void drop_mlp();
+  /// Removes everything (Block Drop): the block passes its input through.
+  void drop_all();
 
   int64_t d_model, heads, mlp_dim;
   std::optional<MoELayerOptions> moe_options;
+  bool has_attention = true, has_mlp = true;
   torch::nn::LayerNorm ln1{nullptr}, ln2{nullptr};
   torch::nn::Linear qkv{nullptr}, proj{nullptr}, fc1{nullptr}, fc2{nullptr};
   MoELayer moe{nullptr};
@@ -113,6 +136,12 @@ struct VisionTransformerOutput {
   std::vector<RoutingPlan> plans;
   /// Each MoE block's input tokens [T, d] (after its LayerNorm), when capture_moe_inputs is set.
   std::vector<torch::Tensor> moe_inputs;
+  /// With capture_block_states: the residual stream [B', N, d] entering each block, then the
+  /// last block's output (depth + 1 entries; B' = B * members after E3-MoE's replication).
+  std::vector<torch::Tensor> block_states;
+  /// With capture_block_states: per block, the residual stream between attention and MLP (the
+  /// MLP sub-block's input; its output is block_states[i + 1]).
+  std::vector<torch::Tensor> mlp_states;
 };
 
 /// ViT (Dosovitskiy et al. 2021) with MoE blocks (V-MoE), E3-MoE ensembles, or dense.
@@ -138,10 +167,25 @@ class VisionTransformerImpl : public torch::nn::Cloneable<VisionTransformerImpl>
   /// Applies a pruning: keeps `experts` in MoE block `block` and records it in
   /// options.kept_experts, so checkpoints of the pruned model rebuild its shapes.
   void keep_experts(int64_t block, const std::vector<int64_t>& experts);
+  /// Merges the experts of MoE block `block` into `groups` (MoELayer::merge_experts) and records
+  /// it in options.merged_experts.
+  void merge_experts(int64_t block, const std::vector<std::vector<int64_t>>& groups);
+  /// Factorises the experts of MoE block `block` at `rank` (ExpertBankImpl::factorize) and
+  /// records it in options.expert_ranks.
+  void factorize_experts(int64_t block, int64_t rank);
+  /// Layer Drop: removes the MLP / MoE sub-block of `block` (recorded in dropped_mlp_blocks).
+  void drop_mlp(int64_t block);
+  /// Block Drop: removes block `block` whole (recorded in dropped_blocks).
+  void drop_block(int64_t block);
+  /// Freezes (false) or unfreezes the routers of every MoE layer (M-SMoE fine-tunes merged
+  /// models with frozen routers).
+  void set_routers_trainable(bool trainable);
 
   VisionTransformerOptions options;
   /// Fill VisionTransformerOutput::moe_inputs (criteria that run the experts need them).
   bool capture_moe_inputs = false;
+  /// Fill VisionTransformerOutput::block_states and mlp_states (Layer and Block Drop scores).
+  bool capture_block_states = false;
   torch::nn::Conv2d patch_embedding{nullptr};
   torch::Tensor class_token, position_embedding;
   std::vector<EncoderBlock> blocks;

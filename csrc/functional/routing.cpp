@@ -75,8 +75,16 @@ int64_t capacity_from_factor(int64_t group_size, int64_t k, double capacity_fact
 }
 
 void assign_rows(RoutingPlan& plan, const torch::Tensor& bank_expert, const torch::Tensor& kept,
-                 const torch::Tensor& order, int64_t num_bank_experts) {
+                 const torch::Tensor& router_order, int64_t num_bank_experts, bool regroup) {
   const auto opts = torch::TensorOptions().dtype(torch::kLong).device(bank_expert.device());
+  auto order = router_order;
+  if (regroup) {
+    // Several router experts may share a bank expert (merged experts), in any id order: a
+    // stable sort by bank expert makes each bank expert's rows one block, router order within.
+    const auto bank_in_order = bank_expert.reshape({-1}).index_select(0, order);
+    order = order.index_select(
+        0, std::get<1>(bank_in_order.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false)));
+  }
   const auto kept_in_order = kept.reshape({-1}).index_select(0, order);
   plan.row_slot = order.masked_select(kept_in_order);
   const int64_t R = plan.row_slot.size(0);
@@ -164,7 +172,7 @@ RoutingPlan top_k_route(const torch::Tensor& probs, const TopKRoutingOptions& op
   plan.router_probs = probs;
   plan.capacity = capacity;
   plan.group_size = S;
-  assign_rows(plan, bank_expert, kept, order, bank_size);
+  assign_rows(plan, bank_expert, kept, order, bank_size, expert_map.defined());
   return plan;
 }
 
@@ -207,7 +215,7 @@ RoutingPlan expert_choice_route(const torch::Tensor& probs, double capacity_fact
   plan.router_probs = probs;
   plan.capacity = capacity;
   plan.group_size = S;
-  assign_rows(plan, bank_expert, kept, order, bank_size);
+  assign_rows(plan, bank_expert, kept, order, bank_size, expert_map.defined());
   return plan;
 }
 

@@ -48,9 +48,9 @@ struct TopKRoutingOptions {
 /// a slot at position >= capacity in its expert is dropped. Ties between experts go to the lower
 /// expert id.
 ///
-/// `expert_map` [E] int64 (optional) maps router experts to the bank's experts, increasing, -1
-/// for experts the bank no longer holds: slots routed there are dropped (they output zero) but
-/// still occupy their capacity position. `num_bank_experts` is the bank size (E when no map).
+/// `expert_map` [E] int64 (optional) maps router experts to the bank's experts (several may share
+/// one: merged experts), -1 for experts the bank no longer holds: slots routed there are dropped
+/// (they output zero) but still occupy their capacity position. `num_bank_experts` is the bank size (E when no map).
 RoutingPlan top_k_route(const torch::Tensor& probs, const TopKRoutingOptions& options,
                         const torch::Tensor& expert_map = {}, int64_t num_bank_experts = -1);
 
@@ -63,9 +63,11 @@ RoutingPlan expert_choice_route(const torch::Tensor& probs, double capacity_fact
                                 int64_t num_bank_experts = -1);
 
 /// Builds the buffer layout of a plan: rows are the kept slots, in the order `order` (a
-/// permutation of the T*K flat slots, sorted by expert first). Fills slot_row, row_slot and the
-/// per-expert counts and offsets from `bank_expert` [T, K] (the bank's expert of each slot).
+/// permutation of the T*K flat slots, sorted by router expert first). Fills slot_row, row_slot
+/// and the per-expert counts and offsets from `bank_expert` [T, K] (the bank's expert of each
+/// slot). `regroup`: the bank may serve several router experts with one expert (merged banks),
+/// so rows are first grouped by bank expert (stable, keeping `order` within each).
 void assign_rows(RoutingPlan& plan, const torch::Tensor& bank_expert, const torch::Tensor& kept,
-                 const torch::Tensor& order, int64_t num_bank_experts);
+                 const torch::Tensor& order, int64_t num_bank_experts, bool regroup = false);
 
 }  // namespace moeprune::functional

@@ -1,0 +1,281 @@
+#include <moeprune/compression/merging.h>
+
+#include <moeprune/compression/expert_alignment.h>
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <iomanip>
+#include <numeric>
+#include <sstream>
+
+namespace moeprune::compression {
+namespace {
+
+MoELayer layer_of(const VisionTransformer& model, int64_t block, const char* who) {
+  for (auto& [b, layer] : model->moe_layers()) {
+    if (b == block) {
+      return layer;
+    }
+  }
+  TORCH_CHECK(false, who, ": block ", block, " is not a MoE block of the model");
+}
+
+const torch::Tensor& frequency_of(const ExpertUsage& usage, int64_t block, int64_t num_experts,
+                                  const char* who) {
+  const auto it = usage.frequency.find(block);
+  TORCH_CHECK(it != usage.frequency.end(), who, ": no usage frequencies for MoE block ", block,
+              " (collect_expert_usage on this model)");
+  TORCH_CHECK(it->second.dim() == 1 && it->second.size(0) == num_experts, who,
+              ": usage frequencies of block ", block, " are ", it->second.sizes(), ", expected [",
+              num_experts, "]");
+  return it->second;
+}
+
+// Held experts of a bank that can still be merged, refusing ensembles and merged banks.
+std::vector<int64_t> mergeable_experts(const MoELayer& layer, int64_t block, const char* who) {
+  TORCH_CHECK(layer->options.router() != RouterKind::kEnsemble, who, ": MoE block ", block,
+              " is an E3-MoE ensemble; its members route separately and are not merged");
+  TORCH_CHECK(!layer->experts()->is_merged(), who, ": MoE block ", block, " is already merged");
+  TORCH_CHECK(layer->router().num_experts() == layer->experts()->options.num_experts(), who,
+              ": MoE block ", block, " dropped router columns; merging needs the full router");
+  TORCH_CHECK(layer->experts()->options.rank() == 0, who, ": MoE block ", block,
+              " is factorised (low rank); merge before compressing");
+  return layer->experts()->expert_ids();
+}
+
+torch::Tensor cosine_matrix(const torch::Tensor& vectors) {  // rows are the vectors
+  const auto v = vectors.to(torch::kDouble);
+  const auto unit = v / v.norm(2, 1, /*keepdim=*/true).clamp_min(1e-12);
+  return unit.mm(unit.t());
+}
+
+torch::Tensor flat_expert_weights(const ExpertBank& bank, int64_t local) {
+  std::vector<torch::Tensor> parts;
+  for (const auto& p : bank->parameters(/*recurse=*/false)) {
+    parts.push_back(p[local].detach().reshape({-1}).to(torch::kDouble));
+  }
+  return torch::cat(parts);
+}
+
+}  // namespace
+
+ExpertUsage collect_expert_usage(VisionTransformer& model, const pruning::CalibrationData& data) {
+  TORCH_CHECK(static_cast<bool>(data), "collect_expert_usage: no calibration data");
+  const auto layers = model->moe_layers();
+  TORCH_CHECK(!layers.empty(), "collect_expert_usage: the model has no MoE layers");
+  torch::NoGradGuard no_grad;
+  const bool was_training = model->is_training();
+  model->eval();
+  std::map<int64_t, torch::Tensor> counts;
+  std::map<int64_t, std::vector<torch::Tensor>> logits;
+  data([&](const torch::Tensor& images) {
+    const auto out = model->forward(images);
+    for (size_t i = 0; i < out.plans.size(); ++i) {
+      const int64_t block = layers[i].first;
+      const auto& plan = out.plans[i];
+      const int64_t E = plan.num_router_experts();
+      const auto chosen = plan.expert_index.masked_select(plan.expert_index.ge(0));
+      const auto c = torch::bincount(chosen.cpu(), {}, E).to(torch::kDouble);
+      counts[block] = counts.count(block) ? counts[block] + c : c;
+      logits[block].push_back(plan.router_logits.detach().to(torch::kFloat).cpu());
+    }
+  });
+  if (was_training) {
+    model->train();
+  }
+  ExpertUsage usage;
+  for (auto& [block, c] : counts) {
+    TORCH_CHECK(c.sum().item<double>() > 0, "collect_expert_usage: MoE block ", block,
+                " routed no calibration token");
+    usage.frequency[block] = c / c.sum();
+    usage.router_logits[block] = torch::cat(logits[block]);
+  }
+  TORCH_CHECK(!usage.frequency.empty(), "collect_expert_usage: the calibration data was empty");
+  return usage;
+}
+
+MergeGroups group_experts(const VisionTransformer& model, const ExpertUsage& usage,
+                          const std::map<int64_t, int64_t>& counts, MergeSimilarity similarity) {
+  constexpr const char* who = "group_experts";
+  MergeGroups out;
+  for (const auto& [block, count] : counts) {
+    const auto layer = layer_of(model, block, who);
+    const auto held = mergeable_experts(layer, block, who);
+    const int64_t n = static_cast<int64_t>(held.size());
+    TORCH_CHECK(count >= 1 && count <= n, who, ": block ", block, " holds ", n,
+                " experts; cannot make ", count, " groups");
+    const auto freq = frequency_of(usage, block, layer->router().num_experts(), who);
+    const auto f = freq.accessor<double, 1>();
+    // Positions in `held`, most used first (stable: equal frequencies go to the lower id).
+    std::vector<int64_t> by_use(static_cast<size_t>(n));
+    std::iota(by_use.begin(), by_use.end(), 0);
+    std::stable_sort(by_use.begin(), by_use.end(),
+                     [&](int64_t a, int64_t b) { return f[held[a]] > f[held[b]]; });
+
+    torch::Tensor sim;
+    if (similarity == MergeSimilarity::kRouterLogits) {
+      const auto it = usage.router_logits.find(block);
+      TORCH_CHECK(it != usage.router_logits.end(), who, ": no router logits for MoE block ", block);
+      const auto columns = torch::tensor(held, torch::kLong);
+      sim = cosine_matrix(it->second.index_select(1, columns).t());
+    } else {
+      const auto bank = layer->experts();
+      std::vector<torch::Tensor> rows;
+      for (int64_t i = 0; i < n; ++i) {
+        rows.push_back(flat_expert_weights(bank, i));
+      }
+      sim = cosine_matrix(torch::stack(rows));
+    }
+    const auto s = sim.accessor<double, 2>();
+    std::vector<std::vector<int64_t>> groups(static_cast<size_t>(count));
+    for (int64_t g = 0; g < count; ++g) {
+      groups[static_cast<size_t>(g)].push_back(held[by_use[g]]);
+    }
+    std::vector<std::vector<int64_t>> members(static_cast<size_t>(count));
+    for (int64_t r = count; r < n; ++r) {
+      const int64_t i = by_use[r];
+      int64_t best = 0;
+      for (int64_t g = 1; g < count; ++g) {
+        if (s[i][by_use[g]] > s[i][by_use[best]]) {
+          best = g;
+        }
+      }
+      members[static_cast<size_t>(best)].push_back(held[i]);
+    }
+    for (int64_t g = 0; g < count; ++g) {
+      auto& m = members[static_cast<size_t>(g)];
+      std::sort(m.begin(), m.end());
+      groups[static_cast<size_t>(g)].insert(groups[static_cast<size_t>(g)].end(), m.begin(),
+                                            m.end());
+    }
+    out[block] = std::move(groups);
+  }
+  return out;
+}
+
+std::map<int64_t, int64_t> same_group_count(const VisionTransformer& model, int64_t groups) {
+  std::map<int64_t, int64_t> counts;
+  for (auto& [block, layer] : model->moe_layers()) {
+    counts[block] = groups;
+  }
+  TORCH_CHECK(!counts.empty(), "same_group_count: the model has no MoE layers");
+  return counts;
+}
+
+std::map<int64_t, int64_t> global_group_counts(const VisionTransformer& model,
+                                               const ExpertUsage& usage, int64_t total) {
+  constexpr const char* who = "global_group_counts";
+  struct Candidate {
+    bool forced;
+    double frequency;
+    int64_t block, expert;
+  };
+  std::vector<Candidate> all;
+  std::map<int64_t, int64_t> counts;
+  for (auto& [block, layer] : model->moe_layers()) {
+    const auto held = mergeable_experts(layer, block, who);
+    const auto freq = frequency_of(usage, block, layer->router().num_experts(), who);
+    const auto f = freq.accessor<double, 1>();
+    int64_t top = held.front();
+    for (const int64_t e : held) {
+      top = f[e] > f[top] ? e : top;
+    }
+    for (const int64_t e : held) {
+      all.push_back({e == top, f[e], block, e});
+    }
+    counts[block] = 0;
+  }
+  const auto layers = static_cast<int64_t>(counts.size());
+  TORCH_CHECK(total >= layers && total <= static_cast<int64_t>(all.size()), who, ": ", total,
+              " groups for ", layers, " MoE layers holding ", all.size(), " experts; give between ",
+              layers, " and ", all.size());
+  std::stable_sort(all.begin(), all.end(), [](const Candidate& a, const Candidate& b) {
+    return a.forced != b.forced ? a.forced : a.frequency > b.frequency;
+  });
+  for (int64_t i = 0; i < total; ++i) {
+    ++counts[all[static_cast<size_t>(i)].block];
+  }
+  return counts;
+}
+
+void merge_experts(VisionTransformer& model, const MergeGroups& groups, const ExpertUsage& usage,
+                   bool align) {
+  constexpr const char* who = "merge_experts";
+  for (const auto& [block, gs] : groups) {
+    auto layer = layer_of(model, block, who);
+    const auto held = mergeable_experts(layer, block, who);
+    const auto freq = frequency_of(usage, block, layer->router().num_experts(), who);
+    auto bank = layer->experts();
+    // Validate the groups before touching any weight (MoELayer::merge_experts checks them too,
+    // but only after alignment would have permuted neurons).
+    std::vector<char> seen(static_cast<size_t>(layer->router().num_experts()), 0);
+    for (const auto& g : gs) {
+      TORCH_CHECK(!g.empty(), who, ": block ", block, " has an empty group");
+      for (const int64_t e : g) {
+        TORCH_CHECK(std::find(held.begin(), held.end(), e) != held.end(), who, ": block ", block,
+                    " does not hold expert ", e);
+        TORCH_CHECK(!seen[static_cast<size_t>(e)], who, ": block ", block, " names expert ", e,
+                    " in two groups");
+        seen[static_cast<size_t>(e)] = 1;
+      }
+    }
+    if (align) {
+      for (const auto& g : gs) {
+        align_experts(bank, g.front(), {g.begin() + 1, g.end()});
+      }
+    }
+    // Frequency-weighted averages, one per group and parameter, in the bank's order.
+    const auto params = bank->named_parameters(/*recurse=*/false);
+    std::vector<std::vector<torch::Tensor>> merged(params.size());
+    {
+      torch::NoGradGuard no_grad;
+      for (const auto& g : gs) {
+        std::vector<int64_t> local;
+        for (const int64_t e : g) {
+          local.push_back(std::find(held.begin(), held.end(), e) - held.begin());
+        }
+        auto w = freq.index_select(0, torch::tensor(g, torch::kLong));
+        w = w.sum().item<double>() > 0 ? w / w.sum()
+                                       : torch::full_like(w, 1.0 / static_cast<double>(g.size()));
+        const auto index = torch::tensor(local, torch::kLong).to(bank->w1.device());
+        size_t i = 0;
+        for (const auto& p : params) {
+          const auto members = p.value().index_select(0, index);
+          auto shape = std::vector<int64_t>(members.dim(), 1);
+          shape[0] = -1;
+          merged[i++].push_back(
+              (members * w.to(members.options()).view(shape)).sum(0, /*keepdim=*/false));
+        }
+      }
+    }
+    model->merge_experts(block, gs);
+    torch::NoGradGuard no_grad;
+    size_t i = 0;
+    for (const auto& p : bank->named_parameters(/*recurse=*/false)) {
+      p.value().copy_(torch::stack(merged[i++]));
+    }
+  }
+}
+
+std::string format_groups(const MergeGroups& groups, const ExpertUsage& usage) {
+  std::ostringstream out;
+  for (const auto& [block, gs] : groups) {
+    const auto it = usage.frequency.find(block);
+    out << "block " << block << ":";
+    for (const auto& g : gs) {
+      out << " [";
+      for (size_t i = 0; i < g.size(); ++i) {
+        const double f =
+            it != usage.frequency.end() ? it->second[g[i]].item<double>() : std::nan("");
+        out << (i ? " " : "") << g[i] << " (" << std::fixed << std::setprecision(3) << f << ")";
+      }
+      out << "]";
+    }
+    out << "\n";
+  }
+  return out.str();
+}
+
+}  // namespace moeprune::compression

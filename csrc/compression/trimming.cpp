@@ -1,0 +1,170 @@
+#include <moeprune/compression/trimming.h>
+
+#include <moeprune/pruning/builtin_criteria.h>
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <numeric>
+
+namespace moeprune::compression {
+namespace {
+
+// Runs the model over the data (evaluation mode, no grad) with its block states captured.
+void for_each_capture(VisionTransformer& model, const pruning::CalibrationData& data,
+                      const std::function<void(const VisionTransformerOutput&)>& visit) {
+  TORCH_CHECK(static_cast<bool>(data), "trimming: no calibration data");
+  torch::NoGradGuard no_grad;
+  const bool was_training = model->is_training();
+  const bool captured = model->capture_block_states;
+  model->eval();
+  model->capture_block_states = true;
+  data([&](const torch::Tensor& images) { visit(model->forward(images)); });
+  model->capture_block_states = captured;
+  if (was_training) {
+    model->train();
+  }
+}
+
+// Sum over tokens of cos(a, b); a is repeated when E3-MoE replicated the batch in between.
+double cosine_sum(torch::Tensor a, const torch::Tensor& b) {
+  if (a.size(0) != b.size(0)) {
+    a = a.repeat_interleave(b.size(0) / a.size(0), 0);
+  }
+  const int64_t d = a.size(-1);
+  return torch::cosine_similarity(a.reshape({-1, d}).to(torch::kDouble),
+                                  b.reshape({-1, d}).to(torch::kDouble), 1)
+      .sum()
+      .item<double>();
+}
+
+std::vector<int64_t> highest(const std::vector<std::pair<int64_t, double>>& scored, int64_t n) {
+  auto sorted = scored;
+  std::stable_sort(sorted.begin(), sorted.end(),
+                   [](const auto& a, const auto& b) { return a.second > b.second; });
+  std::vector<int64_t> out;
+  for (int64_t i = 0; i < n; ++i) {
+    out.push_back(sorted[static_cast<size_t>(i)].first);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+}  // namespace
+
+pruning::PruningPlan expert_drop(VisionTransformer& model, const pruning::CalibrationData& data,
+                                 const ExpertDropOptions& options) {
+  TORCH_CHECK((options.per_layer() > 0) != (options.total() > 0),
+              "expert_drop: give per_layer or total (exactly one of them > 0), got per_layer ",
+              options.per_layer(), " and total ", options.total());
+  TORCH_CHECK(model->options.kept_experts().empty(),
+              "expert_drop: the model is already pruned; drop from the unpruned model");
+  pruning::CriterionContext context;
+  context.finetuned = model;
+  context.data = data;
+  const auto scores = pruning::score_experts(pruning::Importance(), context);
+  auto plan =
+      options.per_layer() > 0
+          ? pruning::PruningPlan::same_count(scores, model, options.per_layer(), {}, "expert_drop")
+          : pruning::PruningPlan::global_budget(scores, model, options.total(), 0, "expert_drop");
+  model->options.drop_router_columns(options.remove_router_rows());
+  pruning::apply_plan(model, plan);
+  return plan;
+}
+
+std::map<int64_t, double> moe_layer_similarity(VisionTransformer& model,
+                                               const pruning::CalibrationData& data) {
+  std::map<int64_t, double> sums;
+  double tokens = 0;
+  for_each_capture(model, data, [&](const VisionTransformerOutput& out) {
+    for (const auto& [block, layer] : model->moe_layers()) {
+      const auto& h = out.mlp_states.at(static_cast<size_t>(block));
+      sums[block] += cosine_sum(h, out.block_states.at(static_cast<size_t>(block) + 1));
+    }
+    tokens +=
+        static_cast<double>(out.block_states.back().numel() / out.block_states.back().size(-1));
+  });
+  TORCH_CHECK(!sums.empty(), "moe_layer_similarity: the model has no MoE sub-blocks left");
+  for (auto& [block, s] : sums) {
+    s /= tokens;
+  }
+  return sums;
+}
+
+std::vector<int64_t> layer_drop(VisionTransformer& model, const pruning::CalibrationData& data,
+                                int64_t n) {
+  const auto sim = moe_layer_similarity(model, data);
+  TORCH_CHECK(n >= 1 && n <= static_cast<int64_t>(sim.size()), "layer_drop: cannot drop ", n,
+              " of the ", sim.size(), " MoE layers");
+  const auto dropped = highest({sim.begin(), sim.end()}, n);
+  for (const int64_t block : dropped) {
+    model->drop_mlp(block);
+  }
+  return dropped;
+}
+
+std::vector<double> block_similarity(VisionTransformer& model, const pruning::CalibrationData& data,
+                                     int64_t span) {
+  const int64_t depth = model->options.depth();
+  TORCH_CHECK(span >= 1 && span <= depth, "block_similarity: span should be in [1, ", depth,
+              "], got ", span);
+  std::vector<double> sums(static_cast<size_t>(depth - span + 1), 0.0);
+  double tokens = 0;
+  for_each_capture(model, data, [&](const VisionTransformerOutput& out) {
+    for (int64_t i = 0; i + span <= depth; ++i) {
+      sums[static_cast<size_t>(i)] += cosine_sum(out.block_states[static_cast<size_t>(i)],
+                                                 out.block_states[static_cast<size_t>(i + span)]);
+    }
+    tokens +=
+        static_cast<double>(out.block_states.back().numel() / out.block_states.back().size(-1));
+  });
+  for (auto& s : sums) {
+    s /= tokens;
+  }
+  return sums;
+}
+
+std::vector<int64_t> block_drop(VisionTransformer& model, const pruning::CalibrationData& data,
+                                int64_t n, bool consecutive) {
+  const int64_t depth = model->options.depth();
+  const auto& gone = model->options.dropped_blocks();
+  const auto is_gone = [&](int64_t b) {
+    return std::find(gone.begin(), gone.end(), b) != gone.end();
+  };
+  const int64_t left = depth - static_cast<int64_t>(gone.size());
+  TORCH_CHECK(n >= 1 && n < left, "block_drop: cannot drop ", n, " of the ", left,
+              " blocks left (at least one stays)");
+  std::vector<int64_t> dropped;
+  if (!consecutive) {
+    const auto sim = block_similarity(model, data, 1);
+    std::vector<std::pair<int64_t, double>> scored;
+    for (int64_t i = 0; i < depth; ++i) {
+      if (!is_gone(i)) {
+        scored.emplace_back(i, sim[static_cast<size_t>(i)]);
+      }
+    }
+    dropped = highest(scored, n);
+  } else {
+    const auto sim = block_similarity(model, data, n);
+    int64_t best = -1;
+    for (int64_t i = 0; i + n <= depth; ++i) {
+      bool free = true;
+      for (int64_t b = i; b < i + n; ++b) {
+        free = free && !is_gone(b);
+      }
+      if (free && (best < 0 || sim[static_cast<size_t>(i)] > sim[static_cast<size_t>(best)])) {
+        best = i;
+      }
+    }
+    TORCH_CHECK(best >= 0, "block_drop: no run of ", n, " blocks is left to drop");
+    for (int64_t b = best; b < best + n; ++b) {
+      dropped.push_back(b);
+    }
+  }
+  for (const int64_t b : dropped) {
+    model->drop_block(b);
+  }
+  return dropped;
+}
+
+}  // namespace moeprune::compression

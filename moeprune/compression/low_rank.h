@@ -1,0 +1,66 @@
+#pragma once
+
+// MC-SMoE's compression step (Li et al., ICLR 2024, section 3.3; UNITES-Lab/MC-SMoE
+// mcsmoe/pruning/losparse.py, after LoSparse, Li et al. 2023): every expert linear W becomes a
+// low-rank part plus a sparse part, W = L R + S, with L = U_r sqrt(s_r), R = sqrt(s_r) V_r^T
+// from the SVD and S = W - L R. S is then pruned during distillation by PLATON importance
+// (an exponential moving average of |theta * grad|), structured by output unit (a whole output
+// column of S goes at once), with one threshold over all MoE layers and a cubic schedule down to
+// the final density.
+#include <moeprune/vision_transformer.h>
+
+#include <torch/arg.h>
+
+#include <cstdint>
+#include <map>
+#include <vector>
+
+namespace moeprune::compression {
+
+/// Factorises the experts of the listed MoE blocks (all when empty) at `rank`
+/// (ExpertBankImpl::factorize); records it in options.expert_ranks so checkpoints reload.
+void factorize_experts(VisionTransformer& model, int64_t rank, std::vector<int64_t> blocks = {});
+
+struct SparsePruningOptions {
+  /// Fraction of the sparse parts' output units kept at the end (MC-SMoE's script: 0.1).
+  TORCH_ARG(double, final_density) = 0.1;
+  /// EMA factor of the importance |theta * grad| (PLATON's beta1).
+  TORCH_ARG(double, beta1) = 0.85;
+  /// EMA factor of the uncertainty |I - I_bar|; 1 turns it off (MC-SMoE's default).
+  TORCH_ARG(double, beta2) = 1.0;
+  /// The schedule's unit w: S stays dense for initial_warmup * w steps and sits at the final
+  /// density for the last final_warmup * w steps; in between density falls as a cubic.
+  TORCH_ARG(int64_t, warmup_steps) = 10;
+  TORCH_ARG(int64_t, initial_warmup) = 1;
+  TORCH_ARG(int64_t, final_warmup) = 4;
+};
+
+/// Prunes the sparse parts S of a factorised model while it trains. Call after_backward once the
+/// gradients are in (before the optimizer step) and after_step after it, or hand both to
+/// TrainerOptions::after_backward / after_step through hooks().
+class SparsePruner {
+ public:
+  SparsePruner(VisionTransformer model, SparsePruningOptions options = {});
+
+  /// The density the schedule asks for at `step` of `total` (1 before the pruning starts).
+  double density_at(int64_t step, int64_t total) const;
+  /// Accumulates the importance of every S entry from the current gradients.
+  void after_backward(int64_t step, int64_t total);
+  /// Zeroes the least important output units of S down to density_at(step, total).
+  void after_step(int64_t step, int64_t total);
+  /// Prunes to `density` now (e.g. the final density when training ends early).
+  void prune_to(double density);
+  /// Fraction of S's output units kept now.
+  double density() const;
+
+ private:
+  struct Part {
+    torch::Tensor weight, mask;             // S [E, in, out] and its unit mask [E, out]
+    torch::Tensor importance, uncertainty;  // EMAs, S's shape
+  };
+  std::vector<Part> parts_;
+  SparsePruningOptions options_;
+  bool seen_gradient_ = false;
+};
+
+}  // namespace moeprune::compression
