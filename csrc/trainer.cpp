@@ -77,7 +77,9 @@ std::vector<EpochLog> Trainer::fit(const data::ImageDataset& train,
               train.num_classes, " classes but the model's head has ",
               model_->options.num_classes());
   // Full batches only, so every step routes groups of the configured size.
-  const int64_t steps_per_epoch = std::max<int64_t>(1, n / options_.batch_size());
+  // A training set smaller than one batch is trained on whole.
+  const int64_t batch = std::min(options_.batch_size(), n);
+  const int64_t steps_per_epoch = n / batch;
   int64_t total = steps_per_epoch * options_.epochs();
   if (options_.max_steps() > 0) {
     total = std::min(total, options_.max_steps());
@@ -89,14 +91,14 @@ std::vector<EpochLog> Trainer::fit(const data::ImageDataset& train,
     model_->train();
     const auto order = torch::randperm(n, generator, torch::kLong);
     const int64_t steps = std::min(steps_per_epoch, total - step);
-    ProgressBar bar(steps * options_.batch_size(),
+    ProgressBar bar(steps * batch,
                     "epoch " + std::to_string(epoch + 1) + "/" + std::to_string(options_.epochs()),
                     "img", options_.progress());
     double loss_sum = 0.0;
     int64_t correct = 0, seen = 0;
     double lr = 0.0;
     for (int64_t s = 0; s < steps; ++s, ++step) {
-      const auto index = order.narrow(0, s * options_.batch_size(), options_.batch_size());
+      const auto index = order.narrow(0, s * batch, batch);
       auto images = train.images.index_select(0, index);
       if (options_.crop_padding() > 0) {
         images = data::random_crop(images, options_.crop_padding(), generator);

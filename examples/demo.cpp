@@ -1,9 +1,11 @@
 // The main demo: reproduces the expert-pruning experiment of Chowdhury et al. (ICML 2024) on
 // Fashion-MNIST. Pre-trains a small V-MoE on the 10 classes (cached), fine-tunes it on a
 // downstream task built from the same images (cached), then sweeps every pruning criterion and
-// ratio, with and without a short post-pruning fine-tune, and writes a table, JSON, CSV and
-// PNG plots. --full adds the expert-choice and E3-MoE variants and every pruning ratio.
-#include "prune_sweep.h"
+// ratio, with and without a short post-pruning fine-tune, compares pruning with the other
+// compressions (M-SMoE, MC-SMoE, Expert/Layer/Block Drop) at matched budgets, and writes tables,
+// JSON, CSV and PNG plots. --full adds the expert-choice and E3-MoE variants, every pruning ratio
+// and every budget.
+#include "compression_compare.h"
 
 #include <cstdlib>
 
@@ -25,10 +27,10 @@ std::string home_cache() {
 void pretrain(const std::string& preset, const examples::Splits& splits, const std::string& path,
               int64_t epochs, bool fresh) {
   if (!fresh && std::filesystem::exists(path)) {
-    fmt::print("[1/3] pre-trained {}: reusing {} (--fresh retrains)\n", preset, path);
+    fmt::print("[1/4] pre-trained {}: reusing {} (--fresh retrains)\n", preset, path);
     return;
   }
-  fmt::print("[1/3] pre-training {} on all 10 classes, {} epochs\n", preset, epochs);
+  fmt::print("[1/4] pre-training {} on all 10 classes, {} epochs\n", preset, epochs);
   std::fflush(stdout);
   torch::manual_seed(0);
   const auto options = examples::fit_to_data(
@@ -48,10 +50,10 @@ void pretrain(const std::string& preset, const examples::Splits& splits, const s
 void finetune(const std::string& pretrained, const examples::Splits& task, const std::string& path,
               bool fresh) {
   if (!fresh && std::filesystem::exists(path)) {
-    fmt::print("[2/3] fine-tuned: reusing {}\n", path);
+    fmt::print("[2/4] fine-tuned: reusing {}\n", path);
     return;
   }
-  fmt::print("[2/3] fine-tuning on the 4-way task (new head, capacity factor 1.5, 1 epoch)\n");
+  fmt::print("[2/4] fine-tuning on the 4-way task (new head, capacity factor 1.5, 1 epoch)\n");
   std::fflush(stdout);
   torch::manual_seed(0);
   moeprune::VisionTransformer vit(examples::read_metadata(pretrained).options);
@@ -120,13 +122,15 @@ int run(int argc, char** argv) {
   CLI::App app{
       "moeprune demo: pre-train a small V-MoE on Fashion-MNIST, fine-tune it on a 4-way task, "
       "and compare expert-pruning criteria at every pruning ratio."};
-  bool full = false, fresh = false;
+  bool full = false, fresh = false, no_compression = false;
   std::string cache = home_cache(), out = "demo-results", criteria;
   int64_t threads = 0, post_steps = -1, pretrain_epochs = 6;
   app.add_flag("--full", full,
                "Whole sweep: also expert choice and E3-MoE, every pruning ratio, longer "
                "post-pruning fine-tuning (about 1.5 hours on 2 cores)");
   app.add_flag("--fresh", fresh, "Retrain instead of reusing the cached checkpoints");
+  app.add_flag("--no-compression", no_compression,
+               "Skip the comparison with merging, MC-SMoE and Expert/Layer/Block Drop");
   app.add_option("--cache-dir", cache, "Where the pre-trained and fine-tuned checkpoints are kept")
       ->capture_default_str();
   app.add_option("--out-dir", out, "Where the table, JSON, CSV and plots go")
@@ -175,13 +179,35 @@ int run(int argc, char** argv) {
     configs.push_back(cfg);
   }
 
-  int64_t total = 0;
-  for (const auto& cfg : configs) total += examples::sweep_runs(cfg);
+  // The compression comparison: V-MoE (and expert choice with --full). E3-MoE's members route
+  // separately, so its experts are neither merged nor dropped by routing score.
+  std::vector<examples::CompressionConfig> compressions;
+  for (const auto& cfg : configs) {
+    if (no_compression || cfg.model_name == "small_e3moe") {
+      continue;
+    }
+    examples::CompressionConfig c;
+    c.model_name = cfg.model_name;
+    c.pretrained = cfg.pretrained;
+    c.finetuned = cfg.finetuned;
+    c.post_steps = cfg.post_steps;
+    const auto meta = examples::read_metadata(cfg.finetuned).options;
+    for (int64_t kept = meta.num_experts() - (full ? 1 : 2); kept >= 1; kept -= full ? 1 : 2) {
+      c.budgets.push_back(kept);
+    }
+    c.layer_drops = full ? std::vector<int64_t>{1, 2} : std::vector<int64_t>{1};
+    c.block_drops = full ? std::vector<int64_t>{1, 2, 3} : std::vector<int64_t>{1, 2};
+    compressions.push_back(c);
+  }
+
+  int64_t sweep_total = 0, compression_total = 0;
+  for (const auto& cfg : configs) sweep_total += examples::sweep_runs(cfg);
+  for (const auto& c : compressions) compression_total += examples::compression_runs(c);
   fmt::print(
-      "[3/3] pruning sweep: {} runs (criteria x experts pruned per layer, random x 3 seeds)\n",
-      total);
+      "[3/4] pruning sweep: {} runs (criteria x experts pruned per layer, random x 3 seeds)\n",
+      sweep_total);
   std::fflush(stdout);
-  moeprune::ProgressBar bar(total, "sweep", "runs");
+  moeprune::ProgressBar bar(sweep_total, "sweep", "runs");
   int64_t done = 0;
   std::vector<examples::SweepCell> cells;
   for (const auto& cfg : configs) {
@@ -189,6 +215,24 @@ int run(int argc, char** argv) {
     cells.insert(cells.end(), c.begin(), c.end());
   }
   bar.finish();
+
+  std::vector<examples::CompressionCell> compressed;
+  if (!compressions.empty()) {
+    fmt::print(
+        "[4/4] compressions compared: {} runs (pruning, M-SMoE, MC-SMoE, Expert Drop at matched "
+        "experts per layer; Layer Drop, Block Drop)\n",
+        compression_total);
+    std::fflush(stdout);
+    moeprune::ProgressBar cbar(compression_total, "compression", "runs");
+    int64_t cdone = 0;
+    for (const auto& c : compressions) {
+      const auto rows = examples::run_compression(c, task, &cbar, &cdone);
+      compressed.insert(compressed.end(), rows.begin(), rows.end());
+    }
+    cbar.finish();
+  } else {
+    fmt::print("[4/4] compression comparison skipped\n");
+  }
   const double minutes =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 60.0;
   for (const auto& cfg : configs) {
@@ -196,12 +240,32 @@ int run(int argc, char** argv) {
     examples::print_sweep_table(cells, cfg, experts);
     plot(cells, cfg, experts, out);
   }
+  for (const auto& c : compressions) {
+    std::vector<examples::CompressionCell> rows;
+    for (const auto& r : compressed) {
+      if (r.model == c.model_name) rows.push_back(r);
+    }
+    examples::print_compression_table(rows, c);
+    const auto png = examples::plot_compression(rows, c, out);
+    fmt::print("      {}\n",
+               png.empty() ? "gnuplot failed for the compression plot" : "plot: " + png);
+  }
   examples::write_sweep(cells, out + "/results",
                         {{"task", kTaskNames},
                          {"full", full},
                          {"minutes", minutes},
                          {"post_steps", configs.front().post_steps}});
-  fmt::print("\nwrote {0}/results.json and {0}/results.csv; took {1:.1f} minutes\n", out, minutes);
+  if (!compressed.empty()) {
+    examples::write_compression(compressed, out + "/compression",
+                                {{"task", kTaskNames},
+                                 {"full", full},
+                                 {"minutes", minutes},
+                                 {"post_steps", configs.front().post_steps}});
+  }
+  fmt::print(
+      "\nwrote {0}/results.json, {0}/results.csv{1}; took {2:.1f} minutes\n", out,
+      compressed.empty() ? "" : fmt::format(", {0}/compression.json and {0}/compression.csv", out),
+      minutes);
   return 0;
 }
 

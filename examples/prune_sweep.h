@@ -15,7 +15,18 @@ struct SweepCell {
   int64_t pruned = 0;
   uint64_t seed = 0;
   double top1 = 0, top1_finetuned = -1;
+  /// MoE block -> the experts this run pruned.
+  std::map<int64_t, std::vector<int64_t>> pruned_experts;
 };
+
+/// "1:0 3 5|3:2 4 6": the pruned experts of each MoE block, for the CSV.
+inline std::string format_pruned(const std::map<int64_t, std::vector<int64_t>>& pruned) {
+  std::string out;
+  for (const auto& [block, experts] : pruned) {
+    out += fmt::format("{}{}:{}", out.empty() ? "" : "|", block, fmt::join(experts, " "));
+  }
+  return out;
+}
 
 struct SweepConfig {
   std::string model_name;  // a label for the results
@@ -91,9 +102,16 @@ inline std::vector<SweepCell> run_sweep(const SweepConfig& cfg, const Splits& sp
       const auto scores = moeprune::pruning::score_experts(*criterion, ctx);
       for (const auto n : cfg.counts) {
         auto model = load_model(cfg.finetuned);
-        moeprune::pruning::apply_plan(
-            model, moeprune::pruning::PruningPlan::same_count(scores, model, n, {}, name));
-        SweepCell cell{cfg.model_name, name, n, seed};
+        const auto plan = moeprune::pruning::PruningPlan::same_count(scores, model, n, {}, name);
+        moeprune::pruning::apply_plan(model, plan);
+        SweepCell cell;
+        cell.model = cfg.model_name;
+        cell.criterion = name;
+        cell.pruned = n;
+        cell.seed = seed;
+        for (const auto& layer : plan.layers) {
+          cell.pruned_experts[layer.block] = layer.pruned;
+        }
         torch::manual_seed(seed);
         moeprune::Trainer trainer(model,
                                   moeprune::TrainerOptions()
@@ -187,16 +205,21 @@ inline void write_text(const std::string& path, const std::string& text) {
 inline void write_sweep(const std::vector<SweepCell>& cells, const std::string& prefix,
                         nlohmann::json header) {
   header["results"] = nlohmann::json::array();
-  std::string csv = "model,criterion,pruned_per_layer,seed,top1,top1_finetuned\n";
+  std::string csv = "model,criterion,pruned_per_layer,seed,top1,top1_finetuned,pruned_experts\n";
   for (const auto& c : cells) {
+    nlohmann::json pruned = nlohmann::json::object();
+    for (const auto& [block, experts] : c.pruned_experts) {
+      pruned[std::to_string(block)] = experts;
+    }
     header["results"].push_back({{"model", c.model},
                                  {"criterion", c.criterion},
                                  {"pruned_per_layer", c.pruned},
                                  {"seed", c.seed},
                                  {"top1", c.top1},
-                                 {"top1_finetuned", c.top1_finetuned}});
-    csv += fmt::format("{},{},{},{},{:.6f},{:.6f}\n", c.model, c.criterion, c.pruned, c.seed,
-                       c.top1, c.top1_finetuned);
+                                 {"top1_finetuned", c.top1_finetuned},
+                                 {"pruned_experts", pruned}});
+    csv += fmt::format("{},{},{},{},{:.6f},{:.6f},{}\n", c.model, c.criterion, c.pruned, c.seed,
+                       c.top1, c.top1_finetuned, format_pruned(c.pruned_experts));
   }
   write_text(prefix + ".json", header.dump(2) + "\n");
   write_text(prefix + ".csv", csv);

@@ -143,6 +143,19 @@ TEST_CASE("a few training steps lower the loss of every small model") {
   }
 }
 
+TEST_CASE("a training set smaller than one batch trains as one batch") {
+  const auto train = squares(20, 8);
+  torch::manual_seed(9);
+  VisionTransformer vit(tiny("small_vmoe"));
+  moeprune::Trainer trainer(
+      vit, moeprune::TrainerOptions().epochs(3).batch_size(128).warmup_steps(1).progress(false));
+  const auto log = trainer.fit(train);
+  REQUIRE(log.size() == 3);
+  for (const auto& epoch : log) {
+    CHECK(epoch.steps == 1);
+  }
+}
+
 TEST_CASE("training is deterministic under a seed on the CPU") {
   const auto train = squares(96, 5);
   const auto run = [&] {

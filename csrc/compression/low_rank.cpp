@@ -87,6 +87,7 @@ void SparsePruner::after_step(int64_t step, int64_t total) {
 void SparsePruner::prune_to(double density) {
   TORCH_CHECK(density > 0 && density <= 1, "SparsePruner: density should be in (0, 1], got ",
               density);
+  pruned_to_ = density;
   torch::NoGradGuard no_grad;
   // One score per output unit: the mean over its inputs (MC-SMoE: structured_method 'mean',
   // direction 'row' of the [out, in] weight), compared across every layer and expert.

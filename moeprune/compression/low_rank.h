@@ -52,6 +52,8 @@ class SparsePruner {
   void prune_to(double density);
   /// Fraction of S's output units kept now.
   double density() const;
+  /// The density of the last pruning (1 before any).
+  double pruned_to() const { return pruned_to_; }
 
  private:
   struct Part {
@@ -61,6 +63,7 @@ class SparsePruner {
   std::vector<Part> parts_;
   SparsePruningOptions options_;
   bool seen_gradient_ = false;
+  double pruned_to_ = 1.0;
 };
 
 }  // namespace moeprune::compression

@@ -1,0 +1,148 @@
+// The demo's sweep and compression comparison (examples/prune_sweep.h,
+// examples/compression_compare.h) on tiny models and data: which experts each run prunes, and
+// what each compression keeps.
+#include "compression_compare.h"
+
+#include <catch2/catch.hpp>
+
+#include "../scratch_dir.h"
+
+namespace pr = moeprune::pruning;
+using moeprune::VisionTransformer;
+using moeprune::VisionTransformerOptions;
+
+namespace {
+
+VisionTransformerOptions tiny() {
+  return VisionTransformerOptions::small("small_vmoe", 4)
+      .d_model(16)
+      .mlp_dim(24)
+      .depth(4)
+      .heads(2)
+      .moe_blocks({1, 3});
+}
+
+moeprune::data::ImageDataset random_images(int64_t n, uint64_t seed) {
+  torch::manual_seed(seed);
+  moeprune::data::ImageDataset d;
+  d.images = torch::randint(0, 255, {n, 1, 28, 28}, torch::kLong).to(torch::kUInt8);
+  d.labels = torch::randint(0, 4, {n}, torch::kLong);
+  d.num_classes = 4;
+  return d;
+}
+
+std::string save(VisionTransformer& m, const std::string& name) {
+  const auto path = test::scratch_dir("moeprune-demo-test") + "/" + name + ".pt";
+  moeprune::save_checkpoint(path, *m, examples::metadata(m->options, examples::DataArgs{}, {}));
+  return path;
+}
+
+// A pre-trained and a fine-tuned model whose routers differ.
+std::pair<std::string, std::string> checkpoints() {
+  torch::manual_seed(1);
+  VisionTransformer pre(tiny());
+  const auto pre_path = save(pre, "pre");
+  torch::manual_seed(2);
+  VisionTransformer ft(tiny());
+  return {pre_path, save(ft, "ft")};
+}
+
+}  // namespace
+
+TEST_CASE("the sweep prunes other experts for each seed of the random criterion") {
+  const auto [pre, ft] = checkpoints();
+  examples::Splits splits{random_images(64, 3), random_images(32, 4), {}};
+  examples::SweepConfig cfg;
+  cfg.model_name = "tiny";
+  cfg.pretrained = pre;
+  cfg.finetuned = ft;
+  cfg.criteria = {"random", "router_norm_change"};
+  cfg.counts = {0, 3};
+  cfg.post_steps = 0;
+  cfg.calibration = 16;
+  moeprune::ProgressBar bar(examples::sweep_runs(cfg), "sweep", "runs", false);
+  int64_t done = 0;
+  const auto cells = examples::run_sweep(cfg, splits, bar, done);
+  REQUIRE(cells.size() == 3 * 2 + 2);
+  std::vector<std::map<int64_t, std::vector<int64_t>>> random_plans;
+  for (const auto& c : cells) {
+    if (c.criterion == "random" && c.pruned == 3) {
+      random_plans.push_back(c.pruned_experts);
+      // The plan RandomCriterion gives for this seed.
+      pr::CriterionContext ctx;
+      ctx.finetuned = examples::load_model(ft);
+      ctx.seed = c.seed;
+      const auto scores = pr::score_experts(pr::RandomCriterion(), ctx);
+      for (const auto& [block, experts] : c.pruned_experts) {
+        const auto order = std::get<1>(scores.at(block).sort());
+        std::vector<int64_t> lowest(order.data_ptr<int64_t>(), order.data_ptr<int64_t>() + 3);
+        std::sort(lowest.begin(), lowest.end());
+        CHECK(experts == lowest);
+      }
+    }
+    if (c.pruned == 0) {
+      CHECK(c.pruned_experts.at(1).empty());
+    }
+  }
+  REQUIRE(random_plans.size() == 3);
+  CHECK(random_plans[0] != random_plans[1]);
+  CHECK(random_plans[1] != random_plans[2]);
+  CHECK(random_plans[0] != random_plans[2]);
+  // router_norm_change: the three experts whose router rows grew least, by hand.
+  const auto pre_model = examples::load_model(pre), ft_model = examples::load_model(ft);
+  for (const auto& c : cells) {
+    if (c.criterion != "router_norm_change" || c.pruned != 3) continue;
+    for (const int64_t block : {1, 3}) {
+      const auto delta = ft_model->blocks[block]->moe->router().router_weight().norm(2, 1) -
+                         pre_model->blocks[block]->moe->router().router_weight().norm(2, 1);
+      const auto order = std::get<1>(delta.sort());
+      std::vector<int64_t> lowest(order.data_ptr<int64_t>(), order.data_ptr<int64_t>() + 3);
+      std::sort(lowest.begin(), lowest.end());
+      CHECK(c.pruned_experts.at(block) == lowest);
+    }
+  }
+}
+
+TEST_CASE("the compression comparison matches budgets and keeps what each method promises") {
+  const auto [pre, ft] = checkpoints();
+  examples::Splits splits{random_images(64, 5), random_images(32, 6), {}};
+  examples::CompressionConfig cfg;
+  cfg.model_name = "tiny";
+  cfg.pretrained = pre;
+  cfg.finetuned = ft;
+  cfg.budgets = {4};
+  cfg.post_steps = 3;
+  cfg.calibration = 16;
+  cfg.rank = 2;
+  cfg.density = 0.25;
+  cfg.layer_drops = {1};
+  cfg.block_drops = {1};
+  const auto cells = examples::run_compression(cfg, splits);
+  REQUIRE(static_cast<int64_t>(cells.size()) == examples::compression_runs(cfg));
+  std::map<std::string, examples::CompressionCell> by;
+  for (const auto& c : cells) {
+    by[c.method] = c;
+    CHECK(c.top1 >= 0);
+    CHECK(c.top1_finetuned >= 0);
+    CHECK(c.latency_ms > 0);
+    CHECK(c.flops_per_image > 0);
+  }
+  const int64_t d = 16, F = 24, E = 8, expert = d * F + F + F * d + d;
+  const int64_t full = by.at("fine-tuned").parameters;
+  // Pruning (router kept) and M-SMoE (router kept, 4 merged experts) store the same; Expert
+  // Drop also removes 4 router rows per layer.
+  CHECK(by.at("prune (router_norm_change)").parameters == full - 2 * 4 * expert);
+  CHECK(by.at("M-SMoE").parameters == full - 2 * 4 * expert);
+  CHECK(by.at("Expert Drop").parameters == full - 2 * 4 * (expert + d));
+  // MC-SMoE: 4 experts per layer as L R + 25% of S's output units (floor over all units).
+  const int64_t factors = 2 * 4 * 2 * 2 * (d + F), units = 2 * 4 * (F + d);
+  const int64_t kept_units = units - units * 3 / 4;
+  const int64_t sparse_max = kept_units * F;  // an output unit of S holds d (w1) or F (w2) entries
+  const int64_t base = full - 2 * E * expert + 2 * 4 * (F + d);  // biases stay
+  CHECK(by.at("MC-SMoE").parameters >= base + factors + kept_units * d);
+  CHECK(by.at("MC-SMoE").parameters <= base + factors + sparse_max);
+  CHECK(by.at("Layer Drop").parameters == full - (E * expert + E * d + 2 * d));
+  CHECK(by.at("Block Drop").parameters < full);
+  CHECK(by.at("Layer Drop").detail.rfind("blocks ", 0) == 0);
+  CHECK(by.at("fine-tuned").flops_per_image > by.at("Layer Drop").flops_per_image);
+}
