@@ -165,7 +165,8 @@ torch::Tensor ExpertBankImpl::linear(const torch::Tensor& x, int64_t e, const to
     y = y + bias[e];
   }
   if (torch::GradMode::is_enabled()) {
-    return y + x.mm(w[e]);  // training: pruned units of S are zero (SparsePruner keeps them so)
+    // Masked, so pruned units neither contribute nor get gradients, with or without a pruner.
+    return y + x.mm(w[e] * mask[e].unsqueeze(0));
   }
   // Inference: only the kept output units of S are computed.
   const auto kept = mask[e].nonzero().reshape({-1});

@@ -36,9 +36,14 @@ Trainer::Trainer(VisionTransformer model, TrainerOptions options)
   TORCH_CHECK(options_.batch_size() >= 1, "Trainer: batch_size should be >= 1");
   TORCH_CHECK(options_.lr() > 0, "Trainer: lr should be > 0, got ", options_.lr());
   if (options_.teacher()) {
-    TORCH_CHECK(options_.teacher()->options.num_classes() == model_->options.num_classes(),
-                "Trainer: the teacher has ", options_.teacher()->options.num_classes(),
-                " classes, the model ", model_->options.num_classes());
+    const auto& t = options_.teacher()->options;
+    const auto& m = model_->options;
+    TORCH_CHECK(t.num_classes() == m.num_classes(), "Trainer: the teacher has ", t.num_classes(),
+                " classes, the model ", m.num_classes());
+    TORCH_CHECK(t.image_size() == m.image_size() && t.channels() == m.channels(),
+                "Trainer: the teacher reads ", t.channels(), "x", t.image_size(), "x",
+                t.image_size(), " images, the model ", m.channels(), "x", m.image_size(), "x",
+                m.image_size());
     TORCH_CHECK(options_.distill_temperature() > 0,
                 "Trainer: distill_temperature should be > 0, got ", options_.distill_temperature());
     TORCH_CHECK(options_.distill_weight() >= 0, "Trainer: distill_weight should be >= 0, got ",

@@ -53,10 +53,16 @@ TEST_CASE("the cubic schedule holds, falls and settles at the final density") {
   CHECK(pruner.density_at(9, 100) == 1.0);
   CHECK(pruner.density_at(10, 100) == Approx(1.0));
   CHECK(pruner.density_at(35, 100) == Approx(0.1 + 0.9 * 0.125));
+  CHECK(pruner.density_at(59, 100) == Approx(0.1));
   CHECK(pruner.density_at(60, 100) == Approx(0.1));
   CHECK(pruner.density_at(99, 100) == Approx(0.1));
   // Too short a run for the warm-ups: straight to the final density after the first.
   CHECK(pruner.density_at(10, 30) == Approx(0.1));
+  // No final warm-up: the last step still reaches the final density.
+  cm::SparsePruner no_tail(m, cm::SparsePruningOptions().final_warmup(0).warmup_steps(10));
+  CHECK(no_tail.density_at(99, 100) == Approx(0.1));
+  CHECK(no_tail.density_at(98, 100) > 0.1);
+  CHECK_THROWS_WITH(pruner.density_at(100, 100), Catch::Contains("outside a run of 100 steps"));
   CHECK_THROWS_WITH(cm::SparsePruner(VisionTransformer(test::tiny_vit())),
                     Catch::Contains("no factorised experts"));
   CHECK_THROWS_WITH(cm::SparsePruner(m, cm::SparsePruningOptions().final_density(0)),
@@ -150,6 +156,28 @@ TEST_CASE("stored parameters and FLOPs count what a compressed model keeps") {
                           + 10 * 2 * (2 * d * F)  // 10 rows per image
                           + 2 * d * 4;            // head
   CHECK(cm::flops_per_image(plain, eval) == Approx(expected));
+
+  // E3-MoE: two copies of each image from the first MoE block on, each attending within itself.
+  VisionTransformer e3(test::tiny_vit(2, {1}, "small_e3moe"));
+  const double e3_expected = 2 * 49 * 16 * d + attention + 2 * n * d * 24 * 2  // block 0, 1 copy
+                             + 2 * (2 * n * d * 3 * d + 4 * n * n * d + 2 * n * d * d)  // block 1
+                             + 2 * (2 * n) * d * E + 10 * 2 * (2 * d * F) + 2 * 2 * d * 4;
+  CHECK(cm::flops_per_image(e3, eval) == Approx(e3_expected));
+}
+
+TEST_CASE("a factorised model without a pruner keeps its pruned units at zero while training") {
+  torch::manual_seed(6);
+  VisionTransformer m(test::tiny_vit());
+  cm::factorize_experts(m, 4);
+  cm::SparsePruner(m).prune_to(0.5);
+  auto bank = m->blocks[1]->moe->experts();
+  const auto pruned = bank->w1_mask.eq(0).unsqueeze(1).expand_as(bank->w1);
+  moeprune::data::ImageDataset d;
+  d.images = torch::randint(0, 255, {32, 1, 28, 28}, torch::kLong).to(torch::kUInt8);
+  d.labels = torch::randint(0, 4, {32}, torch::kLong);
+  d.num_classes = 4;
+  moeprune::Trainer(m, moeprune::TrainerOptions().epochs(2).batch_size(16).progress(false)).fit(d);
+  CHECK(bank->w1.masked_select(pruned).abs().max().item<double>() == 0.0);
 }
 
 TEST_CASE("MC-SMoE: a factorised model distils, prunes to the final density and reloads") {
@@ -174,6 +202,11 @@ TEST_CASE("MC-SMoE: a factorised model distils, prunes to the final density and 
   CHECK(pruner.density() == Approx(0.2).margin(1.0 / 320));
   auto loaded = test::round_trip(m, "factorised");
   CHECK(loaded->blocks[1]->moe->experts()->options.rank() == 4);
+  CHECK(torch::equal(loaded->blocks[1]->moe->experts()->w1_mask,
+                     m->blocks[1]->moe->experts()->w1_mask));
+  CHECK(torch::equal(loaded->blocks[1]->moe->experts()->w2_mask,
+                     m->blocks[1]->moe->experts()->w2_mask));
+  CHECK(cm::stored_parameters(loaded) == cm::stored_parameters(m));
   const auto x = torch::randn({3, 1, 28, 28});
   CHECK(torch::equal(test::eval_logits(loaded, x), test::eval_logits(m, x)));
 }

@@ -178,9 +178,9 @@ TEST_CASE("weight similarity groups an aligned copy with its original") {
   VisionTransformer m(test::tiny_vit());
   auto bank = m->blocks[1]->moe->experts();
   shuffled_copy(bank, 3, 6, random_permutation(24, 1));
-  // Frequencies make 3 and 5 dominant; after aligning, 6 is 3's exact copy (cosine 1).
+  // Frequencies make 3 and 5 dominant; 6 is 3 with its neurons shuffled, which grouping aligns
+  // before comparing (cosine 1).
   const auto usage = usage_of(1, {0.1, 0.1, 0.1, 0.3, 0.05, 0.2, 0.1, 0.05});
-  cm::align_experts(bank, 3, {6});
   const auto groups = cm::group_experts(m, usage, {{1, 2}}, cm::MergeSimilarity::kWeights);
   const auto& g = groups.at(1);
   CHECK(g.at(0).front() == 3);
@@ -346,10 +346,24 @@ TEST_CASE("bad merges are refused before any weight changes") {
   CHECK_THROWS_WITH(cm::merge_experts(m, {{1, {{0, 9}}}}, usage),
                     Catch::Contains("does not hold expert 9"));
   CHECK_THROWS_WITH(cm::merge_experts(m, {{1, {{0}, {}}}}, usage), Catch::Contains("empty group"));
+  CHECK_THROWS_WITH(cm::merge_experts(m, {{1, {{0, 1}, {2, 3}}}}, usage),
+                    Catch::Contains("leave out expert(s) 4, 5, 6, 7"));
   CHECK(torch::equal(m->blocks[1]->moe->experts()->w1, w1));
   cm::merge_experts(m, {{1, {{0, 1, 2, 3}, {4, 5, 6, 7}}}}, usage);
   CHECK_THROWS_WITH(cm::merge_experts(m, {{1, {{0}}}}, usage), Catch::Contains("already merged"));
   CHECK_THROWS_WITH(m->keep_experts(1, {0}), Catch::Contains("merged"));
+
+  // Two blocks: the second one's bad groups leave the first one unmerged.
+  VisionTransformer two(test::tiny_vit(4, {1, 3}));
+  cm::ExpertUsage both;
+  both.frequency[1] = both.frequency[3] = torch::full({8}, 0.125, torch::kDouble);
+  const auto w1_block1 = two->blocks[1]->moe->experts()->w1.clone();
+  CHECK_THROWS_WITH(
+      cm::merge_experts(two, {{1, {{0, 1, 2, 3}, {4, 5, 6, 7}}}, {3, {{0, 1, 2, 3, 4, 5, 6}}}},
+                        both),
+      Catch::Contains("block 3's groups leave out expert(s) 7"));
+  CHECK_FALSE(two->blocks[1]->moe->experts()->is_merged());
+  CHECK(torch::equal(two->blocks[1]->moe->experts()->w1, w1_block1));
 
   VisionTransformer e3(test::tiny_vit(2, {1}, "small_e3moe"));
   CHECK_THROWS_WITH(cm::group_experts(e3, usage, {{1, 2}}), Catch::Contains("E3-MoE ensemble"));

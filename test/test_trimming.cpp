@@ -87,6 +87,17 @@ TEST_CASE("block drop removes the block that is the identity, discrete or consec
   CHECK_THROWS_WITH(cm::block_drop(c, data, 2), Catch::Contains("cannot drop 2 of the 2 blocks"));
 }
 
+TEST_CASE("block similarity averages each pair over its own tokens in an E3-MoE") {
+  // MoE only in block 3: blocks 0-2 see each image once, block 3 twice (one copy per member).
+  torch::manual_seed(5);
+  VisionTransformer m(test::tiny_vit(4, {3}, "small_e3moe"));
+  make_identity(m, 1);
+  const auto x = torch::randn({4, 1, 28, 28});
+  const auto sim = cm::block_similarity(m, test::one_batch(x));
+  CHECK(sim[1] == Approx(1.0).epsilon(1e-9));
+  CHECK(cm::block_drop(m, test::one_batch(x), 1) == std::vector<int64_t>{1});
+}
+
 TEST_CASE("expert drop removes the experts with the lowest summed gate, router rows too") {
   torch::manual_seed(4);
   VisionTransformer m(test::tiny_vit());

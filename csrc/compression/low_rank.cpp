@@ -42,7 +42,10 @@ SparsePruner::SparsePruner(VisionTransformer model, SparsePruningOptions options
 }
 
 double SparsePruner::density_at(int64_t step, int64_t total) const {
-  // MC-SMoE's schedule_threshold_comb: dense, then a cubic fall, then the final density.
+  TORCH_CHECK(total >= 1 && step >= 0 && step < total, "SparsePruner: step ", step,
+              " is outside a run of ", total, " steps");
+  // MC-SMoE's schedule_threshold_comb: dense, then a cubic fall, then the final density (at the
+  // last step at the latest, also when final_warmup * warmup_steps is 0).
   const int64_t w = options_.warmup_steps();
   const int64_t start = options_.initial_warmup() * w;
   const int64_t end = total - options_.final_warmup() * w;
@@ -50,7 +53,7 @@ double SparsePruner::density_at(int64_t step, int64_t total) const {
   if (step < start) {
     return 1.0;
   }
-  if (step >= end || end <= start) {
+  if (step + 1 >= end || end <= start) {
     return final_density;
   }
   const double progress = static_cast<double>(step - start) / static_cast<double>(end - start);

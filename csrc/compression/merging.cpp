@@ -51,10 +51,24 @@ torch::Tensor cosine_matrix(const torch::Tensor& vectors) {  // rows are the vec
   return unit.mm(unit.t());
 }
 
-torch::Tensor flat_expert_weights(const ExpertBank& bank, int64_t local) {
-  std::vector<torch::Tensor> parts;
-  for (const auto& p : bank->parameters(/*recurse=*/false)) {
-    parts.push_back(p[local].detach().reshape({-1}).to(torch::kDouble));
+// Expert `id`'s weights as one vector, its hidden neurons in the order that aligns it with
+// expert `reference` (so weight cosine compares functions, not neuron orders).
+torch::Tensor aligned_weights(const ExpertBank& bank, int64_t reference, int64_t id) {
+  const auto& ids = bank->expert_ids();
+  const int64_t local = std::find(ids.begin(), ids.end(), id) - ids.begin();
+  const auto perm =
+      torch::tensor(neuron_alignment(bank, reference, id), torch::kLong).to(bank->w1.device());
+  std::vector<torch::Tensor> parts = {bank->w1[local].index_select(1, perm),
+                                      bank->w2[local].index_select(0, perm)};
+  if (bank->b1.defined()) {
+    parts.push_back(bank->b1[local].index_select(0, perm));
+    parts.push_back(bank->b2[local]);
+  }
+  if (bank->w3.defined()) {
+    parts.push_back(bank->w3[local].index_select(1, perm));
+  }
+  for (auto& p : parts) {
+    p = p.detach().reshape({-1}).to(torch::kDouble);
   }
   return torch::cat(parts);
 }
@@ -121,10 +135,12 @@ MergeGroups group_experts(const VisionTransformer& model, const ExpertUsage& usa
       const auto columns = torch::tensor(held, torch::kLong);
       sim = cosine_matrix(it->second.index_select(1, columns).t());
     } else {
+      // Every expert aligned to the layer's most used one, as MC-SMoE aligns a layer to one
+      // reference before comparing.
       const auto bank = layer->experts();
       std::vector<torch::Tensor> rows;
       for (int64_t i = 0; i < n; ++i) {
-        rows.push_back(flat_expert_weights(bank, i));
+        rows.push_back(aligned_weights(bank, held[by_use[0]], held[i]));
       }
       sim = cosine_matrix(torch::stack(rows));
     }
@@ -203,14 +219,14 @@ std::map<int64_t, int64_t> global_group_counts(const VisionTransformer& model,
 void merge_experts(VisionTransformer& model, const MergeGroups& groups, const ExpertUsage& usage,
                    bool align) {
   constexpr const char* who = "merge_experts";
+  // Every block's groups are checked before any weight changes: each names held experts only,
+  // none twice, and together all of them (an expert left out would silently be dropped).
   for (const auto& [block, gs] : groups) {
-    auto layer = layer_of(model, block, who);
+    const auto layer = layer_of(model, block, who);
     const auto held = mergeable_experts(layer, block, who);
-    const auto freq = frequency_of(usage, block, layer->router().num_experts(), who);
-    auto bank = layer->experts();
-    // Validate the groups before touching any weight (MoELayer::merge_experts checks them too,
-    // but only after alignment would have permuted neurons).
+    frequency_of(usage, block, layer->router().num_experts(), who);
     std::vector<char> seen(static_cast<size_t>(layer->router().num_experts()), 0);
+    size_t named = 0;
     for (const auto& g : gs) {
       TORCH_CHECK(!g.empty(), who, ": block ", block, " has an empty group");
       for (const int64_t e : g) {
@@ -219,8 +235,27 @@ void merge_experts(VisionTransformer& model, const MergeGroups& groups, const Ex
         TORCH_CHECK(!seen[static_cast<size_t>(e)], who, ": block ", block, " names expert ", e,
                     " in two groups");
         seen[static_cast<size_t>(e)] = 1;
+        ++named;
       }
     }
+    if (named != held.size()) {
+      std::vector<int64_t> missing;
+      for (const int64_t e : held) {
+        if (!seen[static_cast<size_t>(e)]) {
+          missing.push_back(e);
+        }
+      }
+      TORCH_CHECK(false, who, ": block ", block, "'s groups leave out expert(s) ",
+                  c10::Join(", ", missing),
+                  "; every held expert belongs to a group (prune first "
+                  "to remove experts)");
+    }
+  }
+  for (const auto& [block, gs] : groups) {
+    auto layer = layer_of(model, block, who);
+    const auto held = layer->experts()->expert_ids();
+    const auto& freq = usage.frequency.at(block);
+    auto bank = layer->experts();
     if (align) {
       for (const auto& g : gs) {
         align_experts(bank, g.front(), {g.begin() + 1, g.end()});

@@ -35,10 +35,12 @@ double flops_per_image(const VisionTransformer& model, const EvalResult& eval) {
   size_t moe_index = 0;
   for (int64_t i = 0; i < o.depth(); ++i) {
     const auto& block = model->blocks[static_cast<size_t>(i)];
-    // Tokens per image in this block: E3-MoE replicates the batch before its first MoE block.
-    const double n = (patches + 1) * (i >= first_moe ? members : 1.0);
+    // Tokens per image in this block: E3-MoE replicates the batch before its first MoE block;
+    // each copy attends within its own sequence.
+    const double copies = i >= first_moe ? members : 1.0;
+    const double seq = patches + 1, n = seq * copies;
     if (block->has_attention) {
-      flops += 2.0 * n * d * 3 * d + 4.0 * n * n * d + 2.0 * n * d * d;
+      flops += 2.0 * n * d * 3 * d + copies * 4.0 * seq * seq * d + 2.0 * n * d * d;
     }
     if (!block->has_mlp) {
       continue;

@@ -10,33 +10,50 @@
 namespace moeprune::compression {
 namespace {
 
+// Puts the model back in its mode and capture setting however the scoring ends.
+struct CaptureScope {
+  VisionTransformer& model;
+  bool was_training, captured;
+  explicit CaptureScope(VisionTransformer& m)
+      : model(m), was_training(m->is_training()), captured(m->capture_block_states) {
+    model->eval();
+    model->capture_block_states = true;
+  }
+  ~CaptureScope() {
+    model->capture_block_states = captured;
+    if (was_training) {
+      model->train();
+    }
+  }
+  CaptureScope(const CaptureScope&) = delete;
+  CaptureScope& operator=(const CaptureScope&) = delete;
+};
+
 // Runs the model over the data (evaluation mode, no grad) with its block states captured.
 void for_each_capture(VisionTransformer& model, const pruning::CalibrationData& data,
                       const std::function<void(const VisionTransformerOutput&)>& visit) {
   TORCH_CHECK(static_cast<bool>(data), "trimming: no calibration data");
   torch::NoGradGuard no_grad;
-  const bool was_training = model->is_training();
-  const bool captured = model->capture_block_states;
-  model->eval();
-  model->capture_block_states = true;
+  CaptureScope scope(model);
   data([&](const torch::Tensor& images) { visit(model->forward(images)); });
-  model->capture_block_states = captured;
-  if (was_training) {
-    model->train();
-  }
 }
 
-// Sum over tokens of cos(a, b); a is repeated when E3-MoE replicated the batch in between.
-double cosine_sum(torch::Tensor a, const torch::Tensor& b) {
-  if (a.size(0) != b.size(0)) {
-    a = a.repeat_interleave(b.size(0) / a.size(0), 0);
+// Sum of cos(a, b) over tokens, and the number of tokens. E3-MoE replicates the batch between
+// the two states when they straddle its first MoE block: a is repeated to match.
+struct CosineSum {
+  double sum = 0, tokens = 0;
+  void add(torch::Tensor a, const torch::Tensor& b) {
+    if (a.size(0) != b.size(0)) {
+      a = a.repeat_interleave(b.size(0) / a.size(0), 0);
+    }
+    const int64_t d = a.size(-1);
+    const auto cos = torch::cosine_similarity(a.reshape({-1, d}).to(torch::kDouble),
+                                              b.reshape({-1, d}).to(torch::kDouble), 1);
+    sum += cos.sum().item<double>();
+    tokens += static_cast<double>(cos.numel());
   }
-  const int64_t d = a.size(-1);
-  return torch::cosine_similarity(a.reshape({-1, d}).to(torch::kDouble),
-                                  b.reshape({-1, d}).to(torch::kDouble), 1)
-      .sum()
-      .item<double>();
-}
+  double mean() const { return tokens > 0 ? sum / tokens : 0.0; }
+};
 
 std::vector<int64_t> highest(const std::vector<std::pair<int64_t, double>>& scored, int64_t n) {
   auto sorted = scored;
@@ -74,21 +91,19 @@ pruning::PruningPlan expert_drop(VisionTransformer& model, const pruning::Calibr
 
 std::map<int64_t, double> moe_layer_similarity(VisionTransformer& model,
                                                const pruning::CalibrationData& data) {
-  std::map<int64_t, double> sums;
-  double tokens = 0;
+  std::map<int64_t, CosineSum> sums;
   for_each_capture(model, data, [&](const VisionTransformerOutput& out) {
     for (const auto& [block, layer] : model->moe_layers()) {
-      const auto& h = out.mlp_states.at(static_cast<size_t>(block));
-      sums[block] += cosine_sum(h, out.block_states.at(static_cast<size_t>(block) + 1));
+      sums[block].add(out.mlp_states.at(static_cast<size_t>(block)),
+                      out.block_states.at(static_cast<size_t>(block) + 1));
     }
-    tokens +=
-        static_cast<double>(out.block_states.back().numel() / out.block_states.back().size(-1));
   });
   TORCH_CHECK(!sums.empty(), "moe_layer_similarity: the model has no MoE sub-blocks left");
-  for (auto& [block, s] : sums) {
-    s /= tokens;
+  std::map<int64_t, double> out;
+  for (const auto& [block, s] : sums) {
+    out[block] = s.mean();
   }
-  return sums;
+  return out;
 }
 
 std::vector<int64_t> layer_drop(VisionTransformer& model, const pruning::CalibrationData& data,
@@ -108,20 +123,18 @@ std::vector<double> block_similarity(VisionTransformer& model, const pruning::Ca
   const int64_t depth = model->options.depth();
   TORCH_CHECK(span >= 1 && span <= depth, "block_similarity: span should be in [1, ", depth,
               "], got ", span);
-  std::vector<double> sums(static_cast<size_t>(depth - span + 1), 0.0);
-  double tokens = 0;
+  std::vector<CosineSum> sums(static_cast<size_t>(depth - span + 1));
   for_each_capture(model, data, [&](const VisionTransformerOutput& out) {
     for (int64_t i = 0; i + span <= depth; ++i) {
-      sums[static_cast<size_t>(i)] += cosine_sum(out.block_states[static_cast<size_t>(i)],
-                                                 out.block_states[static_cast<size_t>(i + span)]);
+      sums[static_cast<size_t>(i)].add(out.block_states[static_cast<size_t>(i)],
+                                       out.block_states[static_cast<size_t>(i + span)]);
     }
-    tokens +=
-        static_cast<double>(out.block_states.back().numel() / out.block_states.back().size(-1));
   });
-  for (auto& s : sums) {
-    s /= tokens;
+  std::vector<double> out;
+  for (const auto& s : sums) {
+    out.push_back(s.mean());
   }
-  return sums;
+  return out;
 }
 
 std::vector<int64_t> block_drop(VisionTransformer& model, const pruning::CalibrationData& data,

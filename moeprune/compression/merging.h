@@ -38,7 +38,8 @@ enum class MergeSimilarity {
   /// Cosine between the experts' router-logit columns over the calibration tokens (M-SMoE's
   /// default).
   kRouterLogits,
-  /// Cosine between the experts' flattened weights (w1, b1, w2, b2, w3), after alignment.
+  /// Cosine between the experts' flattened weights (w1, b1, w2, b2, w3), each expert's neurons
+  /// aligned to the layer's most used expert first.
   kWeights,
 };
 
@@ -64,9 +65,11 @@ std::map<int64_t, int64_t> global_group_counts(const VisionTransformer& model,
                                                const ExpertUsage& usage, int64_t total);
 
 /// Merges `model`'s experts in place: per group, aligns the members' neurons to the dominant
-/// expert (when `align`), then writes W = sum_i f_i W_i / sum_i f_i for every expert parameter
-/// (f: usage frequency; a group that was never used is averaged uniformly). The bank shrinks to
-/// one expert per group and options.merged_experts records the groups, so checkpoints reload.
+/// (first) expert (when `align`), then writes W = sum_i f_i W_i / sum_i f_i for every expert
+/// parameter (f: usage frequency; a group that was never used is averaged uniformly). The bank
+/// shrinks to one expert per group and options.merged_experts records the groups, so checkpoints
+/// reload. The groups of a block must cover all its held experts; every block is checked before any
+/// changes.
 void merge_experts(VisionTransformer& model, const MergeGroups& groups, const ExpertUsage& usage,
                    bool align = true);
 

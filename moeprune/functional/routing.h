@@ -50,7 +50,8 @@ struct TopKRoutingOptions {
 ///
 /// `expert_map` [E] int64 (optional) maps router experts to the bank's experts (several may share
 /// one: merged experts), -1 for experts the bank no longer holds: slots routed there are dropped
-/// (they output zero) but still occupy their capacity position. `num_bank_experts` is the bank size (E when no map).
+/// (they output zero) but still occupy their capacity position. `num_bank_experts` is the bank size
+/// (E when no map).
 RoutingPlan top_k_route(const torch::Tensor& probs, const TopKRoutingOptions& options,
                         const torch::Tensor& expert_map = {}, int64_t num_bank_experts = -1);
 
@@ -65,8 +66,10 @@ RoutingPlan expert_choice_route(const torch::Tensor& probs, double capacity_fact
 /// Builds the buffer layout of a plan: rows are the kept slots, in the order `order` (a
 /// permutation of the T*K flat slots, sorted by router expert first). Fills slot_row, row_slot
 /// and the per-expert counts and offsets from `bank_expert` [T, K] (the bank's expert of each
-/// slot). `regroup`: the bank may serve several router experts with one expert (merged banks),
-/// so rows are first grouped by bank expert (stable, keeping `order` within each).
+/// slot). `regroup`: rows are first grouped by bank expert (stable, keeping `order` within
+/// each), which a map that is not increasing needs (merged banks, where several router experts
+/// share one bank expert). The routers pass it whenever they are given an expert map; for a
+/// pruned bank's increasing map it reorders nothing (one sort of T*K keys).
 void assign_rows(RoutingPlan& plan, const torch::Tensor& bank_expert, const torch::Tensor& kept,
                  const torch::Tensor& order, int64_t num_bank_experts, bool regroup = false);
 
