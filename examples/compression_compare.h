@@ -31,6 +31,7 @@ struct CompressionCell {
 
 struct CompressionConfig {
   std::string model_name;
+  std::string title = "4-way task";  // for the plot
   std::string pretrained, finetuned;
   /// Experts kept per MoE layer, one row per method and budget.
   std::vector<int64_t> budgets;
@@ -97,6 +98,26 @@ inline std::string describe_counts(const std::map<int64_t, int64_t>& counts) {
 
 }  // namespace detail
 
+/// MC-SMoE without a fine-tune to prune during: the importance of S from one pass of the task
+/// loss over the calibration images (the distillation loss is zero right after factorising,
+/// and so is its gradient), then S pruned to `density` at once.
+inline void prune_sparse_once(moeprune::VisionTransformer& model, const Calibration& calibration,
+                              double density) {
+  moeprune::compression::SparsePruner pruner(
+      model, moeprune::compression::SparsePruningOptions().final_density(density).beta1(0.0));
+  model->train();
+  model->zero_grad();
+  int64_t begin = 0;
+  calibration.data([&](const torch::Tensor& images) {
+    const auto labels = calibration.images.labels.narrow(0, begin, images.size(0));
+    begin += images.size(0);
+    model->loss(model->forward(images), labels).backward();
+  });
+  pruner.after_backward(0, 1);
+  pruner.prune_to(density);
+  model->zero_grad();
+}
+
 inline std::vector<CompressionCell> run_compression(const CompressionConfig& cfg,
                                                     const Splits& splits,
                                                     moeprune::ProgressBar* bar = nullptr,
@@ -114,17 +135,11 @@ inline std::vector<CompressionCell> run_compression(const CompressionConfig& cfg
                                                     moeprune::ProgressBar* bar, int64_t* done) {
   namespace cm = moeprune::compression;
   namespace pr = moeprune::pruning;
-  const auto mean = channel_mean(splits.train), stdev = channel_std(splits.train);
-  const auto calib =
-      splits.train.subset(torch::arange(std::min(cfg.calibration, splits.train.size())));
-  const pr::CalibrationData data = [&](const std::function<void(const torch::Tensor&)>& visit) {
-    for (int64_t b = 0; b < calib.size(); b += 256) {
-      visit(moeprune::data::normalize_batch(
-          calib.images.narrow(0, b, std::min<int64_t>(256, calib.size() - b)), mean, stdev));
-    }
-  };
+  const auto calibration = calibration_set(splits.train, cfg.calibration);
+  const auto& data = calibration.data;
   const auto latency_batch = moeprune::data::normalize_batch(
-      splits.test.images.narrow(0, 0, std::min<int64_t>(500, splits.test.size())), mean, stdev);
+      splits.test.images.narrow(0, 0, std::min<int64_t>(500, splits.test.size())),
+      channel_mean(splits.train), channel_std(splits.train));
   const auto pretrained = load_model(cfg.pretrained);
   auto teacher = load_model(cfg.finetuned);
   const auto num_layers = static_cast<int64_t>(teacher->moe_layers().size());
@@ -176,21 +191,8 @@ inline std::vector<CompressionCell> run_compression(const CompressionConfig& cfg
                dense.emplace_back(w, w.detach().clone());
              }
            }
-           // One-shot pruning for the no-fine-tune row: importance from one pass of the task
-           // loss over the calibration images (the distillation loss is zero at the start).
-           auto pruner = std::make_shared<cm::SparsePruner>(
-               m, cm::SparsePruningOptions().final_density(cfg.density).beta1(0.0));
-           m->train();
-           m->zero_grad();
-           int64_t begin = 0;
-           data([&](const torch::Tensor& images) {
-             const auto labels = calib.labels.narrow(0, begin, images.size(0));
-             begin += images.size(0);
-             m->loss(m->forward(images), labels).backward();
-           });
-           pruner->after_backward(0, 1);
-           pruner->prune_to(cfg.density);
-           m->zero_grad();
+           // The no-fine-tune row prunes S at once; the fine-tune restarts from the dense S.
+           prune_sparse_once(m, calibration, cfg.density);
            detail::Prepared p;
            p.distill = true;
            p.detail = detail::describe_counts(counts);
@@ -240,17 +242,7 @@ inline std::vector<CompressionCell> run_compression(const CompressionConfig& cfg
     cell.budget = method.budget;
     cell.detail = prepared.detail;
     cell.parameters = cm::stored_parameters(model);
-    auto options = moeprune::TrainerOptions()
-                       .epochs(1)
-                       .max_steps(cfg.post_steps)
-                       .optimizer(moeprune::OptimizerKind::kSgd)
-                       .lr(0.01)
-                       .weight_decay(0)
-                       .warmup_steps(std::min<int64_t>(cfg.post_steps / 10, 100))
-                       .clip_norm(10)
-                       .mean(mean)
-                       .std(stdev)
-                       .progress(false);
+    auto options = post_training_options(cfg.post_steps, splits.train);
     if (prepared.distill) {
       options.teacher(teacher);
     }
@@ -275,14 +267,12 @@ inline std::vector<CompressionCell> run_compression(const CompressionConfig& cfg
       }
       moeprune::Trainer trainer(model, options);
       trainer.fit(splits.train);
-      if (prepared.pruner) {
-        // A run too short for the schedule's warm-ups still ends at the final density.
-        if (prepared.pruner->pruned_to() > cfg.density) {
-          prepared.pruner->prune_to(cfg.density);
-        }
-        cell.parameters = cm::stored_parameters(model);
-      }
-      cell.top1_finetuned = trainer.evaluate(splits.test).top1;
+      // Parameters and FLOPs describe the model as it ends (MC-SMoE's fine-tune re-chose the
+      // kept units of S).
+      const auto eval = trainer.evaluate(splits.test);
+      cell.top1_finetuned = eval.top1;
+      cell.parameters = cm::stored_parameters(model);
+      cell.flops_per_image = cm::flops_per_image(model, eval);
     }
     cells.push_back(cell);
     if (bar != nullptr && done != nullptr) {
@@ -363,9 +353,9 @@ inline std::string plot_compression(const std::vector<CompressionCell>& cells,
   const auto png = dir + "/compression_" + cfg.model_name + ".png";
   std::string script = fmt::format(
       "set terminal pngcairo size 1500,460 font ',10' noenhanced\nset output '{}'\n"
-      "set multiplot layout 1,3 title '{}: compressions of the fine-tuned model (4-way "
-      "Fashion-MNIST task)'\nset ylabel 'test top-1 (%)'\nset key bottom right\nset grid\n",
-      png, cfg.model_name);
+      "set multiplot layout 1,3 title '{}: compressions of the fine-tuned model ({})'\n"
+      "set ylabel 'test top-1 (%)'\nset key bottom right\nset grid\n",
+      png, cfg.model_name, cfg.title);
   // Lines join a method's budgets in parameter order; latency is a scatter (it need not follow).
   const std::vector<std::tuple<std::string, std::string, std::string, std::string>> panels = {
       {"without fine-tuning", "stored parameters (thousands)", "1:2", "linespoints"},

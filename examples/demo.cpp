@@ -11,12 +11,38 @@
 
 namespace {
 
-// The downstream task: the four upper-body garments (T-shirt/top, Pullover, Coat, Shirt). They
-// are the classes the pre-trained model confuses most, and the six others (trousers, dresses,
-// footwear, bags) become task-irrelevant, the setting of the paper's theory: experts that
-// served them should matter little after fine-tuning. docs/reproduction.md says more.
-const std::vector<int64_t> kTask = {0, -1, 1, -1, 2, -1, 3, -1, -1, -1};
-const std::vector<std::string> kTaskNames = {"T-shirt/top", "Pullover", "Coat", "Shirt"};
+// The data set and its downstream task. Fashion-MNIST: the four upper-body garments (T-shirt/top,
+// Pullover, Coat, Shirt). They are the classes the pre-trained model confuses most, and the six
+// others (trousers, dresses, footwear, bags) become task-irrelevant, the setting of the paper's
+// theory: experts that served them should matter little after fine-tuning. docs/reproduction.md
+// says more. CIFAR-10, by the same reasoning: the four mammals (cat, deer, dog, horse) against
+// vehicles, birds and frogs.
+struct DemoData {
+  examples::DataArgs args;
+  std::string title;          // for messages and plots
+  std::vector<int64_t> task;  // class -> task label, -1 dropped
+  std::vector<std::string> task_names;
+  std::string pretrained_tag, finetuned_tag;  // cache file names
+};
+
+DemoData demo_data(const std::string& name, const std::string& dir) {
+  DemoData d;
+  d.args.data = name;
+  d.args.dir = dir;
+  if (name == "cifar10") {
+    d.title = "CIFAR-10";
+    d.task = {-1, -1, -1, 0, 1, 2, -1, 3, -1, -1};
+    d.task_names = {"cat", "deer", "dog", "horse"};
+    d.pretrained_tag = "cifar10_";
+    d.finetuned_tag = "_mammals4";
+  } else {
+    d.title = "Fashion-MNIST";
+    d.task = {0, -1, 1, -1, 2, -1, 3, -1, -1, -1};
+    d.task_names = {"T-shirt/top", "Pullover", "Coat", "Shirt"};
+    d.finetuned_tag = "_tops4";  // the cache names the demo always used
+  }
+  return d;
+}
 
 std::string home_cache() {
   const char* home = std::getenv("HOME");
@@ -24,13 +50,14 @@ std::string home_cache() {
 }
 
 // Trains `preset` on `splits` (or reuses the checkpoint at `path`) and returns the path.
-void pretrain(const std::string& preset, const examples::Splits& splits, const std::string& path,
-              int64_t epochs, bool fresh) {
+void pretrain(const std::string& preset, const examples::Splits& splits, const DemoData& data,
+              const std::string& path, int64_t epochs, bool fresh) {
   if (!fresh && std::filesystem::exists(path)) {
     fmt::print("[1/4] pre-trained {}: reusing {} (--fresh retrains)\n", preset, path);
     return;
   }
-  fmt::print("[1/4] pre-training {} on all 10 classes, {} epochs\n", preset, epochs);
+  fmt::print("[1/4] pre-training {} on all {} classes of {}, {} epochs\n", preset,
+             splits.train.num_classes, data.title, epochs);
   std::fflush(stdout);
   torch::manual_seed(0);
   const auto options = examples::fit_to_data(
@@ -43,12 +70,11 @@ void pretrain(const std::string& preset, const examples::Splits& splits, const s
   moeprune::Trainer trainer(vit, examples::trainer_options(args, splits.train));
   const auto log = trainer.fit(splits.train, &splits.test);
   examples::print_eval("      pre-trained", log.back().eval);
-  examples::DataArgs data;
-  moeprune::save_checkpoint(path, *vit, examples::metadata(options, data, {}));
+  moeprune::save_checkpoint(path, *vit, examples::metadata(options, data.args, {}));
 }
 
-void finetune(const std::string& pretrained, const examples::Splits& task, const std::string& path,
-              bool fresh) {
+void finetune(const std::string& pretrained, const examples::Splits& task, const DemoData& data,
+              const std::string& path, bool fresh) {
   if (!fresh && std::filesystem::exists(path)) {
     fmt::print("[2/4] fine-tuned: reusing {}\n", path);
     return;
@@ -69,14 +95,13 @@ void finetune(const std::string& pretrained, const examples::Splits& task, const
   moeprune::Trainer trainer(vit, examples::trainer_options(args, task.train));
   const auto log = trainer.fit(task.train, &task.test);
   examples::print_eval("      fine-tuned", log.back().eval);
-  examples::DataArgs data;
-  moeprune::save_checkpoint(path, *vit, examples::metadata(vit->options, data, task.mapping));
+  moeprune::save_checkpoint(path, *vit, examples::metadata(vit->options, data.args, task.mapping));
 }
 
 // gnuplot draws accuracy against the fraction of experts pruned, one line per criterion, before
 // and after the post-pruning fine-tune.
 void plot(const std::vector<examples::SweepCell>& cells, const examples::SweepConfig& cfg,
-          int64_t num_experts, const std::string& dir) {
+          int64_t num_experts, const std::string& title, const std::string& dir) {
   const auto data_path = dir + "/plot_" + cfg.model_name + ".dat";
   std::string data;
   for (const auto& name : cfg.criteria) {
@@ -94,14 +119,14 @@ void plot(const std::vector<examples::SweepCell>& cells, const examples::SweepCo
   const auto png = dir + "/plot_" + cfg.model_name + ".png";
   std::string script = fmt::format(
       "set terminal pngcairo size 1200,480 font ',10' noenhanced\nset output '{}'\n"
-      "set multiplot layout 1,2 title '{} on the 4-way Fashion-MNIST task'\n"
+      "set multiplot layout 1,2 title '{} on the 4-way {} task'\n"
       "set xlabel 'fraction of experts pruned per MoE layer'\nset ylabel 'test top-1 (%)'\n"
       "set key bottom left\nset grid\n",
-      png, cfg.model_name);
-  for (const auto& [column, title] :
+      png, cfg.model_name, title);
+  for (const auto& [column, panel] :
        {std::pair{2, std::string("without post-pruning fine-tuning")},
         std::pair{4, fmt::format("after {} fine-tuning steps", cfg.post_steps)}}) {
-    script += fmt::format("set title '{}'\nplot ", title);
+    script += fmt::format("set title '{}'\nplot ", panel);
     for (size_t i = 0; i < cfg.criteria.size(); ++i) {
       script += fmt::format("{}'{}' index {} using 1:{}:{} with yerrorlines title '{}'",
                             i ? ", " : "", data_path, i, column, column + 1, cfg.criteria[i]);
@@ -120,8 +145,9 @@ void plot(const std::vector<examples::SweepCell>& cells, const examples::SweepCo
 
 int run(int argc, char** argv) {
   CLI::App app{
-      "moeprune demo: pre-train a small V-MoE on Fashion-MNIST, fine-tune it on a 4-way task, "
-      "and compare expert-pruning criteria at every pruning ratio."};
+      "moeprune demo: pre-train a small V-MoE on Fashion-MNIST (or CIFAR-10), fine-tune it on a "
+      "4-way task, compare expert-pruning criteria at every pruning ratio, and compare pruning "
+      "with merging, MC-SMoE and Expert/Layer/Block Drop."};
   bool full = false, fresh = false, no_compression = false;
   std::string cache = home_cache(), out = "demo-results", criteria;
   int64_t threads = 0, post_steps = -1, pretrain_epochs = 6;
@@ -143,7 +169,18 @@ int run(int argc, char** argv) {
   app.add_option("--criteria", criteria,
                  "Only these criteria, comma-separated (default: every registered one)");
   app.add_option("--threads", threads, "Torch threads (0: torch's default)");
+  std::string data_name = "fashion-mnist", data_dir;
+  app.add_option("--data", data_name,
+                 "fashion-mnist (Debian's package), or cifar10 with --data-dir (the "
+                 "cifar-10-batches-bin folder of CIFAR-10's binary version)")
+      ->check(CLI::IsMember({"fashion-mnist", "cifar10"}))
+      ->capture_default_str();
+  app.add_option("--data-dir", data_dir,
+                 "Folder of the data files (default for fashion-mnist: "
+                 "/usr/share/datasets/fashion-mnist)");
   CLI11_PARSE(app, argc, argv);
+  TORCH_CHECK(data_name != "cifar10" || !data_dir.empty(),
+              "--data cifar10 needs --data-dir (the cifar-10-batches-bin folder)");
 
   const auto criteria_names =
       examples::parse_criteria(moeprune::pruning::CriterionRegistry::with_builtins(), criteria);
@@ -151,11 +188,11 @@ int run(int argc, char** argv) {
   examples::set_up_process(threads);
   std::filesystem::create_directories(cache);
   std::filesystem::create_directories(out);
-  examples::DataArgs data;
-  const auto all = examples::load_splits(data);
-  const auto task = examples::load_splits(data, kTask);
-  fmt::print("Fashion-MNIST: {} training / {} test images; task: {} ({} / {} images)\n",
-             all.train.size(), all.test.size(), fmt::join(kTaskNames, ", "), task.train.size(),
+  const auto data = demo_data(data_name, data_dir);
+  const auto all = examples::load_splits(data.args);
+  const auto task = examples::load_splits(data.args, data.task);
+  fmt::print("{}: {} training / {} test images; task: {} ({} / {} images)\n", data.title,
+             all.train.size(), all.test.size(), fmt::join(data.task_names, ", "), task.train.size(),
              task.test.size());
 
   const std::vector<std::string> presets =
@@ -165,10 +202,11 @@ int run(int argc, char** argv) {
   for (const auto& preset : presets) {
     examples::SweepConfig cfg;
     cfg.model_name = preset;
-    cfg.pretrained = cache + "/pretrained_" + preset + ".pt";
-    cfg.finetuned = cache + "/finetuned_" + preset + "_tops4.pt";
-    pretrain(preset, all, cfg.pretrained, pretrain_epochs, fresh);
-    finetune(cfg.pretrained, task, cfg.finetuned, fresh);
+    cfg.pretrained = cache + "/pretrained_" + data.pretrained_tag + preset + ".pt";
+    cfg.finetuned =
+        cache + "/finetuned_" + data.pretrained_tag + preset + data.finetuned_tag + ".pt";
+    pretrain(preset, all, data, cfg.pretrained, pretrain_epochs, fresh);
+    finetune(cfg.pretrained, task, data, cfg.finetuned, fresh);
     cfg.criteria = criteria_names;
     const auto experts = examples::read_metadata(cfg.finetuned).options.num_experts();
     std::vector<int64_t> wanted;
@@ -189,6 +227,7 @@ int run(int argc, char** argv) {
     }
     examples::CompressionConfig c;
     c.model_name = cfg.model_name;
+    c.title = "4-way " + data.title + " task";
     c.pretrained = cfg.pretrained;
     c.finetuned = cfg.finetuned;
     c.post_steps = cfg.post_steps;
@@ -239,7 +278,7 @@ int run(int argc, char** argv) {
   for (const auto& cfg : configs) {
     const auto experts = examples::read_metadata(cfg.finetuned).options.num_experts();
     examples::print_sweep_table(cells, cfg, experts);
-    plot(cells, cfg, experts, out);
+    plot(cells, cfg, experts, data.title, out);
   }
   for (const auto& c : compressions) {
     std::vector<examples::CompressionCell> rows;
@@ -252,13 +291,15 @@ int run(int argc, char** argv) {
                png.empty() ? "gnuplot failed for the compression plot" : "plot: " + png);
   }
   examples::write_sweep(cells, out + "/results",
-                        {{"task", kTaskNames},
+                        {{"data", data.title},
+                         {"task", data.task_names},
                          {"full", full},
                          {"minutes", minutes},
                          {"post_steps", configs.front().post_steps}});
   if (!compressed.empty()) {
     examples::write_compression(compressed, out + "/compression",
-                                {{"task", kTaskNames},
+                                {{"data", data.title},
+                                 {"task", data.task_names},
                                  {"full", full},
                                  {"minutes", minutes},
                                  {"post_steps", configs.front().post_steps}});

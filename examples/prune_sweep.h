@@ -80,9 +80,7 @@ inline std::vector<int64_t> feasible_counts(const std::string& checkpoint,
 inline std::vector<SweepCell> run_sweep(const SweepConfig& cfg, const Splits& splits,
                                         moeprune::ProgressBar& bar, int64_t& done) {
   const auto registry = moeprune::pruning::CriterionRegistry::with_builtins();
-  const auto mean = channel_mean(splits.train), stdev = channel_std(splits.train);
-  const auto calib =
-      splits.train.subset(torch::arange(std::min(cfg.calibration, splits.train.size())));
+  const auto calibration = calibration_set(splits.train, cfg.calibration);
   const auto pre = load_model(cfg.pretrained);
   std::vector<SweepCell> cells;
   for (const auto& name : cfg.criteria) {
@@ -93,12 +91,7 @@ inline std::vector<SweepCell> run_sweep(const SweepConfig& cfg, const Splits& sp
       ctx.finetuned = load_model(cfg.finetuned);
       ctx.pretrained = pre;
       ctx.seed = seed;
-      ctx.data = [&](const std::function<void(const torch::Tensor&)>& visit) {
-        for (int64_t b = 0; b < calib.size(); b += 256) {
-          visit(moeprune::data::normalize_batch(
-              calib.images.narrow(0, b, std::min<int64_t>(256, calib.size() - b)), mean, stdev));
-        }
-      };
+      ctx.data = calibration.data;
       const auto scores = moeprune::pruning::score_experts(*criterion, ctx);
       for (const auto n : cfg.counts) {
         auto model = load_model(cfg.finetuned);
@@ -114,18 +107,7 @@ inline std::vector<SweepCell> run_sweep(const SweepConfig& cfg, const Splits& sp
         }
         torch::manual_seed(seed);
         moeprune::Trainer trainer(model,
-                                  moeprune::TrainerOptions()
-                                      .epochs(1)
-                                      .max_steps(cfg.post_steps)
-                                      .optimizer(moeprune::OptimizerKind::kSgd)
-                                      .lr(0.01)
-                                      .weight_decay(0)
-                                      .warmup_steps(std::min<int64_t>(cfg.post_steps / 10, 100))
-                                      .clip_norm(10)
-                                      .seed(seed)
-                                      .mean(mean)
-                                      .std(stdev)
-                                      .progress(false));
+                                  post_training_options(cfg.post_steps, splits.train).seed(seed));
         cell.top1 = trainer.evaluate(splits.test).top1;
         if (cfg.post_steps > 0) {
           trainer.fit(splits.train);

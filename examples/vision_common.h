@@ -150,6 +150,48 @@ inline Metadata read_metadata(const std::string& checkpoint) {
           j.value("data", "fashion-mnist"), j.value("labels", std::vector<int64_t>{})};
 }
 
+/// The first `count` training images (with their labels) and the calibration data criteria and
+/// compressions read: those images normalised, in batches of 256.
+struct Calibration {
+  moeprune::data::ImageDataset images;
+  moeprune::pruning::CalibrationData data;
+};
+
+inline Calibration calibration_set(const moeprune::data::ImageDataset& train, int64_t count) {
+  Calibration c;
+  c.images = train.subset(torch::arange(std::min(count, train.size())));
+  c.data = [images = c.images.images, mean = channel_mean(train),
+            stdev = channel_std(train)](const std::function<void(const torch::Tensor&)>& visit) {
+    for (int64_t b = 0; b < images.size(0); b += 256) {
+      visit(moeprune::data::normalize_batch(
+          images.narrow(0, b, std::min<int64_t>(256, images.size(0) - b)), mean, stdev));
+    }
+  };
+  return c;
+}
+
+/// The short fine-tune after pruning or compressing, the same for every method compared (the
+/// pruning paper's recipe): SGD with momentum 0.9, lr 0.01, warm-up over a tenth of the steps,
+/// cosine decay, clipping at global norm 10, no weight decay; exactly `steps` steps of batch 128,
+/// over as many epochs as that takes.
+inline moeprune::TrainerOptions post_training_options(int64_t steps,
+                                                      const moeprune::data::ImageDataset& train) {
+  const int64_t batch = 128;
+  const int64_t per_epoch = std::max<int64_t>(1, train.size() / std::min(batch, train.size()));
+  return moeprune::TrainerOptions()
+      .epochs(std::max<int64_t>(1, (steps + per_epoch - 1) / per_epoch))
+      .max_steps(steps)
+      .batch_size(batch)
+      .optimizer(moeprune::OptimizerKind::kSgd)
+      .lr(0.01)
+      .weight_decay(0)
+      .warmup_steps(std::min<int64_t>(steps / 10, 100))
+      .clip_norm(10)
+      .mean(channel_mean(train))
+      .std(channel_std(train))
+      .progress(false);
+}
+
 inline void print_eval(const std::string& title, const moeprune::EvalResult& r) {
   fmt::print("{}: {}\n", title, moeprune::format_eval(r));
   for (const auto& l : r.routing) {

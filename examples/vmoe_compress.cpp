@@ -3,12 +3,7 @@
 // Drop or Block Drop. Optionally fine-tunes afterwards (distillation from the uncompressed model
 // with routers frozen for the merging methods, as their papers do), prints what the model stores,
 // its FLOPs and its accuracy before and after, and writes the compressed checkpoint.
-#include "prune_sweep.h"
-
-#include <moeprune/compression/low_rank.h>
-#include <moeprune/compression/merging.h>
-#include <moeprune/compression/model_cost.h>
-#include <moeprune/compression/trimming.h>
+#include "compression_compare.h"
 
 namespace {
 
@@ -27,8 +22,8 @@ int run(int argc, char** argv) {
       "Compresses a fine-tuned vision MoE checkpoint by merging (M-SMoE), merging + low rank + "
       "sparse (MC-SMoE), Expert Drop, Layer Drop or Block Drop."};
   std::string finetuned, method, out, similarity = "router-logits";
-  int64_t groups = 0, global_groups = 0, rank = 8, drop = 0, post_steps = 0, calibration = 512,
-          threads = 0;
+  int64_t groups = 0, global_groups = 0, rank = 8, drop = 0, post_steps = 0,
+          calibration_images = 512, threads = 0;
   double density = 0.1;
   bool no_align = false, global = false, keep_router_rows = false, consecutive = false;
   app.add_option("--finetuned", finetuned, "Fine-tuned checkpoint to compress")
@@ -54,7 +49,7 @@ int run(int argc, char** argv) {
   app.add_flag("--keep-router-rows", keep_router_rows,
                "expert_drop: keep the dropped experts' router rows (their tokens are lost)");
   app.add_flag("--consecutive", consecutive, "block_drop: drop one run of consecutive blocks");
-  app.add_option("--calibration-images", calibration, "Training images used for calibration")
+  app.add_option("--calibration-images", calibration_images, "Training images used for calibration")
       ->capture_default_str();
   app.add_option("--post-steps", post_steps,
                  "Fine-tuning steps after compressing (mcsmoe prunes its sparse part during "
@@ -62,42 +57,48 @@ int run(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--out", out, "Where to write the compressed checkpoint");
   app.add_option("--threads", threads, "Torch threads (0: torch's default)");
+  std::string data_dir;
+  app.add_option("--data-dir", data_dir,
+                 "Folder of the data files (default: Debian's Fashion-MNIST; CIFAR checkpoints "
+                 "need the cifar-10-batches-bin folder)");
   CLI11_PARSE(app, argc, argv);
 
   const bool merging = method == "msmoe" || method == "mcsmoe";
   TORCH_CHECK(!merging || (groups > 0) != (global_groups > 0), "--method ", method,
               " needs --groups or --global-groups (one of them)");
   TORCH_CHECK(merging || drop > 0, "--method ", method, " needs --drop N (N >= 1)");
+  // Options another method reads are refused rather than silently ignored.
+  const std::map<std::string, std::vector<std::string>> applies = {
+      {"--groups", {"msmoe", "mcsmoe"}},
+      {"--global-groups", {"msmoe", "mcsmoe"}},
+      {"--similarity", {"msmoe", "mcsmoe"}},
+      {"--no-align", {"msmoe", "mcsmoe"}},
+      {"--rank", {"mcsmoe"}},
+      {"--density", {"mcsmoe"}},
+      {"--drop", {"expert_drop", "layer_drop", "block_drop"}},
+      {"--global", {"expert_drop"}},
+      {"--keep-router-rows", {"expert_drop"}},
+      {"--consecutive", {"block_drop"}}};
+  for (const auto& [option, methods] : applies) {
+    TORCH_CHECK(app.count(option) == 0 ||
+                    std::find(methods.begin(), methods.end(), method) != methods.end(),
+                option, " does not apply to --method ", method, " (it is for ",
+                fmt::format("{}", fmt::join(methods, ", ")), ")");
+  }
   TORCH_CHECK(out.empty() || !std::filesystem::exists(out), "--out ", out,
               " exists; give a new path");
   examples::set_up_process(threads);
   const auto meta = examples::read_metadata(finetuned);
   examples::DataArgs data_args;
   data_args.data = meta.data;
+  data_args.dir = data_dir;
   const auto splits = examples::load_splits(data_args, meta.labels);
-  const auto mean = examples::channel_mean(splits.train),
-             stdev = examples::channel_std(splits.train);
-  const auto calib = splits.train.subset(torch::arange(std::min(calibration, splits.train.size())));
-  const moeprune::pruning::CalibrationData data =
-      [&](const std::function<void(const torch::Tensor&)>& visit) {
-        for (int64_t b = 0; b < calib.size(); b += 256) {
-          visit(moeprune::data::normalize_batch(
-              calib.images.narrow(0, b, std::min<int64_t>(256, calib.size() - b)), mean, stdev));
-        }
-      };
+  const auto calibration = examples::calibration_set(splits.train, calibration_images);
+  const auto& data = calibration.data;
 
   auto teacher = examples::load_model(finetuned);
   auto model = examples::load_model(finetuned);
-  auto options = moeprune::TrainerOptions()
-                     .epochs(1)
-                     .max_steps(post_steps)
-                     .optimizer(moeprune::OptimizerKind::kSgd)
-                     .lr(0.01)
-                     .weight_decay(0)
-                     .warmup_steps(std::min<int64_t>(post_steps / 10, 100))
-                     .clip_norm(10)
-                     .mean(mean)
-                     .std(stdev);
+  auto options = examples::post_training_options(post_steps, splits.train).progress(true);
   {
     moeprune::Trainer before(model, options);
     report("before", model, before, splits.test);
@@ -121,17 +122,7 @@ int run(int argc, char** argv) {
           model, cm::SparsePruningOptions().final_density(density).warmup_steps(
                      std::max<int64_t>(1, post_steps / 10)));
       if (post_steps == 0) {
-        // No fine-tune to prune during: importance from one pass of the task loss.
-        model->train();
-        int64_t begin = 0;
-        data([&](const torch::Tensor& images) {
-          const auto labels = calib.labels.narrow(0, begin, images.size(0));
-          begin += images.size(0);
-          model->loss(model->forward(images), labels).backward();
-        });
-        pruner->after_backward(0, 1);
-        pruner->prune_to(density);
-        model->zero_grad();
+        examples::prune_sparse_once(model, calibration, density);
       }
     }
     options.teacher(teacher);
@@ -162,12 +153,11 @@ int run(int argc, char** argv) {
     options.after_step([pruner](int64_t s, int64_t t) { pruner->after_step(s, t); });
   }
   moeprune::Trainer trainer(model, options);
-  report("compressed", model, trainer, splits.test);
+  report(pruner && post_steps > 0 ? "merged and factorised (S dense until the fine-tune prunes it)"
+                                  : "compressed",
+         model, trainer, splits.test);
   if (post_steps > 0) {
     trainer.fit(splits.train);
-    if (pruner && pruner->pruned_to() > density) {
-      pruner->prune_to(density);
-    }
     report(fmt::format("after {} fine-tuning steps", post_steps), model, trainer, splits.test);
   }
   if (!out.empty()) {

@@ -84,14 +84,7 @@ int run(int argc, char** argv) {
     moeprune::load_checkpoint(pretrained, *pre);
     ctx.pretrained = pre;
   }
-  const auto calib = splits.train.subset(torch::arange(std::min(calibration, splits.train.size())));
-  const auto mean = examples::channel_mean(calib), stdev = examples::channel_std(calib);
-  ctx.data = [&](const std::function<void(const torch::Tensor&)>& visit) {
-    for (int64_t b = 0; b < calib.size(); b += 256) {
-      visit(moeprune::data::normalize_batch(
-          calib.images.narrow(0, b, std::min<int64_t>(256, calib.size() - b)), mean, stdev));
-    }
-  };
+  ctx.data = examples::calibration_set(splits.train, calibration).data;
   const auto scores = moeprune::pruning::score_experts(*crit, ctx);
   moeprune::pruning::PruningPlan plan;
   if (per_layer_count >= 0) {

@@ -27,6 +27,10 @@ int run(int argc, char** argv) {
   app.add_option("--calibration-images", cfg.calibration, "Training images for data criteria")
       ->capture_default_str();
   app.add_option("--threads", threads, "Torch threads (0: torch's default)");
+  std::string data_dir;
+  app.add_option("--data-dir", data_dir,
+                 "Folder of the data files (default: Debian's Fashion-MNIST; CIFAR checkpoints "
+                 "need the cifar-10-batches-bin folder)");
   app.add_option("--out", out, "Output prefix: writes OUT.json and OUT.csv")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
@@ -37,6 +41,7 @@ int run(int argc, char** argv) {
   cfg.model_name = meta.options.moe_preset();
   examples::DataArgs data;
   data.data = meta.data;
+  data.dir = data_dir;
   const auto splits = examples::load_splits(data, meta.labels);
   moeprune::ProgressBar bar(examples::sweep_runs(cfg), "sweep", "runs");
   int64_t done = 0;
