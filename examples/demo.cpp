@@ -6,6 +6,7 @@
 // JSON, CSV and PNG plots. --full adds the expert-choice and E3-MoE variants, every pruning ratio
 // and more drop settings.
 #include "compression_compare.h"
+#include "machine_info.h"
 
 #include <cstdlib>
 
@@ -291,14 +292,16 @@ int run(int argc, char** argv) {
                png.empty() ? "gnuplot failed for the compression plot" : "plot: " + png);
   }
   examples::write_sweep(cells, out + "/results",
-                        {{"data", data.title},
+                        {{"machine", bench::machine_info()},
+                         {"data", data.title},
                          {"task", data.task_names},
                          {"full", full},
                          {"minutes", minutes},
                          {"post_steps", configs.front().post_steps}});
   if (!compressed.empty()) {
     examples::write_compression(compressed, out + "/compression",
-                                {{"data", data.title},
+                                {{"machine", bench::machine_info()},
+                                 {"data", data.title},
                                  {"task", data.task_names},
                                  {"full", full},
                                  {"minutes", minutes},
