@@ -210,6 +210,16 @@ torch::Tensor ExpertBankImpl::forward(const torch::Tensor& rows,
   return outputs.size() == 1 ? outputs.front() : torch::cat(outputs);
 }
 
+void ExpertBankImpl::select_experts(const std::vector<int64_t>& local) {
+  torch::NoGradGuard no_grad;
+  const auto index = torch::tensor(local, torch::kLong).to(w1.device());
+  for (auto& p : parameters(/*recurse=*/false)) {
+    // index_select copies into fresh storage, so the dropped experts' memory is released.
+    p.set_data(p.index_select(0, index));
+    p.mutable_grad() = torch::Tensor();
+  }
+}
+
 void ExpertBankImpl::keep_experts(std::vector<int64_t> experts) {
   TORCH_CHECK(!experts.empty(), "ExpertBank: cannot keep an empty subset of experts");
   TORCH_CHECK(!is_merged(), "ExpertBank: the bank's experts are merged; prune before merging");
@@ -227,13 +237,7 @@ void ExpertBankImpl::keep_experts(std::vector<int64_t> experts) {
                 " experts)");
     local.push_back(it - expert_ids_.begin());
   }
-  torch::NoGradGuard no_grad;
-  const auto index = torch::tensor(local, torch::kLong).to(w1.device());
-  for (auto& p : parameters(/*recurse=*/false)) {
-    // index_select copies into fresh storage, so the dropped experts' memory is released.
-    p.set_data(p.index_select(0, index));
-    p.mutable_grad() = torch::Tensor();
-  }
+  select_experts(local);
   expert_ids_ = std::move(experts);
 }
 
@@ -262,12 +266,7 @@ void ExpertBankImpl::merge_experts(std::vector<std::vector<int64_t>> groups) {
     }
     local.push_back(it - expert_ids_.begin());
   }
-  torch::NoGradGuard no_grad;
-  const auto index = torch::tensor(local, torch::kLong).to(w1.device());
-  for (auto& p : parameters(/*recurse=*/false)) {
-    p.set_data(p.index_select(0, index));
-    p.mutable_grad() = torch::Tensor();
-  }
+  select_experts(local);
   expert_ids_.clear();
   for (const auto& g : groups) {
     expert_ids_.push_back(g.front());

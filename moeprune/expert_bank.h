@@ -98,6 +98,8 @@ class ExpertBankImpl : public torch::nn::Cloneable<ExpertBankImpl> {
 
  private:
   void register_factors(int64_t rank);
+  // Shrinks every parameter to the held experts at bank positions `local`, in that order.
+  void select_experts(const std::vector<int64_t>& local);
   // x @ W (+ bias) for held expert e: plain, or L R + S (S by its kept units when not
   // training).
   torch::Tensor linear(const torch::Tensor& x, int64_t e, const torch::Tensor& w,
