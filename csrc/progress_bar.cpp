@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 
 namespace moeprune {
@@ -49,6 +50,10 @@ void ProgressBar::update(int64_t done, const std::string& note) {
   draw(done, note, false);
 }
 
+void ProgressBar::skip(int64_t units) {
+  skipped_ += units;
+}
+
 void ProgressBar::finish(const std::string& note) {
   if (enabled_) {
     draw(last_done_, note, true);
@@ -61,11 +66,13 @@ void ProgressBar::draw(int64_t done, const std::string& note, bool final) {
   std::string bar(static_cast<size_t>(fraction * kWidth), '#');
   bar.resize(kWidth, '.');
   const double elapsed = elapsed_seconds();
-  const double rate = elapsed > 0 ? static_cast<double>(done) / elapsed : 0.0;
+  const auto worked = static_cast<double>(std::max<int64_t>(done - skipped_, 0));
+  const double rate = elapsed > 0 ? worked / elapsed : 0.0;
+  const auto left = static_cast<double>(std::max<int64_t>(total_ - done, 0));
   const std::string when =
       final ? clock_text(elapsed) + " total"
             : clock_text(elapsed) + " elapsed, ETA " +
-                  clock_text(fraction > 0 ? elapsed * (1.0 - fraction) / fraction : 0.0);
+                  (worked > 0 ? clock_text(left / rate) : (left > 0 ? "?" : clock_text(0)));
   std::fprintf(stderr, "%s%s [%s] %ld/%ld %s, %.1f %s/s, %s  %s%s", tty_ ? "\r\033[K" : "",
                label_.c_str(), bar.c_str(), static_cast<long>(done), static_cast<long>(total_),
                unit_.c_str(), rate, unit_.c_str(), when.c_str(), note.c_str(),

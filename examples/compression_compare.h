@@ -29,6 +29,33 @@ struct CompressionCell {
   std::string detail;
 };
 
+// JSON for compression.json and the run journal.
+inline void to_json(nlohmann::json& j, const CompressionCell& c) {
+  j = {{"model", c.model},
+       {"method", c.method},
+       {"setting", c.setting},
+       {"budget", c.budget},
+       {"parameters", c.parameters},
+       {"flops_per_image", c.flops_per_image},
+       {"latency_ms", c.latency_ms},
+       {"top1", c.top1},
+       {"top1_finetuned", c.top1_finetuned},
+       {"detail", c.detail}};
+}
+
+inline void from_json(const nlohmann::json& j, CompressionCell& c) {
+  j.at("model").get_to(c.model);
+  j.at("method").get_to(c.method);
+  j.at("setting").get_to(c.setting);
+  j.at("budget").get_to(c.budget);
+  j.at("parameters").get_to(c.parameters);
+  j.at("flops_per_image").get_to(c.flops_per_image);
+  j.at("latency_ms").get_to(c.latency_ms);
+  j.at("top1").get_to(c.top1);
+  j.at("top1_finetuned").get_to(c.top1_finetuned);
+  j.at("detail").get_to(c.detail);
+}
+
 struct CompressionConfig {
   std::string model_name;
   std::string title = "4-way task";  // for the plot
@@ -121,7 +148,8 @@ inline void prune_sparse_once(moeprune::VisionTransformer& model, const Calibrat
 inline std::vector<CompressionCell> run_compression(const CompressionConfig& cfg,
                                                     const Splits& splits,
                                                     moeprune::ProgressBar* bar = nullptr,
-                                                    int64_t* done = nullptr);
+                                                    int64_t* done = nullptr,
+                                                    RunJournal* journal = nullptr);
 
 /// Rows run_compression will make for `cfg` (for a progress bar's total).
 inline int64_t compression_runs(const CompressionConfig& cfg) {
@@ -132,7 +160,8 @@ inline int64_t compression_runs(const CompressionConfig& cfg) {
 
 inline std::vector<CompressionCell> run_compression(const CompressionConfig& cfg,
                                                     const Splits& splits,
-                                                    moeprune::ProgressBar* bar, int64_t* done) {
+                                                    moeprune::ProgressBar* bar, int64_t* done,
+                                                    RunJournal* journal) {
   namespace cm = moeprune::compression;
   namespace pr = moeprune::pruning;
   const auto calibration = calibration_set(splits.train, cfg.calibration);
@@ -232,6 +261,17 @@ inline std::vector<CompressionCell> run_compression(const CompressionConfig& cfg
 
   std::vector<CompressionCell> cells;
   for (auto& method : methods) {
+    const auto key =
+        fmt::format("compression/{}/{}/{}", cfg.model_name, method.method, method.setting);
+    if (const auto run = journal != nullptr ? journal->find(key) : std::nullopt) {
+      cells.push_back(run->get<CompressionCell>());
+      if (bar != nullptr && done != nullptr) {
+        bar->skip(1);
+        bar->update(++*done, fmt::format("{} {} {}: {:.2f}% (from the journal)", cfg.model_name,
+                                         method.method, method.setting, 100 * cells.back().top1));
+      }
+      continue;
+    }
     auto model = load_model(cfg.finetuned);
     torch::manual_seed(0);
     auto prepared = method.apply(model);
@@ -275,6 +315,9 @@ inline std::vector<CompressionCell> run_compression(const CompressionConfig& cfg
       cell.flops_per_image = cm::flops_per_image(model, eval);
     }
     cells.push_back(cell);
+    if (journal != nullptr) {
+      journal->record(key, cell);
+    }
     if (bar != nullptr && done != nullptr) {
       bar->update(++*done, fmt::format("{} {} {}: {:.2f}%", cfg.model_name, method.method,
                                        method.setting, 100 * cell.top1));
@@ -305,16 +348,7 @@ inline void write_compression(const std::vector<CompressionCell>& cells, const s
       "model,method,setting,budget,parameters,flops_per_image,latency_ms,top1,top1_finetuned,"
       "detail\n";
   for (const auto& c : cells) {
-    header["results"].push_back({{"model", c.model},
-                                 {"method", c.method},
-                                 {"setting", c.setting},
-                                 {"budget", c.budget},
-                                 {"parameters", c.parameters},
-                                 {"flops_per_image", c.flops_per_image},
-                                 {"latency_ms", c.latency_ms},
-                                 {"top1", c.top1},
-                                 {"top1_finetuned", c.top1_finetuned},
-                                 {"detail", c.detail}});
+    header["results"].push_back(c);
     csv += fmt::format("{},{},\"{}\",{},{},{:.0f},{:.3f},{:.6f},{:.6f},\"{}\"\n", c.model, c.method,
                        c.setting, c.budget, c.parameters, c.flops_per_image, c.latency_ms, c.top1,
                        c.top1_finetuned, c.detail);

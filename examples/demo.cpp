@@ -241,6 +241,30 @@ int run(int argc, char** argv) {
     compressions.push_back(c);
   }
 
+  // Finished runs go to a journal as they end, so an interrupted run resumes where it stopped.
+  // Its settings name everything the runs depend on besides their own key.
+  nlohmann::json settings = {{"data", data.title},
+                             {"post_steps", configs.front().post_steps},
+                             {"checkpoints", nlohmann::json::object()}};
+  for (const auto& cfg : configs) {
+    settings["checkpoints"][cfg.model_name] = {examples::file_fingerprint(cfg.pretrained),
+                                               examples::file_fingerprint(cfg.finetuned)};
+  }
+  const auto journal_path = out + "/runs.jsonl";
+  if (fresh && std::filesystem::exists(journal_path)) {
+    std::filesystem::rename(journal_path, journal_path + ".old");
+    fmt::print("      --fresh: moved the journal of earlier runs to {}.old\n", journal_path);
+  }
+  examples::RunJournal journal(journal_path, settings);
+  if (journal.size() > 0) {
+    fmt::print("      resuming: {} finished runs recorded in {} are reused (--fresh starts over)\n",
+               journal.size(), journal_path);
+  }
+  if (journal.skipped() > 0) {
+    fmt::print("      {} unreadable lines in {} skipped (a run cut short while written)\n",
+               journal.skipped(), journal_path);
+  }
+
   int64_t sweep_total = 0, compression_total = 0;
   for (const auto& cfg : configs) sweep_total += examples::sweep_runs(cfg);
   for (const auto& c : compressions) compression_total += examples::compression_runs(c);
@@ -252,7 +276,7 @@ int run(int argc, char** argv) {
   int64_t done = 0;
   std::vector<examples::SweepCell> cells;
   for (const auto& cfg : configs) {
-    const auto c = examples::run_sweep(cfg, task, bar, done);
+    const auto c = examples::run_sweep(cfg, task, bar, done, &journal);
     cells.insert(cells.end(), c.begin(), c.end());
   }
   bar.finish();
@@ -267,13 +291,14 @@ int run(int argc, char** argv) {
     moeprune::ProgressBar cbar(compression_total, "compression", "runs");
     int64_t cdone = 0;
     for (const auto& c : compressions) {
-      const auto rows = examples::run_compression(c, task, &cbar, &cdone);
+      const auto rows = examples::run_compression(c, task, &cbar, &cdone, &journal);
       compressed.insert(compressed.end(), rows.begin(), rows.end());
     }
     cbar.finish();
   } else {
     fmt::print("[4/4] compression comparison skipped\n");
   }
+  const auto resumed = journal.reused();
   const double minutes =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 60.0;
   for (const auto& cfg : configs) {
@@ -291,26 +316,22 @@ int run(int argc, char** argv) {
     fmt::print("      {}\n",
                png.empty() ? "gnuplot failed for the compression plot" : "plot: " + png);
   }
-  examples::write_sweep(cells, out + "/results",
-                        {{"machine", bench::machine_info()},
-                         {"data", data.title},
-                         {"task", data.task_names},
-                         {"full", full},
-                         {"minutes", minutes},
-                         {"post_steps", configs.front().post_steps}});
-  if (!compressed.empty()) {
-    examples::write_compression(compressed, out + "/compression",
-                                {{"machine", bench::machine_info()},
+  const nlohmann::json header = {{"machine", bench::machine_info()},
                                  {"data", data.title},
                                  {"task", data.task_names},
                                  {"full", full},
                                  {"minutes", minutes},
-                                 {"post_steps", configs.front().post_steps}});
+                                 {"runs_reused_from_journal", resumed},
+                                 {"post_steps", configs.front().post_steps}};
+  examples::write_sweep(cells, out + "/results", header);
+  if (!compressed.empty()) {
+    examples::write_compression(compressed, out + "/compression", header);
   }
   fmt::print(
-      "\nwrote {0}/results.json, {0}/results.csv{1}; took {2:.1f} minutes\n", out,
+      "\nwrote {0}/results.json, {0}/results.csv{1}; took {2:.1f} minutes{3}\n", out,
       compressed.empty() ? "" : fmt::format(", {0}/compression.json and {0}/compression.csv", out),
-      minutes);
+      minutes,
+      resumed > 0 ? fmt::format(" ({} runs reused from the journal, not timed)", resumed) : "");
   return 0;
 }
 

@@ -3,6 +3,7 @@
 // The pruning sweep shared by vmoe_prune_sweep and the demo: for each criterion and each number
 // of experts pruned per MoE layer, test accuracy right after pruning and after a short
 // post-pruning fine-tune (the random criterion over several seeds).
+#include "run_journal.h"
 #include "vision_common.h"
 
 #include <cmath>
@@ -18,6 +19,36 @@ struct SweepCell {
   /// MoE block -> the experts this run pruned.
   std::map<int64_t, std::vector<int64_t>> pruned_experts;
 };
+
+// JSON for results.json and the run journal.
+inline void to_json(nlohmann::json& j, const SweepCell& c) {
+  nlohmann::json pruned = nlohmann::json::object();
+  for (const auto& [block, experts] : c.pruned_experts) {
+    pruned[std::to_string(block)] = experts;
+  }
+  j = {{"model", c.model},        {"criterion", c.criterion}, {"pruned_per_layer", c.pruned},
+       {"seed", c.seed},          {"top1", c.top1},           {"top1_finetuned", c.top1_finetuned},
+       {"pruned_experts", pruned}};
+}
+
+inline void from_json(const nlohmann::json& j, SweepCell& c) {
+  j.at("model").get_to(c.model);
+  j.at("criterion").get_to(c.criterion);
+  j.at("pruned_per_layer").get_to(c.pruned);
+  j.at("seed").get_to(c.seed);
+  j.at("top1").get_to(c.top1);
+  j.at("top1_finetuned").get_to(c.top1_finetuned);
+  c.pruned_experts.clear();
+  for (const auto& [block, experts] : j.at("pruned_experts").items()) {
+    c.pruned_experts[std::stoll(block)] = experts.get<std::vector<int64_t>>();
+  }
+}
+
+/// The journal key of one run of the sweep.
+inline std::string sweep_key(const std::string& model, const std::string& criterion, int64_t pruned,
+                             uint64_t seed) {
+  return fmt::format("sweep/{}/{}/n={}/seed={}", model, criterion, pruned, seed);
+}
 
 /// "1:0 3 5|3:2 4 6": the pruned experts of each MoE block, for the CSV.
 inline std::string format_pruned(const std::map<int64_t, std::vector<int64_t>>& pruned) {
@@ -77,25 +108,44 @@ inline std::vector<int64_t> feasible_counts(const std::string& checkpoint,
   return out;
 }
 
+/// Runs the sweep of `cfg`. Runs found in `journal` are taken from it; every new run is recorded
+/// there as soon as it finishes.
 inline std::vector<SweepCell> run_sweep(const SweepConfig& cfg, const Splits& splits,
-                                        moeprune::ProgressBar& bar, int64_t& done) {
+                                        moeprune::ProgressBar& bar, int64_t& done,
+                                        RunJournal* journal = nullptr) {
   const auto registry = moeprune::pruning::CriterionRegistry::with_builtins();
   const auto calibration = calibration_set(splits.train, cfg.calibration);
   const auto pre = load_model(cfg.pretrained);
   std::vector<SweepCell> cells;
+  const auto recorded = [&](const std::string& name, int64_t n,
+                            uint64_t seed) -> std::optional<SweepCell> {
+    if (journal == nullptr) return std::nullopt;
+    const auto run = journal->find(sweep_key(cfg.model_name, name, n, seed));
+    return run ? std::optional<SweepCell>(run->get<SweepCell>()) : std::nullopt;
+  };
   for (const auto& name : cfg.criteria) {
     const auto criterion = registry.create(name);
     for (uint64_t seed = 0; seed < static_cast<uint64_t>(name == "random" ? cfg.seeds : 1);
          ++seed) {
-      moeprune::pruning::CriterionContext ctx;
-      ctx.finetuned = load_model(cfg.finetuned);
-      ctx.pretrained = pre;
-      ctx.seed = seed;
-      ctx.data = calibration.data;
-      const auto scores = moeprune::pruning::score_experts(*criterion, ctx);
+      std::optional<moeprune::pruning::ExpertScores> scores;  // scored when a run needs them
       for (const auto n : cfg.counts) {
+        if (const auto cell = recorded(name, n, seed)) {
+          cells.push_back(*cell);
+          bar.skip(1);
+          bar.update(++done, fmt::format("{} {} n={} seed={}: {:.2f}% (from the journal)",
+                                         cfg.model_name, name, n, seed, 100 * cell->top1));
+          continue;
+        }
+        if (!scores) {
+          moeprune::pruning::CriterionContext ctx;
+          ctx.finetuned = load_model(cfg.finetuned);
+          ctx.pretrained = pre;
+          ctx.seed = seed;
+          ctx.data = calibration.data;
+          scores = moeprune::pruning::score_experts(*criterion, ctx);
+        }
         auto model = load_model(cfg.finetuned);
-        const auto plan = moeprune::pruning::PruningPlan::same_count(scores, model, n, {}, name);
+        const auto plan = moeprune::pruning::PruningPlan::same_count(*scores, model, n, {}, name);
         moeprune::pruning::apply_plan(model, plan);
         SweepCell cell;
         cell.model = cfg.model_name;
@@ -114,6 +164,9 @@ inline std::vector<SweepCell> run_sweep(const SweepConfig& cfg, const Splits& sp
           cell.top1_finetuned = trainer.evaluate(splits.test).top1;
         }
         cells.push_back(cell);
+        if (journal != nullptr) {
+          journal->record(sweep_key(cfg.model_name, name, n, seed), cell);
+        }
         bar.update(++done, fmt::format("{} {} n={} seed={}: {:.2f}%", cfg.model_name, name, n, seed,
                                        100 * cell.top1));
       }
@@ -189,17 +242,7 @@ inline void write_sweep(const std::vector<SweepCell>& cells, const std::string& 
   header["results"] = nlohmann::json::array();
   std::string csv = "model,criterion,pruned_per_layer,seed,top1,top1_finetuned,pruned_experts\n";
   for (const auto& c : cells) {
-    nlohmann::json pruned = nlohmann::json::object();
-    for (const auto& [block, experts] : c.pruned_experts) {
-      pruned[std::to_string(block)] = experts;
-    }
-    header["results"].push_back({{"model", c.model},
-                                 {"criterion", c.criterion},
-                                 {"pruned_per_layer", c.pruned},
-                                 {"seed", c.seed},
-                                 {"top1", c.top1},
-                                 {"top1_finetuned", c.top1_finetuned},
-                                 {"pruned_experts", pruned}});
+    header["results"].push_back(c);
     csv += fmt::format("{},{},{},{},{:.6f},{:.6f},{}\n", c.model, c.criterion, c.pruned, c.seed,
                        c.top1, c.top1_finetuned, format_pruned(c.pruned_experts));
   }

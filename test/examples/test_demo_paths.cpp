@@ -146,3 +146,108 @@ TEST_CASE("the compression comparison matches budgets and keeps what each method
   CHECK(by.at("Layer Drop").detail.rfind("blocks ", 0) == 0);
   CHECK(by.at("fine-tuned").flops_per_image > by.at("Layer Drop").flops_per_image);
 }
+
+TEST_CASE("the run journal keeps finished runs across restarts and skips a line cut short") {
+  const auto path = test::scratch_dir("moeprune-demo-test") + "/journal.jsonl";
+  std::filesystem::remove(path);
+  const nlohmann::json settings = {{"post_steps", 3}}, other = {{"post_steps", 4}};
+  {
+    examples::RunJournal journal(path, settings);
+    CHECK(journal.size() == 0);
+    journal.record("a", {{"x", 1}});
+    journal.record("b", {{"x", 2}});
+  }
+  std::ofstream(path, std::ios::app) << R"({"key": "c", "settings": {"post_ste)";  // a crash
+  examples::RunJournal reopened(path, settings);
+  CHECK(reopened.size() == 2);
+  CHECK(reopened.skipped() == 1);
+  const auto b = reopened.find("b");
+  REQUIRE(b);
+  CHECK(b->at("x") == 2);
+  CHECK_FALSE(reopened.find("c"));
+  CHECK(reopened.reused() == 1);
+  // Runs made under other settings are not reused.
+  CHECK(examples::RunJournal(path, other).size() == 0);
+  // A checkpoint's fingerprint follows its bytes (FNV-1a 64 of "a" is af63dc4c8601ec8c).
+  const auto file = test::scratch_dir("moeprune-demo-test") + "/fingerprint.bin";
+  std::ofstream(file, std::ios::binary) << "a";
+  CHECK(examples::file_fingerprint(file) == "af63dc4c8601ec8c");
+}
+
+TEST_CASE(
+    "an interrupted sweep resumes: recorded runs are reused, the others run and are recorded") {
+  const auto [pre, ft] = checkpoints();
+  examples::Splits splits{random_images(64, 3), random_images(32, 4), {}};
+  examples::SweepConfig cfg;
+  cfg.model_name = "tiny";
+  cfg.pretrained = pre;
+  cfg.finetuned = ft;
+  cfg.criteria = {"router_norm_change"};
+  cfg.counts = {0, 3};
+  cfg.post_steps = 0;
+  cfg.calibration = 16;
+  const auto path = test::scratch_dir("moeprune-demo-test") + "/sweep.jsonl";
+  std::filesystem::remove(path);
+  {
+    // A run that finished before the interruption, with an accuracy no real run gives here.
+    examples::RunJournal journal(path, {});
+    examples::SweepCell earlier;
+    earlier.model = "tiny";
+    earlier.criterion = "router_norm_change";
+    earlier.pruned = 3;
+    earlier.top1 = 0.123;
+    earlier.pruned_experts[1] = {0, 1, 2};
+    journal.record(examples::sweep_key("tiny", "router_norm_change", 3, 0), earlier);
+  }
+  examples::RunJournal journal(path, {});
+  moeprune::ProgressBar bar(examples::sweep_runs(cfg), "sweep", "runs", false);
+  int64_t done = 0;
+  const auto cells = examples::run_sweep(cfg, splits, bar, done, &journal);
+  REQUIRE(cells.size() == 2);
+  CHECK(done == 2);
+  CHECK(journal.reused() == 1);
+  CHECK(cells[0].pruned == 0);
+  CHECK(cells[0].top1 != 0.123);
+  CHECK(cells[1].top1 == 0.123);
+  CHECK(cells[1].pruned_experts.at(1) == std::vector<int64_t>{0, 1, 2});
+  // The new run was appended: reopening finds both.
+  examples::RunJournal after(path, {});
+  CHECK(after.size() == 2);
+  REQUIRE(after.find(examples::sweep_key("tiny", "router_norm_change", 0, 0)));
+  CHECK(after.find(examples::sweep_key("tiny", "router_norm_change", 0, 0))
+            ->get<examples::SweepCell>()
+            .top1 == cells[0].top1);
+}
+
+TEST_CASE("the compression comparison resumes from its journal") {
+  const auto [pre, ft] = checkpoints();
+  examples::Splits splits{random_images(64, 5), random_images(32, 6), {}};
+  examples::CompressionConfig cfg;
+  cfg.model_name = "tiny";
+  cfg.pretrained = pre;
+  cfg.finetuned = ft;
+  cfg.budgets = {};
+  cfg.post_steps = 0;
+  cfg.calibration = 16;
+  cfg.layer_drops = {1};
+  cfg.block_drops = {};
+  const auto path = test::scratch_dir("moeprune-demo-test") + "/compression.jsonl";
+  std::filesystem::remove(path);
+  {
+    examples::RunJournal journal(path, {});
+    examples::CompressionCell earlier;
+    earlier.model = "tiny";
+    earlier.method = "Layer Drop";
+    earlier.setting = "1 of 2 MoE layers";
+    earlier.parameters = 42;
+    journal.record("compression/tiny/Layer Drop/1 of 2 MoE layers", earlier);
+  }
+  examples::RunJournal journal(path, {});
+  const auto cells = examples::run_compression(cfg, splits, nullptr, nullptr, &journal);
+  REQUIRE(cells.size() == 2);
+  CHECK(cells[0].method == "fine-tuned");
+  CHECK(cells[0].parameters > 42);
+  CHECK(cells[1].method == "Layer Drop");
+  CHECK(cells[1].parameters == 42);
+  CHECK(examples::RunJournal(path, {}).size() == 2);
+}
