@@ -47,19 +47,40 @@ std::pair<std::string, std::string> checkpoints() {
   return {pre_path, save(ft, "ft")};
 }
 
+// A sweep of the tiny checkpoints, without post-pruning fine-tuning.
+examples::SweepConfig sweep_config(const std::string& pre, const std::string& ft,
+                                   std::vector<std::string> criteria) {
+  examples::SweepConfig cfg;
+  cfg.model_name = "tiny";
+  cfg.pretrained = pre;
+  cfg.finetuned = ft;
+  cfg.criteria = std::move(criteria);
+  cfg.counts = {0, 3};
+  cfg.post_steps = 0;
+  cfg.calibration = 16;
+  return cfg;
+}
+
+// A comparison of the tiny checkpoints: the uncompressed row and one Layer Drop, no budgets.
+examples::CompressionConfig compression_config(const std::string& pre, const std::string& ft) {
+  examples::CompressionConfig cfg;
+  cfg.model_name = "tiny";
+  cfg.pretrained = pre;
+  cfg.finetuned = ft;
+  cfg.budgets = {};
+  cfg.post_steps = 0;
+  cfg.calibration = 16;
+  cfg.layer_drops = {1};
+  cfg.block_drops = {};
+  return cfg;
+}
+
 }  // namespace
 
 TEST_CASE("the sweep prunes other experts for each seed of the random criterion") {
   const auto [pre, ft] = checkpoints();
   examples::Splits splits{random_images(64, 3), random_images(32, 4), {}};
-  examples::SweepConfig cfg;
-  cfg.model_name = "tiny";
-  cfg.pretrained = pre;
-  cfg.finetuned = ft;
-  cfg.criteria = {"random", "router_norm_change"};
-  cfg.counts = {0, 3};
-  cfg.post_steps = 0;
-  cfg.calibration = 16;
+  const auto cfg = sweep_config(pre, ft, {"random", "router_norm_change"});
   moeprune::ProgressBar bar(examples::sweep_runs(cfg), "sweep", "runs", false);
   int64_t done = 0;
   const auto cells = examples::run_sweep(cfg, splits, bar, done);
@@ -106,13 +127,9 @@ TEST_CASE("the sweep prunes other experts for each seed of the random criterion"
 TEST_CASE("the compression comparison matches budgets and keeps what each method promises") {
   const auto [pre, ft] = checkpoints();
   examples::Splits splits{random_images(64, 5), random_images(32, 6), {}};
-  examples::CompressionConfig cfg;
-  cfg.model_name = "tiny";
-  cfg.pretrained = pre;
-  cfg.finetuned = ft;
+  auto cfg = compression_config(pre, ft);
   cfg.budgets = {4};
   cfg.post_steps = 3;
-  cfg.calibration = 16;
   cfg.rank = 2;
   cfg.density = 0.25;
   cfg.layer_drops = {1};
@@ -178,14 +195,7 @@ TEST_CASE(
     "an interrupted sweep resumes: recorded runs are reused, the others run and are recorded") {
   const auto [pre, ft] = checkpoints();
   examples::Splits splits{random_images(64, 3), random_images(32, 4), {}};
-  examples::SweepConfig cfg;
-  cfg.model_name = "tiny";
-  cfg.pretrained = pre;
-  cfg.finetuned = ft;
-  cfg.criteria = {"router_norm_change"};
-  cfg.counts = {0, 3};
-  cfg.post_steps = 0;
-  cfg.calibration = 16;
+  const auto cfg = sweep_config(pre, ft, {"router_norm_change"});
   const auto path = test::scratch_dir("moeprune-demo-test") + "/sweep.jsonl";
   std::filesystem::remove(path);
   {
@@ -222,15 +232,7 @@ TEST_CASE(
 TEST_CASE("the compression comparison resumes from its journal") {
   const auto [pre, ft] = checkpoints();
   examples::Splits splits{random_images(64, 5), random_images(32, 6), {}};
-  examples::CompressionConfig cfg;
-  cfg.model_name = "tiny";
-  cfg.pretrained = pre;
-  cfg.finetuned = ft;
-  cfg.budgets = {};
-  cfg.post_steps = 0;
-  cfg.calibration = 16;
-  cfg.layer_drops = {1};
-  cfg.block_drops = {};
+  const auto cfg = compression_config(pre, ft);
   const auto path = test::scratch_dir("moeprune-demo-test") + "/compression.jsonl";
   std::filesystem::remove(path);
   {
