@@ -272,6 +272,7 @@ inline std::vector<CompressionCell> run_compression(const CompressionConfig& cfg
       }
       continue;
     }
+    const auto started = std::chrono::steady_clock::now();
     auto model = load_model(cfg.finetuned);
     torch::manual_seed(0);
     auto prepared = method.apply(model);
@@ -316,7 +317,9 @@ inline std::vector<CompressionCell> run_compression(const CompressionConfig& cfg
     }
     cells.push_back(cell);
     if (journal != nullptr) {
-      journal->record(key, cell);
+      journal->record(
+          key, cell,
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
     }
     if (bar != nullptr && done != nullptr) {
       bar->update(++*done, fmt::format("{} {} {}: {:.2f}%", cfg.model_name, method.method,

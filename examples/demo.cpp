@@ -144,6 +144,19 @@ void plot(const std::vector<examples::SweepCell>& cells, const examples::SweepCo
   }
 }
 
+// How long an interrupted and resumed run took: this invocation plus the reused runs' own times.
+std::string reused_note(const examples::RunJournal& journal, double minutes) {
+  const auto reused_minutes = journal.reused_seconds() / 60.0;
+  return fmt::format(
+      " here; {} runs came from the journal, which took {:.1f} minutes when they ran{}, so {:.1f} "
+      "minutes in all",
+      journal.reused(), reused_minutes,
+      journal.reused_untimed() > 0
+          ? fmt::format(" ({} of them with no time recorded)", journal.reused_untimed())
+          : "",
+      minutes + reused_minutes);
+}
+
 int run(int argc, char** argv) {
   CLI::App app{
       "moeprune demo: pre-train a small V-MoE on Fashion-MNIST (or CIFAR-10), fine-tune it on a "
@@ -322,6 +335,8 @@ int run(int argc, char** argv) {
                                  {"full", full},
                                  {"minutes", minutes},
                                  {"runs_reused_from_journal", resumed},
+                                 {"reused_runs_minutes", journal.reused_seconds() / 60.0},
+                                 {"reused_runs_untimed", journal.reused_untimed()},
                                  {"post_steps", configs.front().post_steps}};
   examples::write_sweep(cells, out + "/results", header);
   if (!compressed.empty()) {
@@ -330,8 +345,7 @@ int run(int argc, char** argv) {
   fmt::print(
       "\nwrote {0}/results.json, {0}/results.csv{1}; took {2:.1f} minutes{3}\n", out,
       compressed.empty() ? "" : fmt::format(", {0}/compression.json and {0}/compression.csv", out),
-      minutes,
-      resumed > 0 ? fmt::format(" ({} runs reused from the journal, not timed)", resumed) : "");
+      minutes, resumed > 0 ? reused_note(journal, minutes) : "");
   return 0;
 }
 

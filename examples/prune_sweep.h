@@ -6,6 +6,7 @@
 #include "run_journal.h"
 #include "vision_common.h"
 
+#include <chrono>
 #include <cmath>
 #include <sstream>
 
@@ -136,6 +137,7 @@ inline std::vector<SweepCell> run_sweep(const SweepConfig& cfg, const Splits& sp
                                          cfg.model_name, name, n, seed, 100 * cell->top1));
           continue;
         }
+        const auto started = std::chrono::steady_clock::now();
         if (!scores) {
           moeprune::pruning::CriterionContext ctx;
           ctx.finetuned = load_model(cfg.finetuned);
@@ -165,7 +167,9 @@ inline std::vector<SweepCell> run_sweep(const SweepConfig& cfg, const Splits& sp
         }
         cells.push_back(cell);
         if (journal != nullptr) {
-          journal->record(sweep_key(cfg.model_name, name, n, seed), cell);
+          journal->record(
+              sweep_key(cfg.model_name, name, n, seed), cell,
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
         }
         bar.update(++done, fmt::format("{} {} n={} seed={}: {:.2f}%", cfg.model_name, name, n, seed,
                                        100 * cell.top1));

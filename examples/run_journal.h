@@ -44,9 +44,7 @@ class RunJournal {
       return;
     }
     std::ifstream in(path_);
-    int64_t line_number = 0;
     for (std::string line; std::getline(in, line);) {
-      ++line_number;
       const auto entry = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
       if (entry.is_discarded() || !entry.is_object() || !entry.contains("key") ||
           !entry.contains("settings") || !entry.contains("run")) {
@@ -54,7 +52,8 @@ class RunJournal {
         continue;
       }
       if (entry["settings"] == settings_) {
-        runs_[entry["key"].get<std::string>()] = entry["run"];
+        runs_[entry["key"].get<std::string>()] = {
+            entry["run"], entry.contains("seconds") ? entry["seconds"].get<double>() : -1.0};
       }
     }
   }
@@ -66,17 +65,24 @@ class RunJournal {
       return std::nullopt;
     }
     ++reused_;
-    return it->second;
+    if (it->second.seconds >= 0) {
+      reused_seconds_ += it->second.seconds;
+    } else {
+      ++reused_untimed_;
+    }
+    return it->second.run;
   }
 
-  /// Appends a finished run and flushes it to the file.
-  void record(const std::string& key, const nlohmann::json& run) {
-    runs_[key] = run;
+  /// Appends a finished run, with the seconds it took, and flushes it to the file.
+  void record(const std::string& key, const nlohmann::json& run, double seconds) {
+    runs_[key] = {run, seconds};
     if (path_.empty()) {
       return;
     }
     std::ofstream out(path_, std::ios::app);
-    out << nlohmann::json{{"key", key}, {"settings", settings_}, {"run", run}}.dump() << '\n';
+    out << nlohmann::json{{"key", key}, {"settings", settings_}, {"run", run}, {"seconds", seconds}}
+               .dump()
+        << '\n';
     out.flush();
     TORCH_CHECK(out, "cannot append to the run journal '", path_, "'");
   }
@@ -85,6 +91,9 @@ class RunJournal {
   int64_t size() const { return static_cast<int64_t>(runs_.size()); }
   /// Runs handed out by find() so far.
   int64_t reused() const { return reused_; }
+  /// The seconds the reused runs took when they ran, and how many of them have no time recorded.
+  double reused_seconds() const { return reused_seconds_; }
+  int64_t reused_untimed() const { return reused_untimed_; }
   /// Lines that could not be read (a run cut short while it was written).
   int64_t skipped() const { return skipped_; }
   const std::string& path() const { return path_; }
@@ -92,9 +101,14 @@ class RunJournal {
  private:
   std::string path_;
   nlohmann::json settings_;
-  std::map<std::string, nlohmann::json> runs_;
+  struct Entry {
+    nlohmann::json run;
+    double seconds = -1;  // unknown
+  };
+  std::map<std::string, Entry> runs_;
   int64_t skipped_ = 0;
-  mutable int64_t reused_ = 0;
+  mutable int64_t reused_ = 0, reused_untimed_ = 0;
+  mutable double reused_seconds_ = 0;
 };
 
 }  // namespace examples

@@ -171,18 +171,26 @@ TEST_CASE("the run journal keeps finished runs across restarts and skips a line 
   {
     examples::RunJournal journal(path, settings);
     CHECK(journal.size() == 0);
-    journal.record("a", {{"x", 1}});
-    journal.record("b", {{"x", 2}});
+    journal.record("a", {{"x", 1}}, 1.5);
+    journal.record("b", {{"x", 2}}, 2.25);
   }
-  std::ofstream(path, std::ios::app) << R"({"key": "c", "settings": {"post_ste)";  // a crash
+  // A line with no time (as the first journals wrote), then a line cut short by a crash.
+  std::ofstream(path, std::ios::app) << R"({"key": "d", "settings": {"post_steps": 3}, "run": 4})"
+                                     << "\n"
+                                     << R"({"key": "c", "settings": {"post_ste)";
   examples::RunJournal reopened(path, settings);
-  CHECK(reopened.size() == 2);
+  CHECK(reopened.size() == 3);
   CHECK(reopened.skipped() == 1);
   const auto b = reopened.find("b");
   REQUIRE(b);
   CHECK(b->at("x") == 2);
   CHECK_FALSE(reopened.find("c"));
   CHECK(reopened.reused() == 1);
+  CHECK(reopened.reused_seconds() == 2.25);
+  CHECK(reopened.reused_untimed() == 0);
+  REQUIRE(reopened.find("d"));
+  CHECK(reopened.reused_untimed() == 1);
+  CHECK(reopened.reused_seconds() == 2.25);
   // Runs made under other settings are not reused.
   CHECK(examples::RunJournal(path, other).size() == 0);
   // A checkpoint's fingerprint follows its bytes (FNV-1a 64 of "a" is af63dc4c8601ec8c).
@@ -207,7 +215,7 @@ TEST_CASE(
     earlier.pruned = 3;
     earlier.top1 = 0.123;
     earlier.pruned_experts[1] = {0, 1, 2};
-    journal.record(examples::sweep_key("tiny", "router_norm_change", 3, 0), earlier);
+    journal.record(examples::sweep_key("tiny", "router_norm_change", 3, 0), earlier, 7.0);
   }
   examples::RunJournal journal(path, {});
   moeprune::ProgressBar bar(examples::sweep_runs(cfg), "sweep", "runs", false);
@@ -216,6 +224,7 @@ TEST_CASE(
   REQUIRE(cells.size() == 2);
   CHECK(done == 2);
   CHECK(journal.reused() == 1);
+  CHECK(journal.reused_seconds() == 7.0);
   CHECK(cells[0].pruned == 0);
   CHECK(cells[0].top1 != 0.123);
   CHECK(cells[1].top1 == 0.123);
@@ -223,10 +232,11 @@ TEST_CASE(
   // The new run was appended: reopening finds both.
   examples::RunJournal after(path, {});
   CHECK(after.size() == 2);
-  REQUIRE(after.find(examples::sweep_key("tiny", "router_norm_change", 0, 0)));
-  CHECK(after.find(examples::sweep_key("tiny", "router_norm_change", 0, 0))
-            ->get<examples::SweepCell>()
-            .top1 == cells[0].top1);
+  const auto recorded = after.find(examples::sweep_key("tiny", "router_norm_change", 0, 0));
+  REQUIRE(recorded);
+  CHECK(recorded->get<examples::SweepCell>().top1 == cells[0].top1);
+  CHECK(after.reused_seconds() > 0);  // the new run's time was recorded with it
+  CHECK(after.reused_untimed() == 0);
 }
 
 TEST_CASE("the compression comparison resumes from its journal") {
@@ -242,7 +252,7 @@ TEST_CASE("the compression comparison resumes from its journal") {
     earlier.method = "Layer Drop";
     earlier.setting = "1 of 2 MoE layers";
     earlier.parameters = 42;
-    journal.record("compression/tiny/Layer Drop/1 of 2 MoE layers", earlier);
+    journal.record("compression/tiny/Layer Drop/1 of 2 MoE layers", earlier, 3.0);
   }
   examples::RunJournal journal(path, {});
   const auto cells = examples::run_compression(cfg, splits, nullptr, nullptr, &journal);
