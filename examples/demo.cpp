@@ -144,19 +144,6 @@ void plot(const std::vector<examples::SweepCell>& cells, const examples::SweepCo
   }
 }
 
-// How long an interrupted and resumed run took: this invocation plus the reused runs' own times.
-std::string reused_note(const examples::RunJournal& journal, double minutes) {
-  const auto reused_minutes = journal.reused_seconds() / 60.0;
-  return fmt::format(
-      " here; {} runs came from the journal, which took {:.1f} minutes when they ran{}, so {:.1f} "
-      "minutes in all",
-      journal.reused(), reused_minutes,
-      journal.reused_untimed() > 0
-          ? fmt::format(" ({} of them with no time recorded)", journal.reused_untimed())
-          : "",
-      minutes + reused_minutes);
-}
-
 int run(int argc, char** argv) {
   CLI::App app{
       "moeprune demo: pre-train a small V-MoE on Fashion-MNIST (or CIFAR-10), fine-tune it on a "
@@ -263,20 +250,7 @@ int run(int argc, char** argv) {
     settings["checkpoints"][cfg.model_name] = {examples::file_fingerprint(cfg.pretrained),
                                                examples::file_fingerprint(cfg.finetuned)};
   }
-  const auto journal_path = out + "/runs.jsonl";
-  if (fresh && std::filesystem::exists(journal_path)) {
-    std::filesystem::rename(journal_path, journal_path + ".old");
-    fmt::print("      --fresh: moved the journal of earlier runs to {}.old\n", journal_path);
-  }
-  examples::RunJournal journal(journal_path, settings);
-  if (journal.size() > 0) {
-    fmt::print("      resuming: {} finished runs recorded in {} are reused (--fresh starts over)\n",
-               journal.size(), journal_path);
-  }
-  if (journal.skipped() > 0) {
-    fmt::print("      {} unreadable lines in {} skipped (a run cut short while written)\n",
-               journal.skipped(), journal_path);
-  }
+  auto journal = examples::open_run_journal(out + "/runs.jsonl", settings, fresh);
 
   int64_t sweep_total = 0, compression_total = 0;
   for (const auto& cfg : configs) sweep_total += examples::sweep_runs(cfg);
@@ -345,7 +319,7 @@ int run(int argc, char** argv) {
   fmt::print(
       "\nwrote {0}/results.json, {0}/results.csv{1}; took {2:.1f} minutes{3}\n", out,
       compressed.empty() ? "" : fmt::format(", {0}/compression.json and {0}/compression.csv", out),
-      minutes, resumed > 0 ? reused_note(journal, minutes) : "");
+      minutes, examples::describe_reused(journal, minutes));
   return 0;
 }
 

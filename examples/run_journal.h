@@ -111,4 +111,41 @@ class RunJournal {
   mutable double reused_seconds_ = 0;
 };
 
+/// The journal at `path` for a command's runs, with what it found said on stdout. `fresh` moves
+/// an existing journal aside to PATH.old (nothing is deleted) and starts an empty one.
+inline RunJournal open_run_journal(const std::string& path, const nlohmann::json& settings,
+                                   bool fresh) {
+  if (fresh && std::filesystem::exists(path)) {
+    std::filesystem::rename(path, path + ".old");
+    fmt::print("      --fresh: moved the journal of earlier runs to {}.old\n", path);
+  }
+  RunJournal journal(path, settings);
+  if (journal.size() > 0) {
+    fmt::print("      resuming: {} finished runs recorded in {} are reused (--fresh starts over)\n",
+               journal.size(), path);
+  }
+  if (journal.skipped() > 0) {
+    fmt::print("      {} unreadable lines in {} skipped (a run cut short while written)\n",
+               journal.skipped(), path);
+  }
+  return journal;
+}
+
+/// How long a resumed command took: `minutes` in this invocation plus the reused runs' own
+/// times. Empty when nothing was reused.
+inline std::string describe_reused(const RunJournal& journal, double minutes) {
+  if (journal.reused() == 0) {
+    return "";
+  }
+  const auto reused_minutes = journal.reused_seconds() / 60.0;
+  return fmt::format(
+      " here; {} runs came from the journal, which took {:.1f} minutes when they ran{}, so {:.1f} "
+      "minutes in all",
+      journal.reused(), reused_minutes,
+      journal.reused_untimed() > 0
+          ? fmt::format(" ({} of them with no time recorded)", journal.reused_untimed())
+          : "",
+      minutes + reused_minutes);
+}
+
 }  // namespace examples

@@ -31,7 +31,12 @@ int run(int argc, char** argv) {
   app.add_option("--data-dir", data_dir,
                  "Folder of the data files (default: Debian's Fashion-MNIST; CIFAR checkpoints "
                  "need the cifar-10-batches-bin folder)");
-  app.add_option("--out", out, "Output prefix: writes OUT.json and OUT.csv")->capture_default_str();
+  app.add_option("--out", out,
+                 "Output prefix: writes OUT.json and OUT.csv, and OUT.runs.jsonl as runs finish "
+                 "(an interrupted sweep resumes from it)")
+      ->capture_default_str();
+  bool fresh = false;
+  app.add_flag("--fresh", fresh, "Ignore OUT.runs.jsonl (moved to .old) and run every run again");
   CLI11_PARSE(app, argc, argv);
 
   examples::set_up_process(threads);
@@ -43,9 +48,17 @@ int run(int argc, char** argv) {
   data.data = meta.data;
   data.dir = data_dir;
   const auto splits = examples::load_splits(data, meta.labels);
+  // What the runs depend on besides their own key (criterion, count, seed).
+  const nlohmann::json settings = {{"pretrained", examples::file_fingerprint(cfg.pretrained)},
+                                   {"finetuned", examples::file_fingerprint(cfg.finetuned)},
+                                   {"post_steps", cfg.post_steps},
+                                   {"calibration", cfg.calibration},
+                                   {"data_dir", data_dir}};
+  auto journal = examples::open_run_journal(out + ".runs.jsonl", settings, fresh);
+  const auto start = std::chrono::steady_clock::now();
   moeprune::ProgressBar bar(examples::sweep_runs(cfg), "sweep", "runs");
   int64_t done = 0;
-  const auto cells = examples::run_sweep(cfg, splits, bar, done);
+  const auto cells = examples::run_sweep(cfg, splits, bar, done, &journal);
   bar.finish();
   examples::print_sweep_table(cells, cfg, meta.options.num_experts());
   examples::write_sweep(cells, out,
@@ -53,7 +66,10 @@ int run(int argc, char** argv) {
                          {"finetuned", cfg.finetuned},
                          {"post_steps", cfg.post_steps},
                          {"num_experts", meta.options.num_experts()}});
-  fmt::print("wrote {0}.json and {0}.csv\n", out);
+  const double minutes =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 60.0;
+  fmt::print("wrote {0}.json and {0}.csv; took {1:.1f} minutes{2}\n", out, minutes,
+             examples::describe_reused(journal, minutes));
   return 0;
 }
 

@@ -193,6 +193,17 @@ TEST_CASE("the run journal keeps finished runs across restarts and skips a line 
   CHECK(reopened.reused_seconds() == 2.25);
   // Runs made under other settings are not reused.
   CHECK(examples::RunJournal(path, other).size() == 0);
+  // 1.5 + 2.25 s reused and 0.5 minutes here: 0.1 minutes in the journal, 0.6 in all.
+  CHECK(reopened.find("a"));
+  CHECK(examples::describe_reused(reopened, 0.5) ==
+        " here; 3 runs came from the journal, which took 0.1 minutes when they ran (1 of them "
+        "with no time recorded), so 0.6 minutes in all");
+  CHECK(examples::describe_reused(examples::RunJournal(path, settings), 0.5).empty());
+  // --fresh moves the journal aside, whole, and starts an empty one.
+  const auto before = std::filesystem::file_size(path);
+  CHECK(examples::open_run_journal(path, settings, /*fresh=*/true).size() == 0);
+  CHECK(std::filesystem::file_size(path + ".old") == before);
+  CHECK_FALSE(std::filesystem::exists(path));
   // A checkpoint's fingerprint follows its bytes (FNV-1a 64 of "a" is af63dc4c8601ec8c).
   const auto file = test::scratch_dir("moeprune-demo-test") + "/fingerprint.bin";
   std::ofstream(file, std::ios::binary) << "a";
