@@ -220,6 +220,14 @@ void ExpertBankImpl::select_experts(const std::vector<int64_t>& local) {
   }
 }
 
+int64_t ExpertBankImpl::position_of(int64_t expert) const {
+  const auto it = std::find(expert_ids_.begin(), expert_ids_.end(), expert);
+  TORCH_CHECK(it != expert_ids_.end(), "ExpertBank: expert ", expert,
+              " is not in the bank (it holds ", num_held(), " of ", options.num_experts(),
+              " experts)");
+  return it - expert_ids_.begin();
+}
+
 void ExpertBankImpl::keep_experts(std::vector<int64_t> experts) {
   TORCH_CHECK(!experts.empty(), "ExpertBank: cannot keep an empty subset of experts");
   TORCH_CHECK(!is_merged(), "ExpertBank: the bank's experts are merged; prune before merging");
@@ -231,11 +239,7 @@ void ExpertBankImpl::keep_experts(std::vector<int64_t> experts) {
   std::vector<int64_t> local;
   local.reserve(experts.size());
   for (const int64_t id : experts) {
-    const auto it = std::lower_bound(expert_ids_.begin(), expert_ids_.end(), id);
-    TORCH_CHECK(it != expert_ids_.end() && *it == id, "ExpertBank: expert ", id,
-                " is not in the bank (it holds ", num_held(), " of ", options.num_experts(),
-                " experts)");
-    local.push_back(it - expert_ids_.begin());
+    local.push_back(position_of(id));
   }
   select_experts(local);
   expert_ids_ = std::move(experts);

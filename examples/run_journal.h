@@ -96,7 +96,6 @@ class RunJournal {
   int64_t reused_untimed() const { return reused_untimed_; }
   /// Lines that could not be read (a run cut short while it was written).
   int64_t skipped() const { return skipped_; }
-  const std::string& path() const { return path_; }
 
  private:
   std::string path_;

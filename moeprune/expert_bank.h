@@ -86,6 +86,9 @@ class ExpertBankImpl : public torch::nn::Cloneable<ExpertBankImpl> {
   bool is_merged() const { return !groups_.empty(); }
   /// Number of experts held.
   int64_t num_held() const { return static_cast<int64_t>(expert_ids_.size()); }
+  /// Where held expert `expert` sits in the bank's stacked weights; an error names an expert the
+  /// bank does not hold.
+  int64_t position_of(int64_t expert) const;
   /// [E] int64 on `device`: bank index of each original expert, -1 for the removed ones.
   torch::Tensor expert_map(const torch::Device& device = torch::kCPU) const;
   /// True when the bank still holds every expert it was built with.

@@ -4,19 +4,8 @@
 
 #include <torch/torch.h>
 
-#include <algorithm>
-
 namespace moeprune::compression {
 namespace {
-
-int64_t local_index(const ExpertBank& bank, int64_t expert) {
-  const auto& ids = bank->expert_ids();
-  const auto it = std::find(ids.begin(), ids.end(), expert);
-  TORCH_CHECK(it != ids.end(), "expert alignment: expert ", expert,
-              " is not in the bank (it holds ", bank->num_held(), " of ",
-              bank->options.num_experts(), " experts)");
-  return it - ids.begin();
-}
 
 void check_alignable(const ExpertBank& bank) {
   TORCH_CHECK(!bank->is_merged(), "expert alignment: the bank's experts are already merged");
@@ -28,7 +17,7 @@ void check_alignable(const ExpertBank& bank) {
 
 std::vector<int64_t> neuron_alignment(const ExpertBank& bank, int64_t reference, int64_t expert) {
   check_alignable(bank);
-  const int64_t r = local_index(bank, reference), e = local_index(bank, expert);
+  const int64_t r = bank->position_of(reference), e = bank->position_of(expert);
   torch::NoGradGuard no_grad;
   const auto f64 = [](const torch::Tensor& t) { return t.detach().to(torch::kDouble); };
   // Neuron-major views: row j holds everything neuron j reads or writes.
@@ -44,7 +33,7 @@ std::vector<int64_t> neuron_alignment(const ExpertBank& bank, int64_t reference,
 
 void permute_neurons(ExpertBank& bank, int64_t expert, const std::vector<int64_t>& permutation) {
   check_alignable(bank);
-  const int64_t e = local_index(bank, expert), F = bank->options.hidden_dim();
+  const int64_t e = bank->position_of(expert), F = bank->options.hidden_dim();
   TORCH_CHECK(static_cast<int64_t>(permutation.size()) == F, "permute_neurons: got ",
               permutation.size(), " indices for ", F, " hidden neurons");
   std::vector<char> seen(static_cast<size_t>(F), 0);

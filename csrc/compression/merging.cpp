@@ -54,8 +54,7 @@ torch::Tensor cosine_matrix(const torch::Tensor& vectors) {  // rows are the vec
 // Expert `id`'s weights as one vector, its hidden neurons in the order that aligns it with
 // expert `reference` (so weight cosine compares functions, not neuron orders).
 torch::Tensor aligned_weights(const ExpertBank& bank, int64_t reference, int64_t id) {
-  const auto& ids = bank->expert_ids();
-  const int64_t local = std::find(ids.begin(), ids.end(), id) - ids.begin();
+  const int64_t local = bank->position_of(id);
   const auto perm =
       torch::tensor(neuron_alignment(bank, reference, id), torch::kLong).to(bank->w1.device());
   std::vector<torch::Tensor> parts = {bank->w1[local].index_select(1, perm),
@@ -252,10 +251,8 @@ void merge_experts(VisionTransformer& model, const MergeGroups& groups, const Ex
     }
   }
   for (const auto& [block, gs] : groups) {
-    auto layer = layer_of(model, block, who);
-    const auto held = layer->experts()->expert_ids();
+    auto bank = layer_of(model, block, who)->experts();
     const auto& freq = usage.frequency.at(block);
-    auto bank = layer->experts();
     if (align) {
       for (const auto& g : gs) {
         align_experts(bank, g.front(), {g.begin() + 1, g.end()});
@@ -269,7 +266,7 @@ void merge_experts(VisionTransformer& model, const MergeGroups& groups, const Ex
       for (const auto& g : gs) {
         std::vector<int64_t> local;
         for (const int64_t e : g) {
-          local.push_back(std::find(held.begin(), held.end(), e) - held.begin());
+          local.push_back(bank->position_of(e));
         }
         auto w = freq.index_select(0, torch::tensor(g, torch::kLong));
         w = w.sum().item<double>() > 0 ? w / w.sum()
