@@ -211,6 +211,16 @@ TEST_CASE("MC-SMoE: a factorised model distils, prunes to the final density and 
   CHECK(torch::equal(test::eval_logits(loaded, x), test::eval_logits(m, x)));
 }
 
+TEST_CASE("a teacher that reads other images or predicts other classes is refused") {
+  VisionTransformer m(test::tiny_vit());
+  VisionTransformer classes(test::tiny_vit().num_classes(5));
+  CHECK_THROWS_WITH(moeprune::Trainer(m, moeprune::TrainerOptions().teacher(classes)),
+                    Catch::Contains("the teacher has 5 classes, the model 4"));
+  VisionTransformer colour(test::tiny_vit().channels(3).image_size(32));
+  CHECK_THROWS_WITH(moeprune::Trainer(m, moeprune::TrainerOptions().teacher(colour)),
+                    Catch::Contains("the teacher reads 3x32x32 images, the model 1x28x28"));
+}
+
 TEST_CASE("the distillation term is the KL divergence from the teacher's tempered softmax") {
   // Hand case, temperature 2: student logits (0, 0) -> (1/2, 1/2); teacher (2 ln 3, 0) -> (3/4,
   // 1/4). KL = 3/4 ln(3/2) + 1/4 ln(1/2).

@@ -208,6 +208,8 @@ TEST_CASE("the run journal keeps finished runs across restarts and skips a line 
   const auto file = test::scratch_dir("moeprune-demo-test") + "/fingerprint.bin";
   std::ofstream(file, std::ios::binary) << "a";
   CHECK(examples::file_fingerprint(file) == "af63dc4c8601ec8c");
+  CHECK_THROWS_WITH(examples::file_fingerprint(file + ".missing"),
+                    Catch::Contains("cannot read '" + file + ".missing' to fingerprint it"));
 }
 
 TEST_CASE(
