@@ -12,7 +12,7 @@
 
 #include "machine_info.h"
 
-#include <moeprune/safetensors.h>
+#include <moeprune/io/safetensors.h>
 
 #include <fmt/core.h>
 #include <torch/torch.h>

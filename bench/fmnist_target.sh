@@ -9,7 +9,7 @@ build="${1:-$root/build}"
 out="$root/bench/results"
 mkdir -p "$out"
 for model in small_vmoe small_dense; do
-  "$build/examples/vmoe_train" --model "$model" --epochs 10 --out "/tmp/moeprune_$model.pt" \
+  "$build/experiments/vmoe_train" --model "$model" --epochs 10 --out "/tmp/moeprune_$model.pt" \
     --log "$out/fmnist_${model}_train.json"
 done
 python3 - "$out" <<'PY'

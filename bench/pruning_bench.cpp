@@ -58,12 +58,11 @@ int main(int argc, char** argv) {
       const int64_t E = model->options.num_experts();
       const auto n = static_cast<int64_t>(fraction * static_cast<double>(E));
       if (n > 0) {
-        moeprune::pruning::CriterionContext ctx;
-        ctx.finetuned = model;
+        const auto view = moeprune::moe_view(model);
         const auto scores =
-            moeprune::pruning::score_experts(moeprune::pruning::RandomCriterion(), ctx);
-        moeprune::pruning::apply_plan(model,
-                                      moeprune::pruning::PruningPlan::same_count(scores, model, n));
+            moeprune::pruning::score_experts(moeprune::pruning::RandomCriterion(), *view);
+        moeprune::pruning::apply_plan(*view,
+                                      moeprune::pruning::PruningPlan::same_count(scores, *view, n));
       }
       int64_t bytes = 0;
       for (const auto& p : model->parameters()) {

@@ -11,7 +11,13 @@ set(MOEPRUNE_FMT_SHADOW "${CMAKE_BINARY_DIR}/fmt-include")
 file(MAKE_DIRECTORY "${MOEPRUNE_FMT_SHADOW}")
 file(CREATE_LINK "${_moeprune_fmt_include}/fmt" "${MOEPRUNE_FMT_SHADOW}/fmt" SYMBOLIC)
 
+# moeprune_use_fmt(target [HEADER_ONLY]): HEADER_ONLY for installed programs, so they need no
+# libfmt at run time.
 function(moeprune_use_fmt target)
   target_include_directories(${target} BEFORE PRIVATE "${MOEPRUNE_FMT_SHADOW}")
-  target_link_libraries(${target} PRIVATE fmt::fmt)
+  if("HEADER_ONLY" IN_LIST ARGN)
+    target_link_libraries(${target} PRIVATE fmt::fmt-header-only)
+  else()
+    target_link_libraries(${target} PRIVATE fmt::fmt)
+  endif()
 endfunction()

@@ -1,9 +1,9 @@
 #pragma once
 
 // Small models and data for the compression tests.
-#include <moeprune/checkpoint.h>
-#include <moeprune/pruning/criterion.h>
-#include <moeprune/vision_transformer.h>
+#include <moeprune/models/vision/checkpoint.h>
+#include <moeprune/models/vision/moe_view.h>
+#include <moeprune/models/vision/vision_transformer.h>
 
 #include <torch/torch.h>
 
@@ -26,8 +26,14 @@ inline moeprune::VisionTransformerOptions tiny_vit(int64_t depth = 2,
       .moe_blocks(std::move(moe_blocks));
 }
 
+/// The model's MoE view, with calibration data when given.
+inline std::shared_ptr<moeprune::VisionTransformerMoEView> view(
+    const moeprune::VisionTransformer& m, moeprune::CalibrationData data = {}) {
+  return moeprune::moe_view(m, std::move(data));
+}
+
 /// Calibration data: one fixed batch.
-inline moeprune::pruning::CalibrationData one_batch(const torch::Tensor& images) {
+inline moeprune::CalibrationData one_batch(const torch::Tensor& images) {
   return [images](const std::function<void(const torch::Tensor&)>& visit) { visit(images); };
 }
 
@@ -46,15 +52,12 @@ inline torch::Tensor eval_logits(moeprune::VisionTransformer& m, const torch::Te
   return m->forward(x).logits;
 }
 
-/// Saves `m`, builds a model from the checkpoint's options and loads it.
+/// Saves `m` and loads the checkpoint into a model built from its configuration.
 inline moeprune::VisionTransformer round_trip(moeprune::VisionTransformer& m,
                                               const std::string& name) {
   const auto path = scratch_dir() + "/" + name + ".pt";
-  moeprune::save_checkpoint(path, *m, m->options.to_json());
-  moeprune::VisionTransformer loaded(
-      moeprune::VisionTransformerOptions::from_json(moeprune::read_checkpoint_metadata(path)));
-  moeprune::load_checkpoint(path, *loaded);
-  return loaded;
+  moeprune::save_vision_transformer(path, m);
+  return moeprune::load_vision_transformer(path);
 }
 
 }  // namespace test

@@ -1,4 +1,4 @@
-#include <moeprune/functional/aux_losses.h>
+#include <moeprune/routing/functional/aux_losses.h>
 
 #include <torch/torch.h>
 #include <catch2/catch.hpp>

@@ -1,5 +1,5 @@
-#include <moeprune/data/image_dataset.h>
-#include <moeprune/data/readers.h>
+#include <moeprune/train/image_dataset.h>
+#include <moeprune/train/readers.h>
 
 #include <torch/torch.h>
 #include <zlib.h>

@@ -1,7 +1,7 @@
 #include "test_helpers.h"
 
-#include <moeprune/functional/routing.h>
-#include <moeprune/ops.h>
+#include <moeprune/ops/ops.h>
+#include <moeprune/routing/functional/routing.h>
 
 using moeprune::functional::CapacityMode;
 using moeprune::functional::TopKRoutingOptions;

@@ -1,6 +1,6 @@
 #include "test_helpers.h"
 
-#include <moeprune/ensemble_router.h>
+#include <moeprune/routing/ensemble_router.h>
 
 using moeprune::EnsembleRouter;
 using moeprune::EnsembleRouterOptions;

@@ -1,4 +1,4 @@
-#include <moeprune/expert_bank.h>
+#include <moeprune/layers/expert_bank.h>
 
 #include <torch/torch.h>
 #include <catch2/catch.hpp>

@@ -1,7 +1,7 @@
 #include "test_helpers.h"
 
-#include <moeprune/expert_choice_router.h>
-#include <moeprune/functional/routing.h>
+#include <moeprune/routing/expert_choice_router.h>
+#include <moeprune/routing/functional/routing.h>
 
 using moeprune::functional::expert_choice_route;
 

@@ -2,7 +2,7 @@
 
 #include "naive_routing.h"
 
-#include <moeprune/routing_plan.h>
+#include <moeprune/routing/routing_plan.h>
 
 #include <torch/torch.h>
 #include <catch2/catch.hpp>

@@ -1,5 +1,5 @@
-#include <moeprune/hf_checkpoint.h>
-#include <moeprune/hf_pruning.h>
+#include <moeprune/hf/checkpoint.h>
+#include <moeprune/hf/pruning.h>
 
 #include <torch/torch.h>
 #include <catch2/catch.hpp>
@@ -168,7 +168,7 @@ TEST_CASE("pruned Mixtral checkpoints: router rows cut or kept, tensors streamed
   const auto x = torch::randn({2, 9, 16});
   torch::NoGradGuard no_grad;
   for (const auto& lp : plan.layers) {
-    const auto& ref = info.layers[static_cast<size_t>(lp.block)];
+    const auto& ref = info.layers[static_cast<size_t>(lp.key)];
     INFO(ref.prefix);
     // Untouched: the router rows of kept experts are the source's bytes.
     const auto router = written.tensor(ref.router);
@@ -179,10 +179,10 @@ TEST_CASE("pruned Mixtral checkpoints: router rows cut or kept, tensors streamed
     } else {
       REQUIRE(torch::equal(router, src_router.index_select(0, torch::tensor(kept))));
     }
-    auto layer = original.layers.at(lp.block);
+    auto layer = original.layers.at(lp.key);
     layer->keep_experts(kept, /*drop_router_columns=*/!keep);
     layer->eval();
-    auto loaded = pruned.layers.at(lp.block);
+    auto loaded = pruned.layers.at(lp.key);
     loaded->eval();
     REQUIRE(loaded->experts()->num_held() == 4);
     REQUIRE(torch::allclose(loaded->forward(x).output, layer->forward(x).output, 1e-5, 1e-6));

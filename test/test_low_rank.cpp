@@ -1,6 +1,6 @@
 #include <moeprune/compression/low_rank.h>
-#include <moeprune/compression/model_cost.h>
-#include <moeprune/trainer.h>
+#include <moeprune/train/model_cost.h>
+#include <moeprune/train/trainer.h>
 
 #include <torch/torch.h>
 #include <catch2/catch.hpp>
@@ -46,8 +46,9 @@ TEST_CASE("factorising keeps the experts' function and L R is the best rank-r ap
 TEST_CASE("the cubic schedule holds, falls and settles at the final density") {
   torch::manual_seed(2);
   VisionTransformer m(test::tiny_vit());
-  cm::factorize_experts(m, 4);
-  cm::SparsePruner pruner(m, cm::SparsePruningOptions().final_density(0.1).warmup_steps(10));
+  cm::factorize_experts(*test::view(m), 4);
+  cm::SparsePruner pruner(*test::view(m),
+                          cm::SparsePruningOptions().final_density(0.1).warmup_steps(10));
   // total 100: dense for 10 steps, final for the last 40, a cubic between (MC-SMoE's schedule).
   CHECK(pruner.density_at(0, 100) == 1.0);
   CHECK(pruner.density_at(9, 100) == 1.0);
@@ -59,21 +60,23 @@ TEST_CASE("the cubic schedule holds, falls and settles at the final density") {
   // Too short a run for the warm-ups: straight to the final density after the first.
   CHECK(pruner.density_at(10, 30) == Approx(0.1));
   // No final warm-up: the last step still reaches the final density.
-  cm::SparsePruner no_tail(m, cm::SparsePruningOptions().final_warmup(0).warmup_steps(10));
+  cm::SparsePruner no_tail(*test::view(m),
+                           cm::SparsePruningOptions().final_warmup(0).warmup_steps(10));
   CHECK(no_tail.density_at(99, 100) == Approx(0.1));
   CHECK(no_tail.density_at(98, 100) > 0.1);
   CHECK_THROWS_WITH(pruner.density_at(100, 100), Catch::Contains("outside a run of 100 steps"));
-  CHECK_THROWS_WITH(cm::SparsePruner(VisionTransformer(test::tiny_vit())),
+  CHECK_THROWS_WITH(cm::SparsePruner(*test::view(VisionTransformer(test::tiny_vit()))),
                     Catch::Contains("no factorised experts"));
-  CHECK_THROWS_WITH(cm::SparsePruner(m, cm::SparsePruningOptions().final_density(0)),
+  CHECK_THROWS_WITH(cm::SparsePruner(*test::view(m), cm::SparsePruningOptions().final_density(0)),
                     Catch::Contains("final_density"));
 }
 
 TEST_CASE("sparse pruning removes the output units with the lowest mean |w * grad|") {
   torch::manual_seed(3);
   VisionTransformer m(test::tiny_vit());
-  cm::factorize_experts(m, 4);
-  cm::SparsePruner pruner(m, cm::SparsePruningOptions().beta1(0.0));  // importance = this step's
+  cm::factorize_experts(*test::view(m), 4);
+  cm::SparsePruner pruner(*test::view(m),
+                          cm::SparsePruningOptions().beta1(0.0));  // importance = this step's
   const auto x = torch::randn({4, 1, 28, 28});
   m->train();
   m->forward(x).logits.pow(2).sum().backward();
@@ -126,11 +129,11 @@ TEST_CASE("stored parameters and FLOPs count what a compressed model keeps") {
   const int64_t d = 16, F = 24, E = 8, r = 4;
   const int64_t all = test::parameter_count(m);
   CHECK(cm::stored_parameters(m) == all);
-  cm::factorize_experts(m, r);
+  cm::factorize_experts(*test::view(m), r);
   // Each expert gains L and R for w1 and w2 and keeps S dense until pruned.
   const int64_t factors = E * 2 * r * (d + F);
   CHECK(cm::stored_parameters(m) == all + factors);
-  cm::SparsePruner pruner(m);
+  cm::SparsePruner pruner(*test::view(m));
   pruner.prune_to(0.5);
   auto bank = m->blocks[1]->moe->experts();
   const auto kept1 = static_cast<int64_t>(bank->w1_mask.sum().item<double>());
@@ -168,8 +171,8 @@ TEST_CASE("stored parameters and FLOPs count what a compressed model keeps") {
 TEST_CASE("a factorised model without a pruner keeps its pruned units at zero while training") {
   torch::manual_seed(6);
   VisionTransformer m(test::tiny_vit());
-  cm::factorize_experts(m, 4);
-  cm::SparsePruner(m).prune_to(0.5);
+  cm::factorize_experts(*test::view(m), 4);
+  cm::SparsePruner(*test::view(m)).prune_to(0.5);
   auto bank = m->blocks[1]->moe->experts();
   const auto pruned = bank->w1_mask.eq(0).unsqueeze(1).expand_as(bank->w1);
   moeprune::data::ImageDataset d;
@@ -183,8 +186,9 @@ TEST_CASE("a factorised model without a pruner keeps its pruned units at zero wh
 TEST_CASE("MC-SMoE: a factorised model distils, prunes to the final density and reloads") {
   torch::manual_seed(5);
   VisionTransformer teacher(test::tiny_vit()), m(test::tiny_vit());
-  cm::factorize_experts(m, 4);
-  cm::SparsePruner pruner(m, cm::SparsePruningOptions().final_density(0.2).warmup_steps(1));
+  cm::factorize_experts(*test::view(m), 4);
+  cm::SparsePruner pruner(*test::view(m),
+                          cm::SparsePruningOptions().final_density(0.2).warmup_steps(1));
   moeprune::data::ImageDataset d;
   d.images = torch::randint(0, 255, {64, 1, 28, 28}, torch::kLong).to(torch::kUInt8);
   d.labels = torch::randint(0, 4, {64}, torch::kLong);

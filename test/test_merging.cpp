@@ -1,8 +1,8 @@
 #include <moeprune/compression/expert_alignment.h>
 #include <moeprune/compression/linear_assignment.h>
 #include <moeprune/compression/merging.h>
-#include <moeprune/moe_layer.h>
-#include <moeprune/trainer.h>
+#include <moeprune/layers/moe_layer.h>
+#include <moeprune/train/trainer.h>
 
 #include <torch/torch.h>
 #include <catch2/catch.hpp>
@@ -157,20 +157,22 @@ TEST_CASE("grouping picks the most used experts and joins the others by router-l
   const auto usage = usage_of(1, {0.05, 0.10, 0.30, 0.04, 0.20, 0.06, 0.15, 0.10}, logits);
   // Two groups: dominants 2 (0.30) and 4 (0.20) both lie on b, so every expert has cosine 1 (b)
   // or 0 (a) with both, and ties go to the first dominant.
-  auto groups = cm::group_experts(m, usage, {{1, 2}});
+  auto groups = cm::group_experts(*test::view(m), usage, {{1, 2}});
   CHECK(groups.at(1) == std::vector<std::vector<int64_t>>{{2, 0, 1, 3, 5, 6, 7}, {4}});
   // Three groups: dominants 2, 4, 6; the a-experts 0 and 3 join 6, the b-experts join 2.
-  groups = cm::group_experts(m, usage, {{1, 3}});
+  groups = cm::group_experts(*test::view(m), usage, {{1, 3}});
   CHECK(groups.at(1) == std::vector<std::vector<int64_t>>{{2, 1, 5, 7}, {4}, {6, 0, 3}});
   // Equal frequencies go to the lower id.
-  groups = cm::group_experts(m, usage_of(1, std::vector<double>(8, 0.125), logits), {{1, 2}});
+  groups = cm::group_experts(*test::view(m), usage_of(1, std::vector<double>(8, 0.125), logits),
+                             {{1, 2}});
   CHECK(groups.at(1).at(0).front() == 0);
   CHECK(groups.at(1).at(1).front() == 1);
-  CHECK_THROWS_WITH(cm::group_experts(m, usage, {{1, 9}}), Catch::Contains("cannot make 9 groups"));
-  CHECK_THROWS_WITH(cm::group_experts(m, usage, {{0, 2}}),
-                    Catch::Contains("block 0 is not a MoE block"));
-  CHECK_THROWS_WITH(cm::group_experts(m, cm::ExpertUsage{}, {{1, 2}}),
-                    Catch::Contains("no usage frequencies for MoE block 1"));
+  CHECK_THROWS_WITH(cm::group_experts(*test::view(m), usage, {{1, 9}}),
+                    Catch::Contains("cannot make 9 groups"));
+  CHECK_THROWS_WITH(cm::group_experts(*test::view(m), usage, {{0, 2}}),
+                    Catch::Contains("no MoE layer keyed 0"));
+  CHECK_THROWS_WITH(cm::group_experts(*test::view(m), cm::ExpertUsage{}, {{1, 2}}),
+                    Catch::Contains("no usage frequencies for MoE layer 1"));
 }
 
 TEST_CASE("weight similarity groups an aligned copy with its original") {
@@ -181,7 +183,8 @@ TEST_CASE("weight similarity groups an aligned copy with its original") {
   // Frequencies make 3 and 5 dominant; 6 is 3 with its neurons shuffled, which grouping aligns
   // before comparing (cosine 1).
   const auto usage = usage_of(1, {0.1, 0.1, 0.1, 0.3, 0.05, 0.2, 0.1, 0.05});
-  const auto groups = cm::group_experts(m, usage, {{1, 2}}, cm::MergeSimilarity::kWeights);
+  const auto groups =
+      cm::group_experts(*test::view(m), usage, {{1, 2}}, cm::MergeSimilarity::kWeights);
   const auto& g = groups.at(1);
   CHECK(g.at(0).front() == 3);
   CHECK(std::find(g.at(0).begin(), g.at(0).end(), 6) != g.at(0).end());
@@ -197,14 +200,18 @@ TEST_CASE("a global group budget goes to the most used experts across layers") {
       torch::tensor({0.13, 0.13, 0.12, 0.12, 0.13, 0.12, 0.13, 0.12}, torch::kDouble);
   // 4 groups: each layer's top expert is forced (block 1's 0.40, block 3's first 0.13), then the
   // highest others: block 1's 0.30 and a 0.13 of block 3.
-  const auto counts = cm::global_group_counts(m, usage, 4);
+  const auto counts = cm::global_group_counts(*test::view(m), usage, 4);
   CHECK(counts == std::map<int64_t, int64_t>{{1, 2}, {3, 2}});
   // 3 groups: block 1's 0.40 and block 3's top are forced; the third is block 1's 0.30.
-  CHECK(cm::global_group_counts(m, usage, 3) == std::map<int64_t, int64_t>{{1, 2}, {3, 1}});
+  CHECK(cm::global_group_counts(*test::view(m), usage, 3) ==
+        std::map<int64_t, int64_t>{{1, 2}, {3, 1}});
   // 2 groups: one per layer, even though block 3's experts are used less than block 1's second.
-  CHECK(cm::global_group_counts(m, usage, 2) == std::map<int64_t, int64_t>{{1, 1}, {3, 1}});
-  CHECK_THROWS_WITH(cm::global_group_counts(m, usage, 1), Catch::Contains("between 2 and 16"));
-  CHECK_THROWS_WITH(cm::global_group_counts(m, usage, 17), Catch::Contains("between 2 and 16"));
+  CHECK(cm::global_group_counts(*test::view(m), usage, 2) ==
+        std::map<int64_t, int64_t>{{1, 1}, {3, 1}});
+  CHECK_THROWS_WITH(cm::global_group_counts(*test::view(m), usage, 1),
+                    Catch::Contains("between 2 and 16"));
+  CHECK_THROWS_WITH(cm::global_group_counts(*test::view(m), usage, 17),
+                    Catch::Contains("between 2 and 16"));
 }
 
 TEST_CASE("two identical experts merge to that same expert and the outputs do not change") {
@@ -220,7 +227,8 @@ TEST_CASE("two identical experts merge to that same expert and the outputs do no
   const auto before = test::eval_logits(m, x);
   const auto params_before = test::parameter_count(m);
   std::vector<std::vector<int64_t>> groups = {{0}, {1}, {2, 5}, {3}, {4}, {6}, {7}};
-  cm::merge_experts(m, {{1, groups}}, usage_of(1, {0.1, 0.1, 0.3, 0.1, 0.1, 0.1, 0.1, 0.1}));
+  cm::merge_experts(*test::view(m), {{1, groups}},
+                    usage_of(1, {0.1, 0.1, 0.3, 0.1, 0.1, 0.1, 0.1, 0.1}));
   CHECK(bank->num_held() == 7);
   CHECK(bank->expert_groups().at(2) == std::vector<int64_t>{2, 5});
   CHECK(torch::allclose(bank->w1[2], expert2, 0, 1e-7));
@@ -241,8 +249,8 @@ TEST_CASE("merging aligns a permuted copy before averaging") {
   const auto original = aligned->blocks[1]->moe->experts()->w1[1].clone();
   const auto usage = usage_of(1, {0.1, 0.3, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1});
   const cm::MergeGroups groups = {{1, {{1, 4}, {0}, {2}, {3}, {5}, {6}, {7}}}};
-  cm::merge_experts(aligned, groups, usage, /*align=*/true);
-  cm::merge_experts(unaligned, groups, usage, /*align=*/false);
+  cm::merge_experts(*test::view(aligned), groups, usage, /*align=*/true);
+  cm::merge_experts(*test::view(unaligned), groups, usage, /*align=*/false);
   // Bank order follows the groups: the merged expert is bank expert 0.
   CHECK(torch::allclose(aligned->blocks[1]->moe->experts()->w1[0], original, 0, 1e-6));
   CHECK_FALSE(torch::allclose(unaligned->blocks[1]->moe->experts()->w1[0], original, 0, 1e-3));
@@ -257,7 +265,8 @@ TEST_CASE("the merge is the frequency-weighted average of the members") {
   // Frequencies 0.3 / 0.1 for experts 0 / 3: weights 3/4 and 1/4; experts 6 and 7 were never
   // used, so their group averages them uniformly.
   const auto usage = usage_of(1, {0.3, 0.2, 0.2, 0.1, 0.1, 0.1, 0.0, 0.0});
-  cm::merge_experts(m, {{1, {{0, 3}, {1}, {2}, {4, 5}, {6, 7}}}}, usage, /*align=*/false);
+  cm::merge_experts(*test::view(m), {{1, {{0, 3}, {1}, {2}, {4, 5}, {6, 7}}}}, usage,
+                    /*align=*/false);
   REQUIRE(bank->num_held() == 5);
   for (const auto& p : bank->named_parameters(false)) {
     INFO(p.key());
@@ -313,10 +322,12 @@ TEST_CASE("a merged model trains with frozen routers and its checkpoint reloads"
   torch::manual_seed(10);
   VisionTransformer m(test::tiny_vit());
   const auto images = torch::randn({6, 1, 28, 28});
-  auto usage = cm::collect_expert_usage(m, test::one_batch(images));
+  auto usage = cm::collect_expert_usage(*test::view(m, test::one_batch(images)));
   CHECK(usage.frequency.at(1).sum().item<double>() == Approx(1.0));
   CHECK(usage.router_logits.at(1).sizes() == torch::IntArrayRef({6 * 50, 8}));
-  cm::merge_experts(m, cm::group_experts(m, usage, cm::same_group_count(m, 3)), usage);
+  cm::merge_experts(
+      *test::view(m),
+      cm::group_experts(*test::view(m), usage, cm::same_group_count(*test::view(m), 3)), usage);
   CHECK(m->blocks[1]->moe->experts()->num_held() == 3);
 
   m->set_routers_trainable(false);
@@ -341,16 +352,18 @@ TEST_CASE("bad merges are refused before any weight changes") {
   VisionTransformer m(test::tiny_vit());
   const auto usage = usage_of(1, std::vector<double>(8, 0.125));
   const auto w1 = m->blocks[1]->moe->experts()->w1.clone();
-  CHECK_THROWS_WITH(cm::merge_experts(m, {{1, {{0, 1}, {1, 2}}}}, usage),
+  CHECK_THROWS_WITH(cm::merge_experts(*test::view(m), {{1, {{0, 1}, {1, 2}}}}, usage),
                     Catch::Contains("names expert 1 in two groups"));
-  CHECK_THROWS_WITH(cm::merge_experts(m, {{1, {{0, 9}}}}, usage),
+  CHECK_THROWS_WITH(cm::merge_experts(*test::view(m), {{1, {{0, 9}}}}, usage),
                     Catch::Contains("does not hold expert 9"));
-  CHECK_THROWS_WITH(cm::merge_experts(m, {{1, {{0}, {}}}}, usage), Catch::Contains("empty group"));
-  CHECK_THROWS_WITH(cm::merge_experts(m, {{1, {{0, 1}, {2, 3}}}}, usage),
+  CHECK_THROWS_WITH(cm::merge_experts(*test::view(m), {{1, {{0}, {}}}}, usage),
+                    Catch::Contains("empty group"));
+  CHECK_THROWS_WITH(cm::merge_experts(*test::view(m), {{1, {{0, 1}, {2, 3}}}}, usage),
                     Catch::Contains("leave out expert(s) 4, 5, 6, 7"));
   CHECK(torch::equal(m->blocks[1]->moe->experts()->w1, w1));
-  cm::merge_experts(m, {{1, {{0, 1, 2, 3}, {4, 5, 6, 7}}}}, usage);
-  CHECK_THROWS_WITH(cm::merge_experts(m, {{1, {{0}}}}, usage), Catch::Contains("already merged"));
+  cm::merge_experts(*test::view(m), {{1, {{0, 1, 2, 3}, {4, 5, 6, 7}}}}, usage);
+  CHECK_THROWS_WITH(cm::merge_experts(*test::view(m), {{1, {{0}}}}, usage),
+                    Catch::Contains("already merged"));
   CHECK_THROWS_WITH(m->keep_experts(1, {0}), Catch::Contains("merged"));
 
   // Two blocks: the second one's bad groups leave the first one unmerged.
@@ -359,12 +372,13 @@ TEST_CASE("bad merges are refused before any weight changes") {
   both.frequency[1] = both.frequency[3] = torch::full({8}, 0.125, torch::kDouble);
   const auto w1_block1 = two->blocks[1]->moe->experts()->w1.clone();
   CHECK_THROWS_WITH(
-      cm::merge_experts(two, {{1, {{0, 1, 2, 3}, {4, 5, 6, 7}}}, {3, {{0, 1, 2, 3, 4, 5, 6}}}},
-                        both),
-      Catch::Contains("block 3's groups leave out expert(s) 7"));
+      cm::merge_experts(*test::view(two),
+                        {{1, {{0, 1, 2, 3}, {4, 5, 6, 7}}}, {3, {{0, 1, 2, 3, 4, 5, 6}}}}, both),
+      Catch::Contains("layer 3's groups leave out expert(s) 7"));
   CHECK_FALSE(two->blocks[1]->moe->experts()->is_merged());
   CHECK(torch::equal(two->blocks[1]->moe->experts()->w1, w1_block1));
 
   VisionTransformer e3(test::tiny_vit(2, {1}, "small_e3moe"));
-  CHECK_THROWS_WITH(cm::group_experts(e3, usage, {{1, 2}}), Catch::Contains("E3-MoE ensemble"));
+  CHECK_THROWS_WITH(cm::group_experts(*test::view(e3), usage, {{1, 2}}),
+                    Catch::Contains("E3-MoE ensemble"));
 }

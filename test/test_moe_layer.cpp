@@ -1,6 +1,6 @@
 #include "test_helpers.h"
 
-#include <moeprune/moe_layer.h>
+#include <moeprune/layers/moe_layer.h>
 
 using moeprune::MoELayer;
 using moeprune::MoELayerOptions;

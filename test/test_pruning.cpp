@@ -1,7 +1,9 @@
-#include <moeprune/checkpoint.h>
+#include <moeprune/io/checkpoint.h>
+#include <moeprune/models/vision/checkpoint.h>
+#include <moeprune/models/vision/moe_view.h>
 #include <moeprune/pruning/builtin_criteria.h>
 #include <moeprune/pruning/pruning_plan.h>
-#include <moeprune/trainer.h>
+#include <moeprune/train/trainer.h>
 
 #include <torch/torch.h>
 #include <catch2/catch.hpp>
@@ -34,6 +36,12 @@ int64_t parameter_count(const VisionTransformer& m) {
   return n;
 }
 
+// The model's MoE view (with calibration images when given).
+std::shared_ptr<moeprune::VisionTransformerMoEView> view(const VisionTransformer& m,
+                                                         pr::CalibrationData data = {}) {
+  return moeprune::moe_view(m, std::move(data));
+}
+
 // Calibration data: one fixed batch of 6 images.
 pr::CalibrationData one_batch(const torch::Tensor& images) {
   return [images](const std::function<void(const torch::Tensor&)>& visit) { visit(images); };
@@ -64,8 +72,8 @@ TEST_CASE("router_norm_change and router_magnitude score the router columns' nor
     wf.copy_(wp * scale);
   }
   pr::CriterionContext ctx;
-  ctx.finetuned = ft;
-  ctx.pretrained = pre;
+  ctx.finetuned = view(ft);
+  ctx.pretrained = view(pre);
   const auto change = pr::score_experts(pr::RouterNormChange(), ctx).at(1);
   CHECK(torch::allclose(change,
                         torch::tensor({0.5, -0.1, 1.0, 0.0, 0.2, -0.5, 0.0, 2.0}, torch::kDouble),
@@ -75,9 +83,9 @@ TEST_CASE("router_norm_change and router_magnitude score the router columns' nor
                         torch::tensor({1.5, 0.9, 2.0, 1.0, 1.2, 0.5, 1.0, 3.0}, torch::kDouble),
                         1e-6, 1e-6));
   // The paper prunes the smallest change first: experts 5 and 1.
-  const auto plan = pr::PruningPlan::same_count({{1, change}}, ft, 2);
+  const auto plan = pr::PruningPlan::same_count({{1, change}}, *view(ft), 2);
   CHECK(plan.layers.at(0).pruned == std::vector<int64_t>{1, 5});
-  ctx.pretrained = VisionTransformer(nullptr);
+  ctx.pretrained = nullptr;
   REQUIRE_THROWS_WITH(pr::score_experts(pr::RouterNormChange(), ctx),
                       Catch::Contains("needs the pre-trained model"));
 }
@@ -94,8 +102,8 @@ TEST_CASE("neuron_magnitude_change averages the change of the neurons' input-wei
     ft->blocks[1]->moe->experts()->w1.copy_(w1p * factor);
   }
   pr::CriterionContext ctx;
-  ctx.finetuned = ft;
-  ctx.pretrained = pre;
+  ctx.finetuned = view(ft);
+  ctx.pretrained = view(pre);
   const auto s = pr::score_experts(pr::NeuronMagnitudeChange(), ctx).at(1);
   // factor - 1 for expert e: 0.5 + 0.25 e - 1.
   CHECK(torch::allclose(s, torch::arange(8, torch::kDouble).mul(0.25).sub(0.5), 1e-5, 1e-6));
@@ -106,8 +114,7 @@ TEST_CASE("data criteria on a router that ties every expert") {
   const auto images = torch::randn({6, 1, 28, 28});
   const double tokens = 6 * 50;
   pr::CriterionContext ctx;
-  ctx.finetuned = model;
-  ctx.data = one_batch(images);
+  ctx.finetuned = view(model, one_batch(images));
   SECTION("importance: every expert gets T/E") {
     const auto s = pr::score_experts(pr::Importance(), ctx).at(1);
     CHECK(torch::allclose(s, torch::full({8}, tokens / 8, torch::kDouble), 1e-6, 1e-6));
@@ -129,7 +136,7 @@ TEST_CASE("data criteria on a router that ties every expert") {
     CHECK(s.narrow(0, 1, 7).eq(0).all().item<bool>());
   }
   SECTION("data criteria refuse to run without data") {
-    ctx.data = nullptr;
+    ctx.finetuned = view(model);
     REQUIRE_THROWS_WITH(pr::score_experts(pr::Importance(), ctx),
                         Catch::Contains("needs calibration data"));
   }
@@ -137,7 +144,7 @@ TEST_CASE("data criteria on a router that ties every expert") {
 
 TEST_CASE("random criterion is a seeded permutation") {
   pr::CriterionContext ctx;
-  ctx.finetuned = VisionTransformer(tiny());
+  ctx.finetuned = view(VisionTransformer(tiny()));
   ctx.seed = 3;
   const auto a = pr::score_experts(pr::RandomCriterion(), ctx).at(1);
   const auto b = pr::score_experts(pr::RandomCriterion(), ctx).at(1);
@@ -158,19 +165,15 @@ TEST_CASE("the registry holds the built-in criteria and takes new ones") {
   struct LastFirst : pr::Criterion {
     std::string name() const override { return "last_first"; }
     std::string description() const override { return "prunes the highest ids"; }
-    pr::ExpertScores score(const pr::CriterionContext& c) const override {
-      pr::ExpertScores s;
-      for (auto& [block, layer] : c.finetuned->moe_layers()) {
-        s[block] = -torch::arange(layer->router().num_experts(), torch::kDouble);
-      }
-      return s;
+    torch::Tensor score_layer(const pr::LayerScoringContext& c) const override {
+      return -torch::arange(c.finetuned.layer->router().num_experts(), torch::kDouble);
     }
   };
   registry.add("last_first", [] { return std::make_unique<LastFirst>(); });
   pr::CriterionContext ctx;
-  ctx.finetuned = VisionTransformer(tiny());
+  ctx.finetuned = view(VisionTransformer(tiny()));
   const auto plan = pr::PruningPlan::same_count(
-      pr::score_experts(*registry.create("last_first"), ctx), ctx.finetuned, 3);
+      pr::score_experts(*registry.create("last_first"), ctx), *ctx.finetuned, 3);
   CHECK(plan.layers[0].pruned == std::vector<int64_t>{5, 6, 7});
 }
 
@@ -180,8 +183,9 @@ TEST_CASE("pruning experts that are never routed to leaves the output bitwise un
   const auto images = torch::randn({4, 1, 28, 28});
   torch::NoGradGuard no_grad;
   const auto before = model(images).logits;
-  pr::apply_plan(model, pr::PruningPlan::per_layer({{1, torch::arange(8, torch::kDouble).neg()}},
-                                                   model, {{1, 6}}));
+  pr::apply_plan(*view(model),
+                 pr::PruningPlan::per_layer({{1, torch::arange(8, torch::kDouble).neg()}},
+                                            *view(model), {{1, 6}}));
   REQUIRE(model->blocks[1]->moe->experts()->expert_ids() == std::vector<int64_t>{0, 1});
   CHECK(torch::equal(model(images).logits, before));
 }
@@ -193,22 +197,26 @@ TEST_CASE("pruning frees exactly the pruned experts' parameters") {
   SECTION("router columns kept (the paper's token-choice semantics)") {
     VisionTransformer m(tiny());
     const auto before = parameter_count(m);
-    pr::apply_plan(m, pr::PruningPlan::same_count({{1, torch::arange(8, torch::kDouble)}}, m, 3));
+    pr::apply_plan(*view(m), pr::PruningPlan::same_count({{1, torch::arange(8, torch::kDouble)}},
+                                                         *view(m), 3));
     CHECK(parameter_count(m) == before - 3 * per_expert);
     CHECK(m->blocks[1]->moe->experts()->w1.nbytes() == static_cast<size_t>(5 * d * F * 4));
     CHECK(m->blocks[1]->moe->router().router_weight().size(0) == 8);
   }
   SECTION("router columns dropped (Expert Drop)") {
-    VisionTransformer m(tiny().drop_router_columns(true));
+    VisionTransformer m(tiny());
     const auto before = parameter_count(m);
-    pr::apply_plan(m, pr::PruningPlan::same_count({{1, torch::arange(8, torch::kDouble)}}, m, 3));
+    pr::apply_plan(
+        *view(m), pr::PruningPlan::same_count({{1, torch::arange(8, torch::kDouble)}}, *view(m), 3),
+        /*drop_router_columns=*/true);
     CHECK(parameter_count(m) == before - 3 * per_expert - 3 * d);
     CHECK(m->blocks[1]->moe->router().router_weight().size(0) == 5);
     CHECK(m(torch::randn({2, 1, 28, 28})).plans[0].router_probs.size(1) == 5);
   }
   SECTION("expert choice drops the router columns") {
     VisionTransformer m(tiny("small_expert_choice"));
-    pr::apply_plan(m, pr::PruningPlan::same_count({{1, torch::arange(8, torch::kDouble)}}, m, 4));
+    pr::apply_plan(*view(m), pr::PruningPlan::same_count({{1, torch::arange(8, torch::kDouble)}},
+                                                         *view(m), 4));
     CHECK(m->blocks[1]->moe->router().router_weight().size(0) == 4);
     CHECK(m(torch::randn({2, 1, 28, 28})).plans[0].num_bank_experts() == 4);
   }
@@ -217,62 +225,62 @@ TEST_CASE("pruning frees exactly the pruned experts' parameters") {
 TEST_CASE("E3-MoE prunes within members and keeps every member") {
   VisionTransformer m(tiny("small_e3moe"));
   const auto scores = torch::tensor({0., 1., 2., 3., 10., 11., 12., 13.}, torch::kDouble);
-  const auto plan = pr::PruningPlan::same_count({{1, scores}}, m, 4);
+  const auto plan = pr::PruningPlan::same_count({{1, scores}}, *view(m), 4);
   // Expert 3 would empty member 0, so the fourth pruned expert comes from member 1.
   CHECK(plan.layers[0].pruned == std::vector<int64_t>{0, 1, 2, 4});
   // 4 experts per member, k = 1: at most 3 per member, 6 in all.
-  REQUIRE_THROWS_WITH(pr::PruningPlan::same_count({{1, scores}}, m, 7),
+  REQUIRE_THROWS_WITH(pr::PruningPlan::same_count({{1, scores}}, *view(m), 7),
                       Catch::Contains("fewer than the 2 its router needs"));
-  pr::apply_plan(m, plan);
+  pr::apply_plan(*view(m), plan);
   const auto out = m(torch::randn({2, 1, 28, 28}));
   CHECK(out.member_logits.size(1) == 2);
   pr::PruningPlan bad =
-      pr::PruningPlan::same_count({{1, scores}}, VisionTransformer(tiny("small_e3moe")), 0);
+      pr::PruningPlan::same_count({{1, scores}}, *view(VisionTransformer(tiny("small_e3moe"))), 0);
   bad.layers[0].pruned = {0, 1, 2, 3};
-  REQUIRE_THROWS_WITH(bad.validate(VisionTransformer(tiny("small_e3moe"))),
+  REQUIRE_THROWS_WITH(bad.validate(*view(VisionTransformer(tiny("small_e3moe")))),
                       Catch::Contains("would leave ensemble member 0 with 0 experts"));
 }
 
 TEST_CASE("bad pruning plans are refused with a clear message") {
-  VisionTransformer m(tiny());
+  const auto m = view(VisionTransformer(tiny()));
   const pr::ExpertScores scores = {{1, torch::arange(8, torch::kDouble)}};
-  REQUIRE_THROWS_WITH(pr::PruningPlan::same_count(scores, m, 8),
+  REQUIRE_THROWS_WITH(pr::PruningPlan::same_count(scores, *m, 8),
                       Catch::Contains("pruning 8 leaves 0"));
-  REQUIRE_THROWS_WITH(pr::PruningPlan::same_count(scores, m, 7),
+  REQUIRE_THROWS_WITH(pr::PruningPlan::same_count(scores, *m, 7),
                       Catch::Contains("fewer than the 2 its router needs"));
-  REQUIRE_THROWS_WITH(pr::PruningPlan::per_layer(scores, m, {{0, 1}}),
-                      Catch::Contains("block 0 is not a MoE block"));
-  auto plan = pr::PruningPlan::same_count(scores, m, 2);
+  REQUIRE_THROWS_WITH(pr::PruningPlan::per_layer(scores, *m, {{0, 1}}),
+                      Catch::Contains("no MoE layer keyed 0"));
+  auto plan = pr::PruningPlan::same_count(scores, *m, 2);
   plan.layers[0].pruned = {0, 1, 2, 3, 4, 5, 6, 7};
-  REQUIRE_THROWS_WITH(plan.validate(m), Catch::Contains("would prune every expert"));
+  REQUIRE_THROWS_WITH(plan.validate(*m), Catch::Contains("would prune every expert"));
   plan.layers[0].pruned = {0, 9};
-  REQUIRE_THROWS_WITH(plan.validate(m), Catch::Contains("expert 9 is outside [0, 8)"));
+  REQUIRE_THROWS_WITH(plan.validate(*m), Catch::Contains("expert 9 is outside [0, 8)"));
   plan.layers[0].pruned = {0};
-  plan.layers[0].block = 0;
-  REQUIRE_THROWS_WITH(plan.validate(m), Catch::Contains("block 0 is not a MoE block"));
+  plan.layers[0].key = 0;
+  REQUIRE_THROWS_WITH(plan.validate(*m), Catch::Contains("no MoE layer keyed 0"));
   const auto other_plan =
-      pr::PruningPlan::same_count(scores, VisionTransformer(tiny().num_experts(8).d_model(32)), 1);
-  REQUIRE_THROWS_WITH(other_plan.validate(m), Catch::Contains("made for another model"));
-  REQUIRE_THROWS_WITH(pr::PruningPlan::global_budget(scores, m, 7),
+      pr::PruningPlan::same_count(scores, *view(VisionTransformer(tiny().d_model(32))), 1);
+  REQUIRE_THROWS_WITH(other_plan.validate(*m), Catch::Contains("made for another model"));
+  REQUIRE_THROWS_WITH(pr::PruningPlan::global_budget(scores, *m, 7),
                       Catch::Contains("more than the 6"));
 }
 
 TEST_CASE("plans come in three forms, print as a table and round-trip through JSON") {
   torch::manual_seed(6);
-  VisionTransformer m(
-      VisionTransformerOptions::small_vmoe(4).d_model(16).mlp_dim(24));  // MoE in blocks 1, 3
+  const auto m = view(VisionTransformer(
+      VisionTransformerOptions::small_vmoe(4).d_model(16).mlp_dim(24)));  // MoE in blocks 1, 3
   const pr::ExpertScores scores = {
       {1, torch::tensor({5., 1., 7., 3., 9., 2., 8., 6.}, torch::kDouble)},
       {3, torch::tensor({0.5, 0.4, 0.3, 0.2, 10., 11., 12., 13.}, torch::kDouble)}};
-  const auto same = pr::PruningPlan::same_count(scores, m, 2, {3});
+  const auto same = pr::PruningPlan::same_count(scores, *m, 2, {3});
   REQUIRE(same.layers.size() == 1);
   CHECK(same.layers[0].pruned == std::vector<int64_t>{2, 3});
-  const auto per = pr::PruningPlan::per_layer(scores, m, {{1, 3}, {3, 1}});
+  const auto per = pr::PruningPlan::per_layer(scores, *m, {{1, 3}, {3, 1}});
   CHECK(per.layers[0].pruned == std::vector<int64_t>{1, 3, 5});
   CHECK(per.layers[1].pruned == std::vector<int64_t>{3});
   // Globally the 5 lowest are 0.2, 0.3, 0.4, 0.5 (block 3) and 1 (block 1); a floor of 5 caps
   // block 3 at 3 pruned, so block 1 gives its 1 and 2.
-  const auto global = pr::PruningPlan::global_budget(scores, m, 5, 5);
+  const auto global = pr::PruningPlan::global_budget(scores, *m, 5, 5);
   CHECK(global.layers[0].pruned == std::vector<int64_t>{1, 5});
   CHECK(global.layers[1].pruned == std::vector<int64_t>{1, 2, 3});
   const auto back = pr::PruningPlan::from_json(global.to_json());
@@ -285,7 +293,8 @@ TEST_CASE("plans come in three forms, print as a table and round-trip through JS
 TEST_CASE("a pruned model trains, and its checkpoint loads into the pruned shapes") {
   torch::manual_seed(7);
   VisionTransformer m(tiny());
-  pr::apply_plan(m, pr::PruningPlan::same_count({{1, torch::arange(8, torch::kDouble)}}, m, 4));
+  pr::apply_plan(*view(m),
+                 pr::PruningPlan::same_count({{1, torch::arange(8, torch::kDouble)}}, *view(m), 4));
   moeprune::data::ImageDataset d;
   d.images = torch::randint(0, 255, {64, 1, 28, 28}, torch::kLong).to(torch::kUInt8);
   d.labels = (d.images.to(torch::kFloat).mean({1, 2, 3}) > 127).to(torch::kLong);
@@ -306,11 +315,9 @@ TEST_CASE("a pruned model trains, and its checkpoint loads into the pruned shape
   const auto path = (std::filesystem::temp_directory_path() /
                      ("moeprune_pruned_" + std::to_string(::getpid()) + ".pt"))
                         .string();
-  moeprune::save_checkpoint(path, *m, m->options.to_json());
-  VisionTransformer loaded(
-      VisionTransformerOptions::from_json(moeprune::read_checkpoint_metadata(path)));
+  moeprune::save_vision_transformer(path, m);
+  auto loaded = moeprune::load_vision_transformer(path);
   CHECK(loaded->blocks[1]->moe->experts()->expert_ids() == std::vector<int64_t>{4, 5, 6, 7});
-  moeprune::load_checkpoint(path, *loaded);
   std::remove(path.c_str());
   m->eval();
   loaded->eval();

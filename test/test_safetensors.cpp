@@ -1,4 +1,4 @@
-#include <moeprune/safetensors.h>
+#include <moeprune/io/safetensors.h>
 
 #include <torch/torch.h>
 #include <catch2/catch.hpp>

@@ -1,7 +1,7 @@
 #include "test_helpers.h"
 
-#include <moeprune/functional/routing.h>
-#include <moeprune/top_k_router.h>
+#include <moeprune/routing/functional/routing.h>
+#include <moeprune/routing/top_k_router.h>
 
 using moeprune::functional::capacity_from_factor;
 using moeprune::functional::CapacityMode;

@@ -1,4 +1,4 @@
-#include <moeprune/compression/trimming.h>
+#include <moeprune/models/vision/trimming.h>
 
 #include <torch/torch.h>
 #include <catch2/catch.hpp>
@@ -107,9 +107,9 @@ TEST_CASE("expert drop removes the experts with the lowest summed gate, router r
   {
     torch::NoGradGuard no_grad;
     m->eval();
-    m->capture_moe_inputs = true;
-    tokens = m->forward(x).moe_inputs.at(0);
-    m->capture_moe_inputs = false;
+    const moeprune::MoECapture capture(test::view(m)->layers(), /*with_inputs=*/true);
+    m->forward(x);
+    tokens = capture.calls(1).at(0).input;
   }
   const auto router = m->blocks[1]->moe->router().router_weight().detach();
   const auto gates = tokens.mm(router.t()).softmax(-1).sum(0);
@@ -117,20 +117,22 @@ TEST_CASE("expert drop removes the experts with the lowest summed gate, router r
   std::vector<int64_t> lowest = {order[0].item<int64_t>(), order[1].item<int64_t>()};
   std::sort(lowest.begin(), lowest.end());
 
-  const auto plan = cm::expert_drop(m, test::one_batch(x), cm::ExpertDropOptions().per_layer(2));
+  const auto plan =
+      cm::expert_drop(*test::view(m, test::one_batch(x)), cm::ExpertDropOptions().per_layer(2));
   CHECK(plan.layers.at(0).pruned == lowest);
   CHECK(m->blocks[1]->moe->router().num_experts() == 6);
   CHECK(m->blocks[1]->moe->experts()->num_held() == 6);
-  CHECK(m->options.drop_router_columns());
+  CHECK(m->blocks[1]->moe->state().router_rows_dropped);
 
   torch::manual_seed(4);
   VisionTransformer kept(test::tiny_vit());
-  cm::expert_drop(kept, test::one_batch(x),
+  cm::expert_drop(*test::view(kept, test::one_batch(x)),
                   cm::ExpertDropOptions().total(3).remove_router_rows(false));
   CHECK(kept->blocks[1]->moe->router().num_experts() == 8);
   CHECK(kept->blocks[1]->moe->experts()->num_held() == 5);
-  CHECK_THROWS_WITH(cm::expert_drop(kept, test::one_batch(x), cm::ExpertDropOptions()),
+  CHECK_THROWS_WITH(cm::expert_drop(*test::view(kept, test::one_batch(x)), cm::ExpertDropOptions()),
                     Catch::Contains("exactly one of them"));
-  CHECK_THROWS_WITH(cm::expert_drop(kept, test::one_batch(x), cm::ExpertDropOptions().per_layer(1)),
-                    Catch::Contains("already pruned"));
+  CHECK_THROWS_WITH(
+      cm::expert_drop(*test::view(kept, test::one_batch(x)), cm::ExpertDropOptions().per_layer(1)),
+      Catch::Contains("already pruned"));
 }

@@ -1,6 +1,6 @@
-#include <moeprune/checkpoint.h>
-#include <moeprune/trainer.h>
-#include <moeprune/vision_transformer.h>
+#include <moeprune/io/checkpoint.h>
+#include <moeprune/models/vision/vision_transformer.h>
+#include <moeprune/train/trainer.h>
 
 #include <torch/torch.h>
 #include <catch2/catch.hpp>

@@ -9,10 +9,10 @@
 // the criterion allows), prints the plan, and writes a checkpoint folder that transformers loads
 // as a model with fewer experts, streaming the tensors from the source files.
 
-#include <moeprune/hf_checkpoint.h>
-#include <moeprune/hf_pruning.h>
-#include <moeprune/progress_bar.h>
+#include <moeprune/hf/checkpoint.h>
+#include <moeprune/hf/pruning.h>
 #include <moeprune/pruning/criterion.h>
+#include <moeprune/train/progress_bar.h>
 
 #include <fmt/core.h>
 #include <torch/torch.h>
@@ -41,9 +41,9 @@ int inspect(const std::string& dir) {
   fmt::print("{} tensors, {:.1f} MB\n", checkpoint.names().size(), bytes / 1e6);
   for (const auto& ref : info.layers) {
     fmt::print("  [{}] {}{}{}\n", ref.index, ref.prefix, ref.fused ? " (fused experts)" : "",
-               ref.zeroed_experts.empty()
-                   ? std::string()
-                   : fmt::format(" ({} experts pruned, router kept)", ref.zeroed_experts.size()));
+               ref.state.is_plain() ? std::string()
+                                    : fmt::format(" ({} experts pruned, router kept)",
+                                                  ref.removed_experts().size()));
   }
   return 0;
 }
@@ -114,8 +114,9 @@ int main(int argc, char** argv) {
     }
     moeprune::safetensors::Checkpoint checkpoint(score.finetuned);
     const auto info = moeprune::hf::describe(score.finetuned, checkpoint);
-    const auto plan =
-        moeprune::hf::plan_same_count(info, scores, per_layer, layers, score.criterion);
+    const auto plan = moeprune::pruning::PruningPlan::same_count(
+        scores, *moeprune::hf::router_view(checkpoint, info), per_layer,
+        moeprune::hf::layer_keys(info, layers), score.criterion);
     std::cout << plan.table();
     if (!plan_only.empty()) {
       std::ofstream(plan_only) << plan.to_json() << "\n";

@@ -7,20 +7,23 @@
 
 namespace moeprune::compression {
 
-void factorize_experts(VisionTransformer& model, int64_t rank, std::vector<int64_t> blocks) {
-  if (blocks.empty()) {
-    for (auto& [block, layer] : model->moe_layers()) {
-      blocks.push_back(block);
+void factorize_experts(const MoEView& view, int64_t rank, std::vector<int64_t> keys) {
+  const auto layers = view.layer_map();
+  if (keys.empty()) {
+    for (const auto& [key, entry] : layers) {
+      keys.push_back(key);
     }
   }
-  TORCH_CHECK(!blocks.empty(), "factorize_experts: the model has no MoE layers");
-  for (const int64_t block : blocks) {
-    model->factorize_experts(block, rank);
+  TORCH_CHECK(!keys.empty(), "factorize_experts: the model has no MoE layers");
+  for (const int64_t key : keys) {
+    const auto it = layers.find(key);
+    TORCH_CHECK(it != layers.end(), "factorize_experts: the model has no MoE layer keyed ", key);
+    MoELayer layer = it->second.layer;
+    layer->experts()->factorize(rank);
   }
 }
 
-SparsePruner::SparsePruner(VisionTransformer model, SparsePruningOptions options)
-    : options_(options) {
+SparsePruner::SparsePruner(const MoEView& view, SparsePruningOptions options) : options_(options) {
   TORCH_CHECK(options_.final_density() > 0 && options_.final_density() <= 1,
               "SparsePruner: final_density should be in (0, 1], got ", options_.final_density());
   TORCH_CHECK(options_.beta1() >= 0 && options_.beta1() < 1,
@@ -30,8 +33,8 @@ SparsePruner::SparsePruner(VisionTransformer model, SparsePruningOptions options
   TORCH_CHECK(options_.warmup_steps() >= 0 && options_.initial_warmup() >= 0 &&
                   options_.final_warmup() >= 0,
               "SparsePruner: the warm-up lengths should be >= 0");
-  for (auto& [block, layer] : model->moe_layers()) {
-    auto bank = layer->experts();
+  for (const auto& entry : view.layers()) {
+    auto bank = entry.layer->experts();
     for (auto& [weight, mask] : bank->sparse_parts()) {
       parts_.push_back({weight, mask, torch::zeros_like(weight), torch::zeros_like(weight)});
     }
@@ -117,6 +120,18 @@ void SparsePruner::prune_to(double density) {
     offset += units;
     p.mask.copy_(m);
     p.weight.mul_(m.unsqueeze(1));
+  }
+}
+
+void prune_sparse_once(const MoEView& view, const std::function<void()>& backward, double density) {
+  SparsePruner pruner(view, SparsePruningOptions().final_density(density).beta1(0.0));
+  backward();
+  pruner.after_backward(0, 1);
+  pruner.prune_to(density);
+  for (const auto& entry : view.layers()) {
+    for (auto& [weight, mask] : entry.layer->experts()->sparse_parts()) {
+      weight.mutable_grad() = torch::Tensor();
+    }
   }
 }
 

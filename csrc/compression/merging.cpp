@@ -13,34 +13,31 @@
 namespace moeprune::compression {
 namespace {
 
-MoELayer layer_of(const VisionTransformer& model, int64_t block, const char* who) {
-  for (auto& [b, layer] : model->moe_layers()) {
-    if (b == block) {
-      return layer;
-    }
-  }
-  TORCH_CHECK(false, who, ": block ", block, " is not a MoE block of the model");
+MoELayer layer_of(const std::map<int64_t, MoELayerEntry>& layers, int64_t key, const char* who) {
+  const auto it = layers.find(key);
+  TORCH_CHECK(it != layers.end(), who, ": the model has no MoE layer keyed ", key);
+  return it->second.layer;
 }
 
 const torch::Tensor& frequency_of(const ExpertUsage& usage, int64_t block, int64_t num_experts,
                                   const char* who) {
   const auto it = usage.frequency.find(block);
-  TORCH_CHECK(it != usage.frequency.end(), who, ": no usage frequencies for MoE block ", block,
+  TORCH_CHECK(it != usage.frequency.end(), who, ": no usage frequencies for MoE layer ", block,
               " (collect_expert_usage on this model)");
   TORCH_CHECK(it->second.dim() == 1 && it->second.size(0) == num_experts, who,
-              ": usage frequencies of block ", block, " are ", it->second.sizes(), ", expected [",
-              num_experts, "]");
+              ": usage frequencies of MoE layer ", block, " are ", it->second.sizes(),
+              ", expected [", num_experts, "]");
   return it->second;
 }
 
 // Held experts of a bank that can still be merged, refusing ensembles and merged banks.
 std::vector<int64_t> mergeable_experts(const MoELayer& layer, int64_t block, const char* who) {
-  TORCH_CHECK(layer->options.router() != RouterKind::kEnsemble, who, ": MoE block ", block,
-              " is an E3-MoE ensemble; its members route separately and are not merged");
-  TORCH_CHECK(!layer->experts()->is_merged(), who, ": MoE block ", block, " is already merged");
+  TORCH_CHECK(layer->router().can_merge(), who, ": MoE layer ", block,
+              " has an E3-MoE ensemble router; its members route separately and are not merged");
+  TORCH_CHECK(!layer->experts()->is_merged(), who, ": MoE layer ", block, " is already merged");
   TORCH_CHECK(layer->router().num_experts() == layer->experts()->options.num_experts(), who,
-              ": MoE block ", block, " dropped router columns; merging needs the full router");
-  TORCH_CHECK(layer->experts()->options.rank() == 0, who, ": MoE block ", block,
+              ": MoE layer ", block, " dropped router columns; merging needs the full router");
+  TORCH_CHECK(layer->experts()->options.rank() == 0, who, ": MoE layer ", block,
               " is factorised (low rank); merge before compressing");
   return layer->experts()->expert_ids();
 }
@@ -74,50 +71,40 @@ torch::Tensor aligned_weights(const ExpertBank& bank, int64_t reference, int64_t
 
 }  // namespace
 
-ExpertUsage collect_expert_usage(VisionTransformer& model, const pruning::CalibrationData& data) {
-  TORCH_CHECK(static_cast<bool>(data), "collect_expert_usage: no calibration data");
-  const auto layers = model->moe_layers();
-  TORCH_CHECK(!layers.empty(), "collect_expert_usage: the model has no MoE layers");
-  torch::NoGradGuard no_grad;
-  const bool was_training = model->is_training();
-  model->eval();
-  std::map<int64_t, torch::Tensor> counts;
-  std::map<int64_t, std::vector<torch::Tensor>> logits;
-  data([&](const torch::Tensor& images) {
-    const auto out = model->forward(images);
-    for (size_t i = 0; i < out.plans.size(); ++i) {
-      const int64_t block = layers[i].first;
-      const auto& plan = out.plans[i];
+ExpertUsage collect_expert_usage(const MoEView& view) {
+  TORCH_CHECK(view.has_calibration(), "collect_expert_usage: no calibration data");
+  TORCH_CHECK(!view.layers().empty(), "collect_expert_usage: the model has no MoE layers");
+  ExpertUsage usage;
+  view.walk(/*with_inputs=*/false, [&](const MoELayerEntry& entry, const LayerCalls& calls) {
+    torch::Tensor counts;
+    std::vector<torch::Tensor> logits;
+    for (const auto& call : calls) {
+      const auto& plan = call.plan;
       const int64_t E = plan.num_router_experts();
       const auto chosen = plan.expert_index.masked_select(plan.expert_index.ge(0));
       const auto c = torch::bincount(chosen.cpu(), {}, E).to(torch::kDouble);
-      counts[block] = counts.count(block) ? counts[block] + c : c;
-      logits[block].push_back(plan.router_logits.detach().to(torch::kFloat).cpu());
+      counts = counts.defined() ? counts + c : c;
+      logits.push_back(plan.router_logits.detach().to(torch::kFloat).cpu());
     }
-  });
-  if (was_training) {
-    model->train();
-  }
-  ExpertUsage usage;
-  for (auto& [block, c] : counts) {
-    TORCH_CHECK(c.sum().item<double>() > 0, "collect_expert_usage: MoE block ", block,
+    TORCH_CHECK(!calls.empty(), "collect_expert_usage: the calibration data was empty");
+    TORCH_CHECK(counts.sum().item<double>() > 0, "collect_expert_usage: MoE layer ", entry.name,
                 " routed no calibration token");
-    usage.frequency[block] = c / c.sum();
-    usage.router_logits[block] = torch::cat(logits[block]);
-  }
-  TORCH_CHECK(!usage.frequency.empty(), "collect_expert_usage: the calibration data was empty");
+    usage.frequency[entry.key] = counts / counts.sum();
+    usage.router_logits[entry.key] = torch::cat(logits);
+  });
   return usage;
 }
 
-MergeGroups group_experts(const VisionTransformer& model, const ExpertUsage& usage,
+MergeGroups group_experts(const MoEView& view, const ExpertUsage& usage,
                           const std::map<int64_t, int64_t>& counts, MergeSimilarity similarity) {
   constexpr const char* who = "group_experts";
+  const auto layers = view.layer_map();
   MergeGroups out;
   for (const auto& [block, count] : counts) {
-    const auto layer = layer_of(model, block, who);
+    const auto layer = layer_of(layers, block, who);
     const auto held = mergeable_experts(layer, block, who);
     const int64_t n = static_cast<int64_t>(held.size());
-    TORCH_CHECK(count >= 1 && count <= n, who, ": block ", block, " holds ", n,
+    TORCH_CHECK(count >= 1 && count <= n, who, ": MoE layer ", block, " holds ", n,
                 " experts; cannot make ", count, " groups");
     const auto freq = frequency_of(usage, block, layer->router().num_experts(), who);
     const auto f = freq.accessor<double, 1>();
@@ -130,7 +117,7 @@ MergeGroups group_experts(const VisionTransformer& model, const ExpertUsage& usa
     torch::Tensor sim;
     if (similarity == MergeSimilarity::kRouterLogits) {
       const auto it = usage.router_logits.find(block);
-      TORCH_CHECK(it != usage.router_logits.end(), who, ": no router logits for MoE block ", block);
+      TORCH_CHECK(it != usage.router_logits.end(), who, ": no router logits for MoE layer ", block);
       const auto columns = torch::tensor(held, torch::kLong);
       sim = cosine_matrix(it->second.index_select(1, columns).t());
     } else {
@@ -170,17 +157,17 @@ MergeGroups group_experts(const VisionTransformer& model, const ExpertUsage& usa
   return out;
 }
 
-std::map<int64_t, int64_t> same_group_count(const VisionTransformer& model, int64_t groups) {
+std::map<int64_t, int64_t> same_group_count(const MoEView& view, int64_t groups) {
   std::map<int64_t, int64_t> counts;
-  for (auto& [block, layer] : model->moe_layers()) {
-    counts[block] = groups;
+  for (const auto& entry : view.layers()) {
+    counts[entry.key] = groups;
   }
   TORCH_CHECK(!counts.empty(), "same_group_count: the model has no MoE layers");
   return counts;
 }
 
-std::map<int64_t, int64_t> global_group_counts(const VisionTransformer& model,
-                                               const ExpertUsage& usage, int64_t total) {
+std::map<int64_t, int64_t> global_group_counts(const MoEView& view, const ExpertUsage& usage,
+                                               int64_t total) {
   constexpr const char* who = "global_group_counts";
   struct Candidate {
     bool forced;
@@ -189,7 +176,9 @@ std::map<int64_t, int64_t> global_group_counts(const VisionTransformer& model,
   };
   std::vector<Candidate> all;
   std::map<int64_t, int64_t> counts;
-  for (auto& [block, layer] : model->moe_layers()) {
+  for (const auto& entry : view.layers()) {
+    const auto block = entry.key;
+    const auto& layer = entry.layer;
     const auto held = mergeable_experts(layer, block, who);
     const auto freq = frequency_of(usage, block, layer->router().num_experts(), who);
     const auto f = freq.accessor<double, 1>();
@@ -215,23 +204,24 @@ std::map<int64_t, int64_t> global_group_counts(const VisionTransformer& model,
   return counts;
 }
 
-void merge_experts(VisionTransformer& model, const MergeGroups& groups, const ExpertUsage& usage,
+void merge_experts(const MoEView& view, const MergeGroups& groups, const ExpertUsage& usage,
                    bool align) {
   constexpr const char* who = "merge_experts";
+  const auto layers = view.layer_map();
   // Every block's groups are checked before any weight changes: each names held experts only,
   // none twice, and together all of them (an expert left out would silently be dropped).
   for (const auto& [block, gs] : groups) {
-    const auto layer = layer_of(model, block, who);
+    const auto layer = layer_of(layers, block, who);
     const auto held = mergeable_experts(layer, block, who);
     frequency_of(usage, block, layer->router().num_experts(), who);
     std::vector<char> seen(static_cast<size_t>(layer->router().num_experts()), 0);
     size_t named = 0;
     for (const auto& g : gs) {
-      TORCH_CHECK(!g.empty(), who, ": block ", block, " has an empty group");
+      TORCH_CHECK(!g.empty(), who, ": MoE layer ", block, " has an empty group");
       for (const int64_t e : g) {
-        TORCH_CHECK(std::find(held.begin(), held.end(), e) != held.end(), who, ": block ", block,
-                    " does not hold expert ", e);
-        TORCH_CHECK(!seen[static_cast<size_t>(e)], who, ": block ", block, " names expert ", e,
+        TORCH_CHECK(std::find(held.begin(), held.end(), e) != held.end(), who, ": MoE layer ",
+                    block, " does not hold expert ", e);
+        TORCH_CHECK(!seen[static_cast<size_t>(e)], who, ": MoE layer ", block, " names expert ", e,
                     " in two groups");
         seen[static_cast<size_t>(e)] = 1;
         ++named;
@@ -244,14 +234,15 @@ void merge_experts(VisionTransformer& model, const MergeGroups& groups, const Ex
           missing.push_back(e);
         }
       }
-      TORCH_CHECK(false, who, ": block ", block, "'s groups leave out expert(s) ",
+      TORCH_CHECK(false, who, ": MoE layer ", block, "'s groups leave out expert(s) ",
                   c10::Join(", ", missing),
                   "; every held expert belongs to a group (prune first "
                   "to remove experts)");
     }
   }
   for (const auto& [block, gs] : groups) {
-    auto bank = layer_of(model, block, who)->experts();
+    auto layer = layer_of(layers, block, who);
+    auto bank = layer->experts();
     const auto& freq = usage.frequency.at(block);
     if (align) {
       for (const auto& g : gs) {
@@ -282,7 +273,7 @@ void merge_experts(VisionTransformer& model, const MergeGroups& groups, const Ex
         }
       }
     }
-    model->merge_experts(block, gs);
+    layer->merge_experts(gs);
     torch::NoGradGuard no_grad;
     size_t i = 0;
     for (const auto& p : bank->named_parameters(/*recurse=*/false)) {

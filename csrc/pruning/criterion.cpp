@@ -43,62 +43,65 @@ std::vector<std::string> CriterionRegistry::names() const {
   return names;
 }
 
-namespace {
-
-std::map<int64_t, MoELayer> layers_or_model(const std::map<int64_t, MoELayer>& layers,
-                                            const VisionTransformer& model) {
-  if (!layers.empty() || model.is_empty()) {
-    return layers;
+torch::Tensor score_layer(const Criterion& criterion, const LayerScoringContext& context) {
+  const auto name = criterion.name();
+  const auto& ft = context.finetuned;
+  const int64_t E = ft.layer->router().num_experts();
+  if (criterion.needs_pretrained()) {
+    TORCH_CHECK(context.pretrained != nullptr, name, " needs the pre-trained model's layer ",
+                ft.name);
+    TORCH_CHECK(context.pretrained->layer->router().num_experts() == E, name, ": MoE layer ",
+                ft.name, " has ", E, " experts in the fine-tuned model and ",
+                context.pretrained->layer->router().num_experts(), " in the pre-trained one");
   }
-  std::map<int64_t, MoELayer> out;
-  for (auto& [block, layer] : model->moe_layers()) {
-    out.emplace(block, layer);
-  }
-  return out;
-}
-
-}  // namespace
-
-std::map<int64_t, MoELayer> CriterionContext::finetuned_moe_layers() const {
-  return layers_or_model(finetuned_layers, finetuned);
-}
-
-std::map<int64_t, MoELayer> CriterionContext::pretrained_moe_layers() const {
-  return layers_or_model(pretrained_layers, pretrained);
+  auto scores = criterion.score_layer(context);
+  TORCH_CHECK(scores.dim() == 1 && scores.size(0) == E, name, " gave ", scores.sizes(),
+              " scores for the ", E, " experts of MoE layer ", ft.name);
+  return scores.to(torch::kDouble).cpu().contiguous();
 }
 
 ExpertScores score_experts(const Criterion& criterion, const CriterionContext& context) {
+  TORCH_CHECK(context.finetuned != nullptr, criterion.name(), ": the fine-tuned model is missing");
+  return score_experts(criterion, *context.finetuned, context.pretrained.get(), context.seed);
+}
+
+ExpertScores score_experts(const Criterion& criterion, const MoEView& finetuned,
+                           const MoEView* pretrained, uint64_t seed) {
   const auto name = criterion.name();
-  TORCH_CHECK(!context.finetuned.is_empty() || !context.finetuned_layers.empty(), name,
-              ": the fine-tuned model is missing");
-  TORCH_CHECK(context.finetuned.is_empty() || context.finetuned_layers.empty(), name,
-              ": give the fine-tuned model or its MoE layers, not both");
-  const auto layers = context.finetuned_moe_layers();
+  const auto layers = finetuned.layers();
   TORCH_CHECK(!layers.empty(), name, ": the model has no MoE layers to score");
+  std::map<int64_t, MoELayerEntry> pre;
   if (criterion.needs_pretrained()) {
-    const auto pre = context.pretrained_moe_layers();
-    TORCH_CHECK(!pre.empty(), name, " needs the pre-trained model");
+    TORCH_CHECK(pretrained != nullptr, name, " needs the pre-trained model");
+    pre = pretrained->layer_map();
     TORCH_CHECK(pre.size() == layers.size(), name, ": the pre-trained model has ", pre.size(),
                 " MoE layers, the fine-tuned one ", layers.size());
-    for (const auto& [block, layer] : layers) {
-      const auto it = pre.find(block);
-      TORCH_CHECK(
-          it != pre.end() && it->second->router().num_experts() == layer->router().num_experts(),
-          name, ": MoE block ", block, " differs between the pre-trained and fine-tuned models");
+    for (const auto& entry : layers) {
+      const auto it = pre.find(entry.key);
+      TORCH_CHECK(it != pre.end() && it->second.layer->router().num_experts() ==
+                                         entry.layer->router().num_experts(),
+                  name, ": MoE layer ", entry.name,
+                  " differs between the pre-trained and fine-tuned models");
     }
   }
-  TORCH_CHECK(!criterion.needs_data() || context.has_data(), name, " needs calibration data");
-  TORCH_CHECK(!(context.data && !context.finetuned_layers.empty()), name,
-              ": image calibration data needs the model; give MoE layers token data instead");
-  TORCH_CHECK(!(context.layer_data && context.finetuned_layers.empty()), name,
-              ": per-layer calibration tokens need the MoE layers (finetuned_layers)");
-  auto scores = criterion.score(context);
-  for (const auto& [block, layer] : layers) {
-    TORCH_CHECK(scores.count(block) == 1, name, " gave no scores for MoE block ", block);
-    TORCH_CHECK(scores[block].dim() == 1 && scores[block].size(0) == layer->router().num_experts(),
-                name, " gave ", scores[block].sizes(), " scores for the ",
-                layer->router().num_experts(), " experts of block ", block);
-    scores[block] = scores[block].to(torch::kDouble).cpu().contiguous();
+  const bool data = criterion.needs_data() || criterion.needs_inputs();
+  TORCH_CHECK(!data || finetuned.has_calibration(), name, " needs calibration data");
+  ExpertScores scores;
+  const auto visit = [&](const MoELayerEntry& entry, const LayerCalls& calls) {
+    const auto it = pre.find(entry.key);
+    const LayerScoringContext layer{entry, it == pre.end() ? nullptr : &it->second, calls, seed};
+    scores[entry.key] = score_layer(criterion, layer);
+  };
+  if (data) {
+    finetuned.walk(criterion.needs_inputs(), visit);
+  } else {
+    const LayerCalls none;
+    for (const auto& entry : layers) {
+      visit(entry, none);
+    }
+  }
+  for (const auto& entry : layers) {
+    TORCH_CHECK(scores.count(entry.key) == 1, name, " gave no scores for MoE layer ", entry.name);
   }
   return scores;
 }

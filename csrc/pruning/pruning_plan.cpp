@@ -1,8 +1,5 @@
 #include <moeprune/pruning/pruning_plan.h>
 
-#include <moeprune/ensemble_router.h>
-#include <moeprune/top_k_router.h>
-
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
@@ -22,34 +19,26 @@ struct LayerLimits {
   int64_t min_per_member = 0;
 };
 
-LayerLimits limits_of(MoELayer& layer) {
+LayerLimits limits_of(const MoELayer& layer) {
+  const auto& router = layer->router();
+  const auto keep = router.keep_constraint();
   LayerLimits l;
-  l.num_experts = layer->router().num_experts();
-  if (auto* e = dynamic_cast<EnsembleRouterImpl*>(&layer->router())) {
-    l.members = e->options.ensemble_size();
-    l.min_per_member = e->options.routing().k();
-    l.min_keep = l.members * l.min_per_member;
-  } else if (auto* t = dynamic_cast<TopKRouterImpl*>(&layer->router())) {
-    l.min_keep = t->options.routing().k();
-  }
+  l.num_experts = router.num_experts();
+  l.members = keep.members;
+  l.min_per_member = keep.members > 1 ? keep.min_per_member : 0;
+  l.min_keep = keep.min_total();
   return l;
-}
-
-std::map<int64_t, MoELayer> layer_map(const VisionTransformer& model) {
-  std::map<int64_t, MoELayer> m;
-  for (auto& [block, layer] : model->moe_layers()) {
-    m.emplace(block, layer);
-  }
-  return m;
 }
 
 // The n lowest-scored experts (ties: lower id first) that keep each member at its minimum.
 std::vector<int64_t> lowest(const torch::Tensor& scores, int64_t n, const LayerLimits& l,
-                            int64_t block) {
-  TORCH_CHECK(n >= 0, "pruning plan: block ", block, ": cannot prune ", n, " experts");
-  TORCH_CHECK(l.num_experts - n >= l.min_keep, "pruning plan: block ", block, " has ",
-              l.num_experts, " experts; pruning ", n, " leaves ", l.num_experts - n,
-              ", fewer than the ", l.min_keep, " its router needs");
+                            const std::string& layer) {
+  TORCH_CHECK(n >= 0, "pruning plan: ", layer, ": cannot prune ", n, " experts");
+  TORCH_CHECK(scores.dim() == 1 && scores.size(0) == l.num_experts, "pruning plan: ", layer,
+              " has ", l.num_experts, " experts but ", scores.sizes(), " scores");
+  TORCH_CHECK(l.num_experts - n >= l.min_keep, "pruning plan: ", layer, " has ", l.num_experts,
+              " experts; pruning ", n, " leaves ", l.num_experts - n, ", fewer than the ",
+              l.min_keep, " its router needs");
   const auto s = scores.contiguous();
   std::vector<int64_t> order(static_cast<size_t>(l.num_experts));
   std::iota(order.begin(), order.end(), 0);
@@ -69,9 +58,9 @@ std::vector<int64_t> lowest(const torch::Tensor& scores, int64_t n, const LayerL
     --m;
     pruned.push_back(e);
   }
-  TORCH_CHECK(static_cast<int64_t>(pruned.size()) == n, "pruning plan: block ", block,
-              " can lose only ", pruned.size(), " experts while every ensemble member keeps ",
-              l.min_per_member, "; asked for ", n);
+  TORCH_CHECK(static_cast<int64_t>(pruned.size()) == n, "pruning plan: ", layer, " can lose only ",
+              pruned.size(), " experts while every ensemble member keeps ", l.min_per_member,
+              "; asked for ", n);
   std::sort(pruned.begin(), pruned.end());
   return pruned;
 }
@@ -81,21 +70,23 @@ std::vector<double> to_vector(const torch::Tensor& t) {
   return {c.data_ptr<double>(), c.data_ptr<double>() + c.numel()};
 }
 
-PruningPlan from_counts(const ExpertScores& scores, const VisionTransformer& model,
+PruningPlan from_counts(const ExpertScores& scores, const MoEView& view,
                         const std::map<int64_t, int64_t>& counts, const std::string& criterion) {
   PruningPlan plan;
   plan.criterion = criterion;
-  plan.model_signature = model_signature(model);
-  auto layers = layer_map(model);
-  for (const auto& [block, n] : counts) {
-    TORCH_CHECK(layers.count(block) == 1, "pruning plan: block ", block, " is not a MoE block");
-    TORCH_CHECK(scores.count(block) == 1, "pruning plan: no scores for block ", block);
-    const auto limits = limits_of(layers.at(block));
+  plan.model_signature = view.signature();
+  const auto layers = view.layer_map();
+  for (const auto& [key, n] : counts) {
+    const auto it = layers.find(key);
+    TORCH_CHECK(it != layers.end(), "pruning plan: the model has no MoE layer keyed ", key);
+    const auto& entry = it->second;
+    TORCH_CHECK(scores.count(key) == 1, "pruning plan: no scores for MoE layer ", entry.name);
+    const auto limits = limits_of(entry.layer);
     LayerPlan lp;
-    lp.block = block;
+    lp.key = key;
     lp.num_experts = limits.num_experts;
-    lp.pruned = lowest(scores.at(block), n, limits, block);
-    lp.scores = to_vector(scores.at(block));
+    lp.pruned = lowest(scores.at(key), n, limits, entry.name);
+    lp.scores = to_vector(scores.at(key));
     plan.layers.push_back(lp);
   }
   return plan;
@@ -103,56 +94,46 @@ PruningPlan from_counts(const ExpertScores& scores, const VisionTransformer& mod
 
 }  // namespace
 
-std::string model_signature(const VisionTransformer& model) {
-  auto j = nlohmann::json::parse(model->options.to_json());
-  // The head and the capacity may change between pre-training, fine-tuning and pruning.
-  for (const char* key :
-       {"num_classes", "capacity_factor", "kept_experts", "drop_router_columns"}) {
-    j.erase(key);
-  }
-  return j.dump();
-}
-
-PruningPlan PruningPlan::same_count(const ExpertScores& scores, const VisionTransformer& model,
-                                    int64_t n, std::vector<int64_t> blocks,
-                                    const std::string& criterion) {
-  if (blocks.empty()) {
-    for (auto& [block, layer] : model->moe_layers()) {
-      blocks.push_back(block);
+PruningPlan PruningPlan::same_count(const ExpertScores& scores, const MoEView& view, int64_t n,
+                                    std::vector<int64_t> keys, const std::string& criterion) {
+  if (keys.empty()) {
+    for (const auto& entry : view.layers()) {
+      keys.push_back(entry.key);
     }
   }
   std::map<int64_t, int64_t> counts;
-  for (const auto b : blocks) {
-    counts[b] = n;
+  for (const auto key : keys) {
+    counts[key] = n;
   }
-  return from_counts(scores, model, counts, criterion);
+  return from_counts(scores, view, counts, criterion);
 }
 
-PruningPlan PruningPlan::per_layer(const ExpertScores& scores, const VisionTransformer& model,
+PruningPlan PruningPlan::per_layer(const ExpertScores& scores, const MoEView& view,
                                    const std::map<int64_t, int64_t>& counts,
                                    const std::string& criterion) {
-  return from_counts(scores, model, counts, criterion);
+  return from_counts(scores, view, counts, criterion);
 }
 
-PruningPlan PruningPlan::global_budget(const ExpertScores& scores, const VisionTransformer& model,
+PruningPlan PruningPlan::global_budget(const ExpertScores& scores, const MoEView& view,
                                        int64_t total, int64_t floor, const std::string& criterion) {
-  auto layers = layer_map(model);
   struct Candidate {
     double score;
-    int64_t block, expert;
+    int64_t key, expert;
   };
   std::vector<Candidate> all;
   int64_t capacity = 0;
   std::map<int64_t, int64_t> counts;
-  for (auto& [block, layer] : layers) {
-    TORCH_CHECK(scores.count(block) == 1, "pruning plan: no scores for block ", block);
-    const auto s = to_vector(scores.at(block));
+  std::map<int64_t, LayerLimits> limits;
+  for (const auto& entry : view.layers()) {
+    TORCH_CHECK(scores.count(entry.key) == 1, "pruning plan: no scores for MoE layer ", entry.name);
+    const auto s = to_vector(scores.at(entry.key));
     for (size_t e = 0; e < s.size(); ++e) {
-      all.push_back({s[e], block, static_cast<int64_t>(e)});
+      all.push_back({s[e], entry.key, static_cast<int64_t>(e)});
     }
-    const auto l = limits_of(layer);
+    const auto l = limits_of(entry.layer);
+    limits[entry.key] = l;
     capacity += l.num_experts - std::max(l.min_keep, floor);
-    counts[block] = 0;
+    counts[entry.key] = 0;
   }
   TORCH_CHECK(total >= 0 && total <= capacity, "pruning plan: a global budget of ", total,
               " experts is more than the ", capacity, " the layers can lose with a floor of ",
@@ -166,14 +147,14 @@ PruningPlan PruningPlan::global_budget(const ExpertScores& scores, const VisionT
     if (taken == total) {
       break;
     }
-    const auto l = limits_of(layers.at(c.block));
-    if (l.num_experts - counts[c.block] - 1 < std::max(l.min_keep, floor)) {
+    const auto& l = limits.at(c.key);
+    if (l.num_experts - counts[c.key] - 1 < std::max(l.min_keep, floor)) {
       continue;
     }
-    ++counts[c.block];
+    ++counts[c.key];
     ++taken;
   }
-  return from_counts(scores, model, counts, criterion);
+  return from_counts(scores, view, counts, criterion);
 }
 
 int64_t PruningPlan::total_pruned() const {
@@ -188,7 +169,7 @@ std::string PruningPlan::table() const {
   std::ostringstream out;
   out << "pruning plan" << (criterion.empty() ? "" : " (" + criterion + ")") << ": "
       << total_pruned() << " experts\n";
-  out << "  block  kept  pruned experts        scores (lowest first are pruned)\n";
+  out << "  layer  kept  pruned experts        scores (lowest first are pruned)\n";
   for (const auto& l : layers) {
     std::ostringstream ids, sc;
     for (size_t i = 0; i < l.pruned.size(); ++i) {
@@ -200,7 +181,7 @@ std::string PruningPlan::table() const {
       sc << buf;
     }
     char line[96];
-    std::snprintf(line, sizeof(line), "  %5ld  %2ld/%-2ld %-21s ", static_cast<long>(l.block),
+    std::snprintf(line, sizeof(line), "  %5ld  %2ld/%-2ld %-21s ", static_cast<long>(l.key),
                   static_cast<long>(l.num_experts - static_cast<int64_t>(l.pruned.size())),
                   static_cast<long>(l.num_experts), ids.str().empty() ? "-" : ids.str().c_str());
     out << line << sc.str() << "\n";
@@ -215,7 +196,7 @@ std::string PruningPlan::to_json() const {
        model_signature.empty() ? nlohmann::json() : nlohmann::json::parse(model_signature)},
       {"layers", nlohmann::json::array()}};
   for (const auto& l : layers) {
-    j["layers"].push_back({{"block", l.block},
+    j["layers"].push_back({{"key", l.key},
                            {"num_experts", l.num_experts},
                            {"pruned", l.pruned},
                            {"scores", l.scores}});
@@ -231,7 +212,9 @@ PruningPlan PruningPlan::from_json(const std::string& text) {
     plan.model_signature =
         j.at("model_signature").is_null() ? std::string() : j.at("model_signature").dump();
     for (const auto& l : j.at("layers")) {
-      plan.layers.push_back({l.at("block").get<int64_t>(), l.at("num_experts").get<int64_t>(),
+      // "block": plans written before the MoE view named the key so.
+      const auto& key = l.contains("key") ? l.at("key") : l.at("block");
+      plan.layers.push_back({key.get<int64_t>(), l.at("num_experts").get<int64_t>(),
                              l.at("pruned").get<std::vector<int64_t>>(),
                              l.value("scores", std::vector<double>{})});
     }
@@ -241,47 +224,50 @@ PruningPlan PruningPlan::from_json(const std::string& text) {
   return plan;
 }
 
-void PruningPlan::validate(const VisionTransformer& model) const {
-  const auto own = pruning::model_signature(model);
-  TORCH_CHECK(model_signature.empty() ||
+void PruningPlan::validate(const MoEView& view) const {
+  const auto own = view.signature();
+  TORCH_CHECK(model_signature.empty() || own.empty() ||
                   nlohmann::json::parse(model_signature) == nlohmann::json::parse(own),
               "pruning plan: made for another model (plan: ", model_signature, "; model: ", own,
               ")");
-  auto layers = layer_map(model);
-  std::set<int64_t> blocks;
+  const auto layers = view.layer_map();
+  std::set<int64_t> keys;
   for (const auto& lp : this->layers) {
-    TORCH_CHECK(layers.count(lp.block) == 1, "pruning plan: block ", lp.block,
-                " is not a MoE block of the model");
-    TORCH_CHECK(blocks.insert(lp.block).second, "pruning plan: block ", lp.block, " appears twice");
-    TORCH_CHECK(model->options.kept_experts().count(lp.block) == 0, "pruning plan: block ",
-                lp.block, " is already pruned");
-    const auto l = limits_of(layers.at(lp.block));
-    TORCH_CHECK(lp.num_experts == l.num_experts, "pruning plan: block ", lp.block, " has ",
+    const auto it = layers.find(lp.key);
+    TORCH_CHECK(it != layers.end(), "pruning plan: the model has no MoE layer keyed ", lp.key);
+    const auto& entry = it->second;
+    const auto& name = entry.name;
+    TORCH_CHECK(keys.insert(lp.key).second, "pruning plan: MoE layer ", name, " appears twice");
+    TORCH_CHECK(entry.layer->state().is_plain(), "pruning plan: MoE layer ", name,
+                " is already pruned, merged or factorised");
+    const auto l = limits_of(entry.layer);
+    TORCH_CHECK(lp.num_experts == l.num_experts, "pruning plan: MoE layer ", name, " has ",
                 l.num_experts, " experts, the plan expects ", lp.num_experts);
     std::set<int64_t> ids;
     for (const auto e : lp.pruned) {
-      TORCH_CHECK(e >= 0 && e < l.num_experts, "pruning plan: block ", lp.block, ": expert ", e,
+      TORCH_CHECK(e >= 0 && e < l.num_experts, "pruning plan: MoE layer ", name, ": expert ", e,
                   " is outside [0, ", l.num_experts, ")");
-      TORCH_CHECK(ids.insert(e).second, "pruning plan: block ", lp.block, " names expert ", e,
+      TORCH_CHECK(ids.insert(e).second, "pruning plan: MoE layer ", name, " names expert ", e,
                   " twice");
     }
     const int64_t left = l.num_experts - static_cast<int64_t>(ids.size());
-    TORCH_CHECK(left > 0, "pruning plan: block ", lp.block, " would prune every expert");
-    TORCH_CHECK(left >= l.min_keep, "pruning plan: block ", lp.block, " would keep ", left,
+    TORCH_CHECK(left > 0, "pruning plan: MoE layer ", name, " would prune every expert");
+    TORCH_CHECK(left >= l.min_keep, "pruning plan: MoE layer ", name, " would keep ", left,
                 " experts, fewer than the ", l.min_keep, " its router needs (k)");
     const int64_t per_member = l.num_experts / l.members;
     for (int64_t m = 0; m < l.members && l.members > 1; ++m) {
       const auto gone =
           std::count_if(ids.begin(), ids.end(), [&](int64_t e) { return e / per_member == m; });
-      TORCH_CHECK(per_member - gone >= l.min_per_member, "pruning plan: block ", lp.block,
+      TORCH_CHECK(per_member - gone >= l.min_per_member, "pruning plan: MoE layer ", name,
                   " would leave ensemble member ", m, " with ", per_member - gone,
                   " experts, fewer than its k = ", l.min_per_member);
     }
   }
 }
 
-void apply_plan(VisionTransformer& model, const PruningPlan& plan) {
-  plan.validate(model);
+void apply_plan(const MoEView& view, const PruningPlan& plan, bool drop_router_columns) {
+  plan.validate(view);
+  const auto layers = view.layer_map();
   for (const auto& lp : plan.layers) {
     std::vector<int64_t> kept;
     for (int64_t e = 0; e < lp.num_experts; ++e) {
@@ -289,7 +275,8 @@ void apply_plan(VisionTransformer& model, const PruningPlan& plan) {
         kept.push_back(e);
       }
     }
-    model->keep_experts(lp.block, kept);
+    auto layer = layers.at(lp.key).layer;
+    layer->keep_experts(kept, drop_router_columns || layer->router().always_drops_columns());
   }
 }
 

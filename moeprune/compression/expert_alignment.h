@@ -5,7 +5,7 @@
 // same function may store their hidden neurons in different orders; averaging them only makes
 // sense once their neurons are matched. Permuting an expert's hidden neurons (w1 and w3
 // columns, b1 entries, w2 rows together) leaves its output unchanged.
-#include <moeprune/expert_bank.h>
+#include <moeprune/layers/expert_bank.h>
 
 #include <cstdint>
 #include <vector>

@@ -7,19 +7,20 @@
 // (an exponential moving average of |theta * grad|), structured by output unit (a whole output
 // column of S goes at once), with one threshold over all MoE layers and a cubic schedule down to
 // the final density.
-#include <moeprune/vision_transformer.h>
+#include <moeprune/layers/moe_view.h>
 
 #include <torch/arg.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <vector>
 
 namespace moeprune::compression {
 
-/// Factorises the experts of the listed MoE blocks (all when empty) at `rank`
-/// (ExpertBankImpl::factorize); records it in options.expert_ranks so checkpoints reload.
-void factorize_experts(VisionTransformer& model, int64_t rank, std::vector<int64_t> blocks = {});
+/// Factorises the experts of the listed MoE layers (by key; all when empty) at `rank`
+/// (ExpertBankImpl::factorize); the banks record it in their state, so checkpoints reload.
+void factorize_experts(const MoEView& view, int64_t rank, std::vector<int64_t> keys = {});
 
 struct SparsePruningOptions {
   /// Fraction of the sparse parts' output units kept at the end (MC-SMoE's script: 0.1).
@@ -40,7 +41,8 @@ struct SparsePruningOptions {
 /// TrainerOptions::after_backward / after_step through hooks().
 class SparsePruner {
  public:
-  SparsePruner(VisionTransformer model, SparsePruningOptions options = {});
+  /// Prunes the sparse parts of the factorised experts of `view`'s layers.
+  explicit SparsePruner(const MoEView& view, SparsePruningOptions options = {});
 
   /// The density the schedule asks for at `step` of `total` (1 before the pruning starts).
   double density_at(int64_t step, int64_t total) const;
@@ -65,5 +67,11 @@ class SparsePruner {
   bool seen_gradient_ = false;
   double pruned_to_ = 1.0;
 };
+
+/// MC-SMoE without a fine-tune to prune during: `backward` runs a task loss over calibration data
+/// and calls backward() (the gradients of the sparse parts S must be zero before it); the
+/// importance |S * grad| of that one pass (PLATON with beta1 = 0) then prunes S to `density` at
+/// once, and the sparse parts' gradients are cleared.
+void prune_sparse_once(const MoEView& view, const std::function<void()>& backward, double density);
 
 }  // namespace moeprune::compression

@@ -9,9 +9,9 @@
 //    usage frequencies as weights;
 // 4. the router keeps its E columns: each original expert maps to its group's merged expert.
 // Then fine-tune with distillation from the unmerged model, routers frozen (TrainerOptions::
-// teacher and VisionTransformerImpl::set_routers_trainable).
-#include <moeprune/pruning/criterion.h>
-#include <moeprune/vision_transformer.h>
+// teacher and VisionTransformerImpl::set_routers_trainable). Everything here works on a model's
+// MoE view (layers/moe_view.h), whatever the model.
+#include <moeprune/layers/moe_view.h>
 
 #include <torch/arg.h>
 
@@ -21,18 +21,18 @@
 
 namespace moeprune::compression {
 
-/// Routing statistics of the MoE layers of a model on calibration data.
+/// Routing statistics of the MoE layers of a model on calibration data, keyed by layer key.
 struct ExpertUsage {
-  /// Block -> [E] float64: the share of the calibration tokens' routing choices (top-k for token
+  /// Layer -> [E] float64: the share of the calibration tokens' routing choices (top-k for token
   /// choice, picks for expert choice) that went to each expert; sums to 1 per layer.
   std::map<int64_t, torch::Tensor> frequency;
-  /// Block -> [T, E] float32: the router logits of every calibration token (router-logit
+  /// Layer -> [T, E] float32: the router logits of every calibration token (router-logit
   /// similarity).
   std::map<int64_t, torch::Tensor> router_logits;
 };
 
-/// Runs `model` (evaluation mode, no grad) over `data` and gathers ExpertUsage.
-ExpertUsage collect_expert_usage(VisionTransformer& model, const pruning::CalibrationData& data);
+/// Walks `view`'s calibration data (evaluation mode, no grad) and gathers ExpertUsage.
+ExpertUsage collect_expert_usage(const MoEView& view);
 
 enum class MergeSimilarity {
   /// Cosine between the experts' router-logit columns over the calibration tokens (M-SMoE's
@@ -43,34 +43,34 @@ enum class MergeSimilarity {
   kWeights,
 };
 
-/// Block -> merge groups (original expert ids), the group's dominant expert first.
+/// Layer key -> merge groups (original expert ids), the group's dominant expert first.
 using MergeGroups = std::map<int64_t, std::vector<std::vector<int64_t>>>;
 
-/// Groups the experts of each MoE block in `counts` (block -> number of groups) per M-SMoE: the
+/// Groups the experts of each MoE layer in `counts` (key -> number of groups) per M-SMoE: the
 /// `count` most frequent experts dominate a group each (ties to the lower id); every other
 /// expert joins the dominant expert with the highest similarity. Throws unless 1 <= count <=
 /// experts held.
-MergeGroups group_experts(const VisionTransformer& model, const ExpertUsage& usage,
+MergeGroups group_experts(const MoEView& view, const ExpertUsage& usage,
                           const std::map<int64_t, int64_t>& counts,
                           MergeSimilarity similarity = MergeSimilarity::kRouterLogits);
 
-/// The same number of groups in every MoE block.
-std::map<int64_t, int64_t> same_group_count(const VisionTransformer& model, int64_t groups);
+/// The same number of groups in every MoE layer.
+std::map<int64_t, int64_t> same_group_count(const MoEView& view, int64_t groups);
 
-/// M-SMoE's global budget: `total` groups over all MoE blocks, given to the experts with the
+/// M-SMoE's global budget: `total` groups over all MoE layers, given to the experts with the
 /// highest usage frequency compared across layers; each layer's most used expert always counts,
 /// so every layer keeps at least one group. (MC-SMoE draws a threshold over the sorted
 /// frequencies, which can hand out fewer groups on ties; this takes exactly `total`.)
-std::map<int64_t, int64_t> global_group_counts(const VisionTransformer& model,
-                                               const ExpertUsage& usage, int64_t total);
+std::map<int64_t, int64_t> global_group_counts(const MoEView& view, const ExpertUsage& usage,
+                                               int64_t total);
 
-/// Merges `model`'s experts in place: per group, aligns the members' neurons to the dominant
-/// (first) expert (when `align`), then writes W = sum_i f_i W_i / sum_i f_i for every expert
-/// parameter (f: usage frequency; a group that was never used is averaged uniformly). The bank
-/// shrinks to one expert per group and options.merged_experts records the groups, so checkpoints
-/// reload. The groups of a block must cover all its held experts; every block is checked before any
+/// Merges the experts of `view`'s layers in place: per group, aligns the members' neurons to the
+/// dominant (first) expert (when `align`), then writes W = sum_i f_i W_i / sum_i f_i for every
+/// expert parameter (f: usage frequency; a group that was never used is averaged uniformly). The
+/// bank shrinks to one expert per group and records the groups in its state, so checkpoints reload.
+/// The groups of a layer must cover all its held experts; every layer is checked before any
 /// changes.
-void merge_experts(VisionTransformer& model, const MergeGroups& groups, const ExpertUsage& usage,
+void merge_experts(const MoEView& view, const MergeGroups& groups, const ExpertUsage& usage,
                    bool align = true);
 
 /// A readable table of merge groups with their frequencies.

@@ -14,7 +14,7 @@ class RouterNormChange : public Criterion {
   std::string name() const override { return "router_norm_change"; }
   std::string description() const override;
   bool needs_pretrained() const override { return true; }
-  ExpertScores score(const CriterionContext& context) const override;
+  torch::Tensor score_layer(const LayerScoringContext& context) const override;
 };
 
 /// V-MoE's importance (Riquelme et al. 2021, A.1): sum over calibration tokens of the expert's
@@ -24,7 +24,7 @@ class Importance : public Criterion {
   std::string name() const override { return "importance"; }
   std::string description() const override;
   bool needs_data() const override { return true; }
-  ExpertScores score(const CriterionContext& context) const override;
+  torch::Tensor score_layer(const LayerScoringContext& context) const override;
 };
 
 /// The fine-tuned router column's norm ||W_ft[:, s]|| (baseline in Chowdhury et al. 2024).
@@ -32,7 +32,7 @@ class RouterMagnitude : public Criterion {
  public:
   std::string name() const override { return "router_magnitude"; }
   std::string description() const override;
-  ExpertScores score(const CriterionContext& context) const override;
+  torch::Tensor score_layer(const LayerScoringContext& context) const override;
 };
 
 /// Mean over the expert's hidden neurons of the change of the neuron's input-weight norm
@@ -44,7 +44,7 @@ class NeuronMagnitudeChange : public Criterion {
   std::string description() const override;
   bool needs_pretrained() const override { return true; }
   bool needs_expert_weights() const override { return true; }
-  ExpertScores score(const CriterionContext& context) const override;
+  torch::Tensor score_layer(const LayerScoringContext& context) const override;
 };
 
 /// Routing frequency: calibration tokens whose top-k choices include the expert (before
@@ -54,7 +54,7 @@ class Frequency : public Criterion {
   std::string name() const override { return "frequency"; }
   std::string description() const override;
   bool needs_data() const override { return true; }
-  ExpertScores score(const CriterionContext& context) const override;
+  torch::Tensor score_layer(const LayerScoringContext& context) const override;
 };
 
 /// REAP (Lasby et al. 2025, CerebrasResearch/reap): mean over the tokens routed to expert j of
@@ -65,8 +65,9 @@ class Reap : public Criterion {
   std::string name() const override { return "reap"; }
   std::string description() const override;
   bool needs_data() const override { return true; }
+  bool needs_inputs() const override { return true; }
   bool needs_expert_weights() const override { return true; }
-  ExpertScores score(const CriterionContext& context) const override;
+  torch::Tensor score_layer(const LayerScoringContext& context) const override;
 };
 
 /// Random scores from the seed (a per-layer permutation, as the official code's baseline);
@@ -75,7 +76,7 @@ class RandomCriterion : public Criterion {
  public:
   std::string name() const override { return "random"; }
   std::string description() const override;
-  ExpertScores score(const CriterionContext& context) const override;
+  torch::Tensor score_layer(const LayerScoringContext& context) const override;
 };
 
 }  // namespace moeprune::pruning

@@ -1,6 +1,9 @@
 #pragma once
 
-#include <moeprune/vision_transformer.h>
+// Expert-pruning criteria over the model-neutral MoE view (layers/moe_view.h): a criterion
+// scores one layer from the fine-tuned layer, the pre-trained layer, the calibration calls that
+// reached the layer, and a seed. Nothing here knows a model type.
+#include <moeprune/layers/moe_view.h>
 
 #include <torch/types.h>
 
@@ -13,39 +16,33 @@
 
 namespace moeprune::pruning {
 
-/// Calibration data: calls `visit` once per batch of images (normalised, [B, C, H, W]). It may be
-/// called more than once, so criteria can make several passes.
-using CalibrationData = std::function<void(const std::function<void(const torch::Tensor&)>& visit)>;
+using moeprune::CalibrationData;
 
-/// Calibration data fed to the MoE layers directly: calls `visit(layer, tokens)` with input
-/// tokens [T, d] of the layer keyed `layer`, once or more per layer.
-using LayerCalibrationData = std::function<void(
-    const std::function<void(int64_t layer, const torch::Tensor& tokens)>& visit)>;
-
-/// What a criterion may use: a model, or its MoE layers on their own (as read from a Hugging Face
-/// checkpoint), keyed by block/layer index. Criteria that need the pre-trained model or data say
-/// so (Criterion::needs_pretrained / needs_data) and refuse to run without them.
-struct CriterionContext {
-  VisionTransformer finetuned{nullptr};
-  VisionTransformer pretrained{nullptr};
-  CalibrationData data;
-  /// Instead of the models above: their MoE layers, and calibration tokens per layer.
-  std::map<int64_t, MoELayer> finetuned_layers;
-  std::map<int64_t, MoELayer> pretrained_layers;
-  LayerCalibrationData layer_data;
+/// What a criterion scores one MoE layer from.
+struct LayerScoringContext {
+  /// The fine-tuned model's layer.
+  const MoELayerEntry& finetuned;
+  /// The pre-trained model's layer of the same key (nullptr unless the criterion needs it).
+  const MoELayerEntry* pretrained = nullptr;
+  /// The calibration calls that reached the fine-tuned layer (empty unless the criterion needs
+  /// data; with their input tokens when it needs inputs).
+  const LayerCalls& calls;
   uint64_t seed = 0;
-
-  /// The fine-tuned (pre-trained) MoE layers, from the model or from *_layers.
-  std::map<int64_t, MoELayer> finetuned_moe_layers() const;
-  std::map<int64_t, MoELayer> pretrained_moe_layers() const;
-  bool has_data() const { return static_cast<bool>(data) || static_cast<bool>(layer_data); }
 };
 
-/// One score per expert of each MoE layer (keyed by block index), [E] float64 in the router's
-/// expert order. Lower scores are pruned first, for every criterion.
+/// What score_experts works on: the fine-tuned model's MoE view (with calibration data when the
+/// criterion needs it), the pre-trained model's (for criteria that compare), and a seed.
+struct CriterionContext {
+  std::shared_ptr<const MoEView> finetuned;
+  std::shared_ptr<const MoEView> pretrained;
+  uint64_t seed = 0;
+};
+
+/// One score per expert of each MoE layer (keyed by the layer's key), [E] float64 in the
+/// router's expert order. Lower scores are pruned first, for every criterion.
 using ExpertScores = std::map<int64_t, torch::Tensor>;
 
-/// A way to rank the experts of every MoE layer. Implement this to add a criterion.
+/// A way to rank the experts of a MoE layer. Implement this to add a criterion.
 class Criterion {
  public:
   virtual ~Criterion() = default;
@@ -53,12 +50,15 @@ class Criterion {
   /// One line: what the score is and where it comes from.
   virtual std::string description() const = 0;
   virtual bool needs_pretrained() const { return false; }
+  /// Whether the score uses calibration data (the routing of the calls that reached the layer).
   virtual bool needs_data() const { return false; }
+  /// Whether it also needs the calls' input tokens (to run the experts).
+  virtual bool needs_inputs() const { return false; }
   /// Whether the score reads expert weights (not only routers), so a caller streaming a large
   /// checkpoint knows whether to load them.
   virtual bool needs_expert_weights() const { return false; }
-  /// Scores every expert of every MoE layer of context.finetuned.
-  virtual ExpertScores score(const CriterionContext& context) const = 0;
+  /// [E] scores for the experts of one layer, in the router's expert order.
+  virtual torch::Tensor score_layer(const LayerScoringContext& context) const = 0;
 };
 
 /// Criteria by name: the built-in ones, plus any the caller adds. Not global: make one where
@@ -82,8 +82,16 @@ class CriterionRegistry {
   std::map<std::string, Factory> factories_;
 };
 
-/// Runs `criterion` after checking the context has what it needs (and that the pre-trained and
-/// fine-tuned models have the same MoE layers); the scores are checked to cover every layer.
+/// Scores every MoE layer of context.finetuned after checking the context has what the criterion
+/// needs (the pre-trained view with the same layers, calibration data); walks the calibration
+/// data once when the criterion needs it. The scores are checked to cover every expert.
 ExpertScores score_experts(const Criterion& criterion, const CriterionContext& context);
+/// The same, for views the caller holds.
+ExpertScores score_experts(const Criterion& criterion, const MoEView& finetuned,
+                           const MoEView* pretrained = nullptr, uint64_t seed = 0);
+
+/// Scores one layer (checks as score_experts); for callers that walk layers themselves, such as
+/// a checkpoint streamed one layer at a time.
+torch::Tensor score_layer(const Criterion& criterion, const LayerScoringContext& context);
 
 }  // namespace moeprune::pruning

@@ -1,7 +1,7 @@
 // CUDA dispatch/combine against the CPU ops (the reference), and a layer on the GPU.
-#include <moeprune/functional/routing.h>
-#include <moeprune/moe_layer.h>
-#include <moeprune/ops.h>
+#include <moeprune/layers/moe_layer.h>
+#include <moeprune/ops/ops.h>
+#include <moeprune/routing/functional/routing.h>
 
 #include <torch/torch.h>
 #include <catch2/catch.hpp>

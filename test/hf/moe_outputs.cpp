@@ -3,8 +3,8 @@
 // check_transformers_load.py to compare with transformers' own blocks.
 //   moe_outputs CHECKPOINT_DIR OUT.safetensors
 
-#include <moeprune/hf_checkpoint.h>
-#include <moeprune/safetensors.h>
+#include <moeprune/hf/checkpoint.h>
+#include <moeprune/io/safetensors.h>
 
 #include <torch/torch.h>
 

@@ -1,0 +1,159 @@
+#include <moeprune/hf/checkpoint.h>
+
+#include "hf/config.h"
+#include "hf/family.h"
+
+#include <torch/torch.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <map>
+
+namespace moeprune::hf {
+namespace {
+
+// The layer states of a moeprune "keep" checkpoint (config.json's "moeprune" section): experts
+// removed with the router rows kept, their weights written as zeros. "layer_states" holds
+// MoELayerState JSON by layer prefix; checkpoints written before it list "pruned_experts".
+std::map<std::string, MoELayerState> pruned_states(const Config& config,
+                                                   const std::vector<MoELayerRef>& refs) {
+  std::map<std::string, MoELayerState> states;
+  if (!config.contains("moeprune")) {
+    return states;
+  }
+  const auto& section = config.json().at("moeprune");
+  TORCH_CHECK(section.is_object(), config.path(), ": \"moeprune\" should be an object");
+  if (section.value("router", "") != "keep") {
+    return states;  // a cut checkpoint is a plain, smaller model
+  }
+  const auto num_experts_of = [&](const std::string& prefix) {
+    for (const auto& ref : refs) {
+      if (ref.prefix == prefix) {
+        return ref.num_experts;
+      }
+    }
+    TORCH_CHECK(false, config.path(), ": the moeprune section names MoE layer '", prefix,
+                "', which the checkpoint does not have");
+  };
+  try {
+    if (section.contains("layer_states")) {
+      for (const auto& [prefix, state] : section.at("layer_states").items()) {
+        auto s = MoELayerState::from_json(state.dump());
+        TORCH_CHECK(s.bank.num_experts == num_experts_of(prefix), config.path(),
+                    ": the moeprune state of ", prefix, " is of ", s.bank.num_experts,
+                    " experts, the layer has ", num_experts_of(prefix));
+        states[prefix] = std::move(s);
+      }
+    } else if (section.contains("pruned_experts")) {
+      for (const auto& [prefix, ids] : section.at("pruned_experts").items()) {
+        const int64_t E = num_experts_of(prefix);
+        auto gone = ids.get<std::vector<int64_t>>();
+        MoELayerState s;
+        s.bank.num_experts = E;
+        for (const auto id : gone) {
+          TORCH_CHECK(id >= 0 && id < E, config.path(), ": moeprune.pruned_experts of ", prefix,
+                      " names expert ", id, " of ", E);
+        }
+        for (int64_t j = 0; j < E; ++j) {
+          if (std::find(gone.begin(), gone.end(), j) == gone.end()) {
+            s.bank.held.push_back(j);
+          }
+        }
+        states[prefix] = std::move(s);
+      }
+    }
+  } catch (const nlohmann::json::exception& e) {
+    TORCH_CHECK(false, config.path(), ": the moeprune section has a field of the wrong type (",
+                e.what(), ")");
+  }
+  return states;
+}
+
+}  // namespace
+
+std::vector<int64_t> MoELayerRef::removed_experts() const {
+  std::vector<int64_t> removed;
+  if (state.bank.num_experts == 0) {
+    return removed;
+  }
+  for (int64_t j = 0; j < state.bank.num_experts; ++j) {
+    if (!std::binary_search(state.bank.held.begin(), state.bank.held.end(), j)) {
+      removed.push_back(j);
+    }
+  }
+  return removed;
+}
+
+std::vector<std::string> MoELayerRef::expert_tensors(int64_t j) const {
+  return family_of(model_type).expert_tensors(*this, j);
+}
+
+std::string ModelInfo::experts_key() const {
+  return family_of(model_type).experts_key();
+}
+
+const MoELayerRef& ModelInfo::layer(const std::string& prefix) const {
+  std::string known;
+  for (const auto& l : layers) {
+    if (l.prefix == prefix || std::to_string(l.index) == prefix) {
+      return l;
+    }
+    known += (known.empty() ? "" : ", ") + l.prefix;
+  }
+  TORCH_CHECK(false, "no MoE layer '", prefix, "' (layers: ", known, ")");
+}
+
+ModelInfo describe(const std::string& directory, const safetensors::Checkpoint& checkpoint) {
+  const Config config(directory);
+  ModelInfo info;
+  info.model_type = config.text("model_type", "");
+  const auto& family = family_of(info.model_type, config.path());
+  auto refs = family.describe(config, checkpoint, info);
+  TORCH_CHECK(!refs.empty(), config.path(), ": the model has no MoE layers");
+  const auto states = pruned_states(config, refs);
+  for (auto& ref : refs) {
+    ref.index = static_cast<int64_t>(info.layers.size());
+    ref.model_type = info.model_type;
+    const auto it = states.find(ref.prefix);
+    if (it != states.end()) {
+      ref.state = it->second;
+    }
+    info.layers.push_back(std::move(ref));
+  }
+  return info;
+}
+
+MoELayer load_moe_layer(const safetensors::Checkpoint& checkpoint, const ModelInfo& info,
+                        const MoELayerRef& ref, const LoadOptions& options) {
+  const auto& family = family_of(info.model_type);
+  MoELayer layer(family.layer_options(info, ref, options.expert_weights() ? info.hidden_dim : 1));
+  layer->to(options.dtype());
+  torch::NoGradGuard no_grad;
+  layer->router().router_weight().copy_(checkpoint.tensor(ref.router).to(options.dtype()));
+  auto& bank = layer->experts();
+  if (!options.expert_weights()) {
+    // A placeholder bank of width 1, zeroed: the layer routes (for router-only criteria) and its
+    // expert output is zero rather than random.
+    for (auto& p : bank->parameters()) {
+      p.zero_();
+    }
+    return layer;
+  }
+  family.load_experts(checkpoint, info, ref, bank);
+  if (!ref.state.is_plain() && ref.state.bank.num_experts > 0) {
+    layer->restore(ref.state);  // a "keep" checkpoint's zeroed experts are freed
+  }
+  return layer;
+}
+
+MoEModel load_moe_model(const std::string& directory, const LoadOptions& options) {
+  safetensors::Checkpoint checkpoint(directory);
+  MoEModel model;
+  model.info = describe(directory, checkpoint);
+  for (const auto& ref : model.info.layers) {
+    model.layers.emplace(ref.index, load_moe_layer(checkpoint, model.info, ref, options));
+  }
+  return model;
+}
+
+}  // namespace moeprune::hf

@@ -1,0 +1,32 @@
+#pragma once
+
+// config.json of a Hugging Face checkpoint folder, read with errors that name the file, the key
+// and what was found.
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <string>
+
+namespace moeprune::hf {
+
+class Config {
+ public:
+  /// Reads `directory`/config.json; throws naming the file when it is missing or not JSON.
+  explicit Config(const std::string& directory);
+
+  const std::string& path() const { return path_; }
+  const nlohmann::ordered_json& json() const { return json_; }
+  bool contains(const std::string& key) const { return json_.contains(key); }
+
+  /// A non-negative integer; `fallback` (>= 0) when absent, else absence is an error.
+  int64_t integer(const std::string& key, int64_t fallback = -1) const;
+  double number(const std::string& key, double fallback) const;
+  bool flag(const std::string& key, bool fallback) const;
+  std::string text(const std::string& key, const std::string& fallback) const;
+
+ private:
+  std::string path_;
+  nlohmann::ordered_json json_;
+};
+
+}  // namespace moeprune::hf

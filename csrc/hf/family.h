@@ -1,0 +1,58 @@
+#pragma once
+
+// One Hugging Face model family behind one interface: how its config.json names the sizes, where
+// its MoE layers' tensors are and how its experts are named, which MoE layer preset computes as
+// it does, and which config key a pruned checkpoint rewrites. One file per family in families/,
+// listed once in family.cpp and looked up by config.json's model_type, so a new family is a new
+// file, not another branch in every function.
+#include <moeprune/hf/checkpoint.h>
+
+#include "hf/config.h"
+
+#include <string>
+#include <vector>
+
+namespace moeprune::hf {
+
+class Family {
+ public:
+  virtual ~Family() = default;
+  /// The config.json model_type values this family reads.
+  virtual std::vector<std::string> model_types() const = 0;
+  /// The config.json key holding the expert count ("num_local_experts", "num_experts").
+  virtual std::string experts_key() const = 0;
+  /// Reads the sizes into `info` (d_model, hidden_dim, num_experts, top_k, ...) and returns every
+  /// MoE layer's tensors in `checkpoint` (prefix, router, layout; index and pruning state are
+  /// filled by describe()), each shape checked against the config.
+  virtual std::vector<MoELayerRef> describe(const Config& config,
+                                            const safetensors::Checkpoint& checkpoint,
+                                            ModelInfo& info) const = 0;
+  /// Names of expert j's tensors in the bank's order {w1, w2[, w3]}; for a fused layout the
+  /// stacked tensors (the same for every j).
+  virtual std::vector<std::string> expert_tensors(const MoELayerRef& ref, int64_t j) const = 0;
+  /// What precedes the expert index in per-expert tensor names ("<prefix>.experts."), so a cut
+  /// checkpoint can renumber them.
+  virtual std::string expert_stem(const MoELayerRef& ref) const = 0;
+  /// Options of the moeprune layer that computes this family's MoE block, with `hidden_dim`
+  /// (1 when only the router is read).
+  virtual MoELayerOptions layer_options(const ModelInfo& info, const MoELayerRef& ref,
+                                        int64_t hidden_dim) const = 0;
+  /// Copies the experts of `ref` into `bank` (its weights are [E, in, out]), converting to the
+  /// bank's dtype.
+  virtual void load_experts(const safetensors::Checkpoint& checkpoint, const ModelInfo& info,
+                            const MoELayerRef& ref, ExpertBank& bank) const = 0;
+};
+
+/// The family that reads `model_type`; throws naming the config file and the supported types.
+const Family& family_of(const std::string& model_type, const std::string& config_path = "");
+
+// Shared by the families.
+namespace detail {
+/// Throws naming the file and the tensor unless `name` exists with `shape`.
+void expect_shape(const safetensors::Checkpoint& checkpoint, const std::string& name,
+                  const std::vector<int64_t>& shape, const std::string& config_path);
+/// The expert activation a config names (hidden_act, dense_act_fn).
+ExpertActivation activation_of(const std::string& name, const std::string& config_path);
+}  // namespace detail
+
+}  // namespace moeprune::hf

@@ -1,0 +1,299 @@
+// write_pruned_checkpoint: a Hugging Face checkpoint folder pruned by a plan, streamed tensor by
+// tensor from the source files into a temporary folder that is renamed into place at the end.
+#include <moeprune/hf/pruning.h>
+
+#include "hf/family.h"
+#include "io/posix_file.h"
+
+#include <torch/torch.h>
+#include <nlohmann/json.hpp>
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <numeric>
+#include <set>
+
+namespace moeprune::hf {
+namespace {
+
+// What the plan does to one MoE layer of the source.
+struct PrunedLayer {
+  const MoELayerRef* ref = nullptr;
+  std::vector<int64_t> gone;  // pruned expert ids, increasing
+  std::vector<int64_t> kept;  // the others, increasing
+};
+
+// The plan by layer prefix, checked against the source before anything is written.
+std::map<std::string, PrunedLayer> pruned_layers(const ModelInfo& info,
+                                                 const pruning::PruningPlan& plan,
+                                                 const std::string& source) {
+  std::map<std::string, PrunedLayer> out;
+  for (const auto& lp : plan.layers) {
+    TORCH_CHECK(lp.key >= 0 && lp.key < static_cast<int64_t>(info.layers.size()),
+                "the plan prunes MoE layer ", lp.key, "; ", source, " has ", info.layers.size());
+    const auto& ref = info.layers[static_cast<size_t>(lp.key)];
+    TORCH_CHECK(lp.num_experts == ref.num_experts, "the plan was made for ", lp.num_experts,
+                " experts in ", ref.prefix, "; ", source, " has ", ref.num_experts);
+    TORCH_CHECK(ref.state.is_plain(), source, " was already pruned with the router kept (",
+                ref.prefix, "); prune the original checkpoint instead");
+    for (auto id : lp.pruned) {
+      TORCH_CHECK(id >= 0 && id < ref.num_experts, "the plan prunes expert ", id, " of ",
+                  ref.prefix, ", which has ", ref.num_experts);
+    }
+    TORCH_CHECK(ref.num_experts - static_cast<int64_t>(lp.pruned.size()) >= info.top_k,
+                "the plan leaves ", ref.prefix, " fewer than k = ", info.top_k, " experts");
+    if (lp.pruned.empty()) {
+      continue;
+    }
+    PrunedLayer p;
+    p.ref = &ref;
+    p.gone = lp.pruned;
+    std::sort(p.gone.begin(), p.gone.end());
+    for (int64_t j = 0; j < ref.num_experts; ++j) {
+      if (!std::binary_search(p.gone.begin(), p.gone.end(), j)) {
+        p.kept.push_back(j);
+      }
+    }
+    out[ref.prefix] = std::move(p);
+  }
+  return out;
+}
+
+// The expert count config.json gets: a cut checkpoint must lose the same number everywhere.
+int64_t new_expert_count(const ModelInfo& info, const std::map<std::string, PrunedLayer>& pruned,
+                         bool cut) {
+  if (!cut || pruned.empty()) {
+    return info.num_experts;
+  }
+  std::set<size_t> counts;
+  for (const auto& ref : info.layers) {
+    const auto it = pruned.find(ref.prefix);
+    counts.insert(it == pruned.end() ? 0 : it->second.gone.size());
+  }
+  TORCH_CHECK(counts.size() == 1,
+              "cutting router rows needs the same number of experts pruned in every MoE layer "
+              "(config.json holds one expert count, so transformers could not load the result); "
+              "prune every layer alike, or keep the router rows (--router keep)");
+  return info.num_experts - static_cast<int64_t>(*counts.begin());
+}
+
+// What the output holds for one source tensor.
+struct TensorPlan {
+  std::string out_name;                        // empty: dropped
+  bool zero = false;                           // some rows (or all) written as zeros
+  std::vector<safetensors::ByteRange> ranges;  // empty: copied whole
+  std::vector<int64_t> shape;
+};
+
+// Byte ranges of rows `rows` of a tensor whose first dimension is E (contiguous runs merged);
+// `zero_rows` (sorted) are written as zeros in place instead.
+std::vector<safetensors::ByteRange> row_ranges(const safetensors::File& f,
+                                               const safetensors::TensorInfo& ti,
+                                               const std::vector<int64_t>& rows,
+                                               const std::vector<int64_t>& zero_rows) {
+  const uint64_t row_bytes = ti.nbytes() / static_cast<uint64_t>(ti.shape[0]);
+  std::vector<safetensors::ByteRange> ranges;
+  for (auto r : rows) {
+    const bool zero = std::binary_search(zero_rows.begin(), zero_rows.end(), r);
+    const int fd = zero ? -1 : f.fd();
+    const uint64_t at =
+        zero ? 0 : f.data_offset() + ti.begin + static_cast<uint64_t>(r) * row_bytes;
+    if (!ranges.empty() && ranges.back().fd == fd &&
+        (zero || ranges.back().offset + ranges.back().length == at)) {
+      ranges.back().length += row_bytes;
+    } else {
+      ranges.push_back({fd, at, row_bytes});
+    }
+  }
+  return ranges;
+}
+
+// A tensor of a pruned layer: router rows and fused slabs lose (cut) or zero (keep) the pruned
+// experts' rows; per-expert tensors of pruned experts are dropped (cut) or zeroed (keep), and the
+// survivors renumbered (cut).
+TensorPlan plan_layer_tensor(const std::string& name, const safetensors::File& f,
+                             const PrunedLayer& layer, bool cut) {
+  const auto& ti = f.info(name);
+  const auto& ref = *layer.ref;
+  const auto& family = family_of(ref.model_type);
+  TensorPlan p;
+  p.out_name = name;
+  p.shape = ti.shape;
+  const auto fused = ref.fused ? family.expert_tensors(ref, 0) : std::vector<std::string>{};
+  if (name == ref.router || std::find(fused.begin(), fused.end(), name) != fused.end()) {
+    // [E, ...]: router rows, or the fused experts' slabs.
+    if (cut) {
+      p.ranges = row_ranges(f, ti, layer.kept, {});
+      p.shape[0] = static_cast<int64_t>(layer.kept.size());
+    } else if (name != ref.router) {
+      std::vector<int64_t> all(static_cast<size_t>(ref.num_experts));
+      std::iota(all.begin(), all.end(), 0);
+      p.ranges = row_ranges(f, ti, all, layer.gone);  // pruned experts' slabs become zeros
+      p.zero = true;
+    }
+    return p;
+  }
+  const auto stem = family.expert_stem(ref);
+  if (ref.fused || name.compare(0, stem.size(), stem) != 0) {
+    return p;  // the layer's other tensors are copied
+  }
+  const auto rest = name.substr(stem.size());
+  const auto dot = rest.find('.');
+  const int64_t j = std::stoll(rest.substr(0, dot));
+  if (std::binary_search(layer.gone.begin(), layer.gone.end(), j)) {
+    if (cut) {
+      p.out_name.clear();
+    } else {
+      p.ranges = {{-1, 0, ti.nbytes()}};
+      p.zero = true;
+    }
+  } else if (cut) {
+    const auto new_j =
+        std::lower_bound(layer.kept.begin(), layer.kept.end(), j) - layer.kept.begin();
+    p.out_name = stem + std::to_string(new_j) + rest.substr(dot);
+  }
+  return p;
+}
+
+TensorPlan plan_tensor(const std::string& name, const safetensors::File& f,
+                       const std::map<std::string, PrunedLayer>& pruned, bool cut) {
+  for (const auto& [prefix, layer] : pruned) {
+    if (name.compare(0, prefix.size() + 1, prefix + ".") == 0) {
+      return plan_layer_tensor(name, f, layer, cut);
+    }
+  }
+  TensorPlan p;
+  p.out_name = name;
+  p.shape = f.info(name).shape;
+  return p;
+}
+
+// Every shard under the same name in `dir`; returns the index's weight map and data bytes.
+nlohmann::ordered_json write_shards(const safetensors::Checkpoint& checkpoint,
+                                    const std::map<std::string, PrunedLayer>& pruned, bool cut,
+                                    const std::string& dir, const WriteOptions& options,
+                                    WriteReport& report, uint64_t& data_bytes) {
+  uint64_t total = 0;
+  for (const auto& shard : checkpoint.shard_files()) {
+    total += checkpoint.file(shard).file_size();
+  }
+  nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
+  for (const auto& shard : checkpoint.shard_files()) {
+    const auto& f = checkpoint.file(shard);
+    safetensors::Writer writer(dir + "/" + shard);
+    writer.set_metadata(f.metadata());
+    bool any = false;
+    for (const auto& name : f.names()) {
+      if (checkpoint.sharded() && checkpoint.shard_of(name) != shard) {
+        continue;  // not listed for this shard in the index: not part of the model
+      }
+      const auto p = plan_tensor(name, f, pruned, cut);
+      if (p.out_name.empty()) {
+        ++report.tensors_dropped;
+        continue;
+      }
+      const auto& ti = f.info(name);
+      if (!p.ranges.empty()) {
+        writer.add_ranges(p.out_name, ti.scalar_type, p.shape, p.ranges);
+        ++(p.zero ? report.tensors_zeroed : report.tensors_sliced);
+      } else {
+        writer.add_copy(p.out_name, f, name);
+        ++report.tensors_copied;
+      }
+      weight_map[p.out_name] = shard;
+      any = true;
+    }
+    if (any || !checkpoint.sharded()) {
+      data_bytes += writer.data_bytes();
+      report.bytes_written += writer.finish();
+    }
+    for (const auto& name : f.names()) {
+      f.release(name);
+    }
+    if (options.progress) {
+      options.progress(report.bytes_written, total);
+    }
+  }
+  return weight_map;
+}
+
+// config.json with the new expert count and a "moeprune" section saying what was done; for a
+// "keep" checkpoint, each pruned layer's MoELayerState, which moeprune's loader restores.
+std::string pruned_config(const std::string& source, const ModelInfo& info,
+                          const pruning::PruningPlan& plan,
+                          const std::map<std::string, PrunedLayer>& pruned, bool cut,
+                          int64_t new_experts) {
+  std::ifstream config_in(source + "/config.json");
+  auto config = nlohmann::ordered_json::parse(config_in);
+  config[info.experts_key()] = new_experts;
+  nlohmann::ordered_json record;
+  record["criterion"] = plan.criterion;
+  record["router"] = cut ? "cut" : "keep";
+  record["source_experts"] = info.num_experts;
+  nlohmann::ordered_json by_layer = nlohmann::ordered_json::object();
+  nlohmann::ordered_json states = nlohmann::ordered_json::object();
+  for (const auto& [prefix, layer] : pruned) {
+    by_layer[prefix] = layer.gone;
+    MoELayerState state;
+    state.bank.num_experts = layer.ref->num_experts;
+    state.bank.held = layer.kept;
+    states[prefix] = nlohmann::ordered_json::parse(state.to_json());
+  }
+  record["pruned_experts"] = by_layer;
+  if (!cut) {
+    record["layer_states"] = states;
+  }
+  config["moeprune"] = record;
+  return config.dump(2) + "\n";
+}
+
+}  // namespace
+
+WriteReport write_pruned_checkpoint(const std::string& source, const pruning::PruningPlan& plan,
+                                    const std::string& out, const WriteOptions& options) {
+  TORCH_CHECK(!std::filesystem::exists(out), out,
+              ": already exists; choose a new output folder (nothing was written)");
+  safetensors::Checkpoint checkpoint(source);
+  const auto info = describe(source, checkpoint);
+  const bool cut = options.router == RouterRows::kCut;
+  const auto pruned = pruned_layers(info, plan, source);
+  const auto new_experts = new_expert_count(info, pruned, cut);
+
+  io::AtomicFolder folder(out);
+  const auto& dir = folder.path();
+  WriteReport report;
+  uint64_t data_bytes = 0;
+  const auto weight_map = write_shards(checkpoint, pruned, cut, dir, options, report, data_bytes);
+  if (checkpoint.sharded()) {
+    nlohmann::ordered_json index;
+    index["metadata"] = nlohmann::ordered_json::parse(checkpoint.index_metadata());
+    index["metadata"]["total_size"] = data_bytes;
+    index["weight_map"] = weight_map;
+    io::write_text_file(dir + "/model.safetensors.index.json", index.dump(2) + "\n");
+  }
+  io::write_text_file(dir + "/config.json",
+                      pruned_config(source, info, plan, pruned, cut, new_experts));
+  io::write_text_file(dir + "/pruning_plan.json", plan.to_json() + "\n");
+
+  // The folder's other files (tokenizer, generation config...), byte for byte.
+  const std::set<std::string> shards(checkpoint.shard_files().begin(),
+                                     checkpoint.shard_files().end());
+  for (const auto& name : io::list_folder(source)) {
+    if (shards.count(name) || name == "config.json" || name == "model.safetensors.index.json" ||
+        name == "pruning_plan.json") {
+      continue;
+    }
+    const auto from = source + "/" + name;
+    struct stat st {};
+    if (::stat(from.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
+      io::copy_file(from, dir + "/" + name);
+    }
+  }
+  folder.commit();
+  return report;
+}
+
+}  // namespace moeprune::hf

@@ -1,0 +1,111 @@
+// safetensors::Checkpoint: one file, or a folder of shards with model.safetensors.index.json.
+#include <moeprune/io/safetensors.h>
+
+#include <c10/util/Exception.h>
+#include <torch/torch.h>
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+namespace moeprune::safetensors {
+
+Checkpoint::Checkpoint(const std::string& path) {
+  namespace fs = std::filesystem;
+  const fs::path p(path);
+  TORCH_CHECK(fs::exists(p), path + ": no such file or folder");
+  if (fs::is_regular_file(p)) {
+    directory_ = p.parent_path().empty() ? "." : p.parent_path().string();
+    shard_files_.push_back(p.filename().string());
+  } else {
+    directory_ = path;
+    const auto index = p / "model.safetensors.index.json";
+    if (fs::exists(index)) {
+      sharded_ = true;
+      std::ifstream in(index);
+      nlohmann::json j;
+      try {
+        j = nlohmann::json::parse(in);
+      } catch (const nlohmann::json::parse_error& e) {
+        TORCH_CHECK(false, index.string() + ": not valid JSON: " + e.what());
+      }
+      TORCH_CHECK(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(),
+                  index.string() + ": no \"weight_map\" object");
+      if (j.contains("metadata")) {
+        index_metadata_ = j["metadata"].dump();
+      }
+      for (const auto& [name, shard] : j["weight_map"].items()) {
+        if (!shard.is_string()) {
+          TORCH_CHECK(false,
+                      index.string() + ": weight_map entry of '" + name + "' is not a file name");
+        }
+        const auto file = shard.get<std::string>();
+        TORCH_CHECK(
+            !file.empty() && file.find('/') == std::string::npos && file != "." && file != "..",
+            index.string() + ": weight_map entry of '" + name + "' names '" + file +
+                "', not a file in the checkpoint folder");
+        if (std::find(shard_files_.begin(), shard_files_.end(), file) == shard_files_.end()) {
+          shard_files_.push_back(file);
+        }
+        shard_of_[name] = file;
+      }
+    } else if (fs::exists(p / "model.safetensors")) {
+      shard_files_.push_back("model.safetensors");
+    } else {
+      TORCH_CHECK(false,
+                  path + ": neither model.safetensors nor model.safetensors.index.json is there");
+    }
+  }
+  for (const auto& shard : shard_files_) {
+    const auto file_path = (fs::path(directory_) / shard).string();
+    if (!fs::exists(file_path)) {
+      TORCH_CHECK(false, file_path + ": shard named by the index is missing");
+    }
+    auto file = std::make_unique<File>(file_path);
+    if (!sharded_) {
+      for (const auto& name : file->names()) {
+        shard_of_[name] = shard;
+      }
+    }
+    files_.emplace(shard, std::move(file));
+  }
+  for (const auto& [name, shard] : shard_of_) {
+    if (!files_.at(shard)->contains(name)) {
+      TORCH_CHECK(false, (fs::path(directory_) / shard).string() + ": tensor '" + name +
+                             "' is listed in the index for this shard but is not in it");
+    }
+  }
+}
+
+std::vector<std::string> Checkpoint::names() const {
+  std::vector<std::string> names;
+  names.reserve(shard_of_.size());
+  for (const auto& [name, shard] : shard_of_) {
+    names.push_back(name);
+  }
+  return names;
+}
+
+const std::string& Checkpoint::shard_of(const std::string& name) const {
+  const auto it = shard_of_.find(name);
+  TORCH_CHECK(it != shard_of_.end(),
+              directory_ + ": checkpoint has no tensor named '" + name + "'");
+  return it->second;
+}
+
+const File& Checkpoint::file(const std::string& shard) const {
+  const auto it = files_.find(shard);
+  TORCH_CHECK(it != files_.end(), directory_ + ": no shard named '" + shard + "'");
+  return *it->second;
+}
+
+const TensorInfo& Checkpoint::info(const std::string& name) const {
+  return file(shard_of(name)).info(name);
+}
+
+torch::Tensor Checkpoint::tensor(const std::string& name) const {
+  return file(shard_of(name)).tensor(name);
+}
+
+}  // namespace moeprune::safetensors

@@ -1,0 +1,275 @@
+#include <moeprune/layers/moe_layer.h>
+
+#include <moeprune/ops/ops.h>
+#include <moeprune/routing/ensemble_router.h>
+#include <moeprune/routing/expert_choice_router.h>
+#include <moeprune/routing/top_k_router.h>
+
+#include <torch/torch.h>
+
+#include <algorithm>
+
+namespace moeprune {
+
+using functional::AuxLossWeights;
+using functional::CapacityMode;
+using functional::TopKRoutingOptions;
+
+std::vector<std::string> MoELayerOptions::preset_names() {
+  return {"vmoe", "e3moe", "expert_choice", "switch", "mixtral"};
+}
+
+MoELayerOptions MoELayerOptions::preset(const std::string& name, int64_t d_model,
+                                        int64_t hidden_dim, int64_t num_experts) {
+  MoELayerOptions o(d_model, hidden_dim, num_experts);
+  if (name == "vmoe") {
+    // Riquelme et al. 2021: top-2 of a softmax over E, noise std 1/E, capacity factor 1.05 at
+    // pre-training (1.5 for fine-tuning/evaluation), importance + load losses at 0.005 each.
+    o.routing(TopKRoutingOptions(2).capacity_mode(CapacityMode::kFactor).capacity_factor(1.05))
+        .noise_std(1.0)
+        .activation(ExpertActivation::kGeluTanh)
+        .aux_loss_weights(AuxLossWeights().importance(0.005).load(0.005));
+  } else if (name == "e3moe") {
+    // Allingham et al. 2021: 2 members, top-1 within a member, V-MoE's noise and losses.
+    o.router(RouterKind::kEnsemble)
+        .ensemble_size(2)
+        .routing(TopKRoutingOptions(1).capacity_mode(CapacityMode::kFactor).capacity_factor(1.05))
+        .noise_std(1.0)
+        .activation(ExpertActivation::kGeluTanh)
+        .aux_loss_weights(AuxLossWeights().importance(0.005).load(0.005));
+  } else if (name == "expert_choice") {
+    // Zhou et al. 2022, EC-CF2: each expert takes 2T/E tokens; no auxiliary loss.
+    o.router(RouterKind::kExpertChoice)
+        .routing(TopKRoutingOptions(1).capacity_mode(CapacityMode::kFactor).capacity_factor(2.0))
+        .activation(ExpertActivation::kGeluTanh);
+  } else if (name == "switch") {
+    // HF SwitchTransformers (4.x): top-1, expert_capacity 64 per sequence, jitter 0.01, ReLU
+    // experts without bias, z-loss and load balance at 0.001.
+    o.routing(TopKRoutingOptions(1).capacity_mode(CapacityMode::kFixed).expert_capacity(64))
+        .group_per_item(true)
+        .jitter(0.01)
+        .activation(ExpertActivation::kRelu)
+        .expert_bias(false)
+        .aux_loss_weights(AuxLossWeights().load_balance(0.001).z_loss(0.001));
+  } else if (name == "mixtral") {
+    // HF Mixtral: softmax in fp32, top-2 renormalised, dropless, SwiGLU experts,
+    // router_aux_loss_coef 0.001.
+    o.routing(TopKRoutingOptions(2).capacity_mode(CapacityMode::kDropless).renormalize(true))
+        .expert_kind(ExpertKind::kGated)
+        .activation(ExpertActivation::kSilu)
+        .expert_bias(false)
+        .aux_loss_weights(AuxLossWeights().load_balance(0.001));
+  } else {
+    std::string names;
+    for (const auto& n : preset_names()) {
+      names += (names.empty() ? "" : ", ") + n;
+    }
+    TORCH_CHECK(false, "MoELayerOptions: unknown preset '", name, "' (known: ", names, ")");
+  }
+  return o;
+}
+
+RouterHandle make_router(const MoELayerOptions& o) {
+  RouterHandle h;
+  switch (o.router()) {
+    case RouterKind::kTopK: {
+      auto r = std::make_shared<TopKRouterImpl>(TopKRouterOptions(o.d_model(), o.num_experts())
+                                                    .routing(o.routing())
+                                                    .noise_std(o.noise_std())
+                                                    .jitter(o.jitter())
+                                                    .group_per_item(o.group_per_item()));
+      h.router = r.get();
+      h.module = r;
+      break;
+    }
+    case RouterKind::kExpertChoice: {
+      auto r = std::make_shared<ExpertChoiceRouterImpl>(
+          ExpertChoiceRouterOptions(o.d_model(), o.num_experts())
+              .capacity_factor(o.routing().capacity_factor())
+              .capacity_multiple(o.routing().capacity_multiple())
+              .group_size(o.routing().group_size())
+              .noise_std(o.noise_std()));
+      h.router = r.get();
+      h.module = r;
+      break;
+    }
+    case RouterKind::kEnsemble: {
+      auto r = std::make_shared<EnsembleRouterImpl>(
+          EnsembleRouterOptions(o.d_model(), o.num_experts(), o.ensemble_size())
+              .routing(o.routing())
+              .noise_std(o.noise_std()));
+      h.router = r.get();
+      h.module = r;
+      break;
+    }
+  }
+  TORCH_CHECK(h.router != nullptr, "make_router: unknown router kind");
+  return h;
+}
+
+MoELayerImpl::MoELayerImpl(MoELayerOptions options_) : options(std::move(options_)) {
+  reset();
+}
+
+void MoELayerImpl::reset() {
+  // A clone re-runs reset(): rebuild the pruning, merging and factorising the original had.
+  const auto previous = experts_ ? std::optional<MoELayerState>(state()) : std::nullopt;
+  capture_ = nullptr;
+  auto handle = make_router(options);
+  router_ = handle.router;
+  router_module_ = register_module("router", handle.module);
+  experts_ = register_module(
+      "experts",
+      ExpertBank(ExpertBankOptions(options.num_experts(), options.d_model(), options.hidden_dim())
+                     .kind(options.expert_kind())
+                     .activation(options.activation())
+                     .bias(options.expert_bias())));
+  if (previous && !previous->is_plain()) {
+    restore(*previous);
+  }
+}
+
+void MoELayerImpl::pretty_print(std::ostream& stream) const {
+  stream << "moeprune::MoELayer(d_model=" << options.d_model()
+         << ", hidden_dim=" << options.hidden_dim() << ", experts=" << experts_->num_held() << "/"
+         << options.num_experts() << ")";
+}
+
+RouterOutput MoELayerImpl::route(const torch::Tensor& tokens) {
+  return route_items(tokens, 0);
+}
+
+RouterOutput MoELayerImpl::route_items(const torch::Tensor& tokens, int64_t item_size) {
+  torch::Tensor map;
+  int64_t bank_size = -1;
+  // A bank smaller than the router (router columns kept) or merged: map router experts to bank
+  // rows.
+  if (router_->num_experts() != experts_->num_held() || experts_->is_merged()) {
+    map = experts_->expert_map(tokens.device());
+    bank_size = experts_->num_held();
+  }
+  return router_->route(tokens, map, bank_size, item_size);
+}
+
+MoELayerOutput MoELayerImpl::forward(const torch::Tensor& input) {
+  TORCH_CHECK(input.dim() >= 2,
+              "MoELayer: input should be [..., d_model] with at least 2 dims, got ", input.dim(),
+              "-D");
+  TORCH_CHECK(input.size(-1) == options.d_model(), "MoELayer: input width ", input.size(-1),
+              " does not match d_model = ", options.d_model());
+  const int64_t item_size = input.dim() >= 3 ? input.size(-2) : 0;
+  const auto tokens = input.reshape({-1, options.d_model()});
+
+  auto routed = route_items(tokens, item_size);
+  auto& plan = routed.plan;
+
+  const auto rows = ops::dispatch(tokens, plan);
+  const auto expert_out = experts_->forward(rows, plan.counts());
+  const auto weight = plan.combine_weight.to(expert_out.scalar_type());
+  const auto combined = ops::combine(expert_out, weight, plan);
+
+  if (capture_ != nullptr) {
+    capture_->push_back({capture_inputs_ ? tokens.detach() : torch::Tensor(), plan});
+  }
+  MoELayerOutput out;
+  out.output = combined.reshape(input.sizes());
+  out.aux_loss = functional::weighted_sum(routed.losses, options.aux_loss_weights());
+  out.losses = std::move(routed.losses);
+  out.plan = std::move(plan);
+  return out;
+}
+
+void MoELayerImpl::merge_experts(const std::vector<std::vector<int64_t>>& groups) {
+  TORCH_CHECK(router_->can_merge(),
+              "MoELayer: this router's experts cannot be merged (E3-MoE members route "
+              "separately)");
+  TORCH_CHECK(router_->num_experts() == experts_->options.num_experts(),
+              "MoELayer: the router's columns were dropped; merging needs the full router");
+  TORCH_CHECK(static_cast<int64_t>(groups.size()) >= 1, "MoELayer: merging needs a group");
+  experts_->merge_experts(groups);
+}
+
+void MoELayerImpl::keep_experts(const std::vector<int64_t>& experts, bool drop_router_columns) {
+  TORCH_CHECK(static_cast<int64_t>(experts.size()) >= router_->min_bank_experts(),
+              "MoELayer: keeping ", experts.size(), " experts, the router needs at least ",
+              router_->min_bank_experts());
+  const auto keep = router_->keep_constraint();
+  if (keep.members > 1) {
+    // E3-MoE prunes within members: each member keeps at least its k experts.
+    const int64_t per_member = router_->num_experts() / keep.members;
+    for (int64_t m = 0; m < keep.members; ++m) {
+      const auto in_member = std::count_if(experts.begin(), experts.end(), [&](int64_t e) {
+        return e >= m * per_member && e < (m + 1) * per_member;
+      });
+      TORCH_CHECK(in_member >= keep.min_per_member, "MoELayer: ensemble member ", m, " would keep ",
+                  in_member, " experts, fewer than its k = ", keep.min_per_member);
+    }
+  }
+  if (!drop_router_columns) {
+    TORCH_CHECK(router_->num_experts() == experts_->options.num_experts(),
+                "MoELayer: the router's columns were already dropped; keep dropping them");
+    experts_->keep_experts(experts);
+    return;
+  }
+  TORCH_CHECK(router_->num_experts() == experts_->num_held(),
+              "MoELayer: dropping router columns needs a router and bank of one size (",
+              router_->num_experts(), " vs ", experts_->num_held(), ")");
+  TORCH_CHECK(router_->can_drop_columns(),
+              "MoELayer: an ensemble router keeps its columns (prune within members instead)");
+  // Router rows of the kept experts, by their position among the experts the bank holds.
+  std::vector<int64_t> rows;
+  for (const int64_t id : experts) {
+    rows.push_back(experts_->position_of(id));
+  }
+  std::sort(rows.begin(), rows.end());
+  TORCH_CHECK(static_cast<int64_t>(rows.size()) >= keep.min_per_member, "MoELayer: keeping ",
+              rows.size(), " experts, fewer than k = ", keep.min_per_member);
+  router_->drop_columns(rows);
+  experts_->keep_experts(experts);
+}
+
+void MoELayerImpl::set_capacity_factor(double capacity_factor) {
+  TORCH_CHECK(capacity_factor > 0.0, "MoELayer: capacity_factor should be > 0, got ",
+              capacity_factor);
+  options.routing().capacity_factor(capacity_factor);
+  router_->set_capacity_factor(capacity_factor);
+}
+
+void MoELayerImpl::set_group_size(int64_t group_size) {
+  TORCH_CHECK(group_size >= 0, "MoELayer: group_size should be >= 0, got ", group_size);
+  options.routing().group_size(group_size);
+  router_->set_group_size(group_size);
+}
+
+MoELayerState MoELayerImpl::state() const {
+  MoELayerState s;
+  s.bank = experts_->state();
+  s.router_rows_dropped = router_->num_experts() != experts_->options.num_experts();
+  return s;
+}
+
+void MoELayerImpl::restore(const MoELayerState& state) {
+  TORCH_CHECK(state.bank.num_experts == options.num_experts(),
+              "MoELayer: the state is of a layer of ", state.bank.num_experts,
+              " experts, this layer has ", options.num_experts());
+  TORCH_CHECK(this->state().is_plain(),
+              "MoELayer: restore needs a plain layer (this one is already pruned, merged or "
+              "factorised)");
+  if (state.router_rows_dropped) {
+    TORCH_CHECK(state.bank.groups.empty(),
+                "MoELayer: a state with dropped router rows cannot be merged");
+    keep_experts(state.bank.held, /*drop_router_columns=*/true);
+    if (state.bank.rank > 0) {
+      experts_->factorize(state.bank.rank, /*compute=*/false);
+    }
+    return;
+  }
+  experts_->restore(state.bank);
+}
+
+void MoELayerImpl::set_capture(std::vector<MoELayerCall>* sink, bool with_inputs) {
+  capture_ = sink;
+  capture_inputs_ = with_inputs;
+}
+
+}  // namespace moeprune

@@ -1,0 +1,45 @@
+#include <moeprune/models/vision/checkpoint.h>
+
+#include <moeprune/io/checkpoint.h>
+
+#include <torch/torch.h>
+#include <nlohmann/json.hpp>
+
+namespace moeprune {
+
+void save_vision_transformer(const std::string& path, const VisionTransformer& model,
+                             const std::string& extra, torch::optim::Optimizer* optimizer) {
+  nlohmann::json metadata;
+  try {
+    metadata = nlohmann::json::parse(extra);
+  } catch (const nlohmann::json::exception& e) {
+    TORCH_CHECK(false, "checkpoint ", path, ": the extra metadata is not valid JSON (", e.what(),
+                ")");
+  }
+  TORCH_CHECK(metadata.is_object(), "checkpoint ", path,
+              ": the extra metadata should be a JSON object, got ", metadata.type_name());
+  metadata["model"] = nlohmann::json::parse(model->config_json());
+  auto holder = model;  // save_checkpoint reads the module through a non-const reference
+  save_checkpoint(path, *holder, metadata.dump(), optimizer);
+}
+
+std::string read_vision_transformer_config(const std::string& path) {
+  const auto text = read_checkpoint_metadata(path);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    TORCH_CHECK(false, "checkpoint ", path, ": metadata is not valid JSON (", e.what(), ")");
+  }
+  TORCH_CHECK(j.is_object() && j.contains("model"), "checkpoint ", path,
+              ": metadata lacks the model options");
+  return j.at("model").dump();
+}
+
+VisionTransformer load_vision_transformer(const std::string& path) {
+  auto model = vision_transformer_from_config(read_vision_transformer_config(path));
+  load_checkpoint(path, *model);
+  return model;
+}
+
+}  // namespace moeprune

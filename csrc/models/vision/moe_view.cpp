@@ -1,0 +1,42 @@
+#include <moeprune/models/vision/moe_view.h>
+
+#include <torch/torch.h>
+#include <nlohmann/json.hpp>
+
+namespace moeprune {
+
+VisionTransformerMoEView::VisionTransformerMoEView(VisionTransformer model, CalibrationData images)
+    : model_(std::move(model)), images_(std::move(images)) {
+  TORCH_CHECK(!model_.is_empty(), "VisionTransformerMoEView: no model");
+}
+
+std::vector<MoELayerEntry> VisionTransformerMoEView::layers() const {
+  std::vector<MoELayerEntry> out;
+  for (const auto& [block, layer] : model_->moe_layers()) {
+    out.push_back({block, "block" + std::to_string(block) + ".moe", layer});
+  }
+  return out;
+}
+
+void VisionTransformerMoEView::walk(bool with_inputs, const LayerVisitor& visit) const {
+  TORCH_CHECK(has_calibration(), "VisionTransformerMoEView: no calibration images to walk");
+  auto model = model_;
+  walk_by_capture(
+      *model, layers(), with_inputs,
+      [&] { images_([&](const torch::Tensor& batch) { model->forward(batch); }); }, visit);
+}
+
+std::string VisionTransformerMoEView::signature() const {
+  auto j = nlohmann::json::parse(model_->options.to_json());
+  for (const char* key : {"num_classes", "capacity_factor"}) {
+    j.erase(key);
+  }
+  return j.dump();
+}
+
+std::shared_ptr<VisionTransformerMoEView> moe_view(const VisionTransformer& model,
+                                                   CalibrationData images) {
+  return std::make_shared<VisionTransformerMoEView>(model, std::move(images));
+}
+
+}  // namespace moeprune

@@ -1,0 +1,84 @@
+#pragma once
+
+// Expert pruning of Hugging Face checkpoints on disk: score the experts of every MoE layer with a
+// registry criterion (reading one layer at a time, routers only when the criterion allows), then
+// write a checkpoint folder that transformers loads, streaming tensors from the source files so
+// memory stays bounded whatever the checkpoint's size.
+
+#include <moeprune/hf/checkpoint.h>
+#include <moeprune/layers/moe_view.h>
+#include <moeprune/pruning/criterion.h>
+#include <moeprune/pruning/pruning_plan.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace moeprune::hf {
+
+/// What happens to the router rows of pruned experts.
+enum class RouterRows {
+  /// Cut (Expert Drop; what a smaller transformers model is): rows and experts removed, the
+  /// survivors renumbered, config's expert count reduced. Every MoE layer must lose the same
+  /// number, since the config holds one count.
+  kCut,
+  /// Kept (Chowdhury et al.'s token-choice semantics): the router keeps its E rows, softmax and
+  /// top-k still see every expert, and the pruned experts' weights are written as zeros, so
+  /// transformers computes exactly "a slot routed to a pruned expert outputs zero". The file does
+  /// not shrink; moeprune's loader frees the zeroed experts (config.json "moeprune" section).
+  kKeep,
+};
+
+struct ScoreOptions {
+  std::string finetuned;   ///< checkpoint folder
+  std::string pretrained;  ///< checkpoint folder (criteria that compare with pre-training)
+  std::string criterion = "router_norm_change";
+  /// safetensors file with each MoE layer's input hidden states: tensor "<layer prefix>" [..., d].
+  std::string calibration;
+  uint64_t seed = 0;
+  /// Called after each layer is scored (index, number of layers).
+  std::function<void(int64_t, int64_t)> progress;
+};
+
+/// Scores every expert of every MoE layer of the fine-tuned checkpoint, keyed by layer index.
+/// Layers are read one at a time; expert weights only when the criterion needs them.
+pruning::ExpertScores score_checkpoint(const ScoreOptions& options,
+                                       const pruning::CriterionRegistry& registry);
+
+/// The MoE view of a checkpoint's layers for plan building (pruning::PruningPlan): every MoE
+/// layer keyed by its index and named by its prefix, routers only (no expert weights are read),
+/// with the checkpoint's signature (model type, sizes, layer prefixes).
+std::shared_ptr<LayerMapView> router_view(const safetensors::Checkpoint& checkpoint,
+                                          const ModelInfo& info);
+
+/// The keys of the MoE layers named by index or prefix (`--layers`); throws listing the known
+/// ones for a name that is neither.
+std::vector<int64_t> layer_keys(const ModelInfo& info, const std::vector<std::string>& names);
+
+struct WriteOptions {
+  RouterRows router = RouterRows::kCut;
+  /// Called as bytes are written (done, total).
+  std::function<void(uint64_t, uint64_t)> progress;
+};
+
+/// What write_pruned_checkpoint wrote.
+struct WriteReport {
+  uint64_t bytes_written = 0;  ///< safetensors bytes (headers and data)
+  uint64_t tensors_copied = 0;
+  uint64_t tensors_sliced = 0;
+  uint64_t tensors_dropped = 0;
+  uint64_t tensors_zeroed = 0;
+};
+
+/// Writes `source` pruned by `plan` to the new folder `out` (which must not exist): each shard
+/// with the same name, tensors of untouched layers copied byte for byte, config.json with the
+/// new expert count and a "moeprune" section (criterion, router rows, pruned experts),
+/// model.safetensors.index.json rewritten, pruning_plan.json, and the folder's other files
+/// copied. Everything is written under a temporary folder that is renamed at the end, so a
+/// failure leaves no partial output.
+WriteReport write_pruned_checkpoint(const std::string& source, const pruning::PruningPlan& plan,
+                                    const std::string& out, const WriteOptions& options = {});
+
+}  // namespace moeprune::hf

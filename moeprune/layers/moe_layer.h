@@ -1,0 +1,138 @@
+#pragma once
+
+#include <moeprune/layers/expert_bank.h>
+#include <moeprune/layers/expert_bank_state.h>
+#include <moeprune/routing/functional/aux_losses.h>
+#include <moeprune/routing/functional/routing.h>
+#include <moeprune/routing/router.h>
+
+#include <torch/arg.h>
+#include <torch/nn/cloneable.h>
+#include <torch/nn/pimpl.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace moeprune {
+
+enum class RouterKind { kTopK, kExpertChoice, kEnsemble };
+
+struct MoELayerOptions {
+  MoELayerOptions(int64_t d_model, int64_t hidden_dim, int64_t num_experts)
+      : d_model_(d_model), hidden_dim_(hidden_dim), num_experts_(num_experts) {}
+
+  /// The named presets: "vmoe", "e3moe", "expert_choice", "switch", "mixtral".
+  /// Each one's defaults and sources are listed in docs/layers.md.
+  static MoELayerOptions preset(const std::string& name, int64_t d_model, int64_t hidden_dim,
+                                int64_t num_experts);
+  /// The names preset() accepts.
+  static std::vector<std::string> preset_names();
+
+  TORCH_ARG(int64_t, d_model);
+  TORCH_ARG(int64_t, hidden_dim);
+  TORCH_ARG(int64_t, num_experts);
+  TORCH_ARG(RouterKind, router) = RouterKind::kTopK;
+  /// Token-choice routing (kTopK, and per member for kEnsemble): k, capacity, BPR, groups.
+  /// Expert choice reads capacity_factor, capacity_multiple and group_size from here too.
+  TORCH_ARG(functional::TopKRoutingOptions, routing) = functional::TopKRoutingOptions(2);
+  /// Logit noise while training, in units of 1/E (V-MoE: 1).
+  TORCH_ARG(double, noise_std) = 0.0;
+  /// Multiplicative router-input jitter while training (Switch).
+  TORCH_ARG(double, jitter) = 0.0;
+  /// Route each item of a [B, S, d] input as its own group (Switch: capacity per sequence).
+  TORCH_ARG(bool, group_per_item) = false;
+  /// Ensemble members (kEnsemble).
+  TORCH_ARG(int64_t, ensemble_size) = 1;
+  TORCH_ARG(ExpertKind, expert_kind) = ExpertKind::kMlp;
+  TORCH_ARG(ExpertActivation, activation) = ExpertActivation::kGelu;
+  TORCH_ARG(bool, expert_bias) = true;
+  /// Weights of the auxiliary losses in MoELayerOutput::aux_loss.
+  TORCH_ARG(functional::AuxLossWeights, aux_loss_weights);
+};
+
+/// The router module a layer with these options holds: the module (to register) and its Router
+/// interface.
+struct RouterHandle {
+  std::shared_ptr<torch::nn::Module> module;
+  Router* router = nullptr;
+};
+/// Builds the router `options.router()` names, from the layer's routing options.
+RouterHandle make_router(const MoELayerOptions& options);
+
+/// One forward call of a MoE layer as a capture scope records it (layers/moe_view.h): the tokens
+/// [T, d] the layer routed (kept only when asked for) and the routing it computed.
+struct MoELayerCall {
+  torch::Tensor input;
+  RoutingPlan plan;
+};
+
+struct MoELayerOutput {
+  torch::Tensor output;    ///< same shape as the input; zero for tokens whose slots all dropped
+  torch::Tensor aux_loss;  ///< the weighted sum of `losses` (add it to the training loss)
+  functional::AuxLosses losses;
+  RoutingPlan plan;
+};
+
+/// A Mixture-of-Experts layer: router + expert bank + dispatch/combine. Takes tokens [..., d]
+/// (a [B, S, d] input makes each of the B items one `item` for E3-MoE members and per-sequence
+/// groups). The output has no residual: the block around the layer adds it.
+class MoELayerImpl : public torch::nn::Cloneable<MoELayerImpl> {
+ public:
+  explicit MoELayerImpl(MoELayerOptions options);
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+
+  MoELayerOutput forward(const torch::Tensor& input);
+  /// The routing forward() would compute for `tokens` [T, d] (each token its own item), through
+  /// the map from router experts to the experts the bank holds.
+  RouterOutput route(const torch::Tensor& tokens);
+
+  /// Keeps only `experts` (original ids) in the bank, freeing the others.
+  /// drop_router_columns = false (Chowdhury et al. 2024's semantics for token choice): the router
+  /// keeps its E columns, softmax and top-k run over all E, capacity is unchanged, and slots
+  /// routed to removed experts output zero. true (Expert Drop of He et al. 2024, and the paper's
+  /// expert-choice semantics): the removed experts' router columns go too; token choice then
+  /// renormalises its top-k weights over the survivors and capacity follows the new E.
+  void keep_experts(const std::vector<int64_t>& experts, bool drop_router_columns = false);
+
+  /// Merges experts (M-SMoE): bank expert g serves every original id in groups[g]; the router
+  /// keeps its E columns and a slot routed to any member goes to the group's expert (two slots
+  /// of one token in one group each get that expert's output with their own gate). The bank's
+  /// parameters shrink to one expert per group (compression/merging.h writes merged weights).
+  void merge_experts(const std::vector<std::vector<int64_t>>& groups);
+  /// Changes the capacity factor of the router (token choice, ensemble and expert choice).
+  void set_capacity_factor(double capacity_factor);
+
+  /// Changes the routing group size in tokens (0: one group).
+  void set_group_size(int64_t group_size);
+
+  /// What pruning, merging and factorising did to this layer.
+  MoELayerState state() const;
+  /// Rebuilds the shapes `state` describes on a plain layer (a checkpoint then fills the
+  /// weights).
+  void restore(const MoELayerState& state);
+
+  /// While `sink` is set, every forward call appends its routing (and its input tokens, when
+  /// `with_inputs`) to it. Set and cleared by a capture scope (MoECapture), not by hand.
+  void set_capture(std::vector<MoELayerCall>* sink, bool with_inputs);
+
+  Router& router() { return *router_; }
+  const Router& router() const { return *router_; }
+  ExpertBank& experts() { return experts_; }
+  const ExpertBank& experts() const { return experts_; }
+
+  MoELayerOptions options;
+
+ private:
+  std::shared_ptr<torch::nn::Module> router_module_;
+  Router* router_ = nullptr;
+  ExpertBank experts_{nullptr};
+  RouterOutput route_items(const torch::Tensor& tokens, int64_t item_size);
+
+  std::vector<MoELayerCall>* capture_ = nullptr;
+  bool capture_inputs_ = false;
+};
+TORCH_MODULE(MoELayer);
+
+}  // namespace moeprune

@@ -1,0 +1,279 @@
+// The demo's sweep and compression comparison (experiments/prune_sweep.h,
+// experiments/compression_compare.h) on tiny models and data: which experts each run prunes, and
+// what each compression keeps.
+#include "compression_compare.h"
+
+#include <catch2/catch.hpp>
+
+#include "../scratch_dir.h"
+
+namespace pr = moeprune::pruning;
+using moeprune::VisionTransformer;
+using moeprune::VisionTransformerOptions;
+
+namespace {
+
+VisionTransformerOptions tiny() {
+  return VisionTransformerOptions::small("small_vmoe", 4)
+      .d_model(16)
+      .mlp_dim(24)
+      .depth(4)
+      .heads(2)
+      .moe_blocks({1, 3});
+}
+
+moeprune::data::ImageDataset random_images(int64_t n, uint64_t seed) {
+  torch::manual_seed(seed);
+  moeprune::data::ImageDataset d;
+  d.images = torch::randint(0, 255, {n, 1, 28, 28}, torch::kLong).to(torch::kUInt8);
+  d.labels = torch::randint(0, 4, {n}, torch::kLong);
+  d.num_classes = 4;
+  return d;
+}
+
+std::string save(VisionTransformer& m, const std::string& name) {
+  const auto path = test::scratch_dir("moeprune-demo-test") + "/" + name + ".pt";
+  moeprune::save_vision_transformer(path, m,
+                                    experiments::task_metadata(experiments::DataArgs{}, {}));
+  return path;
+}
+
+// A pre-trained and a fine-tuned model whose routers differ.
+std::pair<std::string, std::string> checkpoints() {
+  torch::manual_seed(1);
+  VisionTransformer pre(tiny());
+  const auto pre_path = save(pre, "pre");
+  torch::manual_seed(2);
+  VisionTransformer ft(tiny());
+  return {pre_path, save(ft, "ft")};
+}
+
+// A sweep of the tiny checkpoints, without post-pruning fine-tuning.
+experiments::SweepConfig sweep_config(const std::string& pre, const std::string& ft,
+                                      std::vector<std::string> criteria) {
+  experiments::SweepConfig cfg;
+  cfg.model_name = "tiny";
+  cfg.pretrained = pre;
+  cfg.finetuned = ft;
+  cfg.criteria = std::move(criteria);
+  cfg.counts = {0, 3};
+  cfg.post_steps = 0;
+  cfg.calibration = 16;
+  return cfg;
+}
+
+// A comparison of the tiny checkpoints: the uncompressed row and one Layer Drop, no budgets.
+experiments::CompressionConfig compression_config(const std::string& pre, const std::string& ft) {
+  experiments::CompressionConfig cfg;
+  cfg.model_name = "tiny";
+  cfg.pretrained = pre;
+  cfg.finetuned = ft;
+  cfg.budgets = {};
+  cfg.post_steps = 0;
+  cfg.calibration = 16;
+  cfg.layer_drops = {1};
+  cfg.block_drops = {};
+  return cfg;
+}
+
+}  // namespace
+
+TEST_CASE("the sweep prunes other experts for each seed of the random criterion") {
+  const auto [pre, ft] = checkpoints();
+  experiments::Splits splits{random_images(64, 3), random_images(32, 4), {}};
+  const auto cfg = sweep_config(pre, ft, {"random", "router_norm_change"});
+  moeprune::ProgressBar bar(experiments::sweep_runs(cfg), "sweep", "runs", false);
+  int64_t done = 0;
+  const auto cells = experiments::run_sweep(cfg, splits, bar, done);
+  REQUIRE(cells.size() == 3 * 2 + 2);
+  std::vector<std::map<int64_t, std::vector<int64_t>>> random_plans;
+  for (const auto& c : cells) {
+    if (c.criterion == "random" && c.pruned == 3) {
+      random_plans.push_back(c.pruned_experts);
+      // The plan RandomCriterion gives for this seed.
+      pr::CriterionContext ctx;
+      ctx.finetuned = moeprune::moe_view(experiments::load_model(ft));
+      ctx.seed = c.seed;
+      const auto scores = pr::score_experts(pr::RandomCriterion(), ctx);
+      for (const auto& [block, experts] : c.pruned_experts) {
+        const auto order = std::get<1>(scores.at(block).sort());
+        std::vector<int64_t> lowest(order.data_ptr<int64_t>(), order.data_ptr<int64_t>() + 3);
+        std::sort(lowest.begin(), lowest.end());
+        CHECK(experts == lowest);
+      }
+    }
+    if (c.pruned == 0) {
+      CHECK(c.pruned_experts.at(1).empty());
+    }
+  }
+  REQUIRE(random_plans.size() == 3);
+  CHECK(random_plans[0] != random_plans[1]);
+  CHECK(random_plans[1] != random_plans[2]);
+  CHECK(random_plans[0] != random_plans[2]);
+  // router_norm_change: the three experts whose router rows grew least, by hand.
+  const auto pre_model = experiments::load_model(pre), ft_model = experiments::load_model(ft);
+  for (const auto& c : cells) {
+    if (c.criterion != "router_norm_change" || c.pruned != 3) continue;
+    for (const int64_t block : {1, 3}) {
+      const auto delta = ft_model->blocks[block]->moe->router().router_weight().norm(2, 1) -
+                         pre_model->blocks[block]->moe->router().router_weight().norm(2, 1);
+      const auto order = std::get<1>(delta.sort());
+      std::vector<int64_t> lowest(order.data_ptr<int64_t>(), order.data_ptr<int64_t>() + 3);
+      std::sort(lowest.begin(), lowest.end());
+      CHECK(c.pruned_experts.at(block) == lowest);
+    }
+  }
+}
+
+TEST_CASE("the compression comparison matches budgets and keeps what each method promises") {
+  const auto [pre, ft] = checkpoints();
+  experiments::Splits splits{random_images(64, 5), random_images(32, 6), {}};
+  auto cfg = compression_config(pre, ft);
+  cfg.budgets = {4};
+  cfg.post_steps = 3;
+  cfg.rank = 2;
+  cfg.density = 0.25;
+  cfg.layer_drops = {1};
+  cfg.block_drops = {1};
+  const auto cells = experiments::run_compression(cfg, splits);
+  REQUIRE(static_cast<int64_t>(cells.size()) == experiments::compression_runs(cfg));
+  std::map<std::string, experiments::CompressionCell> by;
+  for (const auto& c : cells) {
+    by[c.method] = c;
+    CHECK(c.top1 >= 0);
+    CHECK(c.top1_finetuned >= 0);
+    CHECK(c.latency_ms > 0);
+    CHECK(c.flops_per_image > 0);
+  }
+  const int64_t d = 16, F = 24, E = 8, expert = d * F + F + F * d + d;
+  const int64_t full = by.at("fine-tuned").parameters;
+  // Pruning (router kept) and M-SMoE (router kept, 4 merged experts) store the same; Expert
+  // Drop also removes 4 router rows per layer.
+  CHECK(by.at("prune (router_norm_change)").parameters == full - 2 * 4 * expert);
+  CHECK(by.at("M-SMoE").parameters == full - 2 * 4 * expert);
+  CHECK(by.at("Expert Drop").parameters == full - 2 * 4 * (expert + d));
+  // MC-SMoE: 4 experts per layer as L R + 25% of S's output units (floor over all units).
+  const int64_t factors = 2 * 4 * 2 * 2 * (d + F), units = 2 * 4 * (F + d);
+  const int64_t kept_units = units - units * 3 / 4;
+  const int64_t sparse_max = kept_units * F;  // an output unit of S holds d (w1) or F (w2) entries
+  const int64_t base = full - 2 * E * expert + 2 * 4 * (F + d);  // biases stay
+  CHECK(by.at("MC-SMoE").parameters >= base + factors + kept_units * d);
+  CHECK(by.at("MC-SMoE").parameters <= base + factors + sparse_max);
+  CHECK(by.at("Layer Drop").parameters == full - (E * expert + E * d + 2 * d));
+  CHECK(by.at("Block Drop").parameters < full);
+  CHECK(by.at("Layer Drop").detail.rfind("blocks ", 0) == 0);
+  CHECK(by.at("fine-tuned").flops_per_image > by.at("Layer Drop").flops_per_image);
+}
+
+TEST_CASE("the run journal keeps finished runs across restarts and skips a line cut short") {
+  const auto path = test::scratch_dir("moeprune-demo-test") + "/journal.jsonl";
+  std::filesystem::remove(path);
+  const nlohmann::json settings = {{"post_steps", 3}}, other = {{"post_steps", 4}};
+  {
+    experiments::RunJournal journal(path, settings);
+    CHECK(journal.size() == 0);
+    journal.record("a", {{"x", 1}}, 1.5);
+    journal.record("b", {{"x", 2}}, 2.25);
+  }
+  // A line with no time (as the first journals wrote), then a line cut short by a crash.
+  std::ofstream(path, std::ios::app) << R"({"key": "d", "settings": {"post_steps": 3}, "run": 4})"
+                                     << "\n"
+                                     << R"({"key": "c", "settings": {"post_ste)";
+  experiments::RunJournal reopened(path, settings);
+  CHECK(reopened.size() == 3);
+  CHECK(reopened.skipped() == 1);
+  const auto b = reopened.find("b");
+  REQUIRE(b);
+  CHECK(b->at("x") == 2);
+  CHECK_FALSE(reopened.find("c"));
+  CHECK(reopened.reused() == 1);
+  CHECK(reopened.reused_seconds() == 2.25);
+  CHECK(reopened.reused_untimed() == 0);
+  REQUIRE(reopened.find("d"));
+  CHECK(reopened.reused_untimed() == 1);
+  CHECK(reopened.reused_seconds() == 2.25);
+  // Runs made under other settings are not reused.
+  CHECK(experiments::RunJournal(path, other).size() == 0);
+  // 1.5 + 2.25 s reused and 0.5 minutes here: 0.1 minutes in the journal, 0.6 in all.
+  CHECK(reopened.find("a"));
+  CHECK(experiments::describe_reused(reopened, 0.5) ==
+        " here; 3 runs came from the journal, which took 0.1 minutes when they ran (1 of them "
+        "with no time recorded), so 0.6 minutes in all");
+  CHECK(experiments::describe_reused(experiments::RunJournal(path, settings), 0.5).empty());
+  // --fresh moves the journal aside, whole, and starts an empty one.
+  const auto before = std::filesystem::file_size(path);
+  CHECK(experiments::open_run_journal(path, settings, /*fresh=*/true).size() == 0);
+  CHECK(std::filesystem::file_size(path + ".old") == before);
+  CHECK_FALSE(std::filesystem::exists(path));
+  // A checkpoint's fingerprint follows its bytes (FNV-1a 64 of "a" is af63dc4c8601ec8c).
+  const auto file = test::scratch_dir("moeprune-demo-test") + "/fingerprint.bin";
+  std::ofstream(file, std::ios::binary) << "a";
+  CHECK(experiments::file_fingerprint(file) == "af63dc4c8601ec8c");
+  CHECK_THROWS_WITH(experiments::file_fingerprint(file + ".missing"),
+                    Catch::Contains("cannot read '" + file + ".missing' to fingerprint it"));
+}
+
+TEST_CASE(
+    "an interrupted sweep resumes: recorded runs are reused, the others run and are recorded") {
+  const auto [pre, ft] = checkpoints();
+  experiments::Splits splits{random_images(64, 3), random_images(32, 4), {}};
+  const auto cfg = sweep_config(pre, ft, {"router_norm_change"});
+  const auto path = test::scratch_dir("moeprune-demo-test") + "/sweep.jsonl";
+  std::filesystem::remove(path);
+  {
+    // A run that finished before the interruption, with an accuracy no real run gives here.
+    experiments::RunJournal journal(path, {});
+    experiments::SweepCell earlier;
+    earlier.model = "tiny";
+    earlier.criterion = "router_norm_change";
+    earlier.pruned = 3;
+    earlier.top1 = 0.123;
+    earlier.pruned_experts[1] = {0, 1, 2};
+    journal.record(experiments::sweep_key("tiny", "router_norm_change", 3, 0), earlier, 7.0);
+  }
+  experiments::RunJournal journal(path, {});
+  moeprune::ProgressBar bar(experiments::sweep_runs(cfg), "sweep", "runs", false);
+  int64_t done = 0;
+  const auto cells = experiments::run_sweep(cfg, splits, bar, done, &journal);
+  REQUIRE(cells.size() == 2);
+  CHECK(done == 2);
+  CHECK(journal.reused() == 1);
+  CHECK(journal.reused_seconds() == 7.0);
+  CHECK(cells[0].pruned == 0);
+  CHECK(cells[0].top1 != 0.123);
+  CHECK(cells[1].top1 == 0.123);
+  CHECK(cells[1].pruned_experts.at(1) == std::vector<int64_t>{0, 1, 2});
+  // The new run was appended: reopening finds both.
+  experiments::RunJournal after(path, {});
+  CHECK(after.size() == 2);
+  const auto recorded = after.find(experiments::sweep_key("tiny", "router_norm_change", 0, 0));
+  REQUIRE(recorded);
+  CHECK(recorded->get<experiments::SweepCell>().top1 == cells[0].top1);
+  CHECK(after.reused_seconds() > 0);  // the new run's time was recorded with it
+  CHECK(after.reused_untimed() == 0);
+}
+
+TEST_CASE("the compression comparison resumes from its journal") {
+  const auto [pre, ft] = checkpoints();
+  experiments::Splits splits{random_images(64, 5), random_images(32, 6), {}};
+  const auto cfg = compression_config(pre, ft);
+  const auto path = test::scratch_dir("moeprune-demo-test") + "/compression.jsonl";
+  std::filesystem::remove(path);
+  {
+    experiments::RunJournal journal(path, {});
+    experiments::CompressionCell earlier;
+    earlier.model = "tiny";
+    earlier.method = "Layer Drop";
+    earlier.setting = "1 of 2 MoE layers";
+    earlier.parameters = 42;
+    journal.record("compression/tiny/Layer Drop/1 of 2 MoE layers", earlier, 3.0);
+  }
+  experiments::RunJournal journal(path, {});
+  const auto cells = experiments::run_compression(cfg, splits, nullptr, nullptr, &journal);
+  REQUIRE(cells.size() == 2);
+  CHECK(cells[0].method == "fine-tuned");
+  CHECK(cells[0].parameters > 42);
+  CHECK(cells[1].method == "Layer Drop");
+  CHECK(cells[1].parameters == 42);
+  CHECK(experiments::RunJournal(path, {}).size() == 2);
+}
