@@ -140,7 +140,7 @@ MoELayer load_moe_layer(const safetensors::Checkpoint& checkpoint, const ModelIn
     return layer;
   }
   family.load_experts(checkpoint, info, ref, bank);
-  if (!ref.state.is_plain() && ref.state.bank.num_experts > 0) {
+  if (!ref.state.is_plain()) {
     layer->restore(ref.state);  // a "keep" checkpoint's zeroed experts are freed
   }
   return layer;

@@ -1,22 +1,8 @@
 #include <moeprune/layers/moe_view.h>
 
-#include <c10/util/StringUtil.h>
 #include <torch/torch.h>
 
 namespace moeprune {
-
-MoELayerEntry MoEView::layer(int64_t key) const {
-  const auto all = layers();
-  std::vector<int64_t> keys;
-  for (const auto& entry : all) {
-    if (entry.key == key) {
-      return entry;
-    }
-    keys.push_back(entry.key);
-  }
-  TORCH_CHECK(false, "no MoE layer keyed ", key,
-              " (the model's MoE layers: ", c10::Join(", ", keys), ")");
-}
 
 std::map<int64_t, MoELayerEntry> MoEView::layer_map() const {
   std::map<int64_t, MoELayerEntry> out;

@@ -54,8 +54,6 @@ class MoEView {
   /// The architecture a plan made on this view fits (JSON text; empty: not recorded).
   virtual std::string signature() const { return {}; }
 
-  /// The layer keyed `key`; throws, naming the key and the view's keys, when there is none.
-  MoELayerEntry layer(int64_t key) const;
   /// The layers by key.
   std::map<int64_t, MoELayerEntry> layer_map() const;
 };
