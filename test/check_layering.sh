@@ -32,6 +32,9 @@ forbid pruning "compression/|hf/|models/|train/|$old"
 forbid compression "hf/|models/|train/|$old"
 forbid hf "compression/|models/|train/|$old"
 forbid models "train/|$old"
+# The model families stand side by side: neither uses the other.
+forbid models/lm "models/vision/"
+forbid models/vision "models/lm/"
 forbid train "$old"
 
 if [ "$status" -ne 0 ]; then

@@ -89,7 +89,7 @@ std::vector<std::string> MoELayerRef::expert_tensors(int64_t j) const {
 }
 
 std::string ModelInfo::experts_key() const {
-  return family_of(model_type).experts_key();
+  return config_experts_key.empty() ? family_of(model_type).experts_key() : config_experts_key;
 }
 
 const MoELayerRef& ModelInfo::layer(const std::string& prefix) const {
@@ -109,6 +109,9 @@ ModelInfo describe(const std::string& directory, const safetensors::Checkpoint& 
   info.model_type = config.text("model_type", "");
   const auto& family = family_of(info.model_type, config.path());
   auto refs = family.describe(config, checkpoint, info);
+  if (!config.contains(family.experts_key()) && config.contains("num_local_experts")) {
+    info.config_experts_key = "num_local_experts";
+  }
   TORCH_CHECK(!refs.empty(), config.path(), ": the model has no MoE layers");
   const auto states = pruned_states(config, refs);
   for (auto& ref : refs) {
@@ -121,6 +124,10 @@ ModelInfo describe(const std::string& directory, const safetensors::Checkpoint& 
     info.layers.push_back(std::move(ref));
   }
   return info;
+}
+
+MoELayerOptions moe_layer_options(const ModelInfo& info, const MoELayerRef& ref) {
+  return family_of(info.model_type).layer_options(info, ref, info.hidden_dim);
 }
 
 MoELayer load_moe_layer(const safetensors::Checkpoint& checkpoint, const ModelInfo& info,

@@ -17,6 +17,10 @@ class Config {
   const std::string& path() const { return path_; }
   const nlohmann::ordered_json& json() const { return json_; }
   bool contains(const std::string& key) const { return json_.contains(key); }
+  /// Present and not null.
+  bool is_set(const std::string& key) const {
+    return json_.contains(key) && !json_.at(key).is_null();
+  }
 
   /// A non-negative integer; `fallback` (>= 0) when absent, else absence is an error.
   int64_t integer(const std::string& key, int64_t fallback = -1) const;

@@ -2,6 +2,7 @@
 
 #include <c10/util/Exception.h>
 #include <c10/util/StringUtil.h>
+#include <torch/torch.h>
 
 #include <memory>
 
@@ -10,6 +11,7 @@ namespace moeprune::hf {
 // The families, each in its own file under families/.
 std::unique_ptr<Family> make_mixtral_family();
 std::unique_ptr<Family> make_switch_transformers_family();
+std::vector<std::unique_ptr<Family>> make_mlp_experts_families();
 
 namespace {
 
@@ -18,6 +20,9 @@ const std::vector<std::unique_ptr<Family>>& families() {
     std::vector<std::unique_ptr<Family>> f;
     f.push_back(make_mixtral_family());
     f.push_back(make_switch_transformers_family());
+    for (auto& family : make_mlp_experts_families()) {
+      f.push_back(std::move(family));
+    }
     return f;
   }();
   return all;
@@ -66,6 +71,47 @@ ExpertActivation activation_of(const std::string& name, const std::string& confi
   }
   TORCH_CHECK(false, config_path, ": activation \"", name,
               "\" is not supported (silu, relu, gelu, gelu_new)");
+}
+
+void expect_gated_experts(const safetensors::Checkpoint& checkpoint, const MoELayerRef& ref,
+                          int64_t d_model, int64_t hidden_dim, const Family& family,
+                          const std::string& config_path) {
+  const int64_t E = ref.num_experts, d = d_model, F = hidden_dim;
+  if (ref.fused) {
+    const auto names = family.expert_tensors(ref, 0);
+    expect_shape(checkpoint, names[0], {E, 2 * F, d}, config_path);
+    expect_shape(checkpoint, names[1], {E, d, F}, config_path);
+    return;
+  }
+  for (int64_t j = 0; j < E; ++j) {
+    const auto names = family.expert_tensors(ref, j);
+    expect_shape(checkpoint, names[0], {F, d}, config_path);
+    expect_shape(checkpoint, names[1], {d, F}, config_path);
+    expect_shape(checkpoint, names[2], {F, d}, config_path);
+  }
+}
+
+void load_gated_experts(const safetensors::Checkpoint& checkpoint, const MoELayerRef& ref,
+                        int64_t hidden_dim, ExpertBank& bank, const Family& family) {
+  torch::NoGradGuard no_grad;
+  const auto dtype = bank->w1.scalar_type();
+  if (ref.fused) {
+    const auto names = family.expert_tensors(ref, 0);
+    const auto gate_up = checkpoint.tensor(names[0]);  // [E, 2F, d], gate first
+    const auto down = checkpoint.tensor(names[1]);     // [E, d, F]
+    const int64_t F = hidden_dim;
+    bank->w1.copy_(gate_up.narrow(1, 0, F).transpose(1, 2).to(dtype));
+    bank->w3.copy_(gate_up.narrow(1, F, F).transpose(1, 2).to(dtype));
+    bank->w2.copy_(down.transpose(1, 2).to(dtype));
+    return;
+  }
+  for (int64_t j = 0; j < ref.num_experts; ++j) {
+    const auto names = family.expert_tensors(ref, j);
+    // HF stores nn.Linear weights [out, in]; the bank multiplies x [*, in] by [in, out].
+    bank->w1[j].copy_(checkpoint.tensor(names[0]).t());
+    bank->w2[j].copy_(checkpoint.tensor(names[1]).t());
+    bank->w3[j].copy_(checkpoint.tensor(names[2]).t());
+  }
 }
 
 }  // namespace detail

@@ -53,6 +53,15 @@ void expect_shape(const safetensors::Checkpoint& checkpoint, const std::string& 
                   const std::vector<int64_t>& shape, const std::string& config_path);
 /// The expert activation a config names (hidden_act, dense_act_fn).
 ExpertActivation activation_of(const std::string& name, const std::string& config_path);
+/// Checks a SwiGLU layer's expert tensors against the sizes: per expert {gate, down, up} as
+/// `family` names them, or fused gate_up_proj [E, 2F, d] (gate rows first) / down_proj [E, d, F].
+void expect_gated_experts(const safetensors::Checkpoint& checkpoint, const MoELayerRef& ref,
+                          int64_t d_model, int64_t hidden_dim, const Family& family,
+                          const std::string& config_path);
+/// Copies a SwiGLU layer's experts into `bank` (w1 gate, w3 up, w2 down, each [E, in, out]) from
+/// either layout, converting to the bank's dtype.
+void load_gated_experts(const safetensors::Checkpoint& checkpoint, const MoELayerRef& ref,
+                        int64_t hidden_dim, ExpertBank& bank, const Family& family);
 }  // namespace detail
 
 }  // namespace moeprune::hf

@@ -229,6 +229,11 @@ std::string pruned_config(const std::string& source, const ModelInfo& info,
   std::ifstream config_in(source + "/config.json");
   auto config = nlohmann::ordered_json::parse(config_in);
   config[info.experts_key()] = new_experts;
+  if (cut && info.model_type != "mixtral" && info.model_type != "switch_transformers") {
+    // moeprune renormalises the top-k weights over the surviving experts once router rows are
+    // cut; transformers does so for these families only with norm_topk_prob.
+    config["norm_topk_prob"] = true;
+  }
   nlohmann::ordered_json record;
   record["criterion"] = plan.criterion;
   record["router"] = cut ? "cut" : "keep";

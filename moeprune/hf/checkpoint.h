@@ -1,10 +1,10 @@
 #pragma once
 
-// The MoE layers of Hugging Face checkpoints: Mixtral (the hub's per-expert w1/w2/w3 layout and
-// transformers 5.x's fused gate_up_proj/down_proj) and Switch Transformers (encoder and decoder
-// sparse blocks), one file per family in csrc/hf/families/, looked up by config.json's
-// model_type. A checkpoint folder holds config.json plus model.safetensors or shards with
-// model.safetensors.index.json.
+// The MoE layers of Hugging Face checkpoints: Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE and
+// DeepSeek-MoE (the hub's per-expert layout and transformers 5.x's fused gate_up_proj/down_proj)
+// and Switch Transformers (encoder and decoder sparse blocks), one file per family in
+// csrc/hf/families/, looked up by config.json's model_type. A checkpoint folder holds config.json
+// plus model.safetensors or shards with model.safetensors.index.json.
 
 #include <moeprune/io/safetensors.h>
 #include <moeprune/layers/expert_bank_state.h>
@@ -21,7 +21,9 @@ namespace moeprune::hf {
 
 /// Where one MoE layer's tensors are.
 struct MoELayerRef {
-  int64_t index = 0;   ///< position among the model's MoE layers (the key of scores and plans)
+  int64_t index = 0;  ///< position among the model's MoE layers (the key of scores and plans)
+  /// The decoder layer holding it (model.layers.{i}); -1 for encoder-decoder models (Switch).
+  int64_t decoder_layer = -1;
   std::string prefix;  ///< e.g. "model.layers.3.block_sparse_moe", "encoder.block.1.layer.1.mlp"
   std::string router;  ///< the router weight [E, d]
   bool fused = false;  ///< transformers 5.x Mixtral: experts.gate_up_proj / experts.down_proj
@@ -43,16 +45,22 @@ struct MoELayerRef {
 struct ModelInfo {
   std::string model_type;  ///< config's model_type
   int64_t d_model = 0;
-  int64_t hidden_dim = 0;  ///< intermediate_size (Mixtral) / d_ff (Switch)
+  int64_t hidden_dim = 0;  ///< an expert's width: intermediate_size (Mixtral),
+                           ///< moe_intermediate_size (Qwen, OLMoE, DeepSeek), d_ff (Switch)
   int64_t num_experts = 0;
   int64_t top_k = 1;
+  /// Top-k weights divided by their sum (Mixtral always; Qwen/OLMoE/DeepSeek: norm_topk_prob).
+  bool norm_topk_prob = true;
   int64_t expert_capacity = 0;  ///< Switch, per sequence
   double router_jitter = 0.0;
   ExpertActivation activation = ExpertActivation::kSilu;
   std::vector<MoELayerRef> layers;
 
-  /// The config key holding the expert count ("num_local_experts" or "num_experts").
+  /// The config key holding the expert count ("num_local_experts" or "num_experts"): the one
+  /// config.json uses (transformers 5.x writes num_local_experts for Qwen-MoE too).
   std::string experts_key() const;
+  /// The key config.json holds the count under, when it is not the family's usual one.
+  std::string config_experts_key;
   /// The MoE layer called `prefix` (or with index `index`); throws listing the known ones.
   const MoELayerRef& layer(const std::string& prefix) const;
 };
@@ -67,6 +75,10 @@ struct LoadOptions {
   TORCH_ARG(bool, expert_weights) = true;
   TORCH_ARG(torch::Dtype, dtype) = torch::kFloat;
 };
+
+/// The options of the moeprune layer that computes `ref` (its family's preset with the config's
+/// sizes, k, renormalisation, capacity and jitter).
+MoELayerOptions moe_layer_options(const ModelInfo& info, const MoELayerRef& ref);
 
 /// Builds one MoE layer (preset "mixtral" or "switch" with the config's sizes, k, capacity and
 /// jitter) and fills it from the checkpoint. Zeroed experts of a "keep" checkpoint are removed

@@ -30,6 +30,7 @@ class Mixtral : public Family {
     for (int64_t i = 0; i < layers; ++i) {
       const auto base = "model.layers." + std::to_string(i);
       MoELayerRef ref;
+      ref.decoder_layer = i;
       ref.num_experts = E;
       if (checkpoint.contains(base + ".block_sparse_moe.gate.weight")) {
         ref.prefix = base + ".block_sparse_moe";
@@ -42,18 +43,7 @@ class Mixtral : public Family {
       }
       ref.router = ref.prefix + ".gate.weight";
       detail::expect_shape(checkpoint, ref.router, {E, d}, config.path());
-      if (ref.fused) {
-        const auto names = expert_tensors(ref, 0);
-        detail::expect_shape(checkpoint, names[0], {E, 2 * F, d}, config.path());
-        detail::expect_shape(checkpoint, names[1], {E, d, F}, config.path());
-      } else {
-        for (int64_t j = 0; j < E; ++j) {
-          const auto names = expert_tensors(ref, j);
-          detail::expect_shape(checkpoint, names[0], {F, d}, config.path());
-          detail::expect_shape(checkpoint, names[1], {d, F}, config.path());
-          detail::expect_shape(checkpoint, names[2], {F, d}, config.path());
-        }
-      }
+      detail::expect_gated_experts(checkpoint, ref, d, F, *this, config.path());
       refs.push_back(std::move(ref));
     }
     return refs;
@@ -74,31 +64,14 @@ class Mixtral : public Family {
   MoELayerOptions layer_options(const ModelInfo& info, const MoELayerRef& ref,
                                 int64_t hidden_dim) const override {
     auto o = MoELayerOptions::preset("mixtral", info.d_model, hidden_dim, ref.num_experts);
-    o.routing().k(info.top_k);
+    o.routing().k(info.top_k).renormalize(true);
     o.jitter(info.router_jitter).activation(info.activation);
     return o;
   }
 
   void load_experts(const safetensors::Checkpoint& checkpoint, const ModelInfo& info,
                     const MoELayerRef& ref, ExpertBank& bank) const override {
-    const auto dtype = bank->w1.scalar_type();
-    if (ref.fused) {
-      const auto names = expert_tensors(ref, 0);
-      const auto gate_up = checkpoint.tensor(names[0]).to(dtype);  // [E, 2F, d], gate first
-      const auto down = checkpoint.tensor(names[1]).to(dtype);     // [E, d, F]
-      const int64_t F = info.hidden_dim;
-      bank->w1.copy_(gate_up.narrow(1, 0, F).transpose(1, 2));
-      bank->w3.copy_(gate_up.narrow(1, F, F).transpose(1, 2));
-      bank->w2.copy_(down.transpose(1, 2));
-      return;
-    }
-    for (int64_t j = 0; j < ref.num_experts; ++j) {
-      const auto names = expert_tensors(ref, j);
-      // HF stores nn.Linear weights [out, in]; the bank multiplies x [*, in] by [in, out].
-      bank->w1[j].copy_(checkpoint.tensor(names[0]).to(dtype).t());
-      bank->w2[j].copy_(checkpoint.tensor(names[1]).to(dtype).t());
-      bank->w3[j].copy_(checkpoint.tensor(names[2]).to(dtype).t());
-    }
+    detail::load_gated_experts(checkpoint, ref, info.hidden_dim, bank, *this);
   }
 };
 

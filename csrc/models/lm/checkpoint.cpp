@@ -1,0 +1,273 @@
+#include <moeprune/models/lm/checkpoint.h>
+
+#include <moeprune/hf/checkpoint.h>
+#include <moeprune/io/safetensors.h>
+
+#include "hf/config.h"
+#include "io/posix_file.h"
+#include "models/lm/hf_architecture.h"
+
+#include <c10/core/DefaultDtype.h>
+#include <c10/util/StringUtil.h>
+#include <torch/torch.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <set>
+#include <utility>
+#include <vector>
+
+namespace moeprune::lm {
+namespace {
+
+// Modules built while it lives get parameters in `type` (no fp32 copy of a bf16 model).
+class DefaultDtype {
+ public:
+  explicit DefaultDtype(torch::ScalarType type) : old_(c10::get_default_dtype()) {
+    c10::set_default_dtype(c10::scalarTypeToTypeMeta(type));
+  }
+  ~DefaultDtype() { c10::set_default_dtype(old_); }
+  DefaultDtype(const DefaultDtype&) = delete;
+  DefaultDtype& operator=(const DefaultDtype&) = delete;
+
+ private:
+  caffe2::TypeMeta old_;
+};
+
+std::string layer_prefix(int64_t i) {
+  return "model.layers." + std::to_string(i) + ".";
+}
+
+void add_linear(std::vector<std::pair<std::string, torch::Tensor>>& out, const std::string& name,
+                const torch::nn::Linear& linear) {
+  out.emplace_back(name + ".weight", linear->weight);
+  if (linear->bias.defined()) {
+    out.emplace_back(name + ".bias", linear->bias);
+  }
+}
+
+void add_gated_mlp(std::vector<std::pair<std::string, torch::Tensor>>& out, const std::string& name,
+                   const GatedMLP& mlp) {
+  add_linear(out, name + ".gate_proj", mlp->gate_proj);
+  add_linear(out, name + ".up_proj", mlp->up_proj);
+  add_linear(out, name + ".down_proj", mlp->down_proj);
+}
+
+// Every parameter outside the MoE layers (routers and routed experts), by its Hugging Face name.
+std::vector<std::pair<std::string, torch::Tensor>> named_dense_tensors(CausalLMImpl& model) {
+  const auto names = detail::hf_names(model.options.model_type());
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  out.emplace_back("model.embed_tokens.weight", model.embed_tokens->weight);
+  for (int64_t i = 0; i < model.options.num_layers(); ++i) {
+    const auto p = layer_prefix(i);
+    const auto layer = model.layer(i);
+    out.emplace_back(p + "input_layernorm.weight", layer->input_layernorm->weight);
+    out.emplace_back(p + "post_attention_layernorm.weight",
+                     layer->post_attention_layernorm->weight);
+    const auto& attn = layer->self_attn;
+    add_linear(out, p + "self_attn.q_proj", attn->q_proj);
+    add_linear(out, p + "self_attn.k_proj", attn->k_proj);
+    add_linear(out, p + "self_attn.v_proj", attn->v_proj);
+    add_linear(out, p + "self_attn.o_proj", attn->o_proj);
+    if (!attn->q_norm.is_empty()) {
+      out.emplace_back(p + "self_attn.q_norm.weight", attn->q_norm->weight);
+      out.emplace_back(p + "self_attn.k_norm.weight", attn->k_norm->weight);
+    }
+    if (!layer->is_moe()) {
+      add_gated_mlp(out, p + "mlp", layer->mlp);
+      continue;
+    }
+    const auto& block = layer->moe_block;
+    if (!block->shared_expert.is_empty()) {
+      add_gated_mlp(out, p + names.moe_block + "." + names.shared_expert, block->shared_expert);
+    }
+    if (!block->shared_expert_gate.is_empty()) {
+      add_linear(out, p + names.moe_block + ".shared_expert_gate", block->shared_expert_gate);
+    }
+  }
+  out.emplace_back("model.norm.weight", model.norm->weight);
+  if (!model.lm_head.is_empty()) {
+    out.emplace_back("lm_head.weight", model.lm_head->weight);
+  }
+  return out;
+}
+
+std::string shape_text(c10::IntArrayRef shape) {
+  return "[" + c10::Join(", ", shape) + "]";
+}
+
+}  // namespace
+
+CausalLM load_causal_lm(const std::string& directory, const LoadOptions& options) {
+  const auto dtype = options.dtype();
+  TORCH_CHECK(dtype == torch::kFloat || dtype == torch::kBFloat16 || dtype == torch::kHalf ||
+                  dtype == torch::kDouble,
+              "load_causal_lm: dtype should be floating point, got ", dtype);
+  const hf::Config config(directory);
+  auto o = detail::options_from_config(config);
+  const safetensors::Checkpoint checkpoint(directory);
+  const auto info = hf::describe(directory, checkpoint);
+  auto moe_layers = o.moe_layers();
+  for (const auto& ref : info.layers) {
+    TORCH_CHECK(ref.decoder_layer >= 0 && ref.decoder_layer < o.num_layers(), config.path(),
+                ": MoE layer ", ref.prefix, " is outside the ", o.num_layers(), " decoder layers");
+    moe_layers[static_cast<size_t>(ref.decoder_layer)] = true;
+  }
+  o.moe_layers(moe_layers);
+  const auto aux = functional::AuxLossWeights().load_balance(detail::aux_loss_coef(config));
+  auto moe_options = hf::moe_layer_options(info, info.layers.front());
+  moe_options.aux_loss_weights(aux);
+  o.moe(moe_options);
+
+  CausalLM model{nullptr};
+  {
+    DefaultDtype guard(dtype);
+    model = CausalLM(o);
+  }
+  model->to(dtype);
+  torch::NoGradGuard no_grad;
+  std::set<std::string> used;
+  for (auto& [name, param] : named_dense_tensors(*model)) {
+    TORCH_CHECK(checkpoint.contains(name), directory, ": tensor '", name, "' is missing (",
+                o.model_type(), " with this config.json has it)");
+    const auto t = checkpoint.tensor(name);
+    TORCH_CHECK(t.sizes() == param.sizes(), directory, ": tensor '", name, "' has shape ",
+                shape_text(t.sizes()), ", config.json implies ", shape_text(param.sizes()));
+    param.set_data(t.scalar_type() == dtype ? t : t.to(dtype));
+    used.insert(name);
+  }
+  for (const auto& ref : info.layers) {
+    auto layer = hf::load_moe_layer(checkpoint, info, ref, hf::LoadOptions().dtype(dtype));
+    layer->options.aux_loss_weights(aux);
+    model->layer(ref.decoder_layer)->moe_block->set_moe(layer);
+    used.insert(ref.router);
+    for (int64_t j = 0; j < (ref.fused ? 1 : ref.num_experts); ++j) {
+      for (const auto& name : ref.expert_tensors(j)) {
+        used.insert(name);
+      }
+    }
+  }
+  std::vector<std::string> unexpected;
+  for (const auto& name : checkpoint.names()) {
+    const bool ignored = name.size() >= 20 && name.rfind("rotary_emb.inv_freq") == name.size() - 19;
+    const bool tied_head = name == "lm_head.weight" && o.tie_word_embeddings();
+    if (used.count(name) == 0 && !ignored && !tied_head) {
+      unexpected.push_back(name);
+    }
+  }
+  TORCH_CHECK(unexpected.empty(), directory, ": ", unexpected.size(), " tensors are not part of a ",
+              o.model_type(), " with this config.json (first: '", unexpected.front(), "')");
+  return model;
+}
+
+void save_causal_lm(CausalLM& model, const std::string& directory, const SaveOptions& options) {
+  auto& m = *model;
+  const auto& o = m.options;
+  const auto names = detail::hf_names(o.model_type());
+  const bool exists = std::filesystem::exists(directory);
+  TORCH_CHECK(!exists || options.overwrite(), directory,
+              ": already exists (pass overwrite to replace it; nothing was written)");
+  const auto moe = m.moe_layers();
+  // The expert count config.json gets, and what each layer writes.
+  int64_t source_experts = 0, written_experts = -1;
+  bool dropped = false;
+  for (const auto& [index, layer] : moe) {
+    const auto state = layer->state();
+    TORCH_CHECK(state.bank.rank == 0, "save_causal_lm: layer ", index,
+                "'s experts are factorised (MC-SMoE low rank + sparse); writing them as dense "
+                "Hugging Face experts is not supported");
+    source_experts = state.bank.num_experts;
+    dropped = dropped || state.router_rows_dropped;
+  }
+  for (const auto& [index, layer] : moe) {
+    const auto state = layer->state();
+    TORCH_CHECK(state.router_rows_dropped == dropped, "save_causal_lm: layer ", index,
+                dropped ? " keeps its router rows while others dropped theirs"
+                        : " dropped router rows while others kept theirs",
+                "; a Hugging Face config has one expert count");
+    const int64_t count = dropped ? layer->experts()->num_held() : state.bank.num_experts;
+    TORCH_CHECK(written_experts < 0 || written_experts == count, "save_causal_lm: layer ", index,
+                " would have ", count, " experts and another ", written_experts,
+                "; with router rows dropped, every MoE layer must hold the same number (keep the "
+                "router rows to save layers pruned differently)");
+    written_experts = count;
+  }
+
+  const auto target = std::filesystem::path(directory).lexically_normal().string();
+  const auto staging = exists ? target + ".moeprune-saving" : target;
+  {
+    io::AtomicFolder folder(staging);
+    safetensors::Writer writer(folder.path() + "/model.safetensors");
+    for (const auto& [name, tensor] : named_dense_tensors(m)) {
+      writer.add(name, tensor.detach());
+    }
+    nlohmann::ordered_json states = nlohmann::ordered_json::object();
+    for (const auto& [index, layer] : moe) {
+      const auto prefix = layer_prefix(index) + names.moe_block;
+      const auto& bank = layer->experts();
+      const auto state = layer->state();
+      writer.add(prefix + ".gate.weight", layer->router().router_weight().detach());
+      // Bank position of each written expert: the held ones in order (router rows dropped), or
+      // expert_map over the original ids (-1: removed, written as zeros; merged ids share one).
+      std::vector<int64_t> position;
+      if (dropped) {
+        for (int64_t p = 0; p < bank->num_held(); ++p) {
+          position.push_back(p);
+        }
+      } else {
+        const auto map = bank->expert_map();
+        position.assign(map.data_ptr<int64_t>(), map.data_ptr<int64_t>() + map.numel());
+        if (!state.is_plain()) {
+          states[prefix] = nlohmann::ordered_json::parse(state.to_json());
+        }
+      }
+      for (size_t j = 0; j < position.size(); ++j) {
+        const auto e = prefix + ".experts." + std::to_string(j) + ".";
+        const auto weight = [&](const torch::Tensor& w) {
+          // The bank holds [E, in, out]; Hugging Face nn.Linear weights are [out, in].
+          const int64_t p = position[j];
+          return p >= 0 ? w[p].detach().t().contiguous()
+                        : torch::zeros({w.size(2), w.size(1)}, w.options());
+        };
+        writer.add(e + names.expert_w1 + ".weight", weight(bank->w1));
+        writer.add(e + names.expert_w2 + ".weight", weight(bank->w2));
+        writer.add(e + names.expert_w3 + ".weight", weight(bank->w3));
+      }
+    }
+    writer.set_metadata({{"format", "pt"}});
+    writer.finish();
+
+    auto config = detail::config_from_options(o, written_experts < 0 ? 0 : written_experts);
+    if (dropped && o.model_type() != "mixtral") {
+      config["norm_topk_prob"] = true;  // moeprune renormalises over the survivors
+    }
+    config.erase("moeprune");
+    if (!states.empty()) {
+      nlohmann::ordered_json record;
+      record["router"] = "keep";
+      record["source_experts"] = source_experts;
+      record["layer_states"] = states;
+      config["moeprune"] = record;
+    } else if (dropped) {
+      nlohmann::ordered_json record;
+      record["router"] = "cut";
+      record["source_experts"] = source_experts;
+      config["moeprune"] = record;
+    }
+    io::write_text_file(folder.path() + "/config.json", config.dump(2) + "\n");
+    folder.commit();
+  }
+  if (exists) {
+    // Swap the complete new folder in; the old one is removed only once the new one is in place.
+    const auto old = target + ".moeprune-old";
+    TORCH_CHECK(std::rename(target.c_str(), old.c_str()) == 0, target,
+                ": cannot move aside: ", std::strerror(errno));
+    TORCH_CHECK(std::rename(staging.c_str(), target.c_str()) == 0, staging, ": cannot rename to ",
+                target, ": ", std::strerror(errno));
+    io::remove_flat_folder(old);
+  }
+}
+
+}  // namespace moeprune::lm

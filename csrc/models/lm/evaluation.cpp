@@ -1,0 +1,67 @@
+#include <moeprune/models/lm/evaluation.h>
+
+#include <torch/torch.h>
+
+#include <algorithm>
+
+namespace moeprune::lm {
+namespace {
+
+// Puts the model in evaluation mode for the scope, then back.
+class EvalMode {
+ public:
+  explicit EvalMode(CausalLM& model) : model_(model), was_training_(model->is_training()) {
+    model_->eval();
+  }
+  ~EvalMode() { model_->train(was_training_); }
+  EvalMode(const EvalMode&) = delete;
+  EvalMode& operator=(const EvalMode&) = delete;
+
+ private:
+  CausalLM& model_;
+  bool was_training_;
+};
+
+}  // namespace
+
+torch::Tensor token_nll(CausalLM& model, const torch::Tensor& input_ids) {
+  TORCH_CHECK(input_ids.dim() == 2 && input_ids.size(1) >= 2,
+              "token_nll: input_ids should be [B, S] with S >= 2, got ", input_ids.sizes());
+  torch::NoGradGuard no_grad;
+  EvalMode eval(model);
+  const int64_t S = input_ids.size(1);
+  const auto logits = model->forward(input_ids).logits.narrow(1, 0, S - 1).to(torch::kFloat);
+  const auto targets = input_ids.narrow(1, 1, S - 1).unsqueeze(-1);
+  return -logits.log_softmax(-1).gather(-1, targets).squeeze(-1);
+}
+
+PerplexityResult perplexity(CausalLM& model, const torch::Tensor& stream,
+                            const PerplexityOptions& options,
+                            const std::function<void(int64_t, int64_t)>& progress) {
+  TORCH_CHECK(stream.dim() == 1 && stream.size(0) >= 2,
+              "perplexity: the stream should be [N] tokens with N >= 2, got ", stream.sizes());
+  TORCH_CHECK(options.context() >= 2, "perplexity: context should be >= 2, got ",
+              options.context());
+  const int64_t stride = options.stride() == 0 ? options.context() : options.stride();
+  TORCH_CHECK(stride >= 1 && stride <= options.context(), "perplexity: stride should be in [1, ",
+              options.context(), "], got ", stride);
+  const int64_t N = stream.size(0);
+  PerplexityResult result;
+  int64_t scored_until = 1;  // tokens [1, scored_until) are scored; token 0 has no context
+  for (int64_t begin = 0; scored_until < N; begin += stride) {
+    const int64_t end = std::min(begin + options.context(), N);
+    const auto nll = token_nll(model, stream.slice(0, begin, end).unsqueeze(0)).squeeze(0);
+    // nll[i] scores token begin + 1 + i; score only the tokens no earlier window scored.
+    const int64_t first = scored_until - (begin + 1);
+    const auto fresh = nll.slice(0, first);
+    result.nll_sum += fresh.sum(torch::kDouble).item<double>();
+    result.tokens += fresh.size(0);
+    scored_until = end;
+    if (progress) {
+      progress(result.tokens, N - 1);
+    }
+  }
+  return result;
+}
+
+}  // namespace moeprune::lm

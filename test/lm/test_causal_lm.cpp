@@ -1,0 +1,194 @@
+// Whole language models against transformers: logits, per-token NLL, KV-cache decoding and greedy
+// generation of tiny Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE and DeepSeek-MoE models made by
+// scripts/make_lm_fixtures.py (transformers 4.57.6; the DeepSeek reference is assembled from
+// transformers' Llama attention and DeepSeek-V2 MoE modules there).
+#include <moeprune/io/safetensors.h>
+#include <moeprune/models/lm/checkpoint.h>
+#include <moeprune/models/lm/evaluation.h>
+#include <moeprune/models/lm/generation.h>
+
+#include <torch/torch.h>
+#include <catch2/catch.hpp>
+
+#include <map>
+#include <string>
+
+namespace {
+
+const std::string kFixtures = MOEPRUNE_TEST_FIXTURES "/lm";
+
+std::map<std::string, torch::Tensor> reference(const std::string& name) {
+  return moeprune::safetensors::load_file(kFixtures + "/" + name + "_reference.safetensors");
+}
+
+double max_diff(const torch::Tensor& a, const torch::Tensor& b) {
+  REQUIRE(a.sizes() == b.sizes());
+  return (a.to(torch::kDouble) - b.to(torch::kDouble)).abs().max().item<double>();
+}
+
+const char* const kFamilies[] = {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek"};
+
+}  // namespace
+
+TEST_CASE("fp32 logits and per-token NLL equal transformers' for every family", "[lm]") {
+  for (const std::string family : kFamilies) {
+    SECTION(family) {
+      auto ref = reference(family);
+      auto model = moeprune::lm::load_causal_lm(kFixtures + "/" + family);
+      model->eval();
+      torch::NoGradGuard no_grad;
+      const auto logits = model->forward(ref.at("input_ids")).logits;
+      INFO(family << ": max |logits - transformers| = " << max_diff(logits, ref.at("logits")));
+      // fp32 through a few layers: the two implementations sum in different orders (SDPA
+      // kernels, the expert combine), a few ulps of values of order 1.
+      CHECK(max_diff(logits, ref.at("logits")) < 1e-5);
+      const auto nll = moeprune::lm::token_nll(model, ref.at("input_ids"));
+      CHECK(max_diff(nll, ref.at("nll")) < 1e-5);
+    }
+  }
+}
+
+TEST_CASE("bf16 logits stay within bf16 rounding of transformers' bf16 model", "[lm]") {
+  for (const std::string family : kFamilies) {
+    SECTION(family) {
+      auto ref = reference(family);
+      auto model = moeprune::lm::load_causal_lm(
+          kFixtures + "/" + family, moeprune::lm::LoadOptions().dtype(torch::kBFloat16));
+      model->eval();
+      torch::NoGradGuard no_grad;
+      const auto logits = model->forward(ref.at("input_ids")).logits;
+      REQUIRE(logits.scalar_type() == torch::kBFloat16);
+      const auto want = ref.at("logits_bf16");
+      const double scale = want.abs().max().item<double>();
+      const double diff = max_diff(logits, want);
+      INFO(family << ": max |logits - transformers bf16| = " << diff << " (logits up to " << scale
+                  << ")");
+      // bf16 keeps 8 significant bits (relative step 2^-8 = 0.0039); both models round after
+      // every op in different orders, so allow a few steps of the largest logit.
+      CHECK(diff < 4.0 * scale / 256.0);
+      // And both are close to the fp32 model, so neither is wrong in the same way.
+      CHECK(max_diff(logits, ref.at("logits")) < 8.0 * scale / 256.0);
+    }
+  }
+}
+
+TEST_CASE("transformers 5.x fused experts and sharded checkpoints load to the same logits",
+          "[lm]") {
+  for (const std::string family : {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe"}) {
+    SECTION(family) {
+      const auto fused = kFixtures + "/" + family + "_fused";
+      auto ref = reference(family + "_fused");
+      auto model = moeprune::lm::load_causal_lm(fused);
+      model->eval();
+      torch::NoGradGuard no_grad;
+      CHECK(max_diff(model->forward(ref.at("input_ids")).logits, ref.at("logits")) < 1e-5);
+    }
+  }
+  SECTION("sharded") {
+    auto ref = reference("mixtral");
+    auto model = moeprune::lm::load_causal_lm(kFixtures + "/mixtral_sharded");
+    model->eval();
+    torch::NoGradGuard no_grad;
+    CHECK(max_diff(model->forward(ref.at("input_ids")).logits, ref.at("logits")) < 1e-5);
+  }
+}
+
+TEST_CASE("KV-cache decoding equals the full forward pass token by token", "[lm]") {
+  for (const std::string family : kFamilies) {
+    SECTION(family) {
+      auto ref = reference(family);
+      auto model = moeprune::lm::load_causal_lm(kFixtures + "/" + family);
+      model->eval();
+      torch::NoGradGuard no_grad;
+      const auto ids = ref.at("input_ids");
+      const auto full = model->forward(ids).logits;
+      // A prefix of 4 tokens (a masked multi-token step), then one token at a time, then the
+      // rest in one chunk continuing the cache.
+      auto cache = model->make_cache();
+      std::vector<torch::Tensor> parts{model->forward(ids.narrow(1, 0, 4), &cache).logits};
+      for (int64_t t = 4; t < 7; ++t) {
+        parts.push_back(model->forward(ids.narrow(1, t, 1), &cache).logits);
+      }
+      parts.push_back(model->forward(ids.narrow(1, 7, ids.size(1) - 7), &cache).logits);
+      CHECK(cache.length() == ids.size(1));
+      CHECK(max_diff(torch::cat(parts, 1), full) < 1e-5);
+    }
+  }
+}
+
+TEST_CASE("greedy generation equals transformers' generate for 20 tokens", "[lm]") {
+  for (const std::string family : kFamilies) {
+    SECTION(family) {
+      auto ref = reference(family);
+      auto model = moeprune::lm::load_causal_lm(kFixtures + "/" + family);
+      const auto want = ref.at("greedy");
+      auto options = moeprune::lm::GenerationOptions().max_new_tokens(20);
+      const auto cached = moeprune::lm::generate(model, ref.at("prompt"), options);
+      INFO(family << ": moeprune " << cached << "\ntransformers " << want);
+      CHECK(torch::equal(cached, want));
+      const auto uncached =
+          moeprune::lm::generate(model, ref.at("prompt"), options.use_cache(false));
+      CHECK(torch::equal(uncached, want));
+    }
+  }
+}
+
+TEST_CASE("sampling with temperature and top-p draws from the nucleus and is reproducible",
+          "[lm]") {
+  auto model = moeprune::lm::load_causal_lm(kFixtures + "/olmoe");
+  auto ref = reference("olmoe");
+  const auto prompt = ref.at("prompt");
+  auto options =
+      moeprune::lm::GenerationOptions().max_new_tokens(1).temperature(0.7).top_p(0.5).seed(3);
+  // The nucleus of the first step, computed here from the full forward pass: the most probable
+  // tokens until their mass reaches 0.5.
+  torch::Tensor probs;
+  {
+    torch::NoGradGuard no_grad;
+    model->eval();
+    probs = (model->forward(prompt).logits[0][-1].to(torch::kFloat) / 0.7).softmax(-1);
+  }
+  auto [sorted, order] = probs.sort(-1, true);
+  std::vector<int64_t> nucleus;
+  double mass = 0.0;
+  for (int64_t i = 0; i < sorted.size(0) && mass < 0.5; ++i) {
+    nucleus.push_back(order[i].item<int64_t>());
+    mass += sorted[i].item<double>();
+  }
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    const auto out = moeprune::lm::generate(model, prompt, options.seed(seed));
+    const int64_t token = out[0][-1].item<int64_t>();
+    INFO("seed " << seed << " drew " << token);
+    CHECK(std::find(nucleus.begin(), nucleus.end(), token) != nucleus.end());
+  }
+  options.max_new_tokens(8);
+  const auto first = moeprune::lm::generate(model, prompt, options);
+  CHECK(torch::equal(moeprune::lm::generate(model, prompt, options), first));
+}
+
+TEST_CASE("sliding-window perplexity scores every token once as token_nll does", "[lm]") {
+  auto model = moeprune::lm::load_causal_lm(kFixtures + "/qwen3_moe");
+  auto ref = reference("qwen3_moe");
+  // One window covering the stream: the mean of transformers' per-token NLL.
+  const auto stream = ref.at("input_ids")[0];
+  const auto whole =
+      moeprune::lm::perplexity(model, stream, moeprune::lm::PerplexityOptions().context(64));
+  CHECK(whole.tokens == stream.size(0) - 1);
+  CHECK(whole.mean_nll() == Approx(ref.at("nll")[0].mean().item<double>()).epsilon(1e-5));
+  // Windows of 4 moving by 2: token t is scored once, by the window that first reaches it, with
+  // the context that window gives (computed here window by window with token_nll).
+  const auto windows = moeprune::lm::perplexity(
+      model, stream, moeprune::lm::PerplexityOptions().context(4).stride(2));
+  double want = 0.0;
+  int64_t scored = 1;
+  for (int64_t begin = 0; scored < stream.size(0); begin += 2) {
+    const int64_t end = std::min<int64_t>(begin + 4, stream.size(0));
+    const auto nll = moeprune::lm::token_nll(model, stream.slice(0, begin, end).unsqueeze(0))[0];
+    for (int64_t t = scored; t < end; ++t) {
+      want += nll[t - begin - 1].item<double>();
+    }
+    scored = end;
+  }
+  CHECK(windows.tokens == stream.size(0) - 1);
+  CHECK(windows.nll_sum == Approx(want).epsilon(1e-6));
+}

@@ -1,0 +1,282 @@
+// Saving language models back to Hugging Face folders, pruning them through the MoE view, the
+// refusals of config values moeprune does not implement, and training with gradient
+// checkpointing.
+#include "../scratch_dir.h"
+
+#include <moeprune/io/safetensors.h>
+#include <moeprune/models/lm/checkpoint.h>
+#include <moeprune/models/lm/moe_view.h>
+#include <moeprune/pruning/criterion.h>
+#include <moeprune/pruning/pruning_plan.h>
+
+#include <torch/torch.h>
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include <sys/stat.h>
+
+#include <fstream>
+#include <map>
+#include <string>
+
+namespace {
+
+const std::string kFixtures = MOEPRUNE_TEST_FIXTURES "/lm";
+
+torch::Tensor input_ids(const std::string& family) {
+  return moeprune::safetensors::load_file(kFixtures + "/" + family + "_reference.safetensors")
+      .at("input_ids");
+}
+
+torch::Tensor logits_of(moeprune::lm::CausalLM& model, const torch::Tensor& ids) {
+  torch::NoGradGuard no_grad;
+  model->eval();
+  return model->forward(ids).logits;
+}
+
+double max_diff(const torch::Tensor& a, const torch::Tensor& b) {
+  REQUIRE(a.sizes() == b.sizes());
+  return (a.to(torch::kDouble) - b.to(torch::kDouble)).abs().max().item<double>();
+}
+
+nlohmann::json read_json(const std::string& path) {
+  std::ifstream in(path);
+  return nlohmann::json::parse(in);
+}
+
+// A copy of fixture `family` in the scratch folder with config.json edited by `edit` and the
+// tensors filtered/added by `tensors`.
+std::string edited_copy(
+    const std::string& family, const std::string& name,
+    const std::function<void(nlohmann::json&)>& edit,
+    const std::function<void(std::map<std::string, torch::Tensor>&)>& tensors = {}) {
+  const auto dir = test::scratch_dir() + "/" + name;
+  REQUIRE(::mkdir(dir.c_str(), 0755) == 0);
+  auto config = read_json(kFixtures + "/" + family + "/config.json");
+  edit(config);
+  std::ofstream(dir + "/config.json") << config.dump(2);
+  auto t = moeprune::safetensors::load_file(kFixtures + "/" + family + "/model.safetensors");
+  if (tensors) {
+    tensors(t);
+  }
+  moeprune::safetensors::save_file(dir + "/model.safetensors", t);
+  return dir;
+}
+
+}  // namespace
+
+TEST_CASE("a saved model holds the source checkpoint's tensors and reloads to the same logits",
+          "[lm]") {
+  // The fused 5.x folders are written in the hub's per-expert layout: the v4 folders of the
+  // same weights are the reference.
+  for (const std::string source : {"deepseek", "qwen2_moe", "qwen3_moe_fused", "mixtral_fused"}) {
+    SECTION(source) {
+      const auto plain = source.substr(0, source.find("_fused"));
+      auto model = moeprune::lm::load_causal_lm(kFixtures + "/" + source);
+      const auto out = test::scratch_dir() + "/saved_" + source;
+      moeprune::lm::save_causal_lm(model, out);
+      const auto want =
+          moeprune::safetensors::load_file(kFixtures + "/" + plain + "/model.safetensors");
+      const auto got = moeprune::safetensors::load_file(out + "/model.safetensors");
+      std::vector<std::string> want_names, got_names;
+      for (const auto& [name, t] : want) {
+        want_names.push_back(name);
+      }
+      for (const auto& [name, t] : got) {
+        got_names.push_back(name);
+      }
+      REQUIRE(got_names == want_names);
+      for (const auto& [name, t] : want) {
+        INFO(name);
+        CHECK(torch::equal(got.at(name), t));
+      }
+      const auto config = read_json(out + "/config.json");
+      CHECK(config.at("model_type") ==
+            read_json(kFixtures + "/" + plain + "/config.json").at("model_type"));
+      auto again = moeprune::lm::load_causal_lm(out);
+      const auto ids = input_ids(plain);
+      CHECK(torch::equal(logits_of(again, ids), logits_of(model, ids)));
+      // An existing folder is refused unless overwriting, which swaps in a complete new one.
+      CHECK_THROWS_WITH(moeprune::lm::save_causal_lm(model, out),
+                        Catch::Contains("already exists"));
+      moeprune::lm::save_causal_lm(again, out, moeprune::lm::SaveOptions().overwrite(true));
+      CHECK(!test::path_exists(out + ".moeprune-old"));
+      CHECK(!test::path_exists(out + ".moeprune-saving"));
+    }
+  }
+}
+
+TEST_CASE("layers pruned differently with the router kept compute the masked model after reload",
+          "[lm]") {
+  const auto ids = input_ids("qwen2_moe");
+  auto pruned = moeprune::lm::load_causal_lm(kFixtures + "/qwen2_moe");
+  auto masked = moeprune::lm::load_causal_lm(kFixtures + "/qwen2_moe");
+  // The reference: the same model with the removed experts' weights zeroed (a removed expert's
+  // slot outputs zero, its router column stays in the softmax).
+  const std::map<int64_t, std::vector<int64_t>> keep{{0, {0, 2, 3, 5}}, {2, {1, 2, 4}}};
+  {
+    torch::NoGradGuard no_grad;
+    for (const auto& [index, experts] : keep) {
+      auto bank = masked->layer(index)->moe_block->moe->experts();
+      for (int64_t j = 0; j < 6; ++j) {
+        if (std::find(experts.begin(), experts.end(), j) == experts.end()) {
+          bank->w1[j].zero_();
+          bank->w2[j].zero_();
+          bank->w3[j].zero_();
+        }
+      }
+    }
+  }
+  for (const auto& [index, experts] : keep) {
+    pruned->layer(index)->moe_block->moe->keep_experts(experts);
+  }
+  const auto want = logits_of(masked, ids);
+  CHECK(max_diff(logits_of(pruned, ids), want) < 1e-6);
+  const auto out = test::scratch_dir() + "/pruned_keep";
+  moeprune::lm::save_causal_lm(pruned, out);
+  const auto config = read_json(out + "/config.json");
+  CHECK(config.at("num_experts") == 6);
+  CHECK(config.at("moeprune").at("router") == "keep");
+  auto again = moeprune::lm::load_causal_lm(out);
+  CHECK(again->layer(0)->moe_block->moe->experts()->num_held() == 4);
+  CHECK(again->layer(2)->moe_block->moe->experts()->num_held() == 3);
+  CHECK(max_diff(logits_of(again, ids), want) < 1e-6);
+}
+
+TEST_CASE("router rows dropped in every layer save as a smaller model with renormalised top-k",
+          "[lm]") {
+  const auto ids = input_ids("olmoe");
+  auto model = moeprune::lm::load_causal_lm(kFixtures + "/olmoe");
+  for (auto [index, layer] : model->moe_layers()) {
+    layer->keep_experts({0, 1, 3, 4}, /*drop_router_columns=*/true);
+  }
+  const auto out = test::scratch_dir() + "/pruned_cut";
+  moeprune::lm::save_causal_lm(model, out);
+  const auto config = read_json(out + "/config.json");
+  CHECK(config.at("num_experts") == 4);
+  CHECK(config.at("norm_topk_prob") == true);
+  auto again = moeprune::lm::load_causal_lm(out);
+  CHECK(max_diff(logits_of(again, ids), logits_of(model, ids)) < 1e-6);
+  // Different counts per layer cannot be one config's expert count.
+  auto uneven = moeprune::lm::load_causal_lm(kFixtures + "/olmoe");
+  uneven->layer(0)->moe_block->moe->keep_experts({0, 1, 3}, true);
+  uneven->layer(1)->moe_block->moe->keep_experts({0, 1, 3, 5}, true);
+  CHECK_THROWS_WITH(moeprune::lm::save_causal_lm(uneven, test::scratch_dir() + "/uneven"),
+                    Catch::Contains("same number"));
+  CHECK(!test::path_exists(test::scratch_dir() + "/uneven"));
+}
+
+TEST_CASE("config values that change the math are refused by name", "[lm]") {
+  const auto refused = [](const std::string& family, const std::string& name,
+                          const std::function<void(nlohmann::json&)>& edit,
+                          const std::string& message) {
+    const auto dir = edited_copy(family, name, edit);
+    CHECK_THROWS_WITH(moeprune::lm::load_causal_lm(dir), Catch::Contains(message));
+  };
+  refused(
+      "mixtral", "yarn",
+      [](auto& c) {
+        c["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
+      },
+      "rope_scaling");
+  refused(
+      "mixtral", "window", [](auto& c) { c["sliding_window"] = 4096; }, "sliding_window");
+  refused(
+      "qwen2_moe", "qwen_window", [](auto& c) { c["use_sliding_window"] = true; },
+      "use_sliding_window");
+  refused(
+      "qwen3_moe", "partial", [](auto& c) { c["partial_rotary_factor"] = 0.5; },
+      "partial_rotary_factor");
+  refused(
+      "deepseek", "grouped", [](auto& c) { c["topk_method"] = "group_limited_greedy"; },
+      "topk_method");
+  refused(
+      "deepseek", "sigmoid", [](auto& c) { c["scoring_func"] = "sigmoid"; }, "scoring_func");
+  refused(
+      "qwen3_moe", "gpt_oss", [](auto& c) { c["model_type"] = "gpt_oss"; }, "gpt_oss");
+  const auto missing = edited_copy(
+      "olmoe", "missing", [](auto&) {},
+      [](auto& t) { t.erase("model.layers.1.self_attn.k_norm.weight"); });
+  CHECK_THROWS_WITH(moeprune::lm::load_causal_lm(missing),
+                    Catch::Contains("'model.layers.1.self_attn.k_norm.weight' is missing"));
+  const auto extra = edited_copy(
+      "olmoe", "extra", [](auto&) {},
+      [](auto& t) { t["model.layers.0.mlp.bias"] = torch::zeros({2}); });
+  CHECK_THROWS_WITH(moeprune::lm::load_causal_lm(extra),
+                    Catch::Contains("model.layers.0.mlp.bias"));
+  const auto shape = edited_copy("mixtral", "shape", [](auto& c) { c["num_key_value_heads"] = 4; });
+  CHECK_THROWS_WITH(moeprune::lm::load_causal_lm(shape), Catch::Contains("k_proj.weight"));
+}
+
+TEST_CASE("criteria and plans prune a language model through its MoE view and keep shared experts",
+          "[lm]") {
+  auto finetuned = moeprune::lm::load_causal_lm(kFixtures + "/deepseek");
+  const auto ids = input_ids("deepseek");
+  auto view = moeprune::lm::moe_view(finetuned, [&](const auto& visit) { visit(ids); });
+  const auto layers = view->layers();
+  // DeepSeek: layer 0 is dense (first_k_dense_replace = 1); the shared experts are not in the
+  // view, so no criterion scores them and no plan can name them.
+  REQUIRE(layers.size() == 2);
+  CHECK(layers[0].key == 1);
+  CHECK(layers[0].name == "model.layers.1.mlp");
+  const auto criterion = moeprune::pruning::CriterionRegistry::with_builtins().create("frequency");
+  const auto scores = moeprune::pruning::score_experts(*criterion, *view);
+  // Frequency counts routed slots: 2 x 10 calibration tokens x k = 2 per layer.
+  for (const auto& [key, s] : scores) {
+    CHECK(s.sum().item<double>() == 40.0);
+  }
+  auto plan = moeprune::pruning::PruningPlan::same_count(scores, *view, 2);
+  auto dense = plan;
+  dense.layers[0].key = 0;
+  CHECK_THROWS(dense.validate(*view));
+  const auto shared_before =
+      finetuned->layer(1)->moe_block->shared_expert->gate_proj->weight.clone();
+  moeprune::pruning::apply_plan(*view, plan);
+  CHECK(finetuned->layer(1)->moe_block->moe->experts()->num_held() == 4);
+  CHECK(torch::equal(finetuned->layer(1)->moe_block->shared_expert->gate_proj->weight,
+                     shared_before));
+
+  // The pruned model fine-tunes: a few AdamW steps lower the next-token loss on the batch.
+  finetuned->train();
+  torch::optim::AdamW opt(finetuned->parameters(), torch::optim::AdamWOptions(3e-3));
+  const auto loss_of = [&] {
+    const auto out = finetuned->forward(ids.narrow(1, 0, ids.size(1) - 1));
+    return torch::cross_entropy_loss(out.logits.reshape({-1, out.logits.size(-1)}),
+                                     ids.narrow(1, 1, ids.size(1) - 1).reshape({-1})) +
+           out.aux_loss;
+  };
+  const double before = loss_of().item<double>();
+  for (int step = 0; step < 5; ++step) {
+    opt.zero_grad();
+    loss_of().backward();
+    opt.step();
+  }
+  CHECK(loss_of().item<double>() < before);
+}
+
+TEST_CASE("gradient checkpointing gives the gradients of the plain backward pass", "[lm]") {
+  const auto ids = input_ids("qwen2_moe");
+  const auto grads = [&](bool checkpointing) {
+    auto model = moeprune::lm::load_causal_lm(kFixtures + "/qwen2_moe");
+    model->train();
+    model->set_gradient_checkpointing(checkpointing);
+    const auto out = model->forward(ids);
+    (out.logits.pow(2).mean() + out.aux_loss).backward();
+    std::vector<torch::Tensor> g;
+    for (const auto& p : model->parameters()) {
+      g.push_back(p.grad().defined() ? p.grad().clone() : torch::zeros_like(p));
+    }
+    return g;
+  };
+  const auto plain = grads(false), checkpointed = grads(true);
+  REQUIRE(plain.size() == checkpointed.size());
+  double worst = 0.0, largest = 0.0;
+  for (size_t i = 0; i < plain.size(); ++i) {
+    worst = std::max(worst, max_diff(plain[i], checkpointed[i]));
+    largest = std::max(largest, plain[i].abs().max().item<double>());
+  }
+  INFO("max gradient difference " << worst << ", largest gradient " << largest);
+  CHECK(largest > 0.0);
+  // The recomputation runs the same ops on the same inputs: equal up to summation order.
+  CHECK(worst <= 1e-6 * std::max(1.0, largest));
+}
