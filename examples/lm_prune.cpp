@@ -1,0 +1,110 @@
+// Prunes a Hugging Face MoE language model in memory and writes a checkpoint transformers loads:
+// score the routed experts with a criterion on calibration tokens, drop the n lowest of every
+// MoE layer, optionally fine-tune the pruned model on the same tokens, report perplexity before
+// and after.
+//   lm_prune MODEL_DIR CALIBRATION_TOKENS OUT_DIR --prune 2 [--criterion frequency]
+//            [--pretrained DIR] [--drop-router-rows] [--finetune-steps 50 --lr 1e-4]
+#include "lm_common.h"
+
+#include <moeprune/models/lm/checkpoint.h>
+#include <moeprune/models/lm/evaluation.h>
+#include <moeprune/models/lm/moe_view.h>
+#include <moeprune/pruning/criterion.h>
+#include <moeprune/pruning/pruning_plan.h>
+
+#include <fmt/format.h>
+#include <torch/torch.h>
+#include <CLI/CLI.hpp>
+
+#include <string>
+
+int main(int argc, char** argv) {
+  CLI::App app{"Prunes the routed experts of a MoE language model and saves it"};
+  std::string model_dir, tokens_path, out_dir, pretrained_dir, criterion_name = "frequency",
+                                                               format = "ids";
+  int64_t prune = 1, context = 256, finetune_steps = 0, seed = 0;
+  double lr = 1e-4;
+  bool drop_rows = false;
+  const auto registry = moeprune::pruning::CriterionRegistry::with_builtins();
+  app.add_option("model", model_dir, "fine-tuned checkpoint folder")->required();
+  app.add_option("tokens", tokens_path, "calibration (and fine-tuning) token file")->required();
+  app.add_option("out", out_dir, "new checkpoint folder to write")->required();
+  app.add_option("--prune", prune, "experts to remove from every MoE layer")->capture_default_str();
+  app.add_option("--criterion", criterion_name,
+                 "one of: " + fmt::format("{}", fmt::join(registry.names(), ", ")))
+      ->capture_default_str();
+  app.add_option("--pretrained", pretrained_dir,
+                 "pre-trained checkpoint (router_norm_change, ...)");
+  app.add_option("--format", format, "token file: ids or bytes")->capture_default_str();
+  app.add_option("--context", context, "tokens per calibration / training sequence")
+      ->capture_default_str();
+  app.add_flag("--drop-router-rows", drop_rows,
+               "remove the pruned experts' router rows too (Expert Drop; renormalised top-k)");
+  app.add_option("--finetune-steps", finetune_steps, "AdamW steps after pruning")
+      ->capture_default_str();
+  app.add_option("--lr", lr, "fine-tuning learning rate")->capture_default_str();
+  app.add_option("--seed", seed, "seed of random criteria")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  try {
+    const auto criterion = registry.create(criterion_name);
+    const auto stream = examples::read_tokens(tokens_path, format);
+    // Calibration batches: the stream cut into sequences of `context` tokens.
+    const int64_t sequences = std::max<int64_t>(1, stream.size(0) / context);
+    const int64_t length = std::min<int64_t>(context, stream.size(0));
+    const auto batch = stream.narrow(0, 0, sequences * length).view({sequences, length});
+    moeprune::CalibrationData calibration = [&](const auto& visit) {
+      for (int64_t i = 0; i < sequences; i += 8) {
+        visit(batch.narrow(0, i, std::min<int64_t>(8, sequences - i)));
+      }
+    };
+    auto model = moeprune::lm::load_causal_lm(model_dir);
+    const auto eval = moeprune::lm::PerplexityOptions().context(length);
+    fmt::print("{}\nperplexity before pruning: {:.3f}\n", examples::summary(*model),
+               moeprune::lm::perplexity(model, stream, eval).perplexity());
+
+    const auto view = moeprune::lm::moe_view(model, calibration);
+    std::shared_ptr<moeprune::MoEView> pretrained_view;
+    moeprune::lm::CausalLM pretrained{nullptr};
+    if (!pretrained_dir.empty()) {
+      pretrained = moeprune::lm::load_causal_lm(pretrained_dir);
+      pretrained_view = moeprune::lm::moe_view(pretrained, calibration);
+    }
+    const auto scores = moeprune::pruning::score_experts(
+        *criterion,
+        moeprune::pruning::CriterionContext{view, pretrained_view, static_cast<uint64_t>(seed)});
+    const auto plan =
+        moeprune::pruning::PruningPlan::same_count(scores, *view, prune, {}, criterion_name);
+    fmt::print("{}", plan.table());
+    moeprune::pruning::apply_plan(*view, plan, drop_rows);
+    fmt::print("perplexity after pruning:  {:.3f}\n",
+               moeprune::lm::perplexity(model, stream, eval).perplexity());
+
+    if (finetune_steps > 0) {
+      model->train();
+      torch::optim::AdamW opt(model->parameters(), torch::optim::AdamWOptions(lr));
+      for (int64_t step = 0; step < finetune_steps; ++step) {
+        const auto rows = batch.narrow(0, step % sequences, 1);
+        const auto out = model->forward(rows.narrow(1, 0, length - 1));
+        const auto loss = torch::cross_entropy_loss(
+                              out.logits.reshape({-1, out.logits.size(-1)}).to(torch::kFloat),
+                              rows.narrow(1, 1, length - 1).reshape({-1})) +
+                          out.aux_loss;
+        opt.zero_grad();
+        loss.backward();
+        torch::nn::utils::clip_grad_norm_(model->parameters(), 1.0);
+        opt.step();
+        fmt::print(stderr, "\r  fine-tune step {} / {}: loss {:.4f}", step + 1, finetune_steps,
+                   loss.item<double>());
+      }
+      fmt::print(stderr, "\n");
+      fmt::print("perplexity after fine-tuning: {:.3f}\n",
+                 moeprune::lm::perplexity(model, stream, eval).perplexity());
+    }
+    moeprune::lm::save_causal_lm(model, out_dir);
+    fmt::print("wrote {}\n", out_dir);
+  } catch (const c10::Error& e) {
+    fmt::print(stderr, "lm_prune: {}\n", e.what_without_backtrace());
+    return 1;
+  }
+  return 0;
+}
