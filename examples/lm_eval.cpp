@@ -4,12 +4,14 @@
 
 #include <moeprune/models/lm/checkpoint.h>
 #include <moeprune/models/lm/evaluation.h>
+#include <moeprune/train/progress_bar.h>
 
 #include <fmt/format.h>
 #include <torch/torch.h>
 #include <CLI/CLI.hpp>
 
 #include <chrono>
+#include <memory>
 #include <string>
 
 int main(int argc, char** argv) {
@@ -28,11 +30,15 @@ int main(int argc, char** argv) {
     auto model = moeprune::lm::load_causal_lm(
         model_dir, moeprune::lm::LoadOptions().dtype(examples::parse_dtype(dtype)));
     fmt::print("{}\n", examples::summary(*model));
+    std::unique_ptr<moeprune::ProgressBar> bar;
     const auto start = std::chrono::steady_clock::now();
     const auto result = moeprune::lm::perplexity(
         model, stream, moeprune::lm::PerplexityOptions().context(context).stride(stride),
-        [](int64_t done, int64_t total) {
-          fmt::print(stderr, "\r  scored {} / {} tokens", done, total);
+        [&](int64_t done, int64_t total) {
+          if (!bar) {
+            bar = std::make_unique<moeprune::ProgressBar>(total, "perplexity", "token");
+          }
+          bar->update(done);
         });
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

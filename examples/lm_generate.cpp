@@ -72,6 +72,7 @@ int main(int argc, char** argv) {
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     const auto generated = out.size(1) - prompt.size(0);
     fmt::print("\n");
+    std::fflush(stdout);
     fmt::print(stderr, "{} tokens in {:.2f} s ({:.1f} tokens/s, prompt {} tokens)\n", generated,
                seconds, static_cast<double>(generated) / seconds, prompt.size(0));
   } catch (const c10::Error& e) {

@@ -11,6 +11,7 @@
 #include <moeprune/models/lm/moe_view.h>
 #include <moeprune/pruning/criterion.h>
 #include <moeprune/pruning/pruning_plan.h>
+#include <moeprune/train/lm_trainer.h>
 
 #include <fmt/format.h>
 #include <torch/torch.h>
@@ -80,23 +81,15 @@ int main(int argc, char** argv) {
                moeprune::lm::perplexity(model, stream, eval).perplexity());
 
     if (finetune_steps > 0) {
-      model->train();
-      torch::optim::AdamW opt(model->parameters(), torch::optim::AdamWOptions(lr));
-      for (int64_t step = 0; step < finetune_steps; ++step) {
-        const auto rows = batch.narrow(0, step % sequences, 1);
-        const auto out = model->forward(rows.narrow(1, 0, length - 1));
-        const auto loss = torch::cross_entropy_loss(
-                              out.logits.reshape({-1, out.logits.size(-1)}).to(torch::kFloat),
-                              rows.narrow(1, 1, length - 1).reshape({-1})) +
-                          out.aux_loss;
-        opt.zero_grad();
-        loss.backward();
-        torch::nn::utils::clip_grad_norm_(model->parameters(), 1.0);
-        opt.step();
-        fmt::print(stderr, "\r  fine-tune step {} / {}: loss {:.4f}", step + 1, finetune_steps,
-                   loss.item<double>());
-      }
-      fmt::print(stderr, "\n");
+      // Post-pruning fine-tune on the same tokens: AdamW, warm-up + cosine, clipping.
+      moeprune::train_lm(model, stream, stream,
+                         moeprune::LMTrainerOptions()
+                             .steps(finetune_steps)
+                             .batch_size(std::min<int64_t>(8, sequences))
+                             .context(std::min<int64_t>(length, stream.size(0) - 1))
+                             .lr(lr)
+                             .warmup_steps(std::min<int64_t>(10, finetune_steps))
+                             .eval_context(length));
       fmt::print("perplexity after fine-tuning: {:.3f}\n",
                  moeprune::lm::perplexity(model, stream, eval).perplexity());
     }

@@ -1,6 +1,7 @@
 #include <moeprune/train/trainer.h>
 
 #include <moeprune/train/progress_bar.h>
+#include <moeprune/train/schedule.h>
 
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
@@ -13,8 +14,6 @@
 
 namespace moeprune {
 namespace {
-
-constexpr double kPi = 3.14159265358979323846;
 
 nlohmann::json to_json(const EvalResult& r) {
   nlohmann::json routing = nlohmann::json::array();
@@ -62,16 +61,8 @@ Trainer::Trainer(VisionTransformer model, TrainerOptions options)
 }
 
 double Trainer::lr_at(int64_t step, int64_t total) const {
-  const double base = options_.lr();
-  const int64_t warmup = std::min(options_.warmup_steps(), total);
-  if (step < warmup) {
-    return base * static_cast<double>(step + 1) / static_cast<double>(warmup);
-  }
-  const double progress =
-      total > warmup ? static_cast<double>(step - warmup) / static_cast<double>(total - warmup)
-                     : 1.0;
-  const double low = base * options_.final_lr_ratio();
-  return low + 0.5 * (base - low) * (1.0 + std::cos(kPi * std::min(progress, 1.0)));
+  return warmup_cosine_lr(step, total, options_.lr(), options_.warmup_steps(),
+                          options_.final_lr_ratio());
 }
 
 std::vector<EpochLog> Trainer::fit(const data::ImageDataset& train,

@@ -3,6 +3,7 @@
 // checkpointing.
 #include "../scratch_dir.h"
 
+#include <moeprune/hf/pruning.h>
 #include <moeprune/io/safetensors.h>
 #include <moeprune/models/lm/checkpoint.h>
 #include <moeprune/models/lm/moe_view.h>
@@ -279,4 +280,38 @@ TEST_CASE("gradient checkpointing gives the gradients of the plain backward pass
   CHECK(largest > 0.0);
   // The recomputation runs the same ops on the same inputs: equal up to summation order.
   CHECK(worst <= 1e-6 * std::max(1.0, largest));
+}
+
+TEST_CASE("the streamed checkpoint pruner's output for Qwen and DeepSeek equals in-memory pruning",
+          "[lm]") {
+  // hf::write_pruned_checkpoint (the `moeprune prune` command) cuts or zeroes experts on disk;
+  // applying the same plan to the in-memory model must give the same logits after loading.
+  for (const std::string family : {"qwen2_moe", "deepseek"}) {
+    for (const bool cut : {true, false}) {
+      SECTION(family + (cut ? " cut" : " keep")) {
+        const auto source = kFixtures + "/" + family;
+        const moeprune::safetensors::Checkpoint checkpoint(source);
+        const auto info = moeprune::hf::describe(source, checkpoint);
+        REQUIRE(info.layers.size() == 2);
+        moeprune::pruning::PruningPlan on_disk, in_memory;
+        const std::vector<std::vector<int64_t>> pruned{{1, 4}, {0, 5}};
+        for (size_t i = 0; i < 2; ++i) {
+          on_disk.layers.push_back({info.layers[i].index, 6, pruned[i], {}});
+          in_memory.layers.push_back({info.layers[i].decoder_layer, 6, pruned[i], {}});
+        }
+        const auto out = test::scratch_dir() + "/streamed_" + family + (cut ? "_cut" : "_keep");
+        moeprune::hf::WriteOptions options;
+        options.router = cut ? moeprune::hf::RouterRows::kCut : moeprune::hf::RouterRows::kKeep;
+        moeprune::hf::write_pruned_checkpoint(source, on_disk, out, options);
+
+        auto model = moeprune::lm::load_causal_lm(source);
+        moeprune::pruning::apply_plan(*moeprune::lm::moe_view(model), in_memory, cut);
+        auto loaded = moeprune::lm::load_causal_lm(out);
+        const auto ids = input_ids(family);
+        CHECK(max_diff(logits_of(loaded, ids), logits_of(model, ids)) < 1e-6);
+        CHECK(loaded->layer(info.layers[0].decoder_layer)->moe_block->moe->experts()->num_held() ==
+              4);
+      }
+    }
+  }
 }

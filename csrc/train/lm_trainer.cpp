@@ -1,0 +1,140 @@
+#include <moeprune/train/lm_trainer.h>
+
+#include <moeprune/models/lm/evaluation.h>
+#include <moeprune/train/progress_bar.h>
+#include <moeprune/train/schedule.h>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/torch.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+namespace moeprune {
+namespace {
+
+void write_log(const LMTrainerOptions& o, const lm::CausalLM& model, const LMTrainResult& r) {
+  if (o.log_path().empty()) {
+    return;
+  }
+  nlohmann::json log = {{"model",
+                         {{"model_type", model->options.model_type()},
+                          {"layers", model->options.num_layers()},
+                          {"hidden_size", model->options.hidden_size()}}},
+                        {"trainer",
+                         {{"steps", o.steps()},
+                          {"batch_size", o.batch_size()},
+                          {"context", o.context()},
+                          {"lr", o.lr()},
+                          {"weight_decay", o.weight_decay()},
+                          {"warmup_steps", o.warmup_steps()},
+                          {"final_lr_ratio", o.final_lr_ratio()},
+                          {"clip_norm", o.clip_norm()},
+                          {"aux_loss_weight", o.aux_loss_weight()},
+                          {"gradient_checkpointing", o.gradient_checkpointing()},
+                          {"seed", o.seed()}}},
+                        {"steps", nlohmann::json::array()},
+                        {"evals", nlohmann::json::array()},
+                        {"seconds", r.seconds},
+                        {"tokens_per_second", r.tokens_per_second}};
+  for (const auto& s : r.steps) {
+    log["steps"].push_back(
+        {{"step", s.step}, {"loss", s.loss}, {"aux_loss", s.aux_loss}, {"lr", s.lr}});
+  }
+  for (const auto& e : r.evals) {
+    log["evals"].push_back(
+        {{"step", e.step}, {"perplexity", e.perplexity}, {"mean_nll", e.mean_nll}});
+  }
+  const std::filesystem::path path(o.log_path());
+  if (path.has_parent_path()) {
+    std::filesystem::create_directories(path.parent_path());
+  }
+  // Written beside the target and renamed, so a reader never sees half a log.
+  const auto tmp = path.string() + ".tmp";
+  {
+    std::ofstream f(tmp);
+    f << log.dump(2) << "\n";
+    TORCH_CHECK(f.good(), "train_lm: cannot write the log ", tmp);
+  }
+  std::filesystem::rename(tmp, path);
+}
+
+}  // namespace
+
+LMTrainResult train_lm(lm::CausalLM& model, const torch::Tensor& train, const torch::Tensor& eval,
+                       const LMTrainerOptions& o) {
+  TORCH_CHECK(o.steps() >= 1 && o.batch_size() >= 1 && o.context() >= 1,
+              "train_lm: steps, batch_size and context should be >= 1, got ", o.steps(), ", ",
+              o.batch_size(), ", ", o.context());
+  TORCH_CHECK(train.dim() == 1 && train.scalar_type() == torch::kLong,
+              "train_lm: the training stream should be [N] int64 token ids, got ", train.sizes(),
+              " ", train.scalar_type());
+  TORCH_CHECK(train.size(0) > o.context(), "train_lm: the training stream has ", train.size(0),
+              " tokens; a window needs context + 1 = ", o.context() + 1);
+  TORCH_CHECK(!eval.defined() || (eval.dim() == 1 && eval.size(0) >= 2),
+              "train_lm: the evaluation stream should be [N >= 2] token ids, got ", eval.sizes());
+  model->set_gradient_checkpointing(o.gradient_checkpointing());
+  const auto device = model->parameters().front().device();
+  torch::optim::AdamW optimizer(model->parameters(),
+                                torch::optim::AdamWOptions(o.lr()).weight_decay(o.weight_decay()));
+  auto gen = at::detail::createCPUGenerator(o.seed());
+  LMTrainResult result;
+  const auto evaluate = [&](int64_t step) {
+    if (!eval.defined()) {
+      return;
+    }
+    const auto p =
+        lm::perplexity(model, eval.to(device), lm::PerplexityOptions().context(o.eval_context()));
+    result.evals.push_back({step, p.perplexity(), p.mean_nll()});
+    write_log(o, model, result);
+  };
+  ProgressBar bar(o.steps(), "fine-tune", "step", o.progress());
+  const auto start = std::chrono::steady_clock::now();
+  const int64_t windows = train.size(0) - o.context();
+  for (int64_t step = 0; step < o.steps(); ++step) {
+    model->train();
+    const auto offsets = torch::randint(windows, {o.batch_size()}, gen, torch::kLong);
+    const auto index = offsets.unsqueeze(1) + torch::arange(o.context() + 1, torch::kLong);
+    const auto batch = train.index_select(0, index.reshape({-1})).view(index.sizes()).to(device);
+    const auto out = model->forward(batch.narrow(1, 0, o.context()));
+    const auto logits = out.logits.to(torch::kFloat);
+    const auto ce = torch::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}),
+                                              batch.narrow(1, 1, o.context()).reshape({-1}));
+    const auto loss = ce + o.aux_loss_weight() * out.aux_loss.to(torch::kFloat);
+    const double lr =
+        warmup_cosine_lr(step, o.steps(), o.lr(), o.warmup_steps(), o.final_lr_ratio());
+    for (auto& group : optimizer.param_groups()) {
+      static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
+    }
+    optimizer.zero_grad();
+    loss.backward();
+    if (o.clip_norm() > 0.0) {
+      torch::nn::utils::clip_grad_norm_(model->parameters(), o.clip_norm());
+    }
+    optimizer.step();
+    const double ce_value = ce.item<double>();
+    TORCH_CHECK(std::isfinite(ce_value), "train_lm: the loss became ", ce_value, " at step ", step,
+                " (lower the learning rate)");
+    result.steps.push_back({step, ce_value, out.aux_loss.item<double>(), lr});
+    char note[32];
+    std::snprintf(note, sizeof(note), "loss %.4f", ce_value);
+    bar.update(step + 1, note);
+    if (o.eval_every() > 0 && (step + 1) % o.eval_every() == 0 && step + 1 < o.steps()) {
+      evaluate(step + 1);
+    }
+  }
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  result.tokens_per_second =
+      static_cast<double>(o.steps() * o.batch_size() * o.context()) / result.seconds;
+  bar.finish();
+  model->set_gradient_checkpointing(false);
+  evaluate(o.steps());
+  write_log(o, model, result);
+  return result;
+}
+
+}  // namespace moeprune
