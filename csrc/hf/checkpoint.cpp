@@ -1,6 +1,7 @@
 #include <moeprune/hf/checkpoint.h>
 
 #include "hf/config.h"
+#include "hf/default_dtype.h"
 #include "hf/family.h"
 
 #include <torch/torch.h>
@@ -133,7 +134,12 @@ MoELayerOptions moe_layer_options(const ModelInfo& info, const MoELayerRef& ref)
 MoELayer load_moe_layer(const safetensors::Checkpoint& checkpoint, const ModelInfo& info,
                         const MoELayerRef& ref, const LoadOptions& options) {
   const auto& family = family_of(info.model_type);
-  MoELayer layer(family.layer_options(info, ref, options.expert_weights() ? info.hidden_dim : 1));
+  MoELayer layer{nullptr};
+  {
+    detail::DefaultDtype guard(options.dtype());  // built in the target dtype, not fp32 first
+    layer =
+        MoELayer(family.layer_options(info, ref, options.expert_weights() ? info.hidden_dim : 1));
+  }
   layer->to(options.dtype());
   torch::NoGradGuard no_grad;
   layer->router().router_weight().copy_(checkpoint.tensor(ref.router).to(options.dtype()));

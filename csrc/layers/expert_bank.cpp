@@ -154,10 +154,39 @@ void ExpertBankImpl::pretty_print(std::ostream& stream) const {
   stream << ")";
 }
 
+namespace {
+
+// x [n, in] @ w [in, out] for a bf16/fp16 CPU weight (contiguous, the bank's layout). Such GEMMs
+// with the weight in this orientation fall to a slow path when the CPU has no native bf16 (AVX2:
+// 10-20x slower than the [out, in] orientation nn.Linear uses; docs/performance.md). A few rows
+// go through matrix-vector products, fast in either orientation; more rows are computed in fp32
+// (more accurate too) and rounded once.
+bool reduced_precision_cpu(const torch::Tensor& w) {
+  return w.is_cpu() && (w.scalar_type() == torch::kBFloat16 || w.scalar_type() == torch::kHalf);
+}
+
+torch::Tensor matmul_rows(const torch::Tensor& x, const torch::Tensor& w) {
+  constexpr int64_t kMaxVectorRows = 4;
+  if (x.size(0) <= kMaxVectorRows) {
+    std::vector<torch::Tensor> rows;
+    for (int64_t i = 0; i < x.size(0); ++i) {
+      rows.push_back(torch::mv(w.t(), x[i]));
+    }
+    return torch::stack(rows);
+  }
+  return x.to(torch::kFloat).mm(w.to(torch::kFloat)).to(w.scalar_type());
+}
+
+}  // namespace
+
 torch::Tensor ExpertBankImpl::linear(const torch::Tensor& x, int64_t e, const torch::Tensor& w,
                                      const torch::Tensor& left, const torch::Tensor& right,
                                      const torch::Tensor& mask, const torch::Tensor& bias) const {
   if (!left.defined()) {
+    if (reduced_precision_cpu(w)) {
+      const auto y = matmul_rows(x, w[e]);
+      return bias.defined() ? y + bias[e] : y;
+    }
     return bias.defined() ? torch::addmm(bias[e], x, w[e]) : x.mm(w[e]);
   }
   auto y = x.mm(left[e]).mm(right[e]);

@@ -4,10 +4,10 @@
 #include <moeprune/io/safetensors.h>
 
 #include "hf/config.h"
+#include "hf/default_dtype.h"
 #include "io/posix_file.h"
 #include "models/lm/hf_architecture.h"
 
-#include <c10/core/DefaultDtype.h>
 #include <c10/util/StringUtil.h>
 #include <torch/torch.h>
 
@@ -21,20 +21,6 @@
 
 namespace moeprune::lm {
 namespace {
-
-// Modules built while it lives get parameters in `type` (no fp32 copy of a bf16 model).
-class DefaultDtype {
- public:
-  explicit DefaultDtype(torch::ScalarType type) : old_(c10::get_default_dtype()) {
-    c10::set_default_dtype(c10::scalarTypeToTypeMeta(type));
-  }
-  ~DefaultDtype() { c10::set_default_dtype(old_); }
-  DefaultDtype(const DefaultDtype&) = delete;
-  DefaultDtype& operator=(const DefaultDtype&) = delete;
-
- private:
-  caffe2::TypeMeta old_;
-};
 
 std::string layer_prefix(int64_t i) {
   return "model.layers." + std::to_string(i) + ".";
@@ -120,14 +106,34 @@ CausalLM load_causal_lm(const std::string& directory, const LoadOptions& options
   auto moe_options = hf::moe_layer_options(info, info.layers.front());
   moe_options.aux_loss_weights(aux);
   o.moe(moe_options);
+  // The model is built as a shell with a one-token vocabulary and one-unit experts; the
+  // checkpoint's tensors replace those below, so the large ones are never randomly initialised
+  // (a random bf16 embedding of Qwen3's 151936 tokens alone takes 11 s here) nor held twice.
+  auto shell = o;
+  auto placeholder = moe_options;
+  placeholder.hidden_dim(1);
+  shell.vocab_size(1).moe(placeholder);
 
   CausalLM model{nullptr};
   {
-    DefaultDtype guard(dtype);
-    model = CausalLM(o);
+    hf::detail::DefaultDtype guard(dtype);
+    model = CausalLM(shell);
   }
   model->to(dtype);
   torch::NoGradGuard no_grad;
+  const auto empty = [&](int64_t rows) {
+    return torch::empty({rows, o.hidden_size()}, torch::TensorOptions().dtype(dtype));
+  };
+  model->embed_tokens->weight.set_data(empty(o.vocab_size()));
+  model->embed_tokens->options.num_embeddings(o.vocab_size());
+  if (!model->lm_head.is_empty()) {
+    model->lm_head->weight.set_data(empty(o.vocab_size()));
+    model->lm_head->options.out_features(o.vocab_size());
+  }
+  model->options = o;
+  for (int64_t i = 0; i < o.num_layers(); ++i) {
+    model->layer(i)->options = o;
+  }
   std::set<std::string> used;
   for (auto& [name, param] : named_dense_tensors(*model)) {
     TORCH_CHECK(checkpoint.contains(name), directory, ": tensor '", name, "' is missing (",
