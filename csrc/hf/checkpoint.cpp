@@ -136,9 +136,10 @@ MoELayer load_moe_layer(const safetensors::Checkpoint& checkpoint, const ModelIn
   const auto& family = family_of(info.model_type);
   MoELayer layer{nullptr};
   {
-    detail::DefaultDtype guard(options.dtype());  // built in the target dtype, not fp32 first
-    layer =
-        MoELayer(family.layer_options(info, ref, options.expert_weights() ? info.hidden_dim : 1));
+    // Built in the target dtype (not fp32 first) and one unit wide: the experts' tensors are
+    // allocated at full width below without a random initialisation the checkpoint overwrites.
+    detail::DefaultDtype guard(options.dtype());
+    layer = MoELayer(family.layer_options(info, ref, 1));
   }
   layer->to(options.dtype());
   torch::NoGradGuard no_grad;
@@ -152,7 +153,29 @@ MoELayer load_moe_layer(const safetensors::Checkpoint& checkpoint, const ModelIn
     }
     return layer;
   }
+  const int64_t E = ref.num_experts, d = info.d_model, F = info.hidden_dim;
+  const auto empty = [&](std::vector<int64_t> shape) {
+    return torch::empty(shape, bank->w1.options());
+  };
+  bank->w1.set_data(empty({E, d, F}));
+  bank->w2.set_data(empty({E, F, d}));
+  if (bank->w3.defined()) {
+    bank->w3.set_data(empty({E, d, F}));
+  }
+  if (bank->b1.defined()) {  // no family has expert biases; zero rather than garbage if one does
+    bank->b1.set_data(torch::zeros({E, F}, bank->w1.options()));
+    bank->b2.set_data(torch::zeros({E, d}, bank->w1.options()));
+  }
+  bank->options.hidden_dim(F);
+  layer->options.hidden_dim(F);
   family.load_experts(checkpoint, info, ref, bank);
+  // The experts now live in the bank's layout: let the kernel drop the mapped source pages, so a
+  // loaded model is not held twice (once copied, once mapped).
+  for (int64_t j = 0; j < (ref.fused ? 1 : ref.num_experts); ++j) {
+    for (const auto& name : family.expert_tensors(ref, j)) {
+      checkpoint.file(checkpoint.shard_of(name)).release(name);
+    }
+  }
   if (!ref.state.is_plain()) {
     layer->restore(ref.state);  // a "keep" checkpoint's zeroed experts are freed
   }
