@@ -6,6 +6,8 @@
 #include <moeprune/hf/pruning.h>
 #include <moeprune/io/safetensors.h>
 #include <moeprune/models/lm/checkpoint.h>
+#include <moeprune/models/lm/evaluation.h>
+#include <moeprune/models/lm/generation.h>
 #include <moeprune/models/lm/moe_view.h>
 #include <moeprune/pruning/criterion.h>
 #include <moeprune/pruning/pruning_plan.h>
@@ -314,4 +316,30 @@ TEST_CASE("the streamed checkpoint pruner's output for Qwen and DeepSeek equals 
       }
     }
   }
+}
+
+TEST_CASE("bad arguments to the language-model API are refused with the problem named", "[lm]") {
+  auto model = moeprune::lm::load_causal_lm(kFixtures + "/mixtral");
+  const auto ids = input_ids("mixtral");
+  using moeprune::lm::GenerationOptions;
+  CHECK_THROWS_WITH(model->forward(ids.to(torch::kInt)), Catch::Contains("should be int64"));
+  CHECK_THROWS_WITH(model->forward(ids + 96), Catch::Contains("token ids should be in [0, 96)"));
+  CHECK_THROWS_WITH(moeprune::lm::generate(model, ids, GenerationOptions().top_p(0.0)),
+                    Catch::Contains("top_p should be in (0, 1]"));
+  CHECK_THROWS_WITH(moeprune::lm::generate(model, ids, GenerationOptions().temperature(-1.0)),
+                    Catch::Contains("temperature should be >= 0"));
+  CHECK_THROWS_WITH(moeprune::lm::perplexity(
+                        model, ids[0], moeprune::lm::PerplexityOptions().context(8).stride(9)),
+                    Catch::Contains("stride should be in [1, 8]"));
+  auto cache = model->make_cache();
+  model->forward(ids.narrow(1, 0, 3), &cache);
+  CHECK_THROWS_WITH(model->forward(ids.narrow(0, 0, 1).narrow(1, 3, 1), &cache),
+                    Catch::Contains("KVCache: layer 0 holds [2, "));
+  auto other = moeprune::lm::KVCache(5);
+  CHECK_THROWS_WITH(model->forward(ids, &other), Catch::Contains("the cache has 5 layers"));
+  // Factorised experts have no Hugging Face form; nothing is written.
+  model->layer(0)->moe_block->moe->experts()->factorize(2);
+  CHECK_THROWS_WITH(moeprune::lm::save_causal_lm(model, test::scratch_dir() + "/factorised"),
+                    Catch::Contains("factorised"));
+  CHECK(!test::path_exists(test::scratch_dir() + "/factorised"));
 }
