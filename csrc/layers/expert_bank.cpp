@@ -1,5 +1,7 @@
 #include <moeprune/layers/expert_bank.h>
 
+#include "layers/activation.h"
+
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -7,23 +9,6 @@
 #include <numeric>
 
 namespace moeprune {
-namespace {
-
-torch::Tensor activate(const torch::Tensor& x, ExpertActivation activation) {
-  switch (activation) {
-    case ExpertActivation::kGelu:
-      return torch::gelu(x);
-    case ExpertActivation::kGeluTanh:
-      return torch::gelu(x, "tanh");
-    case ExpertActivation::kRelu:
-      return torch::relu(x);
-    case ExpertActivation::kSilu:
-      return torch::silu(x);
-  }
-  TORCH_CHECK(false, "ExpertBank: unknown activation");
-}
-
-}  // namespace
 
 ExpertBankImpl::ExpertBankImpl(ExpertBankOptions options_) : options(std::move(options_)) {
   TORCH_CHECK(options.num_experts() >= 1, "ExpertBank: num_experts should be >= 1, got ",
@@ -226,10 +211,10 @@ torch::Tensor ExpertBankImpl::forward(const torch::Tensor& rows,
     offset += n;
     torch::Tensor h;
     if (options.kind() == ExpertKind::kGated) {
-      h = activate(linear(x, e, w1, w1_left, w1_right, w1_mask), options.activation()) *
+      h = detail::activate(linear(x, e, w1, w1_left, w1_right, w1_mask), options.activation()) *
           linear(x, e, w3, w3_left, w3_right, w3_mask);
     } else {
-      h = activate(linear(x, e, w1, w1_left, w1_right, w1_mask, b1), options.activation());
+      h = detail::activate(linear(x, e, w1, w1_left, w1_right, w1_mask, b1), options.activation());
     }
     outputs.push_back(linear(h, e, w2, w2_left, w2_right, w2_mask, b2));
   }

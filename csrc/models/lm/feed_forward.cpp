@@ -1,21 +1,13 @@
 #include <moeprune/models/lm/feed_forward.h>
 
+#include "layers/activation.h"
+
 #include <torch/torch.h>
 
 namespace moeprune::lm {
 
 torch::Tensor activate(const torch::Tensor& x, ExpertActivation kind) {
-  switch (kind) {
-    case ExpertActivation::kSilu:
-      return torch::silu(x);
-    case ExpertActivation::kGelu:
-      return torch::gelu(x);
-    case ExpertActivation::kGeluTanh:
-      return torch::gelu(x, "tanh");
-    case ExpertActivation::kRelu:
-      return torch::relu(x);
-  }
-  TORCH_CHECK(false, "unknown activation");
+  return moeprune::detail::activate(x, kind);
 }
 
 GatedMLPImpl::GatedMLPImpl(GatedMLPOptions options_) : options(options_) {
