@@ -1,9 +1,10 @@
 #include <moeprune/models/vision/trimming.h>
 
+#include <moeprune/compression/residual_similarity.h>
+
 #include <torch/torch.h>
 
 #include <algorithm>
-#include <numeric>
 
 namespace moeprune::compression {
 namespace {
@@ -36,40 +37,11 @@ void for_each_capture(VisionTransformer& model, const CalibrationData& data,
   data([&](const torch::Tensor& images) { visit(model->forward(images)); });
 }
 
-// Sum of cos(a, b) over tokens, and the number of tokens. E3-MoE replicates the batch between
-// the two states when they straddle its first MoE block: a is repeated to match.
-struct CosineSum {
-  double sum = 0, tokens = 0;
-  void add(torch::Tensor a, const torch::Tensor& b) {
-    if (a.size(0) != b.size(0)) {
-      a = a.repeat_interleave(b.size(0) / a.size(0), 0);
-    }
-    const int64_t d = a.size(-1);
-    const auto cos = torch::cosine_similarity(a.reshape({-1, d}).to(torch::kDouble),
-                                              b.reshape({-1, d}).to(torch::kDouble), 1);
-    sum += cos.sum().item<double>();
-    tokens += static_cast<double>(cos.numel());
-  }
-  double mean() const { return tokens > 0 ? sum / tokens : 0.0; }
-};
-
-std::vector<int64_t> highest(const std::vector<std::pair<int64_t, double>>& scored, int64_t n) {
-  auto sorted = scored;
-  std::stable_sort(sorted.begin(), sorted.end(),
-                   [](const auto& a, const auto& b) { return a.second > b.second; });
-  std::vector<int64_t> out;
-  for (int64_t i = 0; i < n; ++i) {
-    out.push_back(sorted[static_cast<size_t>(i)].first);
-  }
-  std::sort(out.begin(), out.end());
-  return out;
-}
-
 }  // namespace
 
 std::map<int64_t, double> moe_layer_similarity(VisionTransformer& model,
                                                const CalibrationData& data) {
-  std::map<int64_t, CosineSum> sums;
+  std::map<int64_t, CosineMean> sums;
   for_each_capture(model, data, [&](const VisionTransformerOutput& out) {
     for (const auto& [block, layer] : model->moe_layers()) {
       sums[block].add(out.mlp_states.at(static_cast<size_t>(block)),
@@ -88,7 +60,7 @@ std::vector<int64_t> layer_drop(VisionTransformer& model, const CalibrationData&
   const auto sim = moe_layer_similarity(model, data);
   TORCH_CHECK(n >= 1 && n <= static_cast<int64_t>(sim.size()), "layer_drop: cannot drop ", n,
               " of the ", sim.size(), " MoE layers");
-  const auto dropped = highest({sim.begin(), sim.end()}, n);
+  const auto dropped = highest_scores({sim.begin(), sim.end()}, n);
   for (const int64_t block : dropped) {
     model->drop_mlp(block);
   }
@@ -100,7 +72,7 @@ std::vector<double> block_similarity(VisionTransformer& model, const Calibration
   const int64_t depth = model->options.depth();
   TORCH_CHECK(span >= 1 && span <= depth, "block_similarity: span should be in [1, ", depth,
               "], got ", span);
-  std::vector<CosineSum> sums(static_cast<size_t>(depth - span + 1));
+  std::vector<CosineMean> sums(static_cast<size_t>(depth - span + 1));
   for_each_capture(model, data, [&](const VisionTransformerOutput& out) {
     for (int64_t i = 0; i + span <= depth; ++i) {
       sums[static_cast<size_t>(i)].add(out.block_states[static_cast<size_t>(i)],
@@ -133,7 +105,7 @@ std::vector<int64_t> block_drop(VisionTransformer& model, const CalibrationData&
         scored.emplace_back(i, sim[static_cast<size_t>(i)]);
       }
     }
-    dropped = highest(scored, n);
+    dropped = highest_scores(scored, n);
   } else {
     const auto sim = block_similarity(model, data, n);
     int64_t best = -1;
