@@ -251,6 +251,11 @@ std::string pruned_config(const std::string& source, const ModelInfo& info,
   if (!cut) {
     record["layer_states"] = states;
   }
+  if (config.contains("moeprune") && config["moeprune"].is_object() &&
+      config["moeprune"].contains("dropped_mlp_layers")) {
+    // A Layer-Dropped source (lm::save_causal_lm): its zero MoE blocks stay dropped on reload.
+    record["dropped_mlp_layers"] = config["moeprune"]["dropped_mlp_layers"];
+  }
   config["moeprune"] = record;
   return config.dump(2) + "\n";
 }

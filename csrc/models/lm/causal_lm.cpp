@@ -23,6 +23,15 @@ void CausalLMOptions::validate() const {
   TORCH_CHECK(!any_moe || moe().has_value(), "CausalLMOptions: MoE layers need moe options");
   TORCH_CHECK(!any_moe || moe()->d_model() == hidden_size(), "CausalLMOptions: MoE width ",
               moe()->d_model(), " differs from hidden_size ", hidden_size());
+  int64_t previous = -1;
+  for (const int64_t i : dropped_mlp_layers()) {
+    TORCH_CHECK(i > previous && i < num_layers(),
+                "CausalLMOptions: dropped_mlp_layers should be increasing layer indices below ",
+                num_layers(), ", found ", i, " after ", previous);
+    TORCH_CHECK(moe_layers()[static_cast<size_t>(i)], "CausalLMOptions: dropped_mlp_layers lists ",
+                i, ", a dense layer; Layer Drop removes MoE blocks only");
+    previous = i;
+  }
   TORCH_CHECK(!any_dense || intermediate_size() >= 1,
               "CausalLMOptions: dense layers need intermediate_size >= 1, got ",
               intermediate_size());
@@ -96,9 +105,13 @@ void CausalLMImpl::pretty_print(std::ostream& stream) const {
   for (const bool m : options.moe_layers()) {
     moe += m ? 1 : 0;
   }
+  const auto dropped = static_cast<int64_t>(options.dropped_mlp_layers().size());
   stream << "moeprune::lm::CausalLM(" << options.model_type() << ", layers=" << options.num_layers()
-         << " (" << moe << " MoE), hidden=" << options.hidden_size()
-         << ", vocab=" << options.vocab_size() << ")";
+         << " (" << moe - dropped << " MoE";
+  if (dropped > 0) {
+    stream << ", " << dropped << " without MLP";
+  }
+  stream << "), hidden=" << options.hidden_size() << ", vocab=" << options.vocab_size() << ")";
 }
 
 DecoderLayer CausalLMImpl::layer(int64_t index) const {
@@ -129,8 +142,55 @@ void CausalLMImpl::set_gradient_checkpointing(bool enabled) {
   gradient_checkpointing_ = enabled;
 }
 
+void CausalLMImpl::drop_mlp(int64_t index) {
+  layer(index)->drop_mlp();
+  options.dropped_mlp_layers(layer(index)->options.dropped_mlp_layers());
+  for (int64_t i = 0; i < options.num_layers(); ++i) {
+    layer(i)->options.dropped_mlp_layers(options.dropped_mlp_layers());
+  }
+}
+
+void CausalLMImpl::remove_layers(const std::vector<int64_t>& indices) {
+  std::vector<bool> gone(static_cast<size_t>(options.num_layers()), false);
+  for (const int64_t i : indices) {
+    layer(i);  // range check
+    TORCH_CHECK(!gone[static_cast<size_t>(i)], "CausalLM::remove_layers: layer ", i,
+                " is listed twice");
+    gone[static_cast<size_t>(i)] = true;
+  }
+  const int64_t left = options.num_layers() - static_cast<int64_t>(indices.size());
+  TORCH_CHECK(left >= 1, "CausalLM::remove_layers: cannot remove all ", options.num_layers(),
+              " layers");
+  std::vector<bool> moe;
+  std::vector<int64_t> dropped_mlp;
+  std::vector<DecoderLayer> kept;
+  for (int64_t i = 0; i < options.num_layers(); ++i) {
+    if (gone[static_cast<size_t>(i)]) {
+      continue;
+    }
+    const auto l = layer(i);
+    if (!l->has_mlp()) {
+      dropped_mlp.push_back(static_cast<int64_t>(kept.size()));
+    }
+    moe.push_back(options.moe_layers()[static_cast<size_t>(i)]);
+    kept.push_back(l);
+  }
+  auto o = options;
+  o.num_layers(left).moe_layers(moe).dropped_mlp_layers(dropped_mlp);
+  o.validate();
+  auto list = torch::nn::ModuleList();
+  for (size_t i = 0; i < kept.size(); ++i) {
+    kept[i]->index = static_cast<int64_t>(i);
+    kept[i]->options = o;
+    list->push_back(kept[i]);
+  }
+  options = o;
+  layers = replace_module("layers", list);
+}
+
 std::pair<torch::Tensor, torch::Tensor> CausalLMImpl::hidden_states(const torch::Tensor& input_ids,
-                                                                    KVCache* cache) {
+                                                                    KVCache* cache,
+                                                                    const LayerTrace& trace) {
   TORCH_CHECK(input_ids.dim() == 2, "CausalLM: input_ids should be [B, S], got ",
               input_ids.sizes());
   TORCH_CHECK(input_ids.scalar_type() == torch::kLong, "CausalLM: input_ids should be int64, got ",
@@ -148,8 +208,8 @@ std::pair<torch::Tensor, torch::Tensor> CausalLMImpl::hidden_states(const torch:
   auto h = embed_tokens(input_ids);
   const auto angles = rotary_angles(start, input_ids.size(1), options.attention().head_dim(),
                                     options.attention().rope_theta(), h.scalar_type(), h.device());
-  const bool checkpoint =
-      gradient_checkpointing_ && is_training() && cache == nullptr && torch::GradMode::is_enabled();
+  const bool checkpoint = gradient_checkpointing_ && is_training() && cache == nullptr &&
+                          torch::GradMode::is_enabled() && !trace;
   torch::Tensor aux;
   int64_t moe = 0;
   for (int64_t i = 0; i < options.num_layers(); ++i) {
@@ -161,6 +221,9 @@ std::pair<torch::Tensor, torch::Tensor> CausalLMImpl::hidden_states(const torch:
       layer_aux = l->is_moe() ? out[1] : torch::Tensor();
     } else {
       auto out = l->forward(h, angles, cache);
+      if (trace) {
+        trace(i, h, out);
+      }
       h = std::move(out.hidden);
       layer_aux = std::move(out.aux_loss);
     }

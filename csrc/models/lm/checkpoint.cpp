@@ -50,8 +50,6 @@ std::vector<std::pair<std::string, torch::Tensor>> named_dense_tensors(CausalLMI
     const auto p = layer_prefix(i);
     const auto layer = model.layer(i);
     out.emplace_back(p + "input_layernorm.weight", layer->input_layernorm->weight);
-    out.emplace_back(p + "post_attention_layernorm.weight",
-                     layer->post_attention_layernorm->weight);
     const auto& attn = layer->self_attn;
     add_linear(out, p + "self_attn.q_proj", attn->q_proj);
     add_linear(out, p + "self_attn.k_proj", attn->k_proj);
@@ -61,6 +59,26 @@ std::vector<std::pair<std::string, torch::Tensor>> named_dense_tensors(CausalLMI
       out.emplace_back(p + "self_attn.q_norm.weight", attn->q_norm->weight);
       out.emplace_back(p + "self_attn.k_norm.weight", attn->k_norm->weight);
     }
+    if (!layer->has_mlp()) {
+      // Layer Drop: the MoE block is written as one that adds nothing (zero experts, written by
+      // save_causal_lm), so transformers computes the same; these tensors are its dense part.
+      const auto opts = layer->input_layernorm->weight.options();
+      const int64_t d = model.options.hidden_size(), width = model.options.shared_expert_size();
+      out.emplace_back(p + "post_attention_layernorm.weight", torch::ones({d}, opts));
+      if (width > 0) {
+        const auto shared = p + names.moe_block + "." + names.shared_expert;
+        out.emplace_back(shared + ".gate_proj.weight", torch::zeros({width, d}, opts));
+        out.emplace_back(shared + ".up_proj.weight", torch::zeros({width, d}, opts));
+        out.emplace_back(shared + ".down_proj.weight", torch::zeros({d, width}, opts));
+      }
+      if (model.options.shared_expert_gate()) {
+        out.emplace_back(p + names.moe_block + ".shared_expert_gate.weight",
+                         torch::zeros({1, d}, opts));
+      }
+      continue;
+    }
+    out.emplace_back(p + "post_attention_layernorm.weight",
+                     layer->post_attention_layernorm->weight);
     if (!layer->is_moe()) {
       add_gated_mlp(out, p + "mlp", layer->mlp);
       continue;
@@ -76,6 +94,33 @@ std::vector<std::pair<std::string, torch::Tensor>> named_dense_tensors(CausalLMI
   out.emplace_back("model.norm.weight", model.norm->weight);
   if (!model.lm_head.is_empty()) {
     out.emplace_back("lm_head.weight", model.lm_head->weight);
+  }
+  return out;
+}
+
+// The MoE blocks a moeprune checkpoint records as removed by Layer Drop (config.json's
+// "moeprune": {"dropped_mlp_layers": [...]}); the checkpoint holds them as zero blocks.
+std::vector<int64_t> recorded_layer_drop(const hf::Config& config, const CausalLMOptions& o) {
+  if (!config.contains("moeprune")) {
+    return {};
+  }
+  const auto& section = config.json().at("moeprune");
+  if (!section.is_object() || !section.contains("dropped_mlp_layers")) {
+    return {};
+  }
+  const auto& list = section.at("dropped_mlp_layers");
+  TORCH_CHECK(list.is_array(), config.path(),
+              ": \"moeprune\".\"dropped_mlp_layers\" should be a list of layer indices");
+  std::vector<int64_t> out;
+  for (const auto& v : list) {
+    TORCH_CHECK(v.is_number_integer(), config.path(),
+                ": \"moeprune\".\"dropped_mlp_layers\" holds ", v.dump(), ", not a layer index");
+    const auto i = v.get<int64_t>();
+    TORCH_CHECK(i >= 0 && i < o.num_layers() && o.moe_layers()[static_cast<size_t>(i)] &&
+                    (out.empty() || i > out.back()),
+                config.path(), ": \"moeprune\".\"dropped_mlp_layers\" lists ", i,
+                ", which is not a MoE layer of the ", o.num_layers(), " (increasing, each once)");
+    out.push_back(i);
   }
   return out;
 }
@@ -165,6 +210,9 @@ CausalLM load_causal_lm(const std::string& directory, const LoadOptions& options
   }
   TORCH_CHECK(unexpected.empty(), directory, ": ", unexpected.size(), " tensors are not part of a ",
               o.model_type(), " with this config.json (first: '", unexpected.front(), "')");
+  for (const int64_t index : recorded_layer_drop(config, o)) {
+    model->drop_mlp(index);
+  }
   return model;
 }
 
@@ -199,6 +247,11 @@ void save_causal_lm(CausalLM& model, const std::string& directory, const SaveOpt
                 "; with router rows dropped, every MoE layer must hold the same number (keep the "
                 "router rows to save layers pruned differently)");
     written_experts = count;
+  }
+
+  const auto& dropped_mlp = o.dropped_mlp_layers();
+  if (written_experts < 0 && !dropped_mlp.empty()) {
+    written_experts = o.moe()->num_experts();  // every MoE block was dropped
   }
 
   const auto target = std::filesystem::path(directory).lexically_normal().string();
@@ -242,6 +295,20 @@ void save_causal_lm(CausalLM& model, const std::string& directory, const SaveOpt
         writer.add(e + names.expert_w3 + ".weight", weight(bank->w3));
       }
     }
+    // Layer Drop: a MoE block whose router and experts are zero adds exactly nothing.
+    for (const int64_t index : dropped_mlp) {
+      const auto prefix = layer_prefix(index) + names.moe_block;
+      const auto opts = m.embed_tokens->weight.options();
+      const int64_t d = o.hidden_size(), width = o.moe()->hidden_dim();
+      writer.add(prefix + ".gate.weight", torch::zeros({written_experts, d}, opts));
+      const auto in = torch::zeros({width, d}, opts), out = torch::zeros({d, width}, opts);
+      for (int64_t j = 0; j < written_experts; ++j) {
+        const auto e = prefix + ".experts." + std::to_string(j) + ".";
+        writer.add(e + names.expert_w1 + ".weight", in);
+        writer.add(e + names.expert_w2 + ".weight", out);
+        writer.add(e + names.expert_w3 + ".weight", in);
+      }
+    }
     writer.set_metadata({{"format", "pt"}});
     writer.finish();
 
@@ -261,6 +328,13 @@ void save_causal_lm(CausalLM& model, const std::string& directory, const SaveOpt
       record["router"] = "cut";
       record["source_experts"] = source_experts;
       config["moeprune"] = record;
+    }
+    if (!dropped_mlp.empty()) {
+      // moeprune reloads these layers without their MoE block.
+      if (!config.contains("moeprune")) {
+        config["moeprune"] = nlohmann::ordered_json::object();
+      }
+      config["moeprune"]["dropped_mlp_layers"] = dropped_mlp;
     }
     io::write_text_file(folder.path() + "/config.json", config.dump(2) + "\n");
     folder.commit();

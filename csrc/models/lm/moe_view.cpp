@@ -37,6 +37,9 @@ std::string CausalLMMoEView::signature() const {
   j["hidden_size"] = o.hidden_size();
   j["num_layers"] = o.num_layers();
   j["moe_layers"] = o.moe_layers();
+  if (!o.dropped_mlp_layers().empty()) {
+    j["dropped_mlp_layers"] = o.dropped_mlp_layers();
+  }
   if (o.moe().has_value()) {
     j["num_experts"] = o.moe()->num_experts();
     j["expert_width"] = o.moe()->hidden_dim();

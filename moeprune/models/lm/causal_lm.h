@@ -13,6 +13,7 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 
+#include <functional>
 #include <utility>
 #include <vector>
 
@@ -32,9 +33,15 @@ class CausalLMImpl : public torch::nn::Cloneable<CausalLMImpl> {
   /// Logits of every position of `input_ids` [B, S] (int64). With a cache, the tokens continue
   /// the cached ones (positions cache->length() ...) and are appended to it.
   CausalLMOutput forward(const torch::Tensor& input_ids, KVCache* cache = nullptr);
-  /// The final hidden states [B, S, hidden] (after the last norm) and the auxiliary loss.
+  /// Called with each decoder layer's index, input and output as the model runs (Layer and
+  /// Block Drop scores).
+  using LayerTrace = std::function<void(int64_t layer, const torch::Tensor& input,
+                                        const DecoderLayerOutput& output)>;
+  /// The final hidden states [B, S, hidden] (after the last norm) and the auxiliary loss;
+  /// `trace`, when given, sees every decoder layer (not with gradient checkpointing).
   std::pair<torch::Tensor, torch::Tensor> hidden_states(const torch::Tensor& input_ids,
-                                                        KVCache* cache = nullptr);
+                                                        KVCache* cache = nullptr,
+                                                        const LayerTrace& trace = {});
   /// LM head: hidden [..., hidden] -> logits [..., vocab].
   torch::Tensor logits(const torch::Tensor& hidden);
 
@@ -43,6 +50,13 @@ class CausalLMImpl : public torch::nn::Cloneable<CausalLMImpl> {
   DecoderLayer layer(int64_t index) const;
   /// A cache for this model's layers (`capacity` tokens reserved).
   KVCache make_cache(int64_t capacity = 0) const { return KVCache(options.num_layers(), capacity); }
+
+  /// Layer Drop: removes decoder layer `index`'s MoE block (DecoderLayerImpl::drop_mlp).
+  void drop_mlp(int64_t index);
+  /// Block Drop: removes the listed decoder layers whole. The others are renumbered in order
+  /// (options, cache slots and parameter names follow), so the model is a smaller model of its
+  /// family; at least one layer stays.
+  void remove_layers(const std::vector<int64_t>& indices);
 
   /// Recompute each decoder layer in the backward pass instead of keeping its activations
   /// (training only; a layer with routing noise refuses, since the recomputation must route as

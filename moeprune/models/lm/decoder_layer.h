@@ -12,10 +12,14 @@ namespace moeprune::lm {
 struct DecoderLayerOutput {
   torch::Tensor hidden;
   torch::Tensor aux_loss;  ///< undefined for a dense layer
+  /// The residual stream between attention and MLP, h + Attention(RMSNorm(h)) (Layer Drop's
+  /// score compares it with `hidden`).
+  torch::Tensor attention_hidden;
 };
 
 /// One pre-norm decoder layer: h + Attention(RMSNorm(h)), then h + MLP(RMSNorm(h)) where the MLP
-/// is dense or a MoE block (LlamaDecoderLayer and the MoE families' decoder layers).
+/// is dense or a MoE block (LlamaDecoderLayer and the MoE families' decoder layers). After
+/// Layer Drop a MoE layer has no MLP: h + Attention(RMSNorm(h)).
 class DecoderLayerImpl : public torch::nn::Cloneable<DecoderLayerImpl> {
  public:
   /// Decoder layer `index` of a model with `options`.
@@ -27,6 +31,11 @@ class DecoderLayerImpl : public torch::nn::Cloneable<DecoderLayerImpl> {
                              KVCache* cache = nullptr);
 
   bool is_moe() const { return !moe_block.is_empty(); }
+  /// False once Layer Drop removed the MoE block.
+  bool has_mlp() const { return !moe_block.is_empty() || !mlp.is_empty(); }
+  /// Layer Drop: removes the MoE block and the RMSNorm before it (their parameters leave the
+  /// module) and records the layer in options.dropped_mlp_layers. Refused for a dense layer.
+  void drop_mlp();
 
   CausalLMOptions options;
   int64_t index;

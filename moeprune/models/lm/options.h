@@ -75,6 +75,9 @@ struct CausalLMOptions {
   TORCH_ARG(int64_t, shared_expert_size) = 0;
   /// Scale the shared expert's output by sigmoid(x . w) (Qwen2-MoE's shared_expert_gate).
   TORCH_ARG(bool, shared_expert_gate) = false;
+  /// Layer Drop (models/lm/trimming.h): MoE layers whose MoE block (routed and shared experts)
+  /// is removed; the decoder layer keeps its attention, h + Attention(RMSNorm(h)). Increasing.
+  TORCH_ARG(std::vector<int64_t>, dropped_mlp_layers);
 
   /// The config.json the model was read from (JSON text, empty for a new model): saving keeps its
   /// keys moeprune does not model (token ids, dtype, ...).
