@@ -6,6 +6,7 @@
 #include <moeprune/compression/linear_assignment.h>
 #include <moeprune/compression/low_rank.h>
 #include <moeprune/compression/merging.h>
+#include <moeprune/compression/residual_similarity.h>
 #include <moeprune/hf/checkpoint.h>
 #include <moeprune/hf/pruning.h>
 #include <moeprune/io/checkpoint.h>
@@ -14,6 +15,12 @@
 #include <moeprune/layers/expert_bank_state.h>
 #include <moeprune/layers/moe_layer.h>
 #include <moeprune/layers/moe_view.h>
+#include <moeprune/models/lm/causal_lm.h>
+#include <moeprune/models/lm/checkpoint.h>
+#include <moeprune/models/lm/evaluation.h>
+#include <moeprune/models/lm/generation.h>
+#include <moeprune/models/lm/moe_view.h>
+#include <moeprune/models/lm/trimming.h>
 #include <moeprune/models/vision/checkpoint.h>
 #include <moeprune/models/vision/moe_view.h>
 #include <moeprune/models/vision/trimming.h>
@@ -30,8 +37,10 @@
 #include <moeprune/routing/routing_plan.h>
 #include <moeprune/routing/top_k_router.h>
 #include <moeprune/train/image_dataset.h>
+#include <moeprune/train/lm_trainer.h>
 #include <moeprune/train/model_cost.h>
 #include <moeprune/train/progress_bar.h>
 #include <moeprune/train/readers.h>
+#include <moeprune/train/schedule.h>
 #include <moeprune/train/trainer.h>
 #include <moeprune/version.h>
