@@ -77,3 +77,61 @@ TEST_CASE("expert bank keeps a subset of experts and frees the rest") {
     CHECK(torch::equal(copy->w2, bank->w2));
   }
 }
+
+TEST_CASE("bf16 and fp16 experts equal an fp64 reference at decode and prefill row counts") {
+  // Widths off every vector and block size of the CPU kernels (8 lanes, 4 rows per pass, 512
+  // columns per task): d 523, F 1041.
+  torch::manual_seed(11);
+  const int64_t d = 523, f = 1041;
+  for (const auto dtype : {torch::kBFloat16, torch::kHalf}) {
+    ExpertBank bank(ExpertBankOptions(3, d, f)
+                        .kind(ExpertKind::kGated)
+                        .activation(ExpertActivation::kSilu)
+                        .bias(false));
+    bank->to(dtype);
+    // The reference: the same (rounded) weights and inputs in fp64, no rounding in between.
+    const auto w64 = [&](const torch::Tensor& w, int64_t e) { return w[e].to(torch::kDouble); };
+    const auto reference = [&](int64_t e, const torch::Tensor& x) {
+      const auto x64 = x.to(torch::kDouble);
+      return (torch::silu(x64.matmul(w64(bank->w1, e))) * x64.matmul(w64(bank->w3, e)))
+          .matmul(w64(bank->w2, e));
+    };
+    for (const auto& counts :
+         std::vector<std::vector<int64_t>>{{1, 0, 0}, {0, 3, 5}, {8, 1, 2}, {9, 0, 16}}) {
+      const int64_t total = counts[0] + counts[1] + counts[2];
+      const auto rows = torch::randn({total, d}).to(dtype);
+      for (const bool grad : {false, true}) {
+        torch::AutoGradMode mode(grad);
+        const auto out = bank->forward(rows, counts);
+        REQUIRE(out.scalar_type() == dtype);
+        int64_t offset = 0;
+        for (int64_t e = 0; e < 3; ++e) {
+          const int64_t n = counts[static_cast<size_t>(e)];
+          if (n == 0) {
+            continue;
+          }
+          const auto want = reference(e, rows.narrow(0, offset, n));
+          const auto got = out.narrow(0, offset, n).to(torch::kDouble);
+          offset += n;
+          const double scale = want.abs().max().item<double>();
+          const double err = (got - want).abs().max().item<double>();
+          INFO(dtype << " expert " << e << ", " << n << " rows, grad " << grad << ": max error "
+                     << err << " of values up to " << scale);
+          // Each of the four products rounds to the dtype once (bf16: 8 significant bits), so a
+          // few steps of the largest value; a wrong column or row would be off by the values.
+          CHECK(err < scale * (dtype == torch::kBFloat16 ? 4.0 / 256 : 4.0 / 2048));
+        }
+      }
+    }
+    // The decode path sums in the same order on any thread count.
+    torch::NoGradGuard no_grad;
+    const auto rows = torch::randn({5, d}).to(dtype);
+    const int threads = at::get_num_threads();
+    at::set_num_threads(1);
+    const auto one = bank->forward(rows, {2, 3, 0});
+    at::set_num_threads(std::max(2, threads));
+    const auto many = bank->forward(rows, {2, 3, 0});
+    at::set_num_threads(threads);
+    CHECK(torch::equal(one, many));
+  }
+}

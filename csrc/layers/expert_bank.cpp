@@ -1,6 +1,7 @@
 #include <moeprune/layers/expert_bank.h>
 
 #include "layers/activation.h"
+#include "layers/reduced_precision_matmul.h"
 
 #include <torch/torch.h>
 
@@ -143,14 +144,19 @@ namespace {
 
 // x [n, in] @ w [in, out] for a bf16/fp16 CPU weight (contiguous, the bank's layout). Such GEMMs
 // with the weight in this orientation fall to a slow path when the CPU has no native bf16 (AVX2:
-// 10-20x slower than the [out, in] orientation nn.Linear uses; docs/performance.md). A few rows
-// go through matrix-vector products, fast in either orientation; more rows are computed in fp32
-// (more accurate too) and rounded once.
+// 10-20x slower than the [out, in] orientation nn.Linear uses; docs/performance.md). Without a
+// graph, a few rows (decoding) go through small_rows_matmul, which streams the weight once at
+// memory speed; with one, through matrix-vector products; more rows are computed in fp32 (more
+// accurate too) and rounded once.
 bool reduced_precision_cpu(const torch::Tensor& w) {
   return w.is_cpu() && (w.scalar_type() == torch::kBFloat16 || w.scalar_type() == torch::kHalf);
 }
 
 torch::Tensor matmul_rows(const torch::Tensor& x, const torch::Tensor& w) {
+  const bool graph = torch::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad());
+  if (!graph && x.size(0) <= detail::kSmallRowsMax && w.is_contiguous()) {
+    return detail::small_rows_matmul(x, w);
+  }
   constexpr int64_t kMaxVectorRows = 4;
   if (x.size(0) <= kMaxVectorRows) {
     std::vector<torch::Tensor> rows;
