@@ -1,4 +1,4 @@
-// One SwiGLU expert at decode sizes (1-8 rows) in bf16 on the CPU: moeprune's ExpertBank (weights
+// One SwiGLU expert at decode sizes (1-32 rows) in bf16 on the CPU: moeprune's ExpertBank (weights
 // [in, out], its small-rows kernel) against the same expert as transformers builds it, three
 // torch nn.Linear ([out, in], MixtralBlockSparseTop2MLP: w2(silu(w1 x) * w3 x)), in one run on
 // the same weights, threads and dtype. Each call runs the next of enough experts (>= 600 MB) that
@@ -47,7 +47,7 @@ int main(int argc, char** argv) {
   CLI::App app{"A bf16 SwiGLU expert at decode sizes: ExpertBank vs torch nn.Linear"};
   int threads = static_cast<int>(std::thread::hardware_concurrency());
   int repeat = 5;
-  std::vector<int64_t> rows{1, 2, 4, 8};
+  std::vector<int64_t> rows{1, 2, 4, 8, 16, 32};
   std::string json_out = "bench/results/expert_decode_cpu.json";
   app.add_option("--threads", threads, "intra-op threads")->capture_default_str();
   app.add_option("--repeat", repeat, "timed runs per measurement (median)")->capture_default_str();

@@ -96,8 +96,8 @@ TEST_CASE("bf16 and fp16 experts equal an fp64 reference at decode and prefill r
       return (torch::silu(x64.matmul(w64(bank->w1, e))) * x64.matmul(w64(bank->w3, e)))
           .matmul(w64(bank->w2, e));
     };
-    for (const auto& counts :
-         std::vector<std::vector<int64_t>>{{1, 0, 0}, {0, 3, 5}, {8, 1, 2}, {9, 0, 16}}) {
+    for (const auto& counts : std::vector<std::vector<int64_t>>{
+             {1, 0, 0}, {0, 3, 5}, {8, 1, 2}, {9, 0, 16}, {33, 0, 2}}) {
       const int64_t total = counts[0] + counts[1] + counts[2];
       const auto rows = torch::randn({total, d}).to(dtype);
       for (const bool grad : {false, true}) {

@@ -145,17 +145,31 @@ namespace {
 // x [n, in] @ w [in, out] for a bf16/fp16 CPU weight (contiguous, the bank's layout). Such GEMMs
 // with the weight in this orientation fall to a slow path when the CPU has no native bf16 (AVX2:
 // 10-20x slower than the [out, in] orientation nn.Linear uses; docs/performance.md). Without a
-// graph, a few rows (decoding) go through small_rows_matmul, which streams the weight once at
-// memory speed; with one, through matrix-vector products; more rows are computed in fp32 (more
-// accurate too) and rounded once.
+// graph, up to 32 rows (decoding, short prompts) go through small_rows_matmul, which streams the
+// weight at memory speed, 8 rows per pass; with one, up to 4 rows through matrix-vector products;
+// more rows are computed in fp32 (more accurate too) and rounded once.
 bool reduced_precision_cpu(const torch::Tensor& w) {
   return w.is_cpu() && (w.scalar_type() == torch::kBFloat16 || w.scalar_type() == torch::kHalf);
 }
 
 torch::Tensor matmul_rows(const torch::Tensor& x, const torch::Tensor& w) {
   const bool graph = torch::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad());
-  if (!graph && x.size(0) <= detail::kSmallRowsMax && w.is_contiguous()) {
-    return detail::small_rows_matmul(x, w);
+  // Up to 32 rows (a short prompt, a batch of decode steps), passes of at most 8 rows over the
+  // weight still beat widening it to fp32 (bench/expert_decode_bench); beyond, the fp32 GEMM's
+  // arithmetic wins.
+  constexpr int64_t kMaxKernelRows = 4 * detail::kSmallRowsMax;
+  const int64_t n = x.size(0);
+  if (!graph && n <= kMaxKernelRows && w.is_contiguous()) {
+    if (n <= detail::kSmallRowsMax) {
+      return detail::small_rows_matmul(x, w);
+    }
+    const int64_t passes = (n + detail::kSmallRowsMax - 1) / detail::kSmallRowsMax;
+    const int64_t per_pass = (n + passes - 1) / passes;
+    std::vector<torch::Tensor> parts;
+    for (int64_t r = 0; r < n; r += per_pass) {
+      parts.push_back(detail::small_rows_matmul(x.narrow(0, r, std::min(per_pass, n - r)), w));
+    }
+    return torch::cat(parts);
   }
   constexpr int64_t kMaxVectorRows = 4;
   if (x.size(0) <= kMaxVectorRows) {
