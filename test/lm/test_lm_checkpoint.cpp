@@ -1,7 +1,7 @@
 // Saving language models back to Hugging Face folders, pruning them through the MoE view, the
 // refusals of config values moeprune does not implement, and training with gradient
 // checkpointing.
-#include "../scratch_dir.h"
+#include "lm_test_helpers.h"
 
 #include <moeprune/hf/pruning.h>
 #include <moeprune/io/safetensors.h>
@@ -22,51 +22,7 @@
 #include <map>
 #include <string>
 
-namespace {
-
-const std::string kFixtures = MOEPRUNE_TEST_FIXTURES "/lm";
-
-torch::Tensor input_ids(const std::string& family) {
-  return moeprune::safetensors::load_file(kFixtures + "/" + family + "_reference.safetensors")
-      .at("input_ids");
-}
-
-torch::Tensor logits_of(moeprune::lm::CausalLM& model, const torch::Tensor& ids) {
-  torch::NoGradGuard no_grad;
-  model->eval();
-  return model->forward(ids).logits;
-}
-
-double max_diff(const torch::Tensor& a, const torch::Tensor& b) {
-  REQUIRE(a.sizes() == b.sizes());
-  return (a.to(torch::kDouble) - b.to(torch::kDouble)).abs().max().item<double>();
-}
-
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream in(path);
-  return nlohmann::json::parse(in);
-}
-
-// A copy of fixture `family` in the scratch folder with config.json edited by `edit` and the
-// tensors filtered/added by `tensors`.
-std::string edited_copy(
-    const std::string& family, const std::string& name,
-    const std::function<void(nlohmann::json&)>& edit,
-    const std::function<void(std::map<std::string, torch::Tensor>&)>& tensors = {}) {
-  const auto dir = test::scratch_dir() + "/" + name;
-  REQUIRE(::mkdir(dir.c_str(), 0755) == 0);
-  auto config = read_json(kFixtures + "/" + family + "/config.json");
-  edit(config);
-  std::ofstream(dir + "/config.json") << config.dump(2);
-  auto t = moeprune::safetensors::load_file(kFixtures + "/" + family + "/model.safetensors");
-  if (tensors) {
-    tensors(t);
-  }
-  moeprune::safetensors::save_file(dir + "/model.safetensors", t);
-  return dir;
-}
-
-}  // namespace
+using namespace lm_test;
 
 TEST_CASE("a saved model holds the source checkpoint's tensors and reloads to the same logits",
           "[lm]") {

@@ -3,10 +3,11 @@
 // recomputed here from the decoder layers' parts, layers made exactly the identity (so dropping
 // them must leave the logits as they were), identical experts (so merging them must too), and
 // the truncated SVD of the original weights (Eckart-Young).
-#include "../scratch_dir.h"
+#include "lm_test_helpers.h"
 
 #include <moeprune/compression/low_rank.h>
 #include <moeprune/compression/merging.h>
+#include <moeprune/compression/residual_similarity.h>
 #include <moeprune/io/safetensors.h>
 #include <moeprune/models/lm/checkpoint.h>
 #include <moeprune/models/lm/moe_view.h>
@@ -16,35 +17,19 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <fstream>
 #include <string>
 #include <vector>
 
 namespace cm = moeprune::compression;
 namespace lm = moeprune::lm;
+using namespace lm_test;
 
 namespace {
 
-const std::string kFixtures = MOEPRUNE_TEST_FIXTURES "/lm";
-
-torch::Tensor input_ids(const std::string& family) {
-  return moeprune::safetensors::load_file(kFixtures + "/" + family + "_reference.safetensors")
-      .at("input_ids");
-}
-
 moeprune::CalibrationData one_batch(const torch::Tensor& ids) {
   return [ids](const std::function<void(const torch::Tensor&)>& visit) { visit(ids); };
-}
-
-torch::Tensor logits_of(lm::CausalLM& model, const torch::Tensor& ids) {
-  torch::NoGradGuard no_grad;
-  model->eval();
-  return model->forward(ids).logits;
-}
-
-double max_diff(const torch::Tensor& a, const torch::Tensor& b) {
-  REQUIRE(a.sizes() == b.sizes());
-  return (a.to(torch::kDouble) - b.to(torch::kDouble)).abs().max().item<double>();
 }
 
 int64_t parameter_count(const lm::CausalLM& model) {
@@ -53,11 +38,6 @@ int64_t parameter_count(const lm::CausalLM& model) {
     n += p.numel();
   }
   return n;
-}
-
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream in(path);
-  return nlohmann::json::parse(in);
 }
 
 // Mean over tokens of a . b / (|a| |b|), written out in float64.
@@ -356,4 +336,61 @@ TEST_CASE("MC-SMoE low rank through the LM view: L R is the truncated SVD and L 
   CHECK(torch::isfinite(logits_of(model, ids)).all().item<bool>());
   CHECK_THROWS_WITH(lm::save_causal_lm(model, test::scratch_dir() + "/factorised"),
                     Catch::Contains("factorised"));
+}
+
+TEST_CASE("bad Layer and Block Drop inputs are refused by name", "[lm]") {
+  auto model = lm::load_causal_lm(kFixtures + "/qwen3_moe");  // MoE at 1 and 3
+  const auto ids = input_ids("qwen3_moe");
+  CHECK_THROWS_WITH(cm::block_similarity(model, one_batch(ids), 0),
+                    Catch::Contains("span should be in [1, 4], got 0"));
+  CHECK_THROWS_WITH(cm::block_similarity(model, one_batch(ids), 5),
+                    Catch::Contains("span should be in [1, 4], got 5"));
+  CHECK_THROWS_WITH(cm::layer_drop(model, {}, 1), Catch::Contains("no calibration tokens"));
+  const moeprune::CalibrationData empty = [](const auto&) {};
+  CHECK_THROWS_WITH(cm::moe_layer_similarity(model, empty),
+                    Catch::Contains("the calibration data gave no batch"));
+  CHECK_THROWS_WITH(model->remove_layers({2, 2}), Catch::Contains("layer 2 is listed twice"));
+  CHECK_THROWS_WITH(model->remove_layers({4}), Catch::Contains("outside [0, 4)"));
+  CHECK(model->options.num_layers() == 4);  // nothing was removed
+
+  auto options = model->options;
+  CHECK_THROWS_WITH(lm::CausalLMOptions(options).dropped_mlp_layers({3, 1}).validate(),
+                    Catch::Contains("should be increasing layer indices below 4, found 1 after 3"));
+  CHECK_THROWS_WITH(lm::CausalLMOptions(options).dropped_mlp_layers({0}).validate(),
+                    Catch::Contains("lists 0, a dense layer"));
+
+  // The checkpoint record of dropped blocks.
+  const auto record = [&](const std::string& name, const nlohmann::json& value) {
+    return edited_copy("qwen3_moe", name,
+                       [&](nlohmann::json& c) { c["moeprune"]["dropped_mlp_layers"] = value; });
+  };
+  CHECK_THROWS_WITH(lm::load_causal_lm(record("record_not_list", 3)),
+                    Catch::Contains("\"dropped_mlp_layers\" should be a list of layer indices"));
+  CHECK_THROWS_WITH(lm::load_causal_lm(record("record_text", nlohmann::json::array({"1"}))),
+                    Catch::Contains("holds \"1\", not a layer index"));
+  CHECK_THROWS_WITH(lm::load_causal_lm(record("record_dense", nlohmann::json::array({2}))),
+                    Catch::Contains("lists 2, which is not a MoE layer of the 4"));
+  CHECK_THROWS_WITH(lm::load_causal_lm(record("record_order", nlohmann::json::array({3, 1}))),
+                    Catch::Contains("lists 1, which is not a MoE layer of the 4"));
+  auto loaded = lm::load_causal_lm(record("record_ok", nlohmann::json::array({3})));
+  CHECK(loaded->options.dropped_mlp_layers() == std::vector<int64_t>{3});
+  CHECK_FALSE(loaded->layer(3)->has_mlp());
+}
+
+TEST_CASE("the residual-stream cosine names states that do not match", "[lm]") {
+  cm::CosineMean mean;
+  CHECK(mean.mean() == 0.0);
+  CHECK_THROWS_WITH(mean.add(torch::ones({2, 4}), torch::ones({2, 5})),
+                    Catch::Contains("do not match"));
+  CHECK_THROWS_WITH(mean.add(torch::ones({2, 4}), torch::ones({3, 4})),
+                    Catch::Contains("a batch of 3 is not a multiple of 2"));
+  // Hand-computed: cos((1, 0), (1, 1)) = 1 / sqrt(2), cos((0, 2), (0, 3)) = 1; a repeated to b's
+  // batch: cos((1, 0), (1, 0)) = 1 twice.
+  mean.add(torch::tensor({{1.0, 0.0}, {0.0, 2.0}}), torch::tensor({{1.0, 1.0}, {0.0, 3.0}}));
+  mean.add(torch::tensor({{1.0, 0.0}}), torch::tensor({{1.0, 0.0}, {2.0, 0.0}}));
+  CHECK(mean.tokens() == 4);
+  CHECK(mean.mean() == Approx((1.0 / std::sqrt(2.0) + 3.0) / 4.0).epsilon(1e-12));
+  CHECK(cm::highest_scores({{4, 0.5}, {7, 0.9}, {1, 0.5}, {2, 0.1}}, 2) ==
+        std::vector<int64_t>{4, 7});
+  CHECK_THROWS_WITH(cm::highest_scores({{1, 0.5}}, 2), Catch::Contains("2 of 1 scores"));
 }
