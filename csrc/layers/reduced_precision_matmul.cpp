@@ -6,6 +6,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -138,11 +139,12 @@ template <typename T>
 void run(const float* x, int64_t rows, int64_t in, const uint16_t* w, int64_t out, float* y) {
   const int64_t step = chunk_rows(in);
   const int64_t chunks = (in + step - 1) / step;
-  std::vector<float> partials(static_cast<size_t>(chunks * rows * out));
+  // Not zeroed here: each chunk's kernel starts its columns from zero.
+  std::unique_ptr<float[]> partials(new float[static_cast<size_t>(chunks * rows * out)]);
   at::parallel_for(0, chunks, 1, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t i0 = k * step, i1 = std::min(in, i0 + step);
-      float* partial = partials.data() + k * rows * out;
+      float* partial = partials.get() + k * rows * out;
       int64_t columns = 0;
 #ifdef MOEPRUNE_SMALL_ROWS_X86
       columns = out / 8 * 8;
@@ -155,7 +157,7 @@ void run(const float* x, int64_t rows, int64_t in, const uint16_t* w, int64_t ou
     for (int64_t j = j0; j < j1; ++j) {
       float s = 0.0f;
       for (int64_t k = 0; k < chunks; ++k) {
-        s += partials[static_cast<size_t>(k * rows * out + j)];
+        s += partials[k * rows * out + j];
       }
       y[j] = s;
     }

@@ -11,7 +11,7 @@
 
 namespace moeprune::detail {
 
-/// Rows up to which small_rows_matmul is faster than widening the weight for an fp32 GEMM.
+/// Rows small_rows_matmul takes in one pass over the weight (more: call it once per 8 rows).
 constexpr int64_t kSmallRowsMax = 8;
 
 /// Whether this CPU runs the kernel (x86-64 with AVX2, FMA and F16C); otherwise
@@ -19,8 +19,8 @@ constexpr int64_t kSmallRowsMax = 8;
 bool has_small_rows_kernel();
 
 /// x [R, in] (floating point, R <= kSmallRowsMax) @ w [in, out] (bf16 or fp16, contiguous, CPU)
-/// -> [R, out] in w's dtype, summed in fp32 in increasing `in` order (the same result on any
-/// thread count). Not differentiable: call it without a graph.
+/// -> [R, out] in w's dtype, summed in fp32 per fixed chunk of `in` and the chunks added in order
+/// (the same result on any thread count). Not differentiable: call it without a graph.
 torch::Tensor small_rows_matmul(const torch::Tensor& x, const torch::Tensor& w);
 
 }  // namespace moeprune::detail
