@@ -191,4 +191,17 @@ TEST_CASE("sliding-window perplexity scores every token once as token_nll does",
   }
   CHECK(windows.tokens == stream.size(0) - 1);
   CHECK(windows.nll_sum == Approx(want).epsilon(1e-6));
+  // Windows of 8 with the default stride (the context): none leaves a token unscored, each starts
+  // one token before the first unscored one (0-8, 7-15, 14-22, ...), computed here by hand.
+  const auto chained =
+      moeprune::lm::perplexity(model, stream, moeprune::lm::PerplexityOptions().context(8));
+  double chain_want = 0.0;
+  for (int64_t begin = 0; begin + 1 < stream.size(0); begin += 7) {
+    const int64_t end = std::min<int64_t>(begin + 8, stream.size(0));
+    chain_want += moeprune::lm::token_nll(model, stream.slice(0, begin, end).unsqueeze(0))
+                      .sum()
+                      .item<double>();
+  }
+  CHECK(chained.tokens == stream.size(0) - 1);
+  CHECK(chained.nll_sum == Approx(chain_want).epsilon(1e-6));
 }

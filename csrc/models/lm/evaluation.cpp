@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <vector>
 
 namespace moeprune::lm {
 namespace {
@@ -45,18 +46,42 @@ PerplexityResult perplexity(CausalLM& model, const torch::Tensor& stream,
   const int64_t stride = options.stride() == 0 ? options.context() : options.stride();
   TORCH_CHECK(stride >= 1 && stride <= options.context(), "perplexity: stride should be in [1, ",
               options.context(), "], got ", stride);
+  TORCH_CHECK(options.batch_size() >= 1, "perplexity: batch_size should be >= 1, got ",
+              options.batch_size());
   const int64_t N = stream.size(0);
-  PerplexityResult result;
+  // The windows first: [begin, end) and the index of the first token each one scores.
+  struct Window {
+    int64_t begin, end, first;
+  };
+  std::vector<Window> windows;
   int64_t scored_until = 1;  // tokens [1, scored_until) are scored; token 0 has no context
-  for (int64_t begin = 0; scored_until < N; begin += stride) {
+  // A window scores its tokens from its second on, so it starts at most one token before the
+  // first unscored one: with stride == context consecutive windows share one token instead of
+  // leaving the first token of each window unscored.
+  for (int64_t begin = 0; scored_until < N; begin = std::min(begin + stride, scored_until - 1)) {
     const int64_t end = std::min(begin + options.context(), N);
-    const auto nll = token_nll(model, stream.slice(0, begin, end).unsqueeze(0)).squeeze(0);
     // nll[i] scores token begin + 1 + i; score only the tokens no earlier window scored.
-    const int64_t first = scored_until - (begin + 1);
-    const auto fresh = nll.slice(0, first);
-    result.nll_sum += fresh.sum(torch::kDouble).item<double>();
-    result.tokens += fresh.size(0);
+    windows.push_back({begin, end, scored_until - (begin + 1)});
     scored_until = end;
+  }
+  // Then batches of windows of one length (every window but the last has `context` tokens).
+  PerplexityResult result;
+  for (size_t w = 0; w < windows.size();) {
+    const int64_t length = windows[w].end - windows[w].begin;
+    size_t stop = w;
+    std::vector<torch::Tensor> rows;
+    while (stop < windows.size() && static_cast<int64_t>(rows.size()) < options.batch_size() &&
+           windows[stop].end - windows[stop].begin == length) {
+      rows.push_back(stream.slice(0, windows[stop].begin, windows[stop].end));
+      ++stop;
+    }
+    const auto nll = token_nll(model, torch::stack(rows));
+    for (size_t i = w; i < stop; ++i) {
+      const auto fresh = nll[static_cast<int64_t>(i - w)].slice(0, windows[i].first);
+      result.nll_sum += fresh.sum(torch::kDouble).item<double>();
+      result.tokens += fresh.size(0);
+    }
+    w = stop;
     if (progress) {
       progress(result.tokens, N - 1);
     }

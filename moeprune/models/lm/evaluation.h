@@ -19,10 +19,13 @@ torch::Tensor token_nll(CausalLM& model, const torch::Tensor& input_ids);
 struct PerplexityOptions {
   /// Tokens the model sees at once.
   TORCH_ARG(int64_t, context) = 512;
-  /// How far each window moves (<= context; 0: context, no overlap). Each token is scored once,
-  /// with up to context - 1 tokens before it; a smaller stride gives every scored token more
-  /// context at the cost of more forward passes.
+  /// How far each window moves (<= context; 0: context). Each token is scored once, with up to
+  /// context - 1 tokens before it; a smaller stride gives every scored token more context at the
+  /// cost of more forward passes. Windows never leave a token unscored: a window starts at most
+  /// one token before the first token not yet scored (with stride == context, windows share one).
   TORCH_ARG(int64_t, stride) = 0;
+  /// Windows run together in one forward pass (the same sums up to float rounding, faster).
+  TORCH_ARG(int64_t, batch_size) = 8;
 };
 
 struct PerplexityResult {
