@@ -3,6 +3,7 @@
 #include <moeprune/models/lm/evaluation.h>
 #include <moeprune/train/progress_bar.h>
 #include <moeprune/train/schedule.h>
+#include <moeprune/train/trainer.h>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
@@ -77,6 +78,14 @@ LMTrainResult train_lm(lm::CausalLM& model, const torch::Tensor& train, const to
               " tokens; a window needs context + 1 = ", o.context() + 1);
   TORCH_CHECK(!eval.defined() || (eval.dim() == 1 && eval.size(0) >= 2),
               "train_lm: the evaluation stream should be [N >= 2] token ids, got ", eval.sizes());
+  if (o.teacher()) {
+    TORCH_CHECK(o.teacher()->options.vocab_size() == model->options.vocab_size(),
+                "train_lm: the teacher's vocabulary has ", o.teacher()->options.vocab_size(),
+                " tokens, the model's ", model->options.vocab_size());
+    TORCH_CHECK(o.distill_temperature() > 0 && o.distill_weight() >= 0,
+                "train_lm: distill_temperature should be > 0 and distill_weight >= 0, got ",
+                o.distill_temperature(), " and ", o.distill_weight());
+  }
   model->set_gradient_checkpointing(o.gradient_checkpointing());
   const auto device = model->parameters().front().device();
   torch::optim::AdamW optimizer(model->parameters(),
@@ -92,7 +101,7 @@ LMTrainResult train_lm(lm::CausalLM& model, const torch::Tensor& train, const to
     result.evals.push_back({step, p.perplexity(), p.mean_nll()});
     write_log(o, model, result);
   };
-  ProgressBar bar(o.steps(), "fine-tune", "step", o.progress());
+  ProgressBar bar(o.steps(), "train", "step", o.progress());
   const auto start = std::chrono::steady_clock::now();
   const int64_t windows = train.size(0) - o.context();
   for (int64_t step = 0; step < o.steps(); ++step) {
@@ -104,7 +113,19 @@ LMTrainResult train_lm(lm::CausalLM& model, const torch::Tensor& train, const to
     const auto logits = out.logits.to(torch::kFloat);
     const auto ce = torch::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}),
                                               batch.narrow(1, 1, o.context()).reshape({-1}));
-    const auto loss = ce + o.aux_loss_weight() * out.aux_loss.to(torch::kFloat);
+    auto loss = ce + o.aux_loss_weight() * out.aux_loss.to(torch::kFloat);
+    if (o.teacher()) {
+      torch::Tensor target;
+      {
+        torch::NoGradGuard no_grad;
+        auto teacher = o.teacher();
+        teacher->eval();
+        target = teacher->forward(batch.narrow(1, 0, o.context())).logits.to(torch::kFloat);
+      }
+      loss = loss + o.distill_weight() * distillation_kl(logits.reshape({-1, logits.size(-1)}),
+                                                         target.reshape({-1, target.size(-1)}),
+                                                         o.distill_temperature());
+    }
     const double lr =
         warmup_cosine_lr(step, o.steps(), o.lr(), o.warmup_steps(), o.final_lr_ratio());
     for (auto& group : optimizer.param_groups()) {
@@ -112,10 +133,16 @@ LMTrainResult train_lm(lm::CausalLM& model, const torch::Tensor& train, const to
     }
     optimizer.zero_grad();
     loss.backward();
+    if (o.after_backward()) {
+      o.after_backward()(step, o.steps());
+    }
     if (o.clip_norm() > 0.0) {
       torch::nn::utils::clip_grad_norm_(model->parameters(), o.clip_norm());
     }
     optimizer.step();
+    if (o.after_step()) {
+      o.after_step()(step, o.steps());
+    }
     const double ce_value = ce.item<double>();
     TORCH_CHECK(std::isfinite(ce_value), "train_lm: the loss became ", ce_value, " at step ", step,
                 " (lower the learning rate)");

@@ -9,6 +9,7 @@
 #include <torch/arg.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,17 @@ struct LMTrainerOptions {
   /// A JSON log (options, per-step loss and lr, evaluations), rewritten at each evaluation.
   TORCH_ARG(std::string, log_path) = "";
   TORCH_ARG(bool, progress) = true;
+  /// Knowledge distillation (M-SMoE / MC-SMoE after merging): with a teacher, the loss adds
+  /// distill_weight * KL(softmax(teacher / T) || softmax(student / T)) per token, T =
+  /// distill_temperature, averaged over the tokens (the Trainer's distillation_kl). The teacher
+  /// runs in evaluation mode without gradients on the same windows; it needs the same vocabulary.
+  TORCH_ARG(lm::CausalLM, teacher) = nullptr;
+  TORCH_ARG(double, distill_weight) = 0.2;
+  TORCH_ARG(double, distill_temperature) = 2.0;
+  /// Called with (step, steps) after each backward pass (before clipping) and after each
+  /// optimizer step: MC-SMoE's SparsePruner hooks in here.
+  TORCH_ARG(std::function<void(int64_t, int64_t)>, after_backward);
+  TORCH_ARG(std::function<void(int64_t, int64_t)>, after_step);
 };
 
 struct LMStepLog {
