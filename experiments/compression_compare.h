@@ -126,6 +126,36 @@ inline std::string describe_counts(const std::map<int64_t, int64_t>& counts) {
 
 }  // namespace detail
 
+/// M-SMoE's merge as the comparisons run it: `total_groups` groups over all of `view`'s layers
+/// (global), experts grouped and merged frequency-weighted. Returns the groups of each layer.
+inline std::map<int64_t, int64_t> merge_globally(const moeprune::MoEView& view,
+                                                 int64_t total_groups) {
+  namespace cm = moeprune::compression;
+  const auto usage = cm::collect_expert_usage(view);
+  const auto counts = cm::global_group_counts(view, usage, total_groups);
+  cm::merge_experts(view, cm::group_experts(view, usage, counts), usage);
+  return counts;
+}
+
+/// Taken right after factorising `view`'s experts: a function that puts the dense sparse parts
+/// back with every unit kept, so the fine-tune starts from them and prunes S gradually as MC-SMoE
+/// does, while the no-fine-tune row has pruned S at once.
+inline std::function<void()> sparse_part_restorer(std::shared_ptr<const moeprune::MoEView> view) {
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> dense;
+  for (const auto& entry : view->layers()) {
+    for (const auto& [w, mask] : entry.layer->experts()->sparse_parts()) {
+      dense.emplace_back(w, w.detach().clone());
+    }
+  }
+  return [view, dense] {
+    torch::NoGradGuard no_grad;
+    for (const auto& [w, copy] : dense) w.copy_(copy);
+    for (const auto& entry : view->layers()) {
+      for (const auto& [w, mask] : entry.layer->experts()->sparse_parts()) mask.fill_(1.0);
+    }
+  };
+}
+
 /// MC-SMoE without a fine-tune to prune during: the importance of S from one pass of the task
 /// loss over the calibration images (the distillation loss is zero right after factorising,
 /// and so is its gradient), then S pruned to `density` at once.
@@ -197,14 +227,10 @@ inline std::vector<CompressionCell> run_compression(const CompressionConfig& cfg
                        }});
     methods.push_back(
         {"M-SMoE", fmt::format("{} groups per layer (global)", kept), kept, [&, kept](auto& m) {
-           const auto view = moeprune::moe_view(m, data);
-           const auto usage = cm::collect_expert_usage(*view);
-           const auto counts = cm::global_group_counts(*view, usage, kept * num_layers);
-           const auto groups = cm::group_experts(*view, usage, counts);
-           cm::merge_experts(*view, groups, usage);
            detail::Prepared p;
            p.distill = true;
-           p.detail = detail::describe_counts(counts);
+           p.detail = detail::describe_counts(
+               merge_globally(*moeprune::moe_view(m, data), kept * num_layers));
            return p;
          }});
     methods.push_back(
@@ -212,29 +238,12 @@ inline std::vector<CompressionCell> run_compression(const CompressionConfig& cfg
          fmt::format("{} groups, rank {}, S {:.0f}% dense", kept, cfg.rank, 100 * cfg.density),
          kept, [&, kept](auto& m) {
            const auto view = moeprune::moe_view(m, data);
-           const auto usage = cm::collect_expert_usage(*view);
-           const auto counts = cm::global_group_counts(*view, usage, kept * num_layers);
-           cm::merge_experts(*view, cm::group_experts(*view, usage, counts), usage);
-           cm::factorize_experts(*view, cfg.rank);
-           // The sparse parts before pruning, so the fine-tune starts from them as MC-SMoE does.
-           std::vector<std::pair<torch::Tensor, torch::Tensor>> dense;
-           for (auto& [block, layer] : m->moe_layers()) {
-             for (auto& [w, mask] : layer->experts()->sparse_parts()) {
-               dense.emplace_back(w, w.detach().clone());
-             }
-           }
-           // The no-fine-tune row prunes S at once; the fine-tune restarts from the dense S.
-           prune_sparse_once(m, calibration, cfg.density);
            detail::Prepared p;
            p.distill = true;
-           p.detail = detail::describe_counts(counts);
-           p.before_finetune = [m, dense] {
-             torch::NoGradGuard no_grad;
-             for (const auto& [w, copy] : dense) w.copy_(copy);
-             for (auto& [block, layer] : m->moe_layers()) {
-               for (auto& [w, mask] : layer->experts()->sparse_parts()) mask.fill_(1.0);
-             }
-           };
+           p.detail = detail::describe_counts(merge_globally(*view, kept * num_layers));
+           cm::factorize_experts(*view, cfg.rank);
+           p.before_finetune = sparse_part_restorer(view);
+           prune_sparse_once(m, calibration, cfg.density);
            p.pruner = std::make_shared<cm::SparsePruner>(
                *view, cm::SparsePruningOptions()
                           .final_density(cfg.density)
@@ -364,9 +373,12 @@ inline void write_compression(const std::vector<CompressionCell>& cells, const s
 }
 
 /// gnuplot: accuracy against stored parameters (without and after fine-tuning) and against
-/// latency, a line per method. Returns the PNG path, or "" when gnuplot failed.
-inline std::string plot_compression(const std::vector<CompressionCell>& cells,
-                                    const CompressionConfig& cfg, const std::string& dir) {
+/// latency, a line per method. Returns the PNG path, or "" when gnuplot failed. The language demo
+/// plots bits per byte with its own label and scale 1, and its own latency label.
+inline std::string plot_compression(
+    const std::vector<CompressionCell>& cells, const CompressionConfig& cfg, const std::string& dir,
+    const std::string& ylabel = "test top-1 (%)", double scale = 100,
+    const std::string& latency_label = "latency of 500 test images (ms, median of 11)") {
   std::vector<std::string> methods;
   for (const auto& c : cells) {
     if (std::find(methods.begin(), methods.end(), c.method) == methods.end()) {
@@ -384,8 +396,8 @@ inline std::string plot_compression(const std::vector<CompressionCell>& cells,
     std::sort(rows.begin(), rows.end(),
               [](const auto& a, const auto& b) { return a.parameters < b.parameters; });
     for (const auto& c : rows) {
-      data += fmt::format("{} {} {} {}\n", static_cast<double>(c.parameters) / 1e3, 100 * c.top1,
-                          100 * c.top1_finetuned, c.latency_ms);
+      data += fmt::format("{} {} {} {}\n", static_cast<double>(c.parameters) / 1e3, scale * c.top1,
+                          scale * c.top1_finetuned, c.latency_ms);
     }
     data += "\n\n";
   }
@@ -394,15 +406,14 @@ inline std::string plot_compression(const std::vector<CompressionCell>& cells,
   std::string script = fmt::format(
       "set terminal pngcairo size 1500,460 font ',10' noenhanced\nset output '{}'\n"
       "set multiplot layout 1,3 title '{}: compressions of the fine-tuned model ({})'\n"
-      "set ylabel 'test top-1 (%)'\nset key bottom right\nset grid\n",
-      png, cfg.model_name, cfg.title);
+      "set ylabel '{}'\nset key {} right\nset grid\n",
+      png, cfg.model_name, cfg.title, ylabel, scale == 100 ? "bottom" : "top");
   // Lines join a method's budgets in parameter order; latency is a scatter (it need not follow).
   const std::vector<std::tuple<std::string, std::string, std::string, std::string>> panels = {
       {"without fine-tuning", "stored parameters (thousands)", "1:2", "linespoints"},
       {fmt::format("after {} fine-tuning steps", cfg.post_steps), "stored parameters (thousands)",
        "1:3", "linespoints"},
-      {fmt::format("after {} fine-tuning steps", cfg.post_steps),
-       "latency of 500 test images (ms, median of 11)", "4:3", "points"}};
+      {fmt::format("after {} fine-tuning steps", cfg.post_steps), latency_label, "4:3", "points"}};
   for (const auto& [title, xlabel, columns, style] : panels) {
     script += fmt::format("set title '{}'\nset xlabel '{}'\nplot ", title, xlabel);
     for (size_t i = 0; i < methods.size(); ++i) {

@@ -116,27 +116,12 @@ void plot(const std::vector<experiments::SweepCell>& cells, const experiments::S
     data += "\n\n";
   }
   experiments::write_text(data_path, data);
-  const auto png = dir + "/plot_" + cfg.model_name + ".png";
-  std::string script = fmt::format(
-      "set terminal pngcairo size 1200,480 font ',10' noenhanced\nset output '{}'\n"
-      "set multiplot layout 1,2 title '{} on the 4-way {} task'\n"
-      "set xlabel 'fraction of experts pruned per MoE layer'\nset ylabel 'test top-1 (%)'\n"
-      "set key bottom left\nset grid\n",
-      png, cfg.model_name, title);
-  for (const auto& [column, panel] :
-       {std::pair{2, std::string("without post-pruning fine-tuning")},
-        std::pair{4, fmt::format("after {} fine-tuning steps", cfg.post_steps)}}) {
-    script += fmt::format("set title '{}'\nplot ", panel);
-    for (size_t i = 0; i < cfg.criteria.size(); ++i) {
-      script += fmt::format("{}'{}' index {} using 1:{}:{} with yerrorlines title '{}'",
-                            i ? ", " : "", data_path, i, column, column + 1, cfg.criteria[i]);
-    }
-    script += "\n";
-  }
-  script += "unset multiplot\n";
   const auto script_path = dir + "/plot_" + cfg.model_name + ".gp";
-  experiments::write_text(script_path, script);
-  if (std::system(("gnuplot '" + script_path + "' 2>/dev/null").c_str()) == 0) {
+  const auto png = experiments::plot_sweep(
+      dir + "/plot_" + cfg.model_name + ".png",
+      fmt::format("{} on the 4-way {} task", cfg.model_name, title), "test top-1 (%)",
+      "bottom left", data_path, cfg.criteria, cfg.post_steps, script_path);
+  if (!png.empty()) {
     fmt::print("      plot: {}\n", png);
   } else {
     fmt::print("      gnuplot failed; the data and script are {} and {}\n", data_path, script_path);

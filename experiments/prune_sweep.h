@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <sstream>
 
 namespace experiments {
@@ -238,6 +239,36 @@ inline void print_sweep_table(const std::vector<SweepCell>& cells, const SweepCo
 inline void write_text(const std::string& path, const std::string& text) {
   std::ofstream(path + ".tmp") << text;
   std::filesystem::rename(path + ".tmp", path);
+}
+
+/// gnuplot script for a sweep plot: two panels (without and after post-pruning fine-tuning) of
+/// the metric in columns 2 and 4 (spreads in 3 and 5) of `data_path` against column 1, one
+/// line per criterion (one data block each, in order). Writes SCRIPT and runs gnuplot; returns
+/// the PNG's path, or "" when gnuplot failed.
+inline std::string plot_sweep(const std::string& png, const std::string& title,
+                              const std::string& ylabel, const std::string& key,
+                              const std::string& data_path,
+                              const std::vector<std::string>& criteria, int64_t post_steps,
+                              const std::string& script_path) {
+  std::string script = fmt::format(
+      "set terminal pngcairo size 1200,480 font ',10' noenhanced\nset output '{}'\n"
+      "set multiplot layout 1,2 title '{}'\n"
+      "set xlabel 'fraction of experts pruned per MoE layer'\nset ylabel '{}'\n"
+      "set key {}\nset grid\n",
+      png, title, ylabel, key);
+  for (const auto& [column, panel] :
+       {std::pair{2, std::string("without post-pruning fine-tuning")},
+        std::pair{4, fmt::format("after {} fine-tuning steps", post_steps)}}) {
+    script += fmt::format("set title '{}'\nplot ", panel);
+    for (size_t i = 0; i < criteria.size(); ++i) {
+      script += fmt::format("{}'{}' index {} using 1:{}:{} with yerrorlines title '{}'",
+                            i ? ", " : "", data_path, i, column, column + 1, criteria[i]);
+    }
+    script += "\n";
+  }
+  script += "unset multiplot\n";
+  write_text(script_path, script);
+  return std::system(("gnuplot '" + script_path + "' 2>/dev/null").c_str()) == 0 ? png : "";
 }
 
 inline void write_sweep(const std::vector<SweepCell>& cells, const std::string& prefix,

@@ -1,0 +1,241 @@
+// The language demo (./scripts/demo --lm): the expert-pruning experiment of Chowdhury et al.
+// (ICML 2024) and the compressions of the other seeds on a Mixtral-style MoE language model
+// trained on real text. Pre-trains a byte-level model on Debian's fortune cookies in five
+// languages (cached), fine-tunes it on one language (cached), then sweeps every pruning criterion
+// at 0, 2, 4 and 6 of 8 experts per MoE layer, with and without a short post-pruning fine-tune,
+// and compares pruning with M-SMoE, MC-SMoE and Expert/Layer/Block Drop at matched budgets.
+// docs/reproduction-lm.md describes the setting and the results.
+#include "lm_compare.h"
+#include "lm_sweep.h"
+#include "machine_info.h"
+
+#include <cstdlib>
+
+namespace {
+
+namespace lm = moeprune::lm;
+
+std::string home_cache() {
+  const char* home = std::getenv("HOME");
+  return std::string(home ? home : ".") + "/.cache/moeprune/demo";
+}
+
+bool has_checkpoint(const std::string& dir) {
+  return std::filesystem::exists(dir + "/config.json") &&
+         std::filesystem::exists(dir + "/model.safetensors");
+}
+
+struct Schedule {
+  int64_t steps, batch, warmup;
+  double lr;
+};
+
+moeprune::LMTrainerOptions trainer(const Schedule& s, int64_t context) {
+  return moeprune::LMTrainerOptions()
+      .steps(s.steps)
+      .batch_size(s.batch)
+      .context(context)
+      .lr(s.lr)
+      .warmup_steps(s.warmup)
+      .weight_decay(0.01);
+}
+
+void pretrain(const experiments::LMTask& task, const std::string& dir, const Schedule& s,
+              int64_t context, bool fresh) {
+  if (!fresh && has_checkpoint(dir)) {
+    fmt::print("[1/4] pre-trained model: reusing {} (--fresh retrains)\n", dir);
+    return;
+  }
+  fmt::print("[1/4] pre-training on every language: {} steps of {} windows of {} bytes\n", s.steps,
+             s.batch, context);
+  std::fflush(stdout);
+  torch::manual_seed(0);
+  lm::CausalLM model(experiments::lm_demo_options());
+  const auto r = moeprune::train_lm(model, task.pretrain, {}, trainer(s, context));
+  fmt::print("      {:.1f} minutes, {:.0f} tokens/s\n", r.seconds / 60, r.tokens_per_second);
+  lm::save_causal_lm(model, dir, lm::SaveOptions().overwrite(true));
+}
+
+void finetune(const experiments::LMTask& task, const std::string& pretrained,
+              const std::string& dir, const Schedule& s, int64_t context, bool fresh) {
+  if (!fresh && has_checkpoint(dir)) {
+    fmt::print("[2/4] fine-tuned model: reusing {}\n", dir);
+    return;
+  }
+  fmt::print("[2/4] fine-tuning on {} only: {} steps of {} windows\n", task.language_name, s.steps,
+             s.batch);
+  std::fflush(stdout);
+  torch::manual_seed(0);
+  auto model = lm::load_causal_lm(pretrained);
+  moeprune::train_lm(model, task.train, {}, trainer(s, context));
+  lm::save_causal_lm(model, dir, lm::SaveOptions().overwrite(true));
+}
+
+int run(int argc, char** argv) {
+  CLI::App app{
+      "moeprune language demo: pre-train a small Mixtral-style MoE on fortune cookies in five "
+      "languages, fine-tune it on one, compare expert-pruning criteria at 0/2/4/6 of 8 experts "
+      "per layer, and compare pruning with merging, MC-SMoE and Expert/Layer/Block Drop."};
+  bool fresh = false, no_compression = false, checkpoints_only = false;
+  std::string cache = home_cache(), out = "demo-results-lm", criteria, language = "es";
+  int64_t threads = 0, context = 256;
+  Schedule pre{560, 16, 50, 2e-3}, fine{150, 16, 15, 1e-3}, post{30, 8, 3, 3e-4};
+  std::string router = "cut";
+  app.add_option("--language", language, "The downstream language: en, de, es, it or pt")
+      ->check(CLI::IsMember({"en", "de", "es", "it", "pt"}))
+      ->capture_default_str();
+  app.add_flag("--fresh", fresh, "Retrain instead of reusing the cached checkpoints");
+  app.add_flag("--checkpoints-only", checkpoints_only,
+               "Pre-train and fine-tune (or reuse the cache), print their bits per byte, and stop: "
+               "the cache then holds the two Hugging Face Mixtral folders");
+  app.add_flag("--no-compression", no_compression,
+               "Skip the comparison with merging, MC-SMoE and Expert/Layer/Block Drop");
+  app.add_option("--cache-dir", cache, "Where the pre-trained and fine-tuned checkpoints are kept")
+      ->capture_default_str();
+  app.add_option("--out-dir", out, "Where the tables, JSON, CSV and plots go")
+      ->capture_default_str();
+  app.add_option("--pretrain-steps", pre.steps, "Pre-training steps")->capture_default_str();
+  app.add_option("--finetune-steps", fine.steps, "Fine-tuning steps")->capture_default_str();
+  app.add_option("--post-steps", post.steps, "Post-pruning fine-tuning steps (0: none)")
+      ->capture_default_str();
+  app.add_option("--router", router,
+                 "cut: pruned experts' router rows removed, tokens pick their top-2 among the "
+                 "experts left (Mixtral after Expert Drop, REAP); keep: rows kept, a slot routed "
+                 "to a pruned expert gives nothing (the paper's V-MoE semantics)")
+      ->check(CLI::IsMember({"cut", "keep"}))
+      ->capture_default_str();
+  app.add_option("--criteria", criteria,
+                 "Only these criteria, comma-separated (default: every registered one)");
+  app.add_option("--threads", threads, "Torch threads (0: torch's default)");
+  CLI11_PARSE(app, argc, argv);
+
+  const auto criteria_names =
+      experiments::parse_criteria(moeprune::pruning::CriterionRegistry::with_builtins(), criteria);
+  const auto start = std::chrono::steady_clock::now();
+  experiments::set_up_process(threads);
+  std::filesystem::create_directories(cache);
+  std::filesystem::create_directories(out);
+  const auto task = experiments::load_lm_task(language);
+  fmt::print("fortunes (training splits): {}\n", fmt::join(task.summary, ", "));
+  fmt::print("task: {}, {} / {} / {} training / validation / test tokens\n", task.language_name,
+             task.train.size(0), task.validation.size(0), task.test.size(0));
+
+  const auto pretrained = cache + "/lm_pretrained_mixtral";
+  const auto finetuned = cache + "/lm_finetuned_mixtral_" + language;
+  pretrain(task, pretrained, pre, context, fresh);
+  finetune(task, pretrained, finetuned, fine, context, fresh);
+  double bpb_pretrained = 0, bpb_finetuned = 0;
+  {
+    auto p = lm::load_causal_lm(pretrained);
+    auto f = lm::load_causal_lm(finetuned);
+    bpb_pretrained = experiments::bits_per_byte(p, task.test, context);
+    bpb_finetuned = experiments::bits_per_byte(f, task.test, context);
+    fmt::print("      {} test bits per byte: pre-trained {:.4f}, fine-tuned {:.4f}\n",
+               task.language_name, bpb_pretrained, bpb_finetuned);
+  }
+  if (checkpoints_only) {
+    fmt::print("checkpoints: {} and {}\n", pretrained, finetuned);
+    return 0;
+  }
+
+  const int64_t experts = lm::load_causal_lm(finetuned)->options.moe()->num_experts();
+  experiments::LMSweepConfig cfg;
+  cfg.pretrained = pretrained;
+  cfg.finetuned = finetuned;
+  cfg.criteria = criteria_names;
+  for (int64_t n = 0; n < experts; n += 2) cfg.counts.push_back(n);
+  cfg.context = context;
+  cfg.post = trainer(post, context);
+  cfg.drop_router_rows = router == "cut";
+
+  // Finished runs go to a journal as they end, so an interrupted run resumes where it stopped.
+  const nlohmann::json settings = {
+      {"language", language},
+      {"post_steps", post.steps},
+      {"post_lr", post.lr},
+      {"router", router},
+      {"context", context},
+      {"checkpoints",
+       {experiments::file_fingerprint(pretrained + "/model.safetensors"),
+        experiments::file_fingerprint(finetuned + "/model.safetensors")}}};
+  auto journal = experiments::open_run_journal(out + "/runs.jsonl", settings, fresh);
+
+  const auto sweep_total = experiments::lm_sweep_runs(cfg);
+  fmt::print(
+      "[3/4] pruning sweep: {} runs (criteria x experts pruned per layer, random x {} seeds)\n",
+      sweep_total, cfg.seeds);
+  std::fflush(stdout);
+  moeprune::ProgressBar bar(sweep_total, "sweep", "runs");
+  int64_t done = 0;
+  const auto cells = experiments::run_lm_sweep(cfg, task, bar, done, &journal);
+  bar.finish();
+
+  std::vector<experiments::CompressionCell> compressed;
+  experiments::LMCompressionConfig ccfg;
+  ccfg.pretrained = pretrained;
+  ccfg.finetuned = finetuned;
+  ccfg.context = context;
+  ccfg.post = cfg.post;
+  ccfg.drop_router_rows = cfg.drop_router_rows;
+  for (int64_t kept = experts - 2; kept >= 2; kept -= 2) ccfg.budgets.push_back(kept);
+  if (!no_compression) {
+    const auto total = experiments::lm_compression_runs(ccfg);
+    fmt::print(
+        "[4/4] compressions compared: {} runs (pruning, Expert Drop, M-SMoE, MC-SMoE at matched "
+        "experts per layer; Layer Drop, Block Drop)\n",
+        total);
+    std::fflush(stdout);
+    moeprune::ProgressBar cbar(total, "compression", "runs");
+    int64_t cdone = 0;
+    compressed = experiments::run_lm_compression(ccfg, task, cbar, cdone, &journal);
+    cbar.finish();
+  } else {
+    fmt::print("[4/4] compression comparison skipped\n");
+  }
+
+  const double minutes =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 60.0;
+  experiments::print_lm_sweep_table(cells, cfg, experts, task.language_name);
+  const auto png = experiments::plot_lm_sweep(cells, cfg, experts, task.language_name, out);
+  fmt::print("      {}\n", png.empty() ? "gnuplot failed for the sweep plot" : "plot: " + png);
+  if (!compressed.empty()) {
+    experiments::print_lm_compression_table(compressed, post.steps, task.language_name);
+    experiments::CompressionConfig plot_cfg;
+    plot_cfg.model_name = "lm";
+    plot_cfg.title = task.language_name + " fortunes";
+    plot_cfg.post_steps = post.steps;
+    const auto cpng = experiments::plot_compression(
+        compressed, plot_cfg, out, "test bits per byte (lower is better)", 1.0,
+        fmt::format("latency of {} x {} test tokens (ms, median of 11)", 4, context));
+    fmt::print("      {}\n",
+               cpng.empty() ? "gnuplot failed for the compression plot" : "plot: " + cpng);
+  }
+  const nlohmann::json header = {{"machine", bench::machine_info()},
+                                 {"language", task.language_name},
+                                 {"bits_per_byte_pretrained", bpb_pretrained},
+                                 {"bits_per_byte_finetuned", bpb_finetuned},
+                                 {"test_tokens", task.test.size(0)},
+                                 {"minutes", minutes},
+                                 {"runs_reused_from_journal", journal.reused()},
+                                 {"reused_runs_minutes", journal.reused_seconds() / 60.0},
+                                 {"post_steps", post.steps},
+                                 {"post_lr", post.lr},
+                                 {"router", router},
+                                 {"pretrain_steps", pre.steps},
+                                 {"finetune_steps", fine.steps}};
+  experiments::write_lm_sweep(cells, out + "/results", header);
+  if (!compressed.empty()) {
+    experiments::write_lm_compression(compressed, out + "/compression", header);
+  }
+  fmt::print(
+      "\nwrote {0}/results.json, {0}/results.csv{1}; took {2:.1f} minutes{3}\n", out,
+      compressed.empty() ? "" : fmt::format(", {0}/compression.json and {0}/compression.csv", out),
+      minutes, experiments::describe_reused(journal, minutes));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return experiments::guarded(run, argc, argv);
+}
