@@ -6,7 +6,7 @@
 // per byte before and after the same short fine-tune. The vision comparison
 // (compression_compare.h) is the model; its cell type and tables are shared.
 #include "compression_compare.h"
-#include "lm_task.h"
+#include "lm_sweep.h"
 
 #include <moeprune/models/lm/model_cost.h>
 #include <moeprune/models/lm/trimming.h>
@@ -22,6 +22,10 @@ struct LMCompressionConfig {
   int64_t rank = 8;                 // MC-SMoE's low-rank part
   double density = 0.1;             // and the final density of its sparse part
   moeprune::LMTrainerOptions post;  // the fine-tune after compressing (steps 0: none)
+  /// The sweep run with the same model, post-pruning fine-tune and router semantics, if any: the
+  /// unpruned row and the router-norm-change rows are those runs (the same computation, same
+  /// seed), so their bits per byte are taken from it and only the costs are measured here.
+  std::vector<LMSweepCell> sweep;
 };
 
 inline int64_t lm_compression_runs(const LMCompressionConfig& cfg) {
@@ -60,7 +64,16 @@ struct LMMethod {
   std::string method, setting;
   int64_t budget;
   std::function<LMPrepared(moeprune::lm::CausalLM&)> apply;
+  /// Experts per layer the same run of the sweep (router_norm_change, seed 0) pruned; -1: none.
+  int64_t sweep_pruned = -1;
 };
+
+inline const LMSweepCell* find_sweep_run(const std::vector<LMSweepCell>& cells, int64_t pruned) {
+  for (const auto& c : cells) {
+    if (c.criterion == "router_norm_change" && c.pruned == pruned && c.seed == 0) return &c;
+  }
+  return nullptr;
+}
 
 inline void freeze_routers(moeprune::lm::CausalLM& model) {
   for (auto& [index, layer] : model->moe_layers()) {
@@ -97,11 +110,12 @@ inline std::vector<CompressionCell> run_lm_compression(const LMCompressionConfig
 
   std::vector<detail::LMMethod> methods;
   methods.push_back({"fine-tuned", "no compression", num_experts,
-                     [](lm::CausalLM&) { return detail::LMPrepared{}; }});
+                     [](lm::CausalLM&) { return detail::LMPrepared{}; }, 0});
   for (const int64_t kept : cfg.budgets) {
     const auto setting = fmt::format("{} of {} experts", kept, num_experts);
     methods.push_back(
-        {"prune (router_norm_change)", setting, kept, [&, kept](auto& m) {
+        {"prune (router_norm_change)", setting, kept,
+         [&, kept](auto& m) {
            const auto view = lm::moe_view(m);
            const auto scores =
                pr::score_experts(pr::RouterNormChange(), *view, lm::moe_view(pretrained).get());
@@ -110,7 +124,8 @@ inline std::vector<CompressionCell> run_lm_compression(const LMCompressionConfig
                                                       "router_norm_change"),
                           cfg.drop_router_rows);
            return detail::LMPrepared{};
-         }});
+         },
+         num_experts - kept});
     methods.push_back({"Expert Drop", setting, kept, [&, kept](auto& m) {
                          cm::expert_drop(*lm::moe_view(m, calibration),
                                          cm::ExpertDropOptions().per_layer(num_experts - kept));
@@ -199,10 +214,18 @@ inline std::vector<CompressionCell> run_lm_compression(const LMCompressionConfig
     cell.budget = method.budget;
     cell.detail = prepared.detail;
     cell.parameters = cm::stored_parameters(model);
-    cell.top1 = bits_per_byte(model, task.test, cfg.context);
     cell.flops_per_image = cm::flops_per_token(model, cost_ids);
     cell.latency_ms = lm_latency_ms(model, cost_ids);
-    if (cfg.post.steps() > 0) {
+    const auto* same =
+        method.sweep_pruned >= 0 ? detail::find_sweep_run(cfg.sweep, method.sweep_pruned) : nullptr;
+    if (same != nullptr) {
+      cell.top1 = same->bpb;
+      cell.top1_finetuned = same->bpb_finetuned;
+      cell.detail = "bits per byte: the sweep's run";
+    } else {
+      cell.top1 = bits_per_byte(model, task.test, cfg.context);
+    }
+    if (same == nullptr && cfg.post.steps() > 0) {
       if (prepared.before_finetune) prepared.before_finetune();
       auto post = cfg.post;
       post.seed(0).progress(false);

@@ -79,7 +79,7 @@ int run(int argc, char** argv) {
   bool fresh = false, no_compression = false, checkpoints_only = false;
   std::string cache = home_cache(), out = "demo-results-lm", criteria, language = "es";
   int64_t threads = 0, context = 256;
-  Schedule pre{560, 16, 50, 2e-3}, fine{150, 16, 15, 1e-3}, post{30, 8, 3, 3e-4};
+  Schedule pre{560, 16, 50, 2e-3}, fine{150, 16, 15, 1e-3}, post{25, 8, 3, 3e-4};
   std::string router = "cut";
   app.add_option("--language", language, "The downstream language: en, de, es, it or pt")
       ->check(CLI::IsMember({"en", "de", "es", "it", "pt"}))
@@ -177,6 +177,7 @@ int run(int argc, char** argv) {
   ccfg.context = context;
   ccfg.post = cfg.post;
   ccfg.drop_router_rows = cfg.drop_router_rows;
+  ccfg.sweep = cells;
   for (int64_t kept = experts - 2; kept >= 2; kept -= 2) ccfg.budgets.push_back(kept);
   if (!no_compression) {
     const auto total = experiments::lm_compression_runs(ccfg);

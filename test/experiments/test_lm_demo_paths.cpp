@@ -140,6 +140,28 @@ TEST_CASE("the language compression comparison keeps what each method promises")
   // Block Drop: one whole decoder layer (attention 4 * 16 * 16 too, and its first norm).
   CHECK(by.at("Block Drop").parameters == full - (E * expert + E * d + 2 * d + 4 * d * d));
   CHECK(by.at("MC-SMoE").parameters < by.at("M-SMoE").parameters);
+  // A sweep run of the same pruning is taken, not run again (values no run could give).
+  experiments::LMSweepCell same;
+  same.criterion = "router_norm_change";
+  same.pruned = 2;
+  same.bpb = 0.25;
+  same.bpb_finetuned = 0.125;
+  cfg.sweep = {same};
+  cfg.budgets = {2};
+  cfg.layer_drops = {};
+  cfg.block_drops = {};
+  moeprune::ProgressBar again(experiments::lm_compression_runs(cfg), "compression", "", false);
+  experiments::RunJournal empty("", {});  // `journal` remembers the runs above
+  const auto reused = experiments::run_lm_compression(cfg, f.task, again, done, &empty);
+  for (const auto& c : reused) {
+    if (c.method == "prune (router_norm_change)") {
+      CHECK(c.top1 == 0.25);
+      CHECK(c.top1_finetuned == 0.125);
+      CHECK(c.parameters == by.at("prune (router_norm_change)").parameters);
+    } else if (c.method == "fine-tuned") {
+      CHECK(c.top1 == by.at("fine-tuned").top1);  // no unpruned run in this sweep: run here
+    }
+  }
   // FLOPs per token: the uncompressed model computes 2 expert rows per token in both layers.
   CHECK(by.at("fine-tuned").flops_per_image - by.at("Layer Drop").flops_per_image ==
         Approx(2.0 * d * E + 2 * 2.0 * expert));
