@@ -33,24 +33,6 @@ inline int64_t lm_compression_runs(const LMCompressionConfig& cfg) {
          static_cast<int64_t>(cfg.layer_drops.size() + cfg.block_drops.size());
 }
 
-/// Median milliseconds of a forward pass over `ids` (evaluation mode, no grad; 11 passes after a
-/// warm-up, as the vision comparison measures).
-inline double lm_latency_ms(moeprune::lm::CausalLM& model, const torch::Tensor& ids) {
-  torch::NoGradGuard no_grad;
-  model->eval();
-  model->forward(ids);
-  std::vector<double> times;
-  for (int r = 0; r < 11; ++r) {
-    const auto start = std::chrono::steady_clock::now();
-    model->forward(ids);
-    times.push_back(
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
-            .count());
-  }
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
-
 namespace detail {
 
 struct LMPrepared {
@@ -215,7 +197,7 @@ inline std::vector<CompressionCell> run_lm_compression(const LMCompressionConfig
     cell.detail = prepared.detail;
     cell.parameters = cm::stored_parameters(model);
     cell.flops_per_image = cm::flops_per_token(model, cost_ids);
-    cell.latency_ms = lm_latency_ms(model, cost_ids);
+    cell.latency_ms = latency_ms(model, cost_ids);
     const auto* same =
         method.sweep_pruned >= 0 ? detail::find_sweep_run(cfg.sweep, method.sweep_pruned) : nullptr;
     if (same != nullptr) {
