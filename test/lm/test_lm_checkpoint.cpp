@@ -287,6 +287,9 @@ TEST_CASE("bad arguments to the language-model API are refused with the problem 
   CHECK_THROWS_WITH(moeprune::lm::perplexity(
                         model, ids[0], moeprune::lm::PerplexityOptions().context(8).stride(9)),
                     Catch::Contains("stride should be in [1, 8]"));
+  CHECK_THROWS_WITH(
+      moeprune::lm::perplexity(model, ids[0], moeprune::lm::PerplexityOptions().batch_size(0)),
+      Catch::Contains("batch_size should be >= 1, got 0"));
   auto cache = model->make_cache();
   model->forward(ids.narrow(1, 0, 3), &cache);
   CHECK_THROWS_WITH(model->forward(ids.narrow(0, 0, 1).narrow(1, 3, 1), &cache),
