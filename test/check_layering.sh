@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The dependency rule of docs/architecture.md, checked on the includes: each folder of moeprune/
 # and csrc/ uses only the folders before it in
-#   ops, routing < layers < pruning < compression;  io < hf;  (all of those) < models < train
+#   ops, routing < layers < pruning < compression;  io < hf;  text;  (all of those) < models < train
 # In particular the compression core (pruning, compression, hf) works on the model-neutral MoE
 # view and never includes a model. Prints every offending include and fails if there is one.
 set -u
@@ -27,6 +27,7 @@ old='(ops|router|routing_plan|top_k_router|expert_choice_router|ensemble_router|
 forbid ops "routing/(functional|.*router)|layers/|io/|pruning/|compression/|hf/|models/|train/|$old"
 forbid routing "ops/|layers/|io/|pruning/|compression/|hf/|models/|train/|$old"
 forbid layers "io/|pruning/|compression/|hf/|models/|train/|$old"
+forbid text "ops/|routing/|layers/|io/|pruning/|compression/|hf/|models/|train/|$old"
 forbid io "ops/|routing/|layers/|pruning/|compression/|hf/|models/|train/|$old"
 forbid pruning "compression/|hf/|models/|train/|$old"
 forbid compression "hf/|models/|train/|$old"

@@ -1,0 +1,89 @@
+#include <moeprune/text/tokenizer.h>
+
+#include <c10/util/Exception.h>
+#include <sys/stat.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "backends.h"
+#include "json_fields.h"
+
+namespace moeprune::text {
+namespace {
+
+bool is_file(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+}  // namespace
+
+Tokenizer::Tokenizer(std::shared_ptr<const TokenizerBackend> backend)
+    : backend_(std::move(backend)) {
+  TORCH_CHECK(backend_ != nullptr, "Tokenizer: no backend");
+}
+
+Tokenizer Tokenizer::from_json_file(const std::string& path) {
+  return Tokenizer(detail::load_tokenizer_json(path));
+}
+
+Tokenizer Tokenizer::from_sentencepiece(const std::string& model_path, bool add_bos, bool add_eos) {
+  TORCH_CHECK(is_file(model_path), model_path, ": no such file (a SentencePiece model)");
+  return Tokenizer(detail::load_sentencepiece(model_path, add_bos, add_eos));
+}
+
+Tokenizer Tokenizer::from_folder(const std::string& folder) {
+  const std::string json_path = folder + "/tokenizer.json";
+  if (is_file(json_path)) return from_json_file(json_path);
+  const std::string model_path = folder + "/tokenizer.model";
+  TORCH_CHECK(is_file(model_path), folder,
+              ": no tokenizer.json or tokenizer.model (the tokenizer of a Hugging Face model "
+              "folder)");
+  // Llama's tokenizer_config.json says whether bos / eos go around the text; Llama's defaults
+  // (bos, no eos) otherwise.
+  bool add_bos = true, add_eos = false;
+  const std::string config_path = folder + "/tokenizer_config.json";
+  if (is_file(config_path)) {
+    std::ifstream in(config_path);
+    nlohmann::json config;
+    try {
+      config = nlohmann::json::parse(in);
+    } catch (const nlohmann::json::parse_error& e) {
+      TORCH_CHECK(false, config_path, ": not valid JSON: ", e.what());
+    }
+    add_bos = detail::bool_field(config, "add_bos_token", add_bos, config_path);
+    add_eos = detail::bool_field(config, "add_eos_token", add_eos, config_path);
+  }
+  return from_sentencepiece(model_path, add_bos, add_eos);
+}
+
+std::vector<int64_t> Tokenizer::encode(std::string_view text, bool add_special_tokens) const {
+  return backend_->encode(text, add_special_tokens);
+}
+
+std::string Tokenizer::decode(const std::vector<int64_t>& ids, bool skip_special_tokens) const {
+  return backend_->decode(ids, skip_special_tokens);
+}
+
+int64_t Tokenizer::vocab_size() const {
+  return backend_->vocab_size();
+}
+
+std::optional<int64_t> Tokenizer::token_to_id(std::string_view token) const {
+  return backend_->token_to_id(token);
+}
+
+std::optional<std::string> Tokenizer::id_to_token(int64_t id) const {
+  return backend_->id_to_token(id);
+}
+
+bool Tokenizer::is_special(int64_t id) const {
+  return backend_->is_special(id);
+}
+
+std::string Tokenizer::describe() const {
+  return backend_->describe();
+}
+
+}  // namespace moeprune::text
