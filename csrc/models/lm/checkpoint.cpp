@@ -6,6 +6,7 @@
 #include "hf/config.h"
 #include "hf/default_dtype.h"
 #include "io/posix_file.h"
+#include "models/lm/checkpoint_tensors.h"
 #include "models/lm/hf_architecture.h"
 
 #include <c10/util/StringUtil.h>
@@ -22,111 +23,21 @@
 namespace moeprune::lm {
 namespace {
 
-std::string layer_prefix(int64_t i) {
-  return "model.layers." + std::to_string(i) + ".";
-}
-
-void add_linear(std::vector<std::pair<std::string, torch::Tensor>>& out, const std::string& name,
-                const torch::nn::Linear& linear) {
-  out.emplace_back(name + ".weight", linear->weight);
-  if (linear->bias.defined()) {
-    out.emplace_back(name + ".bias", linear->bias);
-  }
-}
-
-void add_gated_mlp(std::vector<std::pair<std::string, torch::Tensor>>& out, const std::string& name,
-                   const GatedMLP& mlp) {
-  add_linear(out, name + ".gate_proj", mlp->gate_proj);
-  add_linear(out, name + ".up_proj", mlp->up_proj);
-  add_linear(out, name + ".down_proj", mlp->down_proj);
-}
+using detail::layer_prefix;
+using detail::recorded_layer_drop;
 
 // Every parameter outside the MoE layers (routers and routed experts), by its Hugging Face name.
 std::vector<std::pair<std::string, torch::Tensor>> named_dense_tensors(CausalLMImpl& model) {
-  const auto names = detail::hf_names(model.options.model_type());
   std::vector<std::pair<std::string, torch::Tensor>> out;
   out.emplace_back("model.embed_tokens.weight", model.embed_tokens->weight);
   for (int64_t i = 0; i < model.options.num_layers(); ++i) {
-    const auto p = layer_prefix(i);
-    const auto layer = model.layer(i);
-    out.emplace_back(p + "input_layernorm.weight", layer->input_layernorm->weight);
-    const auto& attn = layer->self_attn;
-    add_linear(out, p + "self_attn.q_proj", attn->q_proj);
-    add_linear(out, p + "self_attn.k_proj", attn->k_proj);
-    add_linear(out, p + "self_attn.v_proj", attn->v_proj);
-    add_linear(out, p + "self_attn.o_proj", attn->o_proj);
-    if (!attn->q_norm.is_empty()) {
-      out.emplace_back(p + "self_attn.q_norm.weight", attn->q_norm->weight);
-      out.emplace_back(p + "self_attn.k_norm.weight", attn->k_norm->weight);
-    }
-    if (!layer->has_mlp()) {
-      // Layer Drop: the MoE block is written as one that adds nothing (zero experts, written by
-      // save_causal_lm), so transformers computes the same; these tensors are its dense part.
-      const auto opts = layer->input_layernorm->weight.options();
-      const int64_t d = model.options.hidden_size(), width = model.options.shared_expert_size();
-      out.emplace_back(p + "post_attention_layernorm.weight", torch::ones({d}, opts));
-      if (width > 0) {
-        const auto shared = p + names.moe_block + "." + names.shared_expert;
-        out.emplace_back(shared + ".gate_proj.weight", torch::zeros({width, d}, opts));
-        out.emplace_back(shared + ".up_proj.weight", torch::zeros({width, d}, opts));
-        out.emplace_back(shared + ".down_proj.weight", torch::zeros({d, width}, opts));
-      }
-      if (model.options.shared_expert_gate()) {
-        out.emplace_back(p + names.moe_block + ".shared_expert_gate.weight",
-                         torch::zeros({1, d}, opts));
-      }
-      continue;
-    }
-    out.emplace_back(p + "post_attention_layernorm.weight",
-                     layer->post_attention_layernorm->weight);
-    if (!layer->is_moe()) {
-      add_gated_mlp(out, p + "mlp", layer->mlp);
-      continue;
-    }
-    const auto& block = layer->moe_block;
-    if (!block->shared_expert.is_empty()) {
-      add_gated_mlp(out, p + names.moe_block + "." + names.shared_expert, block->shared_expert);
-    }
-    if (!block->shared_expert_gate.is_empty()) {
-      add_linear(out, p + names.moe_block + ".shared_expert_gate", block->shared_expert_gate);
-    }
+    detail::add_layer_tensors(out, model.options, *model.layer(i));
   }
   out.emplace_back("model.norm.weight", model.norm->weight);
   if (!model.lm_head.is_empty()) {
     out.emplace_back("lm_head.weight", model.lm_head->weight);
   }
   return out;
-}
-
-// The MoE blocks a moeprune checkpoint records as removed by Layer Drop (config.json's
-// "moeprune": {"dropped_mlp_layers": [...]}); the checkpoint holds them as zero blocks.
-std::vector<int64_t> recorded_layer_drop(const hf::Config& config, const CausalLMOptions& o) {
-  if (!config.contains("moeprune")) {
-    return {};
-  }
-  const auto& section = config.json().at("moeprune");
-  if (!section.is_object() || !section.contains("dropped_mlp_layers")) {
-    return {};
-  }
-  const auto& list = section.at("dropped_mlp_layers");
-  TORCH_CHECK(list.is_array(), config.path(),
-              ": \"moeprune\".\"dropped_mlp_layers\" should be a list of layer indices");
-  std::vector<int64_t> out;
-  for (const auto& v : list) {
-    TORCH_CHECK(v.is_number_integer(), config.path(),
-                ": \"moeprune\".\"dropped_mlp_layers\" holds ", v.dump(), ", not a layer index");
-    const auto i = v.get<int64_t>();
-    TORCH_CHECK(i >= 0 && i < o.num_layers() && o.moe_layers()[static_cast<size_t>(i)] &&
-                    (out.empty() || i > out.back()),
-                config.path(), ": \"moeprune\".\"dropped_mlp_layers\" lists ", i,
-                ", which is not a MoE layer of the ", o.num_layers(), " (increasing, each once)");
-    out.push_back(i);
-  }
-  return out;
-}
-
-std::string shape_text(c10::IntArrayRef shape) {
-  return "[" + c10::Join(", ", shape) + "]";
 }
 
 }  // namespace
@@ -137,20 +48,10 @@ CausalLM load_causal_lm(const std::string& directory, const LoadOptions& options
                   dtype == torch::kDouble,
               "load_causal_lm: dtype should be floating point, got ", dtype);
   const hf::Config config(directory);
-  auto o = detail::options_from_config(config);
   const safetensors::Checkpoint checkpoint(directory);
   const auto info = hf::describe(directory, checkpoint);
-  auto moe_layers = o.moe_layers();
-  for (const auto& ref : info.layers) {
-    TORCH_CHECK(ref.decoder_layer >= 0 && ref.decoder_layer < o.num_layers(), config.path(),
-                ": MoE layer ", ref.prefix, " is outside the ", o.num_layers(), " decoder layers");
-    moe_layers[static_cast<size_t>(ref.decoder_layer)] = true;
-  }
-  o.moe_layers(moe_layers);
-  const auto aux = functional::AuxLossWeights().load_balance(detail::aux_loss_coef(config));
-  auto moe_options = hf::moe_layer_options(info, info.layers.front());
-  moe_options.aux_loss_weights(aux);
-  o.moe(moe_options);
+  const auto o = detail::checkpoint_model_options(config, info);
+  const auto& moe_options = *o.moe();
   // The model is built as a shell with a one-token vocabulary and one-unit experts; the
   // checkpoint's tensors replace those below, so the large ones are never randomly initialised
   // (a random bf16 embedding of Qwen3's 151936 tokens alone takes 11 s here) nor held twice.
@@ -181,17 +82,12 @@ CausalLM load_causal_lm(const std::string& directory, const LoadOptions& options
   }
   std::set<std::string> used;
   for (auto& [name, param] : named_dense_tensors(*model)) {
-    TORCH_CHECK(checkpoint.contains(name), directory, ": tensor '", name, "' is missing (",
-                o.model_type(), " with this config.json has it)");
-    const auto t = checkpoint.tensor(name);
-    TORCH_CHECK(t.sizes() == param.sizes(), directory, ": tensor '", name, "' has shape ",
-                shape_text(t.sizes()), ", config.json implies ", shape_text(param.sizes()));
-    param.set_data(t.scalar_type() == dtype ? t : t.to(dtype));
+    detail::load_tensor_into(checkpoint, name, param, o.model_type());
     used.insert(name);
   }
   for (const auto& ref : info.layers) {
     auto layer = hf::load_moe_layer(checkpoint, info, ref, hf::LoadOptions().dtype(dtype));
-    layer->options.aux_loss_weights(aux);
+    layer->options.aux_loss_weights(moe_options.aux_loss_weights());
     model->layer(ref.decoder_layer)->moe_block->set_moe(layer);
     used.insert(ref.router);
     for (int64_t j = 0; j < (ref.fused ? 1 : ref.num_experts); ++j) {

@@ -25,20 +25,23 @@ class EvalMode {
 
 }  // namespace
 
+torch::Tensor nll_of_logits(const torch::Tensor& logits, const torch::Tensor& input_ids) {
+  const int64_t S = input_ids.size(1);
+  const auto shifted = logits.narrow(1, 0, S - 1).to(torch::kFloat);
+  const auto targets = input_ids.narrow(1, 1, S - 1).unsqueeze(-1);
+  return -shifted.log_softmax(-1).gather(-1, targets).squeeze(-1);
+}
+
 torch::Tensor token_nll(CausalLM& model, const torch::Tensor& input_ids) {
   TORCH_CHECK(input_ids.dim() == 2 && input_ids.size(1) >= 2,
               "token_nll: input_ids should be [B, S] with S >= 2, got ", input_ids.sizes());
   torch::NoGradGuard no_grad;
   EvalMode eval(model);
-  const int64_t S = input_ids.size(1);
-  const auto logits = model->forward(input_ids).logits.narrow(1, 0, S - 1).to(torch::kFloat);
-  const auto targets = input_ids.narrow(1, 1, S - 1).unsqueeze(-1);
-  return -logits.log_softmax(-1).gather(-1, targets).squeeze(-1);
+  return nll_of_logits(model->forward(input_ids).logits, input_ids);
 }
 
-PerplexityResult perplexity(CausalLM& model, const torch::Tensor& stream,
-                            const PerplexityOptions& options,
-                            const std::function<void(int64_t, int64_t)>& progress) {
+std::vector<PerplexityBatch> perplexity_batches(const torch::Tensor& stream,
+                                                const PerplexityOptions& options) {
   TORCH_CHECK(stream.dim() == 1 && stream.size(0) >= 2,
               "perplexity: the stream should be [N] tokens with N >= 2, got ", stream.sizes());
   TORCH_CHECK(options.context() >= 2, "perplexity: context should be >= 2, got ",
@@ -65,25 +68,39 @@ PerplexityResult perplexity(CausalLM& model, const torch::Tensor& stream,
     scored_until = end;
   }
   // Then batches of windows of one length (every window but the last has `context` tokens).
-  PerplexityResult result;
+  std::vector<PerplexityBatch> batches;
   for (size_t w = 0; w < windows.size();) {
     const int64_t length = windows[w].end - windows[w].begin;
-    size_t stop = w;
     std::vector<torch::Tensor> rows;
-    while (stop < windows.size() && static_cast<int64_t>(rows.size()) < options.batch_size() &&
-           windows[stop].end - windows[stop].begin == length) {
-      rows.push_back(stream.slice(0, windows[stop].begin, windows[stop].end));
-      ++stop;
+    PerplexityBatch batch;
+    while (w < windows.size() && static_cast<int64_t>(rows.size()) < options.batch_size() &&
+           windows[w].end - windows[w].begin == length) {
+      rows.push_back(stream.slice(0, windows[w].begin, windows[w].end));
+      batch.first_scored.push_back(windows[w].first);
+      ++w;
     }
-    const auto nll = token_nll(model, torch::stack(rows));
-    for (size_t i = w; i < stop; ++i) {
-      const auto fresh = nll[static_cast<int64_t>(i - w)].slice(0, windows[i].first);
-      result.nll_sum += fresh.sum(torch::kDouble).item<double>();
-      result.tokens += fresh.size(0);
-    }
-    w = stop;
+    batch.input_ids = torch::stack(rows);
+    batches.push_back(std::move(batch));
+  }
+  return batches;
+}
+
+void add_scored(PerplexityResult& result, const PerplexityBatch& batch, const torch::Tensor& nll) {
+  for (size_t i = 0; i < batch.first_scored.size(); ++i) {
+    const auto fresh = nll[static_cast<int64_t>(i)].slice(0, batch.first_scored[i]);
+    result.nll_sum += fresh.sum(torch::kDouble).item<double>();
+    result.tokens += fresh.size(0);
+  }
+}
+
+PerplexityResult perplexity(CausalLM& model, const torch::Tensor& stream,
+                            const PerplexityOptions& options,
+                            const std::function<void(int64_t, int64_t)>& progress) {
+  PerplexityResult result;
+  for (const auto& batch : perplexity_batches(stream, options)) {
+    add_scored(result, batch, token_nll(model, batch.input_ids));
     if (progress) {
-      progress(result.tokens, N - 1);
+      progress(result.tokens, stream.size(0) - 1);
     }
   }
   return result;

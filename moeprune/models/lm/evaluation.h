@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <vector>
 
 namespace moeprune::lm {
 
@@ -35,6 +36,26 @@ struct PerplexityResult {
   double perplexity() const { return std::exp(mean_nll()); }
   double bits_per_token() const { return mean_nll() / std::log(2.0); }
 };
+
+/// One forward pass of perplexity(): windows of one length stacked [B, S], and for each row the
+/// index, among its S - 1 token NLLs, of the first one it scores (earlier ones were scored by an
+/// earlier window).
+struct PerplexityBatch {
+  torch::Tensor input_ids;
+  std::vector<int64_t> first_scored;
+};
+
+/// The batches perplexity() runs over `stream`, in order (checks the stream and options as
+/// perplexity() does). For callers that compute the logits themselves (models/lm/streamed.h).
+std::vector<PerplexityBatch> perplexity_batches(const torch::Tensor& stream,
+                                                const PerplexityOptions& options);
+
+/// -log p(token[t] | tokens[< t]) for t = 1 .. S-1 from `logits` [B, S, vocab] of `input_ids`
+/// [B, S]: [B, S-1] fp32 (log-softmax in fp32).
+torch::Tensor nll_of_logits(const torch::Tensor& logits, const torch::Tensor& input_ids);
+
+/// Adds the NLLs `nll` [B, S-1] of `batch` that it scores to `result`.
+void add_scored(PerplexityResult& result, const PerplexityBatch& batch, const torch::Tensor& nll);
 
 /// Perplexity of `stream` [N] (int64, N >= 2). `progress(done, total)` is called after each
 /// window with tokens scored so far.

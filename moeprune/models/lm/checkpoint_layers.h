@@ -1,0 +1,51 @@
+#pragma once
+
+// A Hugging Face checkpoint folder read one decoder layer at a time, for work on models larger
+// than memory (layer-streamed scoring and evaluation, models/lm/streamed.h): the embedding, each
+// decoder layer and the LM head are built on demand from the memory-mapped tensors, and a layer
+// is freed as soon as its module is dropped.
+#include <moeprune/hf/checkpoint.h>
+#include <moeprune/io/safetensors.h>
+#include <moeprune/models/lm/checkpoint.h>
+#include <moeprune/models/lm/decoder_layer.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace moeprune::lm {
+
+class CheckpointLayers {
+ public:
+  /// Reads config.json and the tensor index of `directory` (no weights yet). Refuses what
+  /// load_causal_lm refuses.
+  explicit CheckpointLayers(const std::string& directory, const LoadOptions& options = {});
+
+  const std::string& directory() const { return directory_; }
+  const CausalLMOptions& options() const { return options_; }
+  const hf::ModelInfo& info() const { return info_; }
+  const safetensors::Checkpoint& checkpoint() const { return *checkpoint_; }
+  torch::Dtype dtype() const { return load_.dtype(); }
+  int64_t num_layers() const { return options_.num_layers(); }
+
+  /// Token embeddings of `input_ids` [B, S] (int64, checked against the vocabulary): [B, S, d].
+  torch::Tensor embed(const torch::Tensor& input_ids) const;
+  /// Decoder layer `index` with all its tensors (routed experts too), in evaluation mode; a
+  /// Layer Drop recorded in config.json is applied, and a "keep" checkpoint's zeroed experts
+  /// are removed, as load_causal_lm does.
+  DecoderLayer layer(int64_t index) const;
+  /// The final norm and the LM head: hidden [..., d] -> logits [..., vocab].
+  torch::Tensor logits(const torch::Tensor& hidden) const;
+  /// The Hugging Face name of decoder layer `index`'s MoE block ("model.layers.3.mlp").
+  std::string moe_name(int64_t index) const;
+
+ private:
+  std::string directory_;
+  LoadOptions load_;
+  std::unique_ptr<safetensors::Checkpoint> checkpoint_;
+  hf::ModelInfo info_;
+  CausalLMOptions options_;
+  std::vector<int64_t> dropped_mlp_;
+};
+
+}  // namespace moeprune::lm

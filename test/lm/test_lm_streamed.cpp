@@ -1,0 +1,123 @@
+// Layer-streamed work on checkpoints (models/lm/streamed.h) against transformers' per-token NLL
+// (the fixtures of scripts/make_lm_fixtures.py) and against the same work on the model loaded
+// whole: the same batches go through the same operations, so the numbers must be equal, not
+// close.
+#include <moeprune/io/safetensors.h>
+#include <moeprune/models/lm/checkpoint.h>
+#include <moeprune/models/lm/moe_view.h>
+#include <moeprune/models/lm/streamed.h>
+
+#include <torch/torch.h>
+#include <catch2/catch.hpp>
+
+#include <map>
+#include <string>
+
+namespace {
+
+namespace lm = moeprune::lm;
+namespace pruning = moeprune::pruning;
+
+const std::string kFixtures = MOEPRUNE_TEST_FIXTURES "/lm";
+const char* const kFamilies[] = {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek"};
+
+std::map<std::string, torch::Tensor> reference(const std::string& name) {
+  return moeprune::safetensors::load_file(kFixtures + "/" + name + "_reference.safetensors");
+}
+
+torch::Tensor random_tokens(std::vector<int64_t> shape, int64_t vocab, uint64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  return torch::randint(vocab, shape, gen, torch::kLong);
+}
+
+}  // namespace
+
+TEST_CASE("layer-streamed NLL equals transformers' on every family", "[lm][streamed]") {
+  for (const std::string family : kFamilies) {
+    INFO(family);
+    const auto ref = reference(family);
+    const lm::CheckpointLayers checkpoint(kFixtures + "/" + family);
+    const auto ids = ref.at("input_ids");
+    const auto hidden = lm::streamed_hidden_states(checkpoint, {ids});
+    const auto nll = lm::nll_of_logits(checkpoint.logits(hidden[0]), ids);
+    // fp32 against transformers' fp32: the tolerance of the whole-model parity tests.
+    CHECK((nll - ref.at("nll")).abs().max().item<double>() < 1e-5);
+  }
+}
+
+TEST_CASE("layer-streamed perplexity equals the in-memory model's exactly", "[lm][streamed]") {
+  for (const std::string family : kFamilies) {
+    INFO(family);
+    const std::string dir = kFixtures + "/" + family;
+    auto model = lm::load_causal_lm(dir);
+    const lm::CheckpointLayers checkpoint(dir);
+    // 101 tokens in windows of 16 with stride 12, 3 windows per batch: batches of different
+    // sizes and a shorter last window.
+    const auto stream = random_tokens({101}, model->options.vocab_size(), 7);
+    const auto options = lm::PerplexityOptions().context(16).stride(12).batch_size(3);
+    const auto whole = lm::perplexity(model, stream, options);
+    const auto streamed = lm::streamed_perplexity(checkpoint, stream, options);
+    CHECK(streamed.tokens == whole.tokens);
+    CHECK(streamed.nll_sum == whole.nll_sum);
+    // Activations in the scratch file instead of memory: the same numbers.
+    const auto spilled = lm::streamed_perplexity(
+        checkpoint, stream, options, lm::StreamOptions().activation_budget_bytes(0));
+    CHECK(spilled.nll_sum == whole.nll_sum);
+  }
+}
+
+TEST_CASE("layer-streamed expert scores equal the in-memory model's for every criterion",
+          "[lm][streamed]") {
+  const auto registry = pruning::CriterionRegistry::with_builtins();
+  for (const std::string family : {"mixtral", "deepseek"}) {
+    const std::string dir = kFixtures + "/" + family;
+    auto model = lm::load_causal_lm(dir);
+    const lm::CheckpointLayers checkpoint(dir);
+    const auto calibration = random_tokens({5, 12}, model->options.vocab_size(), 3);
+    const int64_t batch_size = 2;  // batches of 2, 2 and 1 sequences
+    auto view = lm::moe_view(model, [&](const auto& visit) {
+      for (int64_t start = 0; start < calibration.size(0); start += batch_size) {
+        visit(calibration.slice(0, start, std::min(start + batch_size, calibration.size(0))));
+      }
+    });
+    for (const auto& name : registry.names()) {
+      const auto criterion = registry.create(name);
+      if (criterion->needs_pretrained()) continue;  // the fixtures are one model each
+      INFO(family << " " << name);
+      // In memory the layers are keyed by decoder layer, on checkpoints by MoE-layer position.
+      const auto in_memory = pruning::score_experts(*criterion, *view, nullptr, 11);
+      const auto streamed =
+          lm::streamed_scores(checkpoint, nullptr, *criterion, calibration, batch_size, 11);
+      REQUIRE(streamed.size() == in_memory.size());
+      for (const auto& ref : checkpoint.info().layers) {
+        INFO("MoE layer " << ref.prefix);
+        // random draws from a generator seeded with the seed and the layer's key, so it agrees
+        // only where the two keys coincide (not after DeepSeek's leading dense layer).
+        if (name == "random" && ref.index != ref.decoder_layer) continue;
+        CHECK(torch::equal(streamed.at(ref.index), in_memory.at(ref.decoder_layer)));
+      }
+    }
+  }
+}
+
+TEST_CASE("layer-streamed work refuses bad input, naming it", "[lm][streamed]") {
+  const lm::CheckpointLayers checkpoint(kFixtures + "/mixtral");
+  const auto registry = pruning::CriterionRegistry::with_builtins();
+  REQUIRE_THROWS_WITH(
+      lm::streamed_scores(checkpoint, nullptr, *registry.create("reap"), torch::Tensor(), 2),
+      Catch::Contains("needs calibration data"));
+  REQUIRE_THROWS_WITH(lm::streamed_scores(checkpoint, nullptr,
+                                          *registry.create("router_norm_change"),
+                                          torch::Tensor(), 2),
+                      Catch::Contains("give its checkpoint"));
+  REQUIRE_THROWS_WITH(checkpoint.embed(torch::full({1, 3}, 1000, torch::kLong)),
+                      Catch::Contains("token ids should be in [0, 96), found 1000"));
+  REQUIRE_THROWS_WITH(checkpoint.layer(9), Catch::Contains("decoder layer 9 is outside"));
+  REQUIRE_THROWS_WITH(lm::streamed_perplexity(checkpoint,
+                                              torch::ones({8}, torch::kLong),
+                                              lm::PerplexityOptions(),
+                                              lm::StreamOptions()
+                                                  .activation_budget_bytes(0)
+                                                  .scratch_dir("/nonexistent-folder")),
+                      Catch::Contains("cannot create a scratch file"));
+}
