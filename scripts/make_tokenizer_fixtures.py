@@ -5,6 +5,10 @@
 Needs PyPI `tokenizers` 0.22.2 (what transformers 4.57.6 installs) and Debian's sentencepiece
 0.1.97 command line tools (`spm_train`, `spm_encode`, `spm_decode`); both versions are checked.
 
+Training is not bit-for-bit repeatable (BPE and spm_train break ties differently from run to
+run), so a rerun changes the llama and spm files; the committed files and reference.json are
+made together by one run and always agree.
+
 Writes, all trained on the small multilingual corpus below (the test texts are not in it):
   qwen2.json      byte-level BPE as Qwen2/Qwen3 ship it: NFC, the Qwen2 regex Split, ByteLevel
                   without its regex, ignore_merges, special tokens <|endoftext|> <|im_start|>
@@ -19,6 +23,9 @@ Writes, all trained on the small multilingual corpus below (the test texts are n
                   ByteFallback / Fuse / Strip decoder, <s> added by TemplateProcessing
   llama_metaspace.json  the same model in the newer form: Metaspace pre-tokenizer (prepend
                   scheme "first", no split) instead of the normalizers
+  chars96.json    one token per printable ASCII character (ids 1..95) and <unk> (0) for the rest,
+                  no merges: a tokenizer for the 96-token language-model fixtures of
+                  scripts/make_lm_fixtures.py (the command-line tests give them text)
   spm.model       a SentencePiece BPE model (spm_train, Llama's settings: identity
                   normalization, byte fallback, split digits, extra whitespace kept)
   reference.json  for each tokenizer and text: ids with and without special tokens and the
@@ -241,6 +248,13 @@ def make_llama_pair():
     return (Tokenizer.from_str(json.dumps(legacy)), Tokenizer.from_str(json.dumps(metaspace)))
 
 
+def make_chars96():
+    vocab = {"<unk>": 0}
+    for c in range(32, 127):
+        vocab[chr(c)] = len(vocab)
+    return Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", fuse_unk=False))
+
+
 def reference_for(tok):
     cases = []
     for text in TEXTS:
@@ -306,6 +320,7 @@ def main():
         "deepseek": make_deepseek(),
         "llama": llama,
         "llama_metaspace": llama_metaspace,
+        "chars96": make_chars96(),
     }
     reference = {"texts": TEXTS, "tokenizers": {}}
     for name, tok in made.items():

@@ -135,7 +135,8 @@ TEST_CASE("router_norm_change scores a checkpoint pair as ||W_ft[s]|| - ||W_pre[
   }
   SECTION("data-driven criteria ask for calibration hidden states") {
     o.criterion = "frequency";
-    REQUIRE_THROWS_WITH(hf::score_checkpoint(o, registry), Contains("--calibration"));
+    REQUIRE_THROWS_WITH(hf::score_checkpoint(o, registry),
+                        Contains("needs calibration data") && Contains("--moe-inputs"));
   }
 }
 

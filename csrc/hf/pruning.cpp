@@ -28,8 +28,10 @@ pruning::ExpertScores score_checkpoint(const ScoreOptions& options,
   std::unique_ptr<safetensors::File> calibration;
   if (criterion->needs_data() || criterion->needs_inputs()) {
     TORCH_CHECK(!options.calibration.empty(), criterion->name(),
-                " needs calibration data: give --calibration, a safetensors file with each MoE "
-                "layer's input hidden states under the layer's name (see docs/checkpoints.md)");
+                " needs calibration data: ScoreOptions::calibration (moeprune --moe-inputs), a "
+                "safetensors file with each MoE layer's input hidden states under the layer's "
+                "name; for a language model, stream tokens through it instead (moeprune "
+                "--calibration, lm::streamed_scores; docs/checkpoints.md)");
     calibration = std::make_unique<safetensors::File>(options.calibration);
   }
   const auto load = LoadOptions().expert_weights(criterion->needs_expert_weights());

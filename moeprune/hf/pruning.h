@@ -35,7 +35,9 @@ struct ScoreOptions {
   std::string finetuned;   ///< checkpoint folder
   std::string pretrained;  ///< checkpoint folder (criteria that compare with pre-training)
   std::string criterion = "router_norm_change";
-  /// safetensors file with each MoE layer's input hidden states: tensor "<layer prefix>" [..., d].
+  /// safetensors file with each MoE layer's input hidden states: tensor "<layer prefix>" [..., d],
+  /// for criteria that need data on checkpoints moeprune cannot run whole (a language model's
+  /// are scored from tokens by lm::streamed_scores instead).
   std::string calibration;
   uint64_t seed = 0;
   /// Called after each layer is scored (index, number of layers).

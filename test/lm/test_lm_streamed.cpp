@@ -60,8 +60,8 @@ TEST_CASE("layer-streamed perplexity equals the in-memory model's exactly", "[lm
     CHECK(streamed.tokens == whole.tokens);
     CHECK(streamed.nll_sum == whole.nll_sum);
     // Activations in the scratch file instead of memory: the same numbers.
-    const auto spilled = lm::streamed_perplexity(
-        checkpoint, stream, options, lm::StreamOptions().activation_budget_bytes(0));
+    const auto spilled = lm::streamed_perplexity(checkpoint, stream, options,
+                                                 lm::StreamOptions().activation_budget_bytes(0));
     CHECK(spilled.nll_sum == whole.nll_sum);
   }
 }
@@ -106,18 +106,16 @@ TEST_CASE("layer-streamed work refuses bad input, naming it", "[lm][streamed]") 
   REQUIRE_THROWS_WITH(
       lm::streamed_scores(checkpoint, nullptr, *registry.create("reap"), torch::Tensor(), 2),
       Catch::Contains("needs calibration data"));
-  REQUIRE_THROWS_WITH(lm::streamed_scores(checkpoint, nullptr,
-                                          *registry.create("router_norm_change"),
-                                          torch::Tensor(), 2),
-                      Catch::Contains("give its checkpoint"));
+  REQUIRE_THROWS_WITH(
+      lm::streamed_scores(checkpoint, nullptr, *registry.create("router_norm_change"),
+                          torch::Tensor(), 2),
+      Catch::Contains("give its checkpoint"));
   REQUIRE_THROWS_WITH(checkpoint.embed(torch::full({1, 3}, 1000, torch::kLong)),
                       Catch::Contains("token ids should be in [0, 96), found 1000"));
   REQUIRE_THROWS_WITH(checkpoint.layer(9), Catch::Contains("decoder layer 9 is outside"));
-  REQUIRE_THROWS_WITH(lm::streamed_perplexity(checkpoint,
-                                              torch::ones({8}, torch::kLong),
-                                              lm::PerplexityOptions(),
-                                              lm::StreamOptions()
-                                                  .activation_budget_bytes(0)
-                                                  .scratch_dir("/nonexistent-folder")),
-                      Catch::Contains("cannot create a scratch file"));
+  REQUIRE_THROWS_WITH(
+      lm::streamed_perplexity(
+          checkpoint, torch::ones({8}, torch::kLong), lm::PerplexityOptions(),
+          lm::StreamOptions().activation_budget_bytes(0).scratch_dir("/nonexistent-folder")),
+      Catch::Contains("cannot create a scratch file"));
 }

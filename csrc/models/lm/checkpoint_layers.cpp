@@ -26,13 +26,12 @@ CheckpointLayers::CheckpointLayers(const std::string& directory, const LoadOptio
 
 torch::Tensor CheckpointLayers::embed(const torch::Tensor& input_ids) const {
   TORCH_CHECK(input_ids.dim() == 2 && input_ids.scalar_type() == torch::kLong,
-              "CheckpointLayers::embed: input_ids should be [B, S] int64, got ",
-              input_ids.sizes(), " ", input_ids.scalar_type());
+              "CheckpointLayers::embed: input_ids should be [B, S] int64, got ", input_ids.sizes(),
+              " ", input_ids.scalar_type());
   if (input_ids.numel() > 0) {
     const auto lo = input_ids.min().item<int64_t>(), hi = input_ids.max().item<int64_t>();
-    TORCH_CHECK(lo >= 0 && hi < options_.vocab_size(), directory_,
-                ": token ids should be in [0, ", options_.vocab_size(), "), found ",
-                lo < 0 ? lo : hi);
+    TORCH_CHECK(lo >= 0 && hi < options_.vocab_size(), directory_, ": token ids should be in [0, ",
+                options_.vocab_size(), "), found ", lo < 0 ? lo : hi);
   }
   torch::NoGradGuard no_grad;
   auto weight = torch::empty({options_.vocab_size(), options_.hidden_size()},
@@ -64,8 +63,9 @@ DecoderLayer CheckpointLayers::layer(int64_t index) const {
     detail::load_tensor_into(*checkpoint_, name, param, options_.model_type());
   }
   if (layer->is_moe()) {
-    const auto ref = std::find_if(info_.layers.begin(), info_.layers.end(),
-                                  [&](const hf::MoELayerRef& r) { return r.decoder_layer == index; });
+    const auto ref =
+        std::find_if(info_.layers.begin(), info_.layers.end(),
+                     [&](const hf::MoELayerRef& r) { return r.decoder_layer == index; });
     TORCH_CHECK(ref != info_.layers.end(), directory_, ": decoder layer ", index,
                 " should hold a MoE layer");
     auto moe = hf::load_moe_layer(*checkpoint_, info_, *ref, hf::LoadOptions().dtype(dtype()));
@@ -84,8 +84,7 @@ torch::Tensor CheckpointLayers::logits(const torch::Tensor& hidden) const {
   const auto d = options_.hidden_size();
   RMSNorm norm(RMSNormOptions(d).eps(options_.rms_norm_eps()));
   norm->to(dtype());
-  detail::load_tensor_into(*checkpoint_, "model.norm.weight", norm->weight,
-                           options_.model_type());
+  detail::load_tensor_into(*checkpoint_, "model.norm.weight", norm->weight, options_.model_type());
   auto head = torch::empty({options_.vocab_size(), d}, torch::TensorOptions().dtype(dtype()));
   const bool tied = options_.tie_word_embeddings();
   detail::load_tensor_into(*checkpoint_, tied ? "model.embed_tokens.weight" : "lm_head.weight",

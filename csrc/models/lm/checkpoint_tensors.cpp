@@ -60,8 +60,7 @@ void add_layer_tensors(NamedTensors& out, const CausalLMOptions& o, DecoderLayer
     }
     return;
   }
-  out.emplace_back(p + "post_attention_layernorm.weight",
-                   layer.post_attention_layernorm->weight);
+  out.emplace_back(p + "post_attention_layernorm.weight", layer.post_attention_layernorm->weight);
   if (!layer.is_moe()) {
     add_gated_mlp(out, p + "mlp", layer.mlp);
     return;
@@ -114,8 +113,7 @@ CausalLMOptions checkpoint_model_options(const hf::Config& config, const hf::Mod
   }
   o.moe_layers(moe_layers);
   auto moe_options = hf::moe_layer_options(info, info.layers.front());
-  moe_options.aux_loss_weights(
-      functional::AuxLossWeights().load_balance(aux_loss_coef(config)));
+  moe_options.aux_loss_weights(functional::AuxLossWeights().load_balance(aux_loss_coef(config)));
   o.moe(moe_options);
   return o;
 }

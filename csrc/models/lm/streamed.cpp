@@ -64,8 +64,10 @@ std::vector<torch::Tensor> streamed_hidden_states(
   torch::NoGradGuard no_grad;
   const auto& o = checkpoint.options();
   for (const auto& b : batches) {
-    TORCH_CHECK(b.dim() == 2 && b.size(1) >= 1, "streamed_hidden_states: every batch should be "
-                "[B, S] token ids, got ", b.sizes());
+    TORCH_CHECK(b.dim() == 2 && b.size(1) >= 1,
+                "streamed_hidden_states: every batch should be "
+                "[B, S] token ids, got ",
+                b.sizes());
   }
   ActivationStore store(batches, o.hidden_size(), checkpoint.dtype(), options);
   for (size_t b = 0; b < batches.size(); ++b) store.slot(b).copy_(checkpoint.embed(batches[b]));
@@ -73,9 +75,9 @@ std::vector<torch::Tensor> streamed_hidden_states(
   std::map<int64_t, RotaryAngles> angles;
   for (const auto& b : batches) {
     if (!angles.count(b.size(1))) {
-      angles[b.size(1)] = rotary_angles(0, b.size(1), o.attention().head_dim(),
-                                        o.attention().rope_theta(), checkpoint.dtype(),
-                                        torch::kCPU);
+      angles[b.size(1)] =
+          rotary_angles(0, b.size(1), o.attention().head_dim(), o.attention().rope_theta(),
+                        checkpoint.dtype(), torch::kCPU);
     }
   }
   for (int64_t i = 0; i < checkpoint.num_layers(); ++i) {
@@ -126,18 +128,17 @@ pruning::ExpertScores streamed_scores(const CheckpointLayers& finetuned,
   const auto& info = finetuned.info();
   // The pre-trained layer matching each fine-tuned one (same decoder layer), routers only unless
   // the criterion reads expert weights.
-  const auto load = hf::LoadOptions()
-                        .expert_weights(criterion.needs_expert_weights())
-                        .dtype(finetuned.dtype());
+  const auto load =
+      hf::LoadOptions().expert_weights(criterion.needs_expert_weights()).dtype(finetuned.dtype());
   const auto pretrained_entry = [&](const hf::MoELayerRef& ref) {
     const auto& pre_info = pretrained->info();
     TORCH_CHECK(static_cast<size_t>(ref.index) < pre_info.layers.size(), pretrained->directory(),
                 " has no MoE layer ", ref.index, " (", ref.prefix, ")");
     const auto& pre_ref = pre_info.layers[static_cast<size_t>(ref.index)];
     TORCH_CHECK(pre_ref.prefix == ref.prefix && pre_ref.num_experts == ref.num_experts,
-                pretrained->directory(), ": MoE layer ", ref.index, " is ", pre_ref.prefix, " with ",
-                pre_ref.num_experts, " experts; the fine-tuned model's is ", ref.prefix, " with ",
-                ref.num_experts);
+                pretrained->directory(), ": MoE layer ", ref.index, " is ", pre_ref.prefix,
+                " with ", pre_ref.num_experts, " experts; the fine-tuned model's is ", ref.prefix,
+                " with ", ref.num_experts);
     return MoELayerEntry{ref.index, pre_ref.prefix,
                          hf::load_moe_layer(pretrained->checkpoint(), pre_info, pre_ref, load)};
   };
@@ -158,35 +159,34 @@ pruning::ExpertScores streamed_scores(const CheckpointLayers& finetuned,
     return scores;
   }
   TORCH_CHECK(calibration.dim() == 2 && calibration.size(0) >= 1 && calibration.size(1) >= 1,
-              "criterion ", criterion.name(),
-              " needs calibration data: [N, S] token ids, got ", calibration.sizes());
+              "criterion ", criterion.name(), " needs calibration data: [N, S] token ids, got ",
+              calibration.sizes());
   TORCH_CHECK(batch_size >= 1, "streamed_scores: batch_size should be >= 1, got ", batch_size);
   std::vector<torch::Tensor> batches;
   for (int64_t start = 0; start < calibration.size(0); start += batch_size) {
-    batches.push_back(calibration.slice(0, start, std::min(start + batch_size,
-                                                           calibration.size(0))));
+    batches.push_back(
+        calibration.slice(0, start, std::min(start + batch_size, calibration.size(0))));
   }
   std::map<int64_t, const hf::MoELayerRef*> by_decoder_layer;
   for (const auto& ref : info.layers) by_decoder_layer[ref.decoder_layer] = &ref;
   int64_t done = 0;
-  streamed_hidden_states(
-      finetuned, batches, options,
-      [&](int64_t index, DecoderLayer& layer, const std::function<void()>& run) {
-        if (!layer->is_moe()) {
-          run();
-          return;
-        }
-        const auto& ref = *by_decoder_layer.at(index);
-        const MoELayerEntry entry{ref.index, ref.prefix, layer->moe_block->moe};
-        MoELayerEntry pre;
-        if (criterion.needs_pretrained()) pre = pretrained_entry(ref);
-        MoECapture capture({entry}, criterion.needs_inputs());
-        run();
-        scores[ref.index] = pruning::score_layer(
-            criterion, {entry, criterion.needs_pretrained() ? &pre : nullptr,
-                        capture.calls(ref.index), seed});
-        if (progress) progress(++done, total);
-      });
+  streamed_hidden_states(finetuned, batches, options,
+                         [&](int64_t index, DecoderLayer& layer, const std::function<void()>& run) {
+                           if (!layer->is_moe()) {
+                             run();
+                             return;
+                           }
+                           const auto& ref = *by_decoder_layer.at(index);
+                           const MoELayerEntry entry{ref.index, ref.prefix, layer->moe_block->moe};
+                           MoELayerEntry pre;
+                           if (criterion.needs_pretrained()) pre = pretrained_entry(ref);
+                           MoECapture capture({entry}, criterion.needs_inputs());
+                           run();
+                           scores[ref.index] = pruning::score_layer(
+                               criterion, {entry, criterion.needs_pretrained() ? &pre : nullptr,
+                                           capture.calls(ref.index), seed});
+                           if (progress) progress(++done, total);
+                         });
   return scores;
 }
 

@@ -1,0 +1,126 @@
+#include "cli_common.h"
+
+#include <c10/util/Exception.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <sstream>
+#include <vector>
+
+namespace cli {
+
+std::function<void(int64_t, int64_t)> LazyBar::callback() {
+  return [this](int64_t done, int64_t total) {
+    if (!bar_) bar_ = std::make_unique<moeprune::ProgressBar>(total, label_, unit_);
+    bar_->update(done);
+  };
+}
+
+void LazyBar::finish() {
+  if (bar_) bar_->finish();
+  bar_.reset();
+}
+
+double peak_rss_mb() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  }
+  return 0.0;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+torch::Dtype parse_dtype(const std::string& name) {
+  if (name == "fp32" || name == "float32") return torch::kFloat;
+  if (name == "bf16" || name == "bfloat16") return torch::kBFloat16;
+  TORCH_CHECK(false, "--dtype should be fp32 or bf16, got ", name);
+}
+
+namespace {
+
+bool is_dir(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+}  // namespace
+
+moeprune::text::Tokenizer load_tokenizer(const std::string& where) {
+  if (is_dir(where)) return moeprune::text::Tokenizer::from_folder(where);
+  if (ends_with(where, ".model")) return moeprune::text::Tokenizer::from_sentencepiece(where);
+  return moeprune::text::Tokenizer::from_json_file(where);
+}
+
+torch::Tensor read_token_stream(const TokenSource& source, const std::string& checkpoint,
+                                int64_t* text_bytes) {
+  std::ifstream in(source.path, std::ios::binary);
+  TORCH_CHECK(in.good(), source.path, ": cannot open");
+  const std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::string format = source.format;
+  if (format == "auto") format = ends_with(source.path, ".ids") ? "ids" : "text";
+  std::vector<int64_t> ids;
+  if (format == "ids") {
+    std::istringstream words(content);
+    std::string word;
+    while (words >> word) {
+      size_t used = 0;
+      int64_t id = -1;
+      try {
+        id = std::stoll(word, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      TORCH_CHECK(used == word.size() && id >= 0, source.path, ": token ", ids.size(), " is '",
+                  word, "', not a non-negative integer id");
+      ids.push_back(id);
+    }
+  } else {
+    TORCH_CHECK(format == "text", "token format should be auto, text or ids, got ", format);
+    const auto tokenizer = load_tokenizer(source.tokenizer.empty() ? checkpoint : source.tokenizer);
+    ids = tokenizer.encode(content, /*add_special_tokens=*/false);
+    if (text_bytes != nullptr) *text_bytes = static_cast<int64_t>(content.size());
+  }
+  TORCH_CHECK(!ids.empty(), source.path, ": no tokens");
+  return torch::tensor(ids, torch::kLong);
+}
+
+torch::Tensor calibration_sequences(const torch::Tensor& stream, int64_t samples, int64_t seq_len,
+                                    const std::string& what) {
+  TORCH_CHECK(samples >= 1 && seq_len >= 1, "--samples and --seq-len should be >= 1, got ", samples,
+              " and ", seq_len);
+  const int64_t need = samples * seq_len;
+  TORCH_CHECK(stream.size(0) >= need, what, ": ", stream.size(0), " tokens; --samples ", samples,
+              " x --seq-len ", seq_len, " needs ", need, " (give more text or fewer samples)");
+  return stream.narrow(0, 0, need).view({samples, seq_len}).clone();
+}
+
+void write_file_atomically(const std::string& path, const std::string& text) {
+  const std::string temporary = path + ".moeprune-partial";
+  {
+    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+    TORCH_CHECK(out.good(), temporary, ": cannot create: ", std::strerror(errno));
+    out << text;
+    out.flush();
+    TORCH_CHECK(out.good(), temporary, ": write failed: ", std::strerror(errno));
+  }
+  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
+    const int saved = errno;
+    std::remove(temporary.c_str());
+    TORCH_CHECK(false, path, ": cannot rename the written file into place: ", std::strerror(saved));
+  }
+}
+
+}  // namespace cli

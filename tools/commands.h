@@ -1,0 +1,44 @@
+#pragma once
+
+// The moeprune subcommands. Each add_* registers its options on the application and returns
+// what runs it once the command line is parsed.
+#include <moeprune/pruning/criterion.h>
+#include <moeprune/pruning/pruning_plan.h>
+
+#include <CLI/CLI.hpp>
+
+#include "cli_common.h"
+
+#include <functional>
+#include <string>
+
+namespace cli {
+
+using Runner = std::function<int()>;
+
+Runner add_inspect(CLI::App& app);
+Runner add_score(CLI::App& app, const moeprune::pruning::CriterionRegistry& registry);
+Runner add_prune(CLI::App& app, const moeprune::pruning::CriterionRegistry& registry);
+Runner add_eval(CLI::App& app);
+Runner add_tokenize(CLI::App& app);
+
+/// How the experts of a checkpoint are scored: the options `score` and `prune` share.
+struct ScoreArgs {
+  std::string finetuned, pretrained, criterion = "router_norm_change";
+  /// Calibration text or token ids, streamed through the model layer by layer.
+  TokenSource calibration;
+  int64_t samples = 8, seq_len = 512, batch_size = 4;
+  /// safetensors of MoE-layer inputs (one tensor per layer prefix), for checkpoints moeprune
+  /// cannot run whole.
+  std::string moe_inputs;
+  std::string dtype = "fp32";
+  uint64_t seed = 0;
+
+  void add_options(CLI::App* command, const moeprune::pruning::CriterionRegistry& registry);
+};
+
+/// Scores every MoE layer of args.finetuned (keyed by MoE-layer position), with a progress bar.
+moeprune::pruning::ExpertScores compute_scores(
+    const ScoreArgs& args, const moeprune::pruning::CriterionRegistry& registry);
+
+}  // namespace cli

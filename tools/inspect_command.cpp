@@ -1,0 +1,38 @@
+// moeprune inspect: a checkpoint's MoE layers.
+#include <moeprune/hf/checkpoint.h>
+
+#include <fmt/core.h>
+
+#include <memory>
+
+#include "commands.h"
+
+namespace cli {
+
+Runner add_inspect(CLI::App& app) {
+  auto dir = std::make_shared<std::string>();
+  auto* command = app.add_subcommand("inspect", "List a checkpoint's MoE layers");
+  command->add_option("dir", *dir, "Checkpoint folder")->required();
+  return [command, dir]() -> int {
+    if (!*command) return -1;
+    moeprune::safetensors::Checkpoint checkpoint(*dir);
+    const auto info = moeprune::hf::describe(*dir, checkpoint);
+    uint64_t bytes = 0;
+    for (const auto& shard : checkpoint.shard_files()) bytes += checkpoint.file(shard).file_size();
+    fmt::print("{}: {} ({}), {} MoE layers, {} experts, top-{}, d_model {}, expert hidden {}\n",
+               *dir, info.model_type,
+               checkpoint.sharded() ? fmt::format("{} shards", checkpoint.shard_files().size())
+                                    : std::string("one file"),
+               info.layers.size(), info.num_experts, info.top_k, info.d_model, info.hidden_dim);
+    fmt::print("{} tensors, {:.1f} MB\n", checkpoint.names().size(), bytes / 1e6);
+    for (const auto& ref : info.layers) {
+      fmt::print("  [{}] {}{}{}\n", ref.index, ref.prefix, ref.fused ? " (fused experts)" : "",
+                 ref.state.is_plain() ? std::string()
+                                      : fmt::format(" ({} experts pruned, router kept)",
+                                                    ref.removed_experts().size()));
+    }
+    return 0;
+  };
+}
+
+}  // namespace cli

@@ -1,0 +1,142 @@
+// moeprune score: per-expert scores of any criterion, to a table and JSON.
+#include <moeprune/hf/checkpoint.h>
+#include <moeprune/hf/pruning.h>
+#include <moeprune/models/lm/streamed.h>
+
+#include <fmt/core.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+
+namespace cli {
+
+void ScoreArgs::add_options(CLI::App* command,
+                            const moeprune::pruning::CriterionRegistry& registry) {
+  std::string names;
+  for (const auto& n : registry.names()) names += (names.empty() ? "" : ", ") + n;
+  command->add_option("--finetuned", finetuned, "Fine-tuned checkpoint folder (the one scored)")
+      ->required();
+  command->add_option("--pretrained", pretrained,
+                      "Pre-trained checkpoint folder (router_norm_change, "
+                      "neuron_magnitude_change)");
+  command->add_option("--criterion", criterion, "Criterion: " + names)->capture_default_str();
+  command->add_option("--calibration", calibration.path,
+                      "Calibration text (UTF-8, tokenized with the checkpoint's tokenizer) or "
+                      "token ids (.ids: whitespace-separated), for criteria that need data "
+                      "(importance, frequency, reap); run through the model one layer at a time");
+  command->add_option("--calibration-format", calibration.format, "auto, text or ids")
+      ->check(CLI::IsMember({"auto", "text", "ids"}))
+      ->capture_default_str();
+  command->add_option("--tokenizer", calibration.tokenizer,
+                      "Tokenizer folder, tokenizer.json or tokenizer.model (default: the "
+                      "fine-tuned checkpoint's)");
+  command->add_option("--samples", samples, "Calibration sequences")->capture_default_str();
+  command->add_option("--seq-len", seq_len, "Tokens per calibration sequence")
+      ->capture_default_str();
+  command->add_option("--batch-size", batch_size, "Sequences per forward pass")
+      ->capture_default_str();
+  command->add_option("--moe-inputs", moe_inputs,
+                      "Instead of --calibration, for checkpoints moeprune cannot run whole "
+                      "(Switch): safetensors of each MoE layer's input hidden states, one tensor "
+                      "[..., d] per layer prefix");
+  command->add_option("--dtype", dtype, "fp32 or bf16 (the model's computation)")
+      ->capture_default_str();
+  command->add_option("--seed", seed, "Seed of the random criterion")->capture_default_str();
+}
+
+moeprune::pruning::ExpertScores compute_scores(
+    const ScoreArgs& args, const moeprune::pruning::CriterionRegistry& registry) {
+  const auto criterion = registry.create(args.criterion);
+  LazyBar bar("scoring", "layers");
+  moeprune::pruning::ExpertScores scores;
+  if (criterion->needs_data() && !args.calibration.path.empty()) {
+    TORCH_CHECK(args.moe_inputs.empty(), "give --calibration or --moe-inputs, not both");
+    const auto dtype = parse_dtype(args.dtype);
+    const moeprune::lm::CheckpointLayers finetuned(args.finetuned,
+                                                   moeprune::lm::LoadOptions().dtype(dtype));
+    std::unique_ptr<moeprune::lm::CheckpointLayers> pretrained;
+    if (criterion->needs_pretrained()) {
+      TORCH_CHECK(!args.pretrained.empty(), "criterion ", args.criterion,
+                  " compares with the pre-trained model: give --pretrained");
+      pretrained = std::make_unique<moeprune::lm::CheckpointLayers>(
+          args.pretrained, moeprune::lm::LoadOptions().dtype(dtype));
+    }
+    const auto stream = read_token_stream(args.calibration, args.finetuned);
+    const auto sequences =
+        calibration_sequences(stream, args.samples, args.seq_len, args.calibration.path);
+    fmt::print("calibration: {} sequences of {} tokens from {}\n", args.samples, args.seq_len,
+               args.calibration.path);
+    scores = moeprune::lm::streamed_scores(finetuned, pretrained.get(), *criterion, sequences,
+                                           args.batch_size, args.seed, {}, bar.callback());
+  } else {
+    TORCH_CHECK(!criterion->needs_data() || !args.moe_inputs.empty(), "criterion ", args.criterion,
+                " needs calibration data: give --calibration FILE (text, or token ids in a .ids "
+                "file)");
+    moeprune::hf::ScoreOptions options;
+    options.finetuned = args.finetuned;
+    options.pretrained = args.pretrained;
+    options.criterion = args.criterion;
+    options.calibration = args.moe_inputs;
+    options.seed = args.seed;
+    options.progress = bar.callback();
+    scores = moeprune::hf::score_checkpoint(options, registry);
+  }
+  bar.finish();
+  return scores;
+}
+
+Runner add_score(CLI::App& app, const moeprune::pruning::CriterionRegistry& registry) {
+  auto args = std::make_shared<ScoreArgs>();
+  auto out = std::make_shared<std::string>();
+  auto* command = app.add_subcommand("score", "Score every expert of a checkpoint; table + JSON");
+  args->add_options(command, registry);
+  command->add_option("--out", *out, "Write the scores to this JSON file");
+  return [command, args, out, &registry]() -> int {
+    if (!*command) return -1;
+    const auto start = std::chrono::steady_clock::now();
+    const auto scores = compute_scores(*args, registry);
+    const moeprune::safetensors::Checkpoint checkpoint(args->finetuned);
+    const auto info = moeprune::hf::describe(args->finetuned, checkpoint);
+    nlohmann::json layers = nlohmann::json::array();
+    fmt::print("{:<36} {:>7} {:>12} {:>12}  lowest first\n", "MoE layer", "experts", "min", "max");
+    for (const auto& ref : info.layers) {
+      const auto s = scores.at(ref.index).to(torch::kDouble).contiguous();
+      std::vector<double> values(s.data_ptr<double>(), s.data_ptr<double>() + s.numel());
+      std::vector<int64_t> order(values.size());
+      for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+      std::stable_sort(order.begin(), order.end(),
+                       [&](int64_t a, int64_t b) { return values[a] < values[b]; });
+      std::string lowest;
+      for (size_t i = 0; i < std::min<size_t>(order.size(), 6); ++i) {
+        lowest += (i ? " " : "") + std::to_string(order[i]);
+      }
+      fmt::print("{:<36} {:>7} {:>12.5g} {:>12.5g}  {}{}\n", ref.prefix, values.size(),
+                 values[order.front()], values[order.back()], lowest,
+                 order.size() > 6 ? " ..." : "");
+      layers.push_back({{"index", ref.index}, {"prefix", ref.prefix}, {"scores", values}});
+    }
+    fmt::print("{} MoE layers scored by {} in {:.1f} s; peak RSS {:.0f} MB\n", info.layers.size(),
+               args->criterion, seconds_since(start), peak_rss_mb());
+    if (!out->empty()) {
+      nlohmann::json j{{"criterion", args->criterion},
+                       {"finetuned", args->finetuned},
+                       {"pretrained", args->pretrained},
+                       {"seed", args->seed},
+                       {"layers", layers}};
+      if (!args->calibration.path.empty()) {
+        j["calibration"] = {{"path", args->calibration.path},
+                            {"samples", args->samples},
+                            {"seq_len", args->seq_len}};
+      }
+      write_file_atomically(*out, j.dump(1) + "\n");
+      fmt::print("scores written to {}\n", *out);
+    }
+    return 0;
+  };
+}
+
+}  // namespace cli
