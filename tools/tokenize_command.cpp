@@ -57,7 +57,7 @@ Runner add_tokenize(CLI::App& app) {
       }
       write_file_atomically(args->out, text);
     }
-    const bool round_trip = tokenizer.decode(ids, true) == content;
+    const bool round_trip = tokenizer.decode(tokenizer.encode(content, false)) == content;
     fmt::print("decode(encode(text)) {} the text\n", round_trip ? "gives back" : "differs from");
     return 0;
   };
