@@ -157,7 +157,7 @@ TEST_CASE("random criterion is a seeded permutation") {
 
 TEST_CASE("the registry holds the built-in criteria and takes new ones") {
   auto registry = pr::CriterionRegistry::with_builtins();
-  CHECK(registry.names() == std::vector<std::string>{"frequency", "importance",
+  CHECK(registry.names() == std::vector<std::string>{"ean", "frequency", "importance", "naee",
                                                      "neuron_magnitude_change", "random", "reap",
                                                      "router_magnitude", "router_norm_change"});
   REQUIRE_THROWS_WITH(registry.create("magic"),

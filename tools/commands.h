@@ -33,6 +33,8 @@ struct ScoreArgs {
   std::string moe_inputs;
   std::string dtype = "fp32";
   uint64_t seed = 0;
+  /// Experts the plan prunes per layer, when known before scoring (naee searches that size).
+  int64_t prune_count = 0;
 
   void add_options(CLI::App* command, const moeprune::pruning::CriterionRegistry& registry);
 };

@@ -5,6 +5,7 @@
 
 #include <fmt/core.h>
 
+#include <algorithm>
 #include <iostream>
 #include <memory>
 
@@ -27,7 +28,9 @@ int run_prune(const PruneArgs& args, const moeprune::pruning::CriterionRegistry&
               "give --experts-per-layer N (the same in every layer) or --budget TOTAL (over all "
               "layers, at least --floor kept per layer)");
   const auto start = std::chrono::steady_clock::now();
-  const auto scores = compute_scores(args.score, registry);
+  auto score_args = args.score;
+  score_args.prune_count = std::max<int64_t>(args.per_layer, 0);
+  const auto scores = compute_scores(score_args, registry);
   const moeprune::safetensors::Checkpoint checkpoint(args.score.finetuned);
   const auto info = moeprune::hf::describe(args.score.finetuned, checkpoint);
   const auto view = moeprune::hf::router_view(checkpoint, info);

@@ -51,6 +51,7 @@ void ScoreArgs::add_options(CLI::App* command,
 moeprune::pruning::ExpertScores compute_scores(
     const ScoreArgs& args, const moeprune::pruning::CriterionRegistry& registry) {
   const auto criterion = registry.create(args.criterion);
+  if (args.prune_count > 0) criterion->set_prune_count(args.prune_count);
   LazyBar bar("scoring", "layers");
   moeprune::pruning::ExpertScores scores;
   if (criterion->needs_data() && !args.calibration.path.empty()) {

@@ -79,7 +79,11 @@ std::string Reap::description() const {
   return "mean over routed tokens of the renormalised gate times ||expert output|| (REAP)";
 }
 
-torch::Tensor Reap::score_layer(const LayerScoringContext& context) const {
+namespace {
+
+// Sums over routed tokens of (gate x) ||f_j(x)||_2 and the counts, per expert (REAP, EAN).
+std::pair<torch::Tensor, torch::Tensor> routed_output_norms(const LayerScoringContext& context,
+                                                            bool with_gate, const char* name) {
   torch::NoGradGuard no_grad;
   MoELayer layer = context.finetuned.layer;
   auto sums = zero_scores(context);
@@ -87,19 +91,37 @@ torch::Tensor Reap::score_layer(const LayerScoringContext& context) const {
   const int64_t E = sums.size(0);
   for (const auto& call : context.calls) {
     const auto& plan = call.plan;
-    TORCH_CHECK(call.input.defined(), "reap: the calibration calls of MoE layer ",
+    TORCH_CHECK(call.input.defined(), name, ": the calibration calls of MoE layer ",
                 context.finetuned.name, " lack their input tokens");
     const auto rows = ops::dispatch(call.input, plan);
     const auto y = layer->experts()->forward(rows, plan.counts());
-    const auto norms = y.to(torch::kDouble).norm(2, 1);
-    // Gates renormalised over each token's used slots (its top-k).
-    const auto w = plan.combine_weight.to(torch::kDouble) * plan.expert_index.ge(0);
-    const auto renormalised = (w / w.sum(1, true).clamp_min(1e-30)).reshape({-1});
-    const auto gate = renormalised.index_select(0, plan.row_slot);
+    auto weighted = y.to(torch::kDouble).norm(2, 1);
+    if (with_gate) {
+      // Gates renormalised over each token's used slots (its top-k).
+      const auto w = plan.combine_weight.to(torch::kDouble) * plan.expert_index.ge(0);
+      const auto renormalised = (w / w.sum(1, true).clamp_min(1e-30)).reshape({-1});
+      weighted = weighted * renormalised.index_select(0, plan.row_slot);
+    }
     const auto expert = plan.expert_index.reshape({-1}).index_select(0, plan.row_slot);
-    sums += torch::zeros({E}, torch::kDouble).index_add_(0, expert.cpu(), (gate * norms).cpu());
+    sums += torch::zeros({E}, torch::kDouble).index_add_(0, expert.cpu(), weighted.cpu());
     counts += torch::bincount(expert.cpu(), {}, E).to(torch::kDouble);
   }
+  return {sums, counts};
+}
+
+}  // namespace
+
+torch::Tensor Reap::score_layer(const LayerScoringContext& context) const {
+  const auto [sums, counts] = routed_output_norms(context, true, "reap");
+  return sums / counts.clamp_min(1.0);
+}
+
+std::string ExpertActivationNorm::description() const {
+  return "mean over routed tokens of ||expert output|| (EAN, REAP's baseline)";
+}
+
+torch::Tensor ExpertActivationNorm::score_layer(const LayerScoringContext& context) const {
+  const auto [sums, counts] = routed_output_norms(context, false, "ean");
   return sums / counts.clamp_min(1.0);
 }
 

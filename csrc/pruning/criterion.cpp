@@ -14,6 +14,8 @@ CriterionRegistry CriterionRegistry::with_builtins() {
   r.add("neuron_magnitude_change", [] { return std::make_unique<NeuronMagnitudeChange>(); });
   r.add("frequency", [] { return std::make_unique<Frequency>(); });
   r.add("reap", [] { return std::make_unique<Reap>(); });
+  r.add("ean", [] { return std::make_unique<ExpertActivationNorm>(); });
+  r.add("naee", [] { return std::make_unique<Naee>(); });
   r.add("random", [] { return std::make_unique<RandomCriterion>(); });
   return r;
 }

@@ -70,6 +70,42 @@ class Reap : public Criterion {
   torch::Tensor score_layer(const LayerScoringContext& context) const override;
 };
 
+/// Expert activation norm (EAN, REAP's baseline; METHODS.md section 8): mean over the tokens
+/// routed to expert j of ||f_j(x)||_2, without the gate. Never-routed experts score 0.
+class ExpertActivationNorm : public Criterion {
+ public:
+  std::string name() const override { return "ean"; }
+  std::string description() const override;
+  bool needs_data() const override { return true; }
+  bool needs_inputs() const override { return true; }
+  bool needs_expert_weights() const override { return true; }
+  torch::Tensor score_layer(const LayerScoringContext& context) const override;
+};
+
+/// "Not All Experts are Equal" (Lu et al., ACL 2024): per layer, the kept subset whose layer
+/// output on the calibration tokens is closest (Frobenius) to the unpruned output, the dropped
+/// experts' router logits set to -inf (so tokens re-route among the kept experts). When the
+/// caller says how many go per layer (prune_count) and C(E, n) <= max_subsets, every subset is
+/// tried; otherwise experts are removed greedily, each time the one whose removal changes the
+/// output least. Scores are per-layer ranks (the subset's experts lowest, each group ordered by
+/// the error of removing that expert alone), so use them for plans with a count per layer.
+/// Token-choice top-k routers without capacity (the language families) only.
+class Naee : public Criterion {
+ public:
+  explicit Naee(int64_t prune_count = 0, int64_t max_subsets = 5000)
+      : prune_count_(prune_count), max_subsets_(max_subsets) {}
+  std::string name() const override { return "naee"; }
+  std::string description() const override;
+  bool needs_data() const override { return true; }
+  bool needs_inputs() const override { return true; }
+  bool needs_expert_weights() const override { return true; }
+  void set_prune_count(int64_t n) override { prune_count_ = n; }
+  torch::Tensor score_layer(const LayerScoringContext& context) const override;
+
+ private:
+  int64_t prune_count_, max_subsets_;
+};
+
 /// Random scores from the seed (a per-layer permutation, as the official code's baseline);
 /// the same seed gives the same ranking.
 class RandomCriterion : public Criterion {

@@ -57,6 +57,9 @@ class Criterion {
   /// Whether the score reads expert weights (not only routers), so a caller streaming a large
   /// checkpoint knows whether to load them.
   virtual bool needs_expert_weights() const { return false; }
+  /// How many experts the plan will prune in each layer, when the caller knows it before scoring
+  /// (criteria that search for the best subset of that size, such as naee, use it; 0: unknown).
+  virtual void set_prune_count(int64_t /*n*/) {}
   /// [E] scores for the experts of one layer, in the router's expert order.
   virtual torch::Tensor score_layer(const LayerScoringContext& context) const = 0;
 };
