@@ -10,6 +10,7 @@
 // the process may (root); otherwise the JSON says it was not. Results:
 // bench/results/checkpoint_stream.json.
 
+#include "child_process.h"
 #include "machine_info.h"
 
 #include <moeprune/io/safetensors.h>
@@ -31,66 +32,6 @@
 #include <vector>
 
 namespace {
-
-struct RunResult {
-  double seconds = 0;
-  double peak_rss_mb = 0;
-  int status = 0;
-};
-
-// VmHWM of a live process, in MB (0 once it is gone). wait4()'s ru_maxrss would also count the
-// pages the forked child shared with this (large) parent before exec, so the child's own peak is
-// polled from /proc instead; VmHWM only grows, so the last reading is the peak.
-double vm_hwm_mb(pid_t pid) {
-  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) {
-      return std::stod(line.substr(6)) / 1024.0;
-    }
-  }
-  return 0;
-}
-
-RunResult run(const std::vector<std::string>& argv) {
-  std::vector<char*> args;
-  for (const auto& a : argv) {
-    args.push_back(const_cast<char*>(a.c_str()));
-  }
-  args.push_back(nullptr);
-  const auto start = std::chrono::steady_clock::now();
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::execvp(args[0], args.data());
-    _exit(127);
-  }
-  RunResult r;
-  int status = 0;
-  const auto self = std::filesystem::read_symlink("/proc/self/exe");
-  while (::waitpid(pid, &status, WNOHANG) == 0) {
-    // Until exec the child is a copy of this process; its readings are not the child's own.
-    std::error_code ec;
-    const auto exe = std::filesystem::read_symlink("/proc/" + std::to_string(pid) + "/exe", ec);
-    if (!ec && exe != self) {
-      r.peak_rss_mb = std::max(r.peak_rss_mb, vm_hwm_mb(pid));
-    }
-    ::usleep(20000);
-  }
-  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  r.status = status;
-  return r;
-}
-
-bool drop_caches() {
-  ::sync();
-  std::ofstream f("/proc/sys/vm/drop_caches");
-  if (!f) {
-    return false;
-  }
-  f << "3\n";
-  f.flush();
-  return static_cast<bool>(f);
-}
 
 uint64_t folder_bytes(const std::string& dir) {
   uint64_t total = 0;
@@ -210,7 +151,7 @@ int main(int argc, char** argv) {
   // Disk speed on a VM drifts between runs: cp and prune alternate `repeat` times and every
   // pair is reported; the summary is the median pair (by speed ratio).
   struct Pair {
-    RunResult cp, prune;
+    bench::RunResult cp, prune;
     double sync_seconds = 0, ratio = 0, ratio_no_sync = 0;
     uint64_t copy_bytes = 0, out_bytes = 0;
   };
@@ -220,10 +161,10 @@ int main(int argc, char** argv) {
     Pair p;
     // The previous pair's output goes first: the disk holds the source, a copy and one output.
     (void)std::system(("rm -rf '" + out + "' && sync").c_str());
-    dropped = drop_caches() && dropped;
+    dropped = bench::drop_caches() && dropped;
     // cp leaves its data in the page cache; `moeprune prune` fsyncs every file before renaming
     // it (so a crash never leaves a renamed, empty shard). cp + sync is the like-for-like copy.
-    p.cp = run({"cp", "-r", src, copy});
+    p.cp = bench::run({"cp", "-r", src, copy});
     const auto sync_start = std::chrono::steady_clock::now();
     ::sync();
     p.sync_seconds =
@@ -236,9 +177,9 @@ int main(int argc, char** argv) {
         rep + 1, repeat, p.cp.seconds, p.copy_bytes / 1e6 / p.cp.seconds, cp_sync_seconds,
         p.copy_bytes / 1e6 / cp_sync_seconds, p.cp.peak_rss_mb);
 
-    dropped = drop_caches() && dropped;
-    p.prune = run({cli, "prune", "--finetuned", src, "--criterion", "router_magnitude",
-                   "--experts-per-layer", std::to_string(pruned), "--out", out});
+    dropped = bench::drop_caches() && dropped;
+    p.prune = bench::run({cli, "prune", "--finetuned", src, "--criterion", "router_magnitude",
+                          "--experts-per-layer", std::to_string(pruned), "--out", out});
     if (p.prune.status != 0) {
       fmt::print(stderr, "moeprune prune failed (status {})\n", p.prune.status);
       return 1;

@@ -1,8 +1,11 @@
 #pragma once
 
-// What the language-model examples share. Token streams, until tokenizers arrive: a file of
-// whitespace-separated token ids ("ids"), or any file whose bytes are the tokens ("bytes", for
-// byte-level models with a vocabulary of at least 256).
+// What the language-model examples share. Token streams: a file of whitespace-separated token
+// ids ("ids", <moeprune/text/token_file.h>; `moeprune tokenize --out` makes one from text), or any
+// file whose bytes are the tokens ("bytes", for byte-level models with a vocabulary of at least
+// 256).
+#include <moeprune/text/token_file.h>
+
 #include <torch/torch.h>
 
 #include <fstream>
@@ -24,19 +27,7 @@ inline torch::Tensor read_tokens(const std::string& path, const std::string& for
     }
   } else {
     TORCH_CHECK(format == "ids", "token format should be ids or bytes, got ", format);
-    std::string word;
-    while (in >> word) {
-      size_t used = 0;
-      int64_t id = -1;
-      try {
-        id = std::stoll(word, &used);
-      } catch (const std::exception&) {
-        used = 0;
-      }
-      TORCH_CHECK(used == word.size() && id >= 0, path, ": token ", ids.size(), " is '", word,
-                  "', not a non-negative integer id");
-      ids.push_back(id);
-    }
+    ids = moeprune::text::read_token_ids(path);
   }
   TORCH_CHECK(ids.size() >= 2, path, ": ", ids.size(), " tokens; at least 2 are needed");
   return torch::tensor(ids, torch::kLong);

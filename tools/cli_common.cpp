@@ -1,5 +1,7 @@
 #include "cli_common.h"
 
+#include <moeprune/text/token_file.h>
+
 #include <c10/util/Exception.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -73,20 +75,7 @@ torch::Tensor read_token_stream(const TokenSource& source, const std::string& ch
   if (format == "auto") format = ends_with(source.path, ".ids") ? "ids" : "text";
   std::vector<int64_t> ids;
   if (format == "ids") {
-    std::istringstream words(content);
-    std::string word;
-    while (words >> word) {
-      size_t used = 0;
-      int64_t id = -1;
-      try {
-        id = std::stoll(word, &used);
-      } catch (const std::exception&) {
-        used = 0;
-      }
-      TORCH_CHECK(used == word.size() && id >= 0, source.path, ": token ", ids.size(), " is '",
-                  word, "', not a non-negative integer id");
-      ids.push_back(id);
-    }
+    ids = moeprune::text::read_token_ids(source.path);
   } else {
     TORCH_CHECK(format == "text", "token format should be auto, text or ids, got ", format);
     const auto tokenizer = load_tokenizer(source.tokenizer.empty() ? checkpoint : source.tokenizer);

@@ -2,6 +2,7 @@
 // fixtures and their reference ids are made by scripts/make_tokenizer_fixtures.py (tiny
 // tokenizers trained there, texts with several scripts, emoji, digits, whitespace runs and
 // special tokens). Ids must match exactly; there is no tolerance in tokenization.
+#include <moeprune/text/token_file.h>
 #include <moeprune/text/tokenizer.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -198,4 +199,14 @@ TEST_CASE("tokenizers refuse what they do not support, naming it", "[tokenizer]"
                       Catch::Contains("cannot open"));
   REQUIRE_THROWS_WITH(Tokenizer::from_sentencepiece(kDir + "/qwen2.json"),
                       Catch::Contains("not a SentencePiece model"));
+}
+
+TEST_CASE("token id files are read word by word and refused at the first bad word", "[tokenizer]") {
+  const auto good = write_file("good.ids", "5 0 17\n  3\t9\n");
+  CHECK(moeprune::text::read_token_ids(good) == std::vector<int64_t>{5, 0, 17, 3, 9});
+  const auto bad = write_file("bad.ids", "1 2\n-4 7");
+  REQUIRE_THROWS_WITH(moeprune::text::read_token_ids(bad),
+                      Catch::Contains("token 2 is '-4', not a non-negative integer id"));
+  REQUIRE_THROWS_WITH(moeprune::text::read_token_ids(test::scratch_dir() + "/none.ids"),
+                      Catch::Contains("cannot open"));
 }

@@ -92,6 +92,18 @@ torch::Tensor CheckpointLayers::logits(const torch::Tensor& hidden) const {
   return torch::nn::functional::linear(norm(hidden), head);
 }
 
+void CheckpointLayers::release_layer(int64_t index) const {
+  const auto prefix = detail::layer_prefix(index);
+  for (const auto& name : checkpoint_->names()) {
+    if (name.rfind(prefix, 0) == 0) checkpoint_->file(checkpoint_->shard_of(name)).release(name);
+  }
+}
+
+void CheckpointLayers::release_embedding() const {
+  const std::string name = "model.embed_tokens.weight";
+  checkpoint_->file(checkpoint_->shard_of(name)).release(name);
+}
+
 std::string CheckpointLayers::moe_name(int64_t index) const {
   return detail::layer_prefix(index) + detail::hf_names(options_.model_type()).moe_block;
 }

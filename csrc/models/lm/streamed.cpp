@@ -71,6 +71,7 @@ std::vector<torch::Tensor> streamed_hidden_states(
   }
   ActivationStore store(batches, o.hidden_size(), checkpoint.dtype(), options);
   for (size_t b = 0; b < batches.size(); ++b) store.slot(b).copy_(checkpoint.embed(batches[b]));
+  checkpoint.release_embedding();
   // Rotary angles per sequence length, as CausalLM computes them for a forward from position 0.
   std::map<int64_t, RotaryAngles> angles;
   for (const auto& b : batches) {
@@ -94,6 +95,8 @@ std::vector<torch::Tensor> streamed_hidden_states(
     } else {
       run();
     }
+    layer = nullptr;  // free the layer's own memory, then its mapped pages
+    checkpoint.release_layer(i);
     if (progress) progress(i + 1, checkpoint.num_layers());
   }
   std::vector<torch::Tensor> out;

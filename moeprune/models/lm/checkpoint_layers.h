@@ -36,6 +36,12 @@ class CheckpointLayers {
   DecoderLayer layer(int64_t index) const;
   /// The final norm and the LM head: hidden [..., d] -> logits [..., vocab].
   torch::Tensor logits(const torch::Tensor& hidden) const;
+  /// Returns the memory of decoder layer `index`'s tensors to the kernel (their pages of the
+  /// memory-mapped files; read again from the file if used later). Call once the layer is done,
+  /// so the resident memory stays one layer, not every layer read so far.
+  void release_layer(int64_t index) const;
+  /// The same for the token embedding (after embedding every batch).
+  void release_embedding() const;
   /// The Hugging Face name of decoder layer `index`'s MoE block ("model.layers.3.mlp").
   std::string moe_name(int64_t index) const;
 
