@@ -68,9 +68,6 @@ moeprune::text::Tokenizer load_tokenizer(const std::string& where) {
 
 torch::Tensor read_token_stream(const TokenSource& source, const std::string& checkpoint,
                                 int64_t* text_bytes) {
-  std::ifstream in(source.path, std::ios::binary);
-  TORCH_CHECK(in.good(), source.path, ": cannot open");
-  const std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   std::string format = source.format;
   if (format == "auto") format = ends_with(source.path, ".ids") ? "ids" : "text";
   std::vector<int64_t> ids;
@@ -78,6 +75,10 @@ torch::Tensor read_token_stream(const TokenSource& source, const std::string& ch
     ids = moeprune::text::read_token_ids(source.path);
   } else {
     TORCH_CHECK(format == "text", "token format should be auto, text or ids, got ", format);
+    std::ifstream in(source.path, std::ios::binary);
+    TORCH_CHECK(in.good(), source.path, ": cannot open");
+    const std::string content((std::istreambuf_iterator<char>(in)),
+                              std::istreambuf_iterator<char>());
     const auto tokenizer = load_tokenizer(source.tokenizer.empty() ? checkpoint : source.tokenizer);
     ids = tokenizer.encode(content, /*add_special_tokens=*/false);
     if (text_bytes != nullptr) *text_bytes = static_cast<int64_t>(content.size());

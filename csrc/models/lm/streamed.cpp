@@ -86,8 +86,8 @@ std::vector<torch::Tensor> streamed_hidden_states(
     const auto run = [&] {
       for (size_t b = 0; b < batches.size(); ++b) {
         auto h = store.slot(b);
-        // The output replaces the input in place: the input is not needed afterwards.
-        h.copy_(layer->forward(h.clone(), angles.at(h.size(1))).hidden);
+        // The output (a new tensor) replaces the input, which is not needed afterwards.
+        h.copy_(layer->forward(h, angles.at(h.size(1))).hidden);
       }
     };
     if (hook) {
