@@ -3,6 +3,7 @@
 #include <moeprune/ops/ops.h>
 #include <moeprune/routing/ensemble_router.h>
 #include <moeprune/routing/expert_choice_router.h>
+#include <moeprune/routing/group_limited_router.h>
 #include <moeprune/routing/top_k_router.h>
 
 #include <torch/torch.h>
@@ -16,7 +17,7 @@ using functional::CapacityMode;
 using functional::TopKRoutingOptions;
 
 std::vector<std::string> MoELayerOptions::preset_names() {
-  return {"vmoe", "e3moe", "expert_choice", "switch", "mixtral"};
+  return {"vmoe", "e3moe", "expert_choice", "switch", "mixtral", "deepseek_v2", "deepseek_v3"};
 }
 
 MoELayerOptions MoELayerOptions::preset(const std::string& name, int64_t d_model,
@@ -59,6 +60,32 @@ MoELayerOptions MoELayerOptions::preset(const std::string& name, int64_t d_model
         .activation(ExpertActivation::kSilu)
         .expert_bias(false)
         .aux_loss_weights(AuxLossWeights().load_balance(0.001));
+  } else if (name == "deepseek_v2") {
+    // transformers' DeepseekV2MoEGate (topk_method group_limited_greedy): softmax scores,
+    // groups ranked by their best expert, no renormalisation; n_group, topk_group, k and
+    // routed_scaling_factor come from the config (one group here, i.e. greedy top-k).
+    o.router(RouterKind::kGroupLimited)
+        .routing(TopKRoutingOptions(2).capacity_mode(CapacityMode::kDropless))
+        .groups(GroupLimitedRoutingOptions()
+                    .score_function(ScoreFunction::kSoftmax)
+                    .group_score(GroupScore::kMax)
+                    .correction_bias(false))
+        .expert_kind(ExpertKind::kGated)
+        .activation(ExpertActivation::kSilu)
+        .expert_bias(false);
+  } else if (name == "deepseek_v3") {
+    // transformers' DeepseekV3TopkRouter (also GLM-4.5's Glm4MoeTopkRouter): sigmoid scores,
+    // e_score_correction_bias for selection, groups ranked by the sum of their top two, weights
+    // renormalised (norm_topk_prob); sizes, groups and scaling come from the config.
+    o.router(RouterKind::kGroupLimited)
+        .routing(TopKRoutingOptions(8).capacity_mode(CapacityMode::kDropless).renormalize(true))
+        .groups(GroupLimitedRoutingOptions()
+                    .score_function(ScoreFunction::kSigmoid)
+                    .group_score(GroupScore::kTopTwoSum)
+                    .correction_bias(true))
+        .expert_kind(ExpertKind::kGated)
+        .activation(ExpertActivation::kSilu)
+        .expert_bias(false);
   } else {
     std::string names;
     for (const auto& n : preset_names()) {
@@ -98,6 +125,15 @@ RouterHandle make_router(const MoELayerOptions& o) {
           EnsembleRouterOptions(o.d_model(), o.num_experts(), o.ensemble_size())
               .routing(o.routing())
               .noise_std(o.noise_std()));
+      h.router = r.get();
+      h.module = r;
+      break;
+    }
+    case RouterKind::kGroupLimited: {
+      auto r = std::make_shared<GroupLimitedRouterImpl>(
+          GroupLimitedRouterOptions(o.d_model(), o.num_experts())
+              .routing(o.routing())
+              .groups(o.groups()));
       h.router = r.get();
       h.module = r;
       break;
@@ -195,14 +231,21 @@ void MoELayerImpl::keep_experts(const std::vector<int64_t>& experts, bool drop_r
               router_->min_bank_experts());
   const auto keep = router_->keep_constraint();
   if (keep.members > 1) {
-    // E3-MoE prunes within members: each member keeps at least its k experts.
+    // E3-MoE prunes within members: each member keeps at least its k experts. A group-limited
+    // router's groups also stay equal.
+    const char* block = keep.equal_members ? "expert group " : "ensemble member ";
     const int64_t per_member = router_->num_experts() / keep.members;
+    int64_t first = -1;
     for (int64_t m = 0; m < keep.members; ++m) {
       const auto in_member = std::count_if(experts.begin(), experts.end(), [&](int64_t e) {
         return e >= m * per_member && e < (m + 1) * per_member;
       });
-      TORCH_CHECK(in_member >= keep.min_per_member, "MoELayer: ensemble member ", m, " would keep ",
-                  in_member, " experts, fewer than its k = ", keep.min_per_member);
+      TORCH_CHECK(in_member >= keep.min_per_member, "MoELayer: ", block, m, " would keep ",
+                  in_member, " experts, fewer than the ", keep.min_per_member, " its router needs");
+      first = m == 0 ? in_member : first;
+      TORCH_CHECK(!keep.equal_members || in_member == first, "MoELayer: ", block, m, " would keep ",
+                  in_member, " experts and group 0 ", first,
+                  "; a group-limited router needs equal groups");
     }
   }
   if (!drop_router_columns) {

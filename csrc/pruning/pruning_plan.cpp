@@ -17,6 +17,7 @@ struct LayerLimits {
   int64_t min_keep = 1;
   int64_t members = 1;
   int64_t min_per_member = 0;
+  bool equal_members = false;  // a group-limited router: every group loses the same number
 };
 
 LayerLimits limits_of(const MoELayer& layer) {
@@ -27,6 +28,7 @@ LayerLimits limits_of(const MoELayer& layer) {
   l.members = keep.members;
   l.min_per_member = keep.members > 1 ? keep.min_per_member : 0;
   l.min_keep = keep.min_total();
+  l.equal_members = keep.equal_members && keep.members > 1;
   return l;
 }
 
@@ -47,6 +49,21 @@ std::vector<int64_t> lowest(const torch::Tensor& scores, int64_t n, const LayerL
   const int64_t per_member = l.num_experts / l.members;
   std::vector<int64_t> left(static_cast<size_t>(l.members), per_member);
   std::vector<int64_t> pruned;
+  if (l.equal_members) {
+    // Group-limited routing: the n / groups lowest of every group.
+    TORCH_CHECK(n % l.members == 0, "pruning plan: ", layer, " routes within ", l.members,
+                " equal expert groups; pruning ", n,
+                " would leave them unequal (prune a multiple of ", l.members, ")");
+    for (const int64_t e : order) {
+      auto& m = left[static_cast<size_t>(e / per_member)];
+      if (m > per_member - n / l.members) {
+        --m;
+        pruned.push_back(e);
+      }
+    }
+    std::sort(pruned.begin(), pruned.end());
+    return pruned;
+  }
   for (const int64_t e : order) {
     if (static_cast<int64_t>(pruned.size()) == n) {
       break;
@@ -116,44 +133,76 @@ PruningPlan PruningPlan::per_layer(const ExpertScores& scores, const MoEView& vi
 
 PruningPlan PruningPlan::global_budget(const ExpertScores& scores, const MoEView& view,
                                        int64_t total, int64_t floor, const std::string& criterion) {
+  // A candidate removes `size` experts of one layer: one expert, or for a group-limited router
+  // one round (the next-lowest expert of every group, scored by their mean), so its groups stay
+  // equal.
   struct Candidate {
     double score;
-    int64_t key, expert;
+    int64_t key, size;
   };
   std::vector<Candidate> all;
   int64_t capacity = 0;
+  bool grouped = false;
   std::map<int64_t, int64_t> counts;
   std::map<int64_t, LayerLimits> limits;
   for (const auto& entry : view.layers()) {
     TORCH_CHECK(scores.count(entry.key) == 1, "pruning plan: no scores for MoE layer ", entry.name);
     const auto s = to_vector(scores.at(entry.key));
-    for (size_t e = 0; e < s.size(); ++e) {
-      all.push_back({s[e], entry.key, static_cast<int64_t>(e)});
-    }
     const auto l = limits_of(entry.layer);
+    TORCH_CHECK(static_cast<int64_t>(s.size()) == l.num_experts, "pruning plan: ", entry.name,
+                " has ", l.num_experts, " experts but ", s.size(), " scores");
     limits[entry.key] = l;
-    capacity += l.num_experts - std::max(l.min_keep, floor);
     counts[entry.key] = 0;
+    const int64_t keep_at_least = std::max(l.min_keep, floor);
+    if (!l.equal_members) {
+      for (const double v : s) {
+        all.push_back({v, entry.key, 1});
+      }
+      capacity += std::max<int64_t>(l.num_experts - keep_at_least, 0);
+      continue;
+    }
+    grouped = true;
+    const int64_t G = l.members, per_group = l.num_experts / G;
+    std::vector<std::vector<double>> by_group(static_cast<size_t>(G));
+    for (int64_t e = 0; e < l.num_experts; ++e) {
+      by_group[static_cast<size_t>(e / per_group)].push_back(s[static_cast<size_t>(e)]);
+    }
+    for (auto& v : by_group) {
+      std::stable_sort(v.begin(), v.end());
+    }
+    for (int64_t r = 0; r < per_group; ++r) {
+      double sum = 0.0;
+      for (const auto& v : by_group) {
+        sum += v[static_cast<size_t>(r)];
+      }
+      all.push_back({sum / static_cast<double>(G), entry.key, G});
+    }
+    capacity += std::max<int64_t>((l.num_experts - keep_at_least) / G, 0) * G;
   }
   TORCH_CHECK(total >= 0 && total <= capacity, "pruning plan: a global budget of ", total,
               " experts is more than the ", capacity, " the layers can lose with a floor of ",
               floor, " (and their routers' minimum)");
   std::stable_sort(all.begin(), all.end(),
                    [](const Candidate& a, const Candidate& b) { return a.score < b.score; });
-  // Take candidates in score order while each layer stays above its floor. An E3-MoE member's
-  // minimum is enforced when the layer's experts are chosen (lowest()).
+  // Take candidates in score order while each layer stays above its floor and the budget holds.
+  // An E3-MoE member's minimum is enforced when the layer's experts are chosen (lowest()).
   int64_t taken = 0;
   for (const auto& c : all) {
     if (taken == total) {
       break;
     }
     const auto& l = limits.at(c.key);
-    if (l.num_experts - counts[c.key] - 1 < std::max(l.min_keep, floor)) {
+    if (taken + c.size > total ||
+        l.num_experts - counts[c.key] - c.size < std::max(l.min_keep, floor)) {
       continue;
     }
-    ++counts[c.key];
-    ++taken;
+    counts[c.key] += c.size;
+    taken += c.size;
   }
+  TORCH_CHECK(
+      taken == total, "pruning plan: a global budget of ", total, " experts cannot be met exactly",
+      grouped ? " with whole rounds of the group-limited layers (one expert per group)" : "",
+      "; taking candidates in score order reached ", taken);
   return from_counts(scores, view, counts, criterion);
 }
 
@@ -255,12 +304,19 @@ void PruningPlan::validate(const MoEView& view) const {
     TORCH_CHECK(left >= l.min_keep, "pruning plan: MoE layer ", name, " would keep ", left,
                 " experts, fewer than the ", l.min_keep, " its router needs (k)");
     const int64_t per_member = l.num_experts / l.members;
+    const char* block = l.equal_members ? "expert group " : "ensemble member ";
+    int64_t first_gone = -1;
     for (int64_t m = 0; m < l.members && l.members > 1; ++m) {
       const auto gone =
           std::count_if(ids.begin(), ids.end(), [&](int64_t e) { return e / per_member == m; });
       TORCH_CHECK(per_member - gone >= l.min_per_member, "pruning plan: MoE layer ", name,
-                  " would leave ensemble member ", m, " with ", per_member - gone,
-                  " experts, fewer than its k = ", l.min_per_member);
+                  " would leave ", block, m, " with ", per_member - gone,
+                  " experts, fewer than the ", l.min_per_member, " its router needs");
+      first_gone = m == 0 ? gone : first_gone;
+      TORCH_CHECK(
+          !l.equal_members || gone == first_gone, "pruning plan: MoE layer ", name, " would prune ",
+          gone, " experts from expert group ", m, " and ", first_gone,
+          " from group 0; its group-limited router needs equal groups (n_group = ", l.members, ")");
     }
   }
 }

@@ -4,6 +4,7 @@
 #include <moeprune/layers/expert_bank_state.h>
 #include <moeprune/routing/functional/aux_losses.h>
 #include <moeprune/routing/functional/routing.h>
+#include <moeprune/routing/group_limited_router.h>
 #include <moeprune/routing/router.h>
 
 #include <torch/arg.h>
@@ -16,13 +17,16 @@
 
 namespace moeprune {
 
-enum class RouterKind { kTopK, kExpertChoice, kEnsemble };
+/// kGroupLimited: DeepSeek-V2/V3-style routing within the best groups of experts
+/// (group_limited_router.h), configured by MoELayerOptions::groups.
+enum class RouterKind { kTopK, kExpertChoice, kEnsemble, kGroupLimited };
 
 struct MoELayerOptions {
   MoELayerOptions(int64_t d_model, int64_t hidden_dim, int64_t num_experts)
       : d_model_(d_model), hidden_dim_(hidden_dim), num_experts_(num_experts) {}
 
-  /// The named presets: "vmoe", "e3moe", "expert_choice", "switch", "mixtral".
+  /// The named presets: "vmoe", "e3moe", "expert_choice", "switch", "mixtral", "deepseek_v2",
+  /// "deepseek_v3".
   /// Each one's defaults and sources are listed in docs/layers.md.
   static MoELayerOptions preset(const std::string& name, int64_t d_model, int64_t hidden_dim,
                                 int64_t num_experts);
@@ -36,6 +40,8 @@ struct MoELayerOptions {
   /// Token-choice routing (kTopK, and per member for kEnsemble): k, capacity, BPR, groups.
   /// Expert choice reads capacity_factor, capacity_multiple and group_size from here too.
   TORCH_ARG(functional::TopKRoutingOptions, routing) = functional::TopKRoutingOptions(2);
+  /// Scores, expert groups, correction bias and scaling of a kGroupLimited router.
+  TORCH_ARG(GroupLimitedRoutingOptions, groups);
   /// Logit noise while training, in units of 1/E (V-MoE: 1).
   TORCH_ARG(double, noise_std) = 0.0;
   /// Multiplicative router-input jitter while training (Switch).

@@ -37,7 +37,9 @@ struct PruningPlan {
                                const std::map<int64_t, int64_t>& counts,
                                const std::string& criterion = "");
   /// `total` lowest-scored experts over all layers (scores compared across layers), never
-  /// leaving a layer fewer than max(floor, what its router needs) experts.
+  /// leaving a layer fewer than max(floor, what its router needs) experts. A layer with a
+  /// group-limited router loses whole rounds (the next-lowest expert of every group, ranked by
+  /// their mean score) so its groups stay equal; a total no set of rounds meets is refused.
   static PruningPlan global_budget(const ExpertScores& scores, const MoEView& view, int64_t total,
                                    int64_t floor = 0, const std::string& criterion = "");
 
@@ -50,7 +52,7 @@ struct PruningPlan {
   /// Throws, naming the problem, unless the plan fits the model of `view`: its signature, MoE
   /// layers that exist and are not pruned yet, expert ids in range and distinct, and enough
   /// experts left (the router's KeepConstraint: k for token choice, k in every member for
-  /// E3-MoE, 1 for expert choice).
+  /// E3-MoE, 1 for expert choice, equal groups for a group-limited router).
   void validate(const MoEView& view) const;
 };
 

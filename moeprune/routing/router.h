@@ -17,11 +17,14 @@ struct RouterOutput {
 };
 
 /// How many experts a pruned layer must keep for its router to work: `members` equal blocks of
-/// the router's experts (E3-MoE's ensemble members; 1 otherwise), each keeping at least
-/// `min_per_member` (k for token choice, 1 for expert choice).
+/// the router's experts (E3-MoE's ensemble members, a group-limited router's groups; 1
+/// otherwise), each keeping at least `min_per_member` (k for token choice, 1 for expert choice).
+/// `equal_members`: every block must keep the same number (a group-limited router splits its
+/// experts into equal contiguous groups, so unequal pruning would move experts between groups).
 struct KeepConstraint {
   int64_t members = 1;
   int64_t min_per_member = 1;
+  bool equal_members = false;
   int64_t min_total() const { return members * min_per_member; }
 };
 

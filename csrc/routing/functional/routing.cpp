@@ -96,29 +96,36 @@ void assign_rows(RoutingPlan& plan, const torch::Tensor& bank_expert, const torc
   plan.expert_offsets.index_put_({Slice(1, torch::indexing::None)}, plan.expert_counts.cumsum(0));
 }
 
-RoutingPlan top_k_route(const torch::Tensor& probs, const TopKRoutingOptions& options,
-                        const torch::Tensor& expert_map, int64_t num_bank_experts) {
-  constexpr const char* who = "top_k_route";
-  check_probs(probs, who);
-  const int64_t T = probs.size(0), E = probs.size(1), k = options.k();
-  TORCH_CHECK(k >= 1 && k <= E, who, ": k should be in [1, E = ", E, "], got k = ", k);
-  auto [map, bank_size] = resolve_map(expert_map, E, num_bank_experts, probs.device(), who);
-  const int64_t S = resolve_group_size(T, options.group_size(), who);
-  int64_t capacity = -1;
+namespace {
+
+// Capacity per expert and group for token choice (-1: dropless).
+int64_t token_choice_capacity(const TopKRoutingOptions& options, int64_t S, int64_t E,
+                              const char* who) {
   switch (options.capacity_mode()) {
     case CapacityMode::kFactor:
-      capacity =
-          capacity_from_factor(S, k, options.capacity_factor(), E, options.capacity_multiple());
-      break;
+      return capacity_from_factor(S, options.k(), options.capacity_factor(), E,
+                                  options.capacity_multiple());
     case CapacityMode::kFixed:
       TORCH_CHECK(options.expert_capacity() >= 1, who,
                   ": expert_capacity should be >= 1 for fixed capacity, got ",
                   options.expert_capacity());
-      capacity = options.expert_capacity();
-      break;
+      return options.expert_capacity();
     case CapacityMode::kDropless:
       break;
   }
+  return -1;
+}
+
+// Lays out token-choice slots once each token's experts `top_e` [T, k] and weights `top_p`
+// [T, k] (in choice order) are known: capacity positions, drops and buffer rows.
+RoutingPlan lay_out_choices(const torch::Tensor& probs, const torch::Tensor& top_e,
+                            const torch::Tensor& top_p, const TopKRoutingOptions& options,
+                            const torch::Tensor& expert_map, int64_t num_bank_experts,
+                            const char* who) {
+  const int64_t T = probs.size(0), E = probs.size(1), k = top_e.size(1);
+  auto [map, bank_size] = resolve_map(expert_map, E, num_bank_experts, probs.device(), who);
+  const int64_t S = resolve_group_size(T, options.group_size(), who);
+  const int64_t capacity = token_choice_capacity(options, S, E, who);
   if (T == 0) {
     auto plan = empty_plan(probs, k, bank_size);
     plan.capacity = capacity;
@@ -127,11 +134,6 @@ RoutingPlan top_k_route(const torch::Tensor& probs, const TopKRoutingOptions& op
   }
   const int64_t G = T / S;
   const auto lopts = torch::TensorOptions().dtype(torch::kLong).device(probs.device());
-
-  // Top-k by a stable descending sort, so equal probabilities go to the lower expert id.
-  const auto sorted = probs.sort(/*stable=*/true, /*dim=*/1, /*descending=*/true);
-  const auto top_p = std::get<0>(sorted).index({Slice(), Slice(0, k)});
-  const auto top_e = std::get<1>(sorted).index({Slice(), Slice(0, k)}).contiguous();
 
   // Rank of each token in its group's service order.
   torch::Tensor rank;
@@ -174,6 +176,40 @@ RoutingPlan top_k_route(const torch::Tensor& probs, const TopKRoutingOptions& op
   plan.group_size = S;
   assign_rows(plan, bank_expert, kept, order, bank_size, expert_map.defined());
   return plan;
+}
+
+}  // namespace
+
+RoutingPlan top_k_route(const torch::Tensor& probs, const TopKRoutingOptions& options,
+                        const torch::Tensor& expert_map, int64_t num_bank_experts) {
+  constexpr const char* who = "top_k_route";
+  check_probs(probs, who);
+  const int64_t E = probs.size(1), k = options.k();
+  TORCH_CHECK(k >= 1 && k <= E, who, ": k should be in [1, E = ", E, "], got k = ", k);
+  // Top-k by a stable descending sort, so equal probabilities go to the lower expert id.
+  const auto sorted = probs.sort(/*stable=*/true, /*dim=*/1, /*descending=*/true);
+  const auto top_p = std::get<0>(sorted).index({Slice(), Slice(0, k)});
+  const auto top_e = std::get<1>(sorted).index({Slice(), Slice(0, k)}).contiguous();
+  return lay_out_choices(probs, top_e, top_p, options, expert_map, num_bank_experts, who);
+}
+
+RoutingPlan route_chosen(const torch::Tensor& probs, const torch::Tensor& expert_index,
+                         const torch::Tensor& weight, const TopKRoutingOptions& options,
+                         const torch::Tensor& expert_map, int64_t num_bank_experts) {
+  constexpr const char* who = "route_chosen";
+  check_probs(probs, who);
+  const int64_t T = probs.size(0), E = probs.size(1);
+  TORCH_CHECK(expert_index.dim() == 2 && expert_index.size(0) == T && expert_index.size(1) >= 1,
+              who, ": expert_index should be [", T, ", k], got ", expert_index.sizes());
+  TORCH_CHECK(expert_index.scalar_type() == torch::kLong, who,
+              ": expert_index should be int64, got ", expert_index.scalar_type());
+  TORCH_CHECK(weight.sizes() == expert_index.sizes(), who, ": weight ", weight.sizes(),
+              " should have the shape of expert_index ", expert_index.sizes());
+  TORCH_CHECK(
+      T == 0 || (expert_index.min().item<int64_t>() >= 0 && expert_index.max().item<int64_t>() < E),
+      who, ": expert_index holds an expert outside [0, ", E, ")");
+  return lay_out_choices(probs, expert_index.contiguous(), weight, options, expert_map,
+                         num_bank_experts, who);
 }
 
 RoutingPlan expert_choice_route(const torch::Tensor& probs, double capacity_factor,

@@ -55,6 +55,15 @@ struct TopKRoutingOptions {
 RoutingPlan top_k_route(const torch::Tensor& probs, const TopKRoutingOptions& options,
                         const torch::Tensor& expert_map = {}, int64_t num_bank_experts = -1);
 
+/// Token-choice routing of experts already chosen: token t's slots go to `expert_index` [T, k]
+/// (in choice order, router ids in [0, E)) with combine weights `weight` [T, k]. Capacity,
+/// drops, Batch Priority Routing (by the first weight) and the map work as in top_k_route;
+/// `probs` [T, E] is recorded as the plan's router_probs. For routers that select otherwise than
+/// by the k largest probabilities (group-limited routing, group_limited_router.h).
+RoutingPlan route_chosen(const torch::Tensor& probs, const torch::Tensor& expert_index,
+                         const torch::Tensor& weight, const TopKRoutingOptions& options,
+                         const torch::Tensor& expert_map = {}, int64_t num_bank_experts = -1);
+
 /// Expert-choice routing (Zhou et al. 2022): in each group of S tokens, expert e takes the C
 /// tokens with the largest probs[:, e], C = capacity_from_factor(S, 1, cf, E, multiple) capped
 /// at S. Slots are one per expert (K = E); ties go to the earlier token.
