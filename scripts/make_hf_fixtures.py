@@ -2,6 +2,7 @@
 
 Run twice, once per transformers version (scripts/hf_python installs each):
     scripts/hf_python 4.57.6 scripts/make_hf_fixtures.py v4 test/fixtures/hf
+    scripts/hf_python 4.57.6 scripts/make_hf_fixtures.py v4_grouped test/fixtures/hf
     scripts/hf_python 5.24.0 scripts/make_hf_fixtures.py v5 test/fixtures/hf
 
 v4 writes, with transformers 4.x (the hub's per-expert layout, and 4.x Switch capacity semantics):
@@ -11,6 +12,14 @@ v4 writes, with transformers 4.x (the hub's per-expert layout, and 4.x Switch ca
   mixtral_ft_reference.safetensors     "<moe block prefix>.input" / ".output" for every MoE block
   switch_ft_reference.safetensors
   dtypes.safetensors                   arange(6) as [2, 3] in every dtype, by dtype name
+v4_grouped writes, with transformers 4.x, the group-limited routers (two decoder layers, the
+first dense, the second MoE; gate rows and correction bias drawn wide so routing is decisive):
+  deepseek_v3/, glm4_moe/              sigmoid scores, e_score_correction_bias, groups by the
+                                       sum of their top two, routed_scaling_factor
+  deepseek_v2/                         softmax, group_limited_greedy (groups by their best)
+  <name>_reference.safetensors         "<prefix>.input" / ".output": the routed experts' sum
+                                       alone (DeepseekV3MoE.moe(x, *gate(x)); shared experts sit
+                                       beside the MoE layer and are not part of it)
 v5 loads mixtral_ft/ with transformers 5.x and writes
   mixtral_ft_fused/                    saved with save_original_format=False (fused
                                        experts.gate_up_proj / experts.down_proj)
@@ -116,6 +125,63 @@ def v4(out):
               os.path.join(out, "switch_ft_reference.safetensors"))
 
 
+def routed_reference(model, seed, seq):
+    """The routed experts' output of every MoE block (no shared experts), on random inputs."""
+    g = torch.Generator().manual_seed(seed)
+    tensors = {}
+    with torch.no_grad():
+        for i, layer in enumerate(model.model.layers):
+            moe = layer.mlp
+            if not hasattr(moe, "gate"):
+                continue
+            d = model.config.hidden_size
+            x = torch.randn(3, 7, d, generator=g)
+            idx, weights = moe.gate(x)
+            y = moe.moe(x.view(-1, d), idx, weights).view(3, 7, d)
+            tensors[f"model.layers.{i}.mlp.input"] = x.contiguous()
+            tensors[f"model.layers.{i}.mlp.output"] = y.contiguous()
+    return tensors
+
+
+def widen_routers(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("mlp.gate.weight"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                # Partly negative: a masked expert's 0.0 can outrank a kept one, as in transformers.
+                b.copy_(torch.rand(b.shape, generator=g) * 0.6 - 0.35)
+
+
+def v4_grouped(out):
+    common = dict(vocab_size=64, hidden_size=16, intermediate_size=24, moe_intermediate_size=12,
+                  num_hidden_layers=2, first_k_dense_replace=1, n_routed_experts=8,
+                  n_shared_experts=1, num_attention_heads=2, max_position_embeddings=32,
+                  tie_word_embeddings=False)
+    mla = dict(q_lora_rank=None, kv_lora_rank=8, qk_rope_head_dim=4, qk_nope_head_dim=4,
+               v_head_dim=4, num_key_value_heads=2)
+    configs = {
+        "deepseek_v3": transformers.DeepseekV3Config(
+            **common, **mla, num_experts_per_tok=3, n_group=4, topk_group=2,
+            routed_scaling_factor=2.5, norm_topk_prob=True),
+        "deepseek_v2": transformers.DeepseekV2Config(
+            **common, **mla, num_experts_per_tok=2, n_group=4, topk_group=2,
+            topk_method="group_limited_greedy", routed_scaling_factor=1.5),
+        "glm4_moe": transformers.Glm4MoeConfig(
+            **common, num_key_value_heads=1, num_experts_per_tok=2, n_group=2, topk_group=1,
+            routed_scaling_factor=1.8, norm_topk_prob=True),
+    }
+    for name, config in configs.items():
+        torch.manual_seed(0)
+        model = transformers.AutoModelForCausalLM.from_config(config).eval()
+        widen_routers(model, seed=3)
+        model.save_pretrained(os.path.join(out, name), safe_serialization=True)
+        save_file(routed_reference(model, seed=4, seq=7),
+                  os.path.join(out, name + "_reference.safetensors"))
+
+
 def v5(out):
     model = transformers.MixtralForCausalLM.from_pretrained(os.path.join(out, "mixtral_ft")).eval()
     model.save_pretrained(os.path.join(out, "mixtral_ft_fused"), save_original_format=False)
@@ -127,4 +193,4 @@ if __name__ == "__main__":
     mode, out = sys.argv[1], sys.argv[2]
     os.makedirs(out, exist_ok=True)
     print(f"transformers {transformers.__version__}, torch {torch.__version__}")
-    {"v4": v4, "v5": v5}[mode](out)
+    {"v4": v4, "v4_grouped": v4_grouped, "v5": v5}[mode](out)

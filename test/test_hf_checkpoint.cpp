@@ -267,3 +267,75 @@ TEST_CASE("checkpoint scoring refuses an unknown model and calibration data that
   REQUIRE_THROWS_WITH(hf::score_checkpoint(o, registry),
                       Contains("no hidden states for MoE layer 'model.layers.1.block_sparse_moe'"));
 }
+
+TEST_CASE("DeepSeek-V2/V3 and GLM-4.5 MoE layers reproduce transformers' routed experts") {
+  // Tiny transformers 4.57.6 models (scripts/make_hf_fixtures.py v4_grouped): V3 and GLM with
+  // sigmoid scores, a non-zero correction bias and several groups; V2 group_limited_greedy.
+  for (const std::string name : {"deepseek_v3", "deepseek_v2", "glm4_moe"}) {
+    INFO(name);
+    check_parity(kFixtures + "/" + name, kFixtures + "/" + name + "_reference.safetensors", 1);
+    const auto model = hf::load_moe_model(kFixtures + "/" + name);
+    REQUIRE(model.info.group_routing.has_value());
+    CHECK(model.info.layers.front().prefix == "model.layers.1.mlp");  // layer 0 is dense
+  }
+}
+
+TEST_CASE("a group-limited checkpoint is pruned by whole groups, its bias cut with the rows") {
+  // GLM-4.5 fixture: 8 experts in n_group = 2 groups of 4, topk_group 1, k 2.
+  const auto src = kFixtures + "/glm4_moe";
+  st::Checkpoint in(src);
+  const auto info = hf::describe(src, in);
+  const auto& ref = info.layers.front();
+  REQUIRE(ref.router_bias == "model.layers.1.mlp.gate.e_score_correction_bias");
+  const auto view = hf::router_view(in, info);
+  // Scores whose two lowest are both in group 0: the plan takes the lowest of each group.
+  const auto scores = torch::tensor({0.0, 1.0, 5.0, 6.0, 7.0, 4.0, 8.0, 9.0}, torch::kDouble);
+  const auto plan = moeprune::pruning::PruningPlan::same_count({{0, scores}}, *view, 2);
+  REQUIRE(plan.layers.front().pruned == std::vector<int64_t>{0, 5});
+  const auto kept = kept_of({0, 5}, 8);
+
+  const auto keep = GENERATE(false, true);
+  INFO((keep ? "keep" : "cut"));
+  const auto out = scratch() + std::string("/glm4_moe_") + (keep ? "keep" : "cut");
+  hf::WriteOptions wo;
+  wo.router = keep ? hf::RouterRows::kKeep : hf::RouterRows::kCut;
+  hf::write_pruned_checkpoint(src, plan, out, wo);
+  st::Checkpoint written(out);
+  const auto bias = written.tensor(ref.router_bias);
+  const auto src_bias = in.tensor(ref.router_bias);
+  if (keep) {
+    CHECK(torch::equal(bias, src_bias));
+  } else {
+    CHECK(torch::equal(bias, src_bias.index_select(0, torch::tensor(kept))));
+    const auto config = hf::describe(out, written);
+    CHECK(config.num_experts == 6);
+    CHECK(config.group_routing->num_groups() == 2);  // groups of 3 now
+  }
+  // Reloaded, the layer routes and computes as the source layer pruned in memory (which
+  // test_group_limited_router.cpp checks against the -inf reference).
+  auto original = hf::load_moe_model(src).layers.at(0);
+  original->keep_experts(kept, /*drop_router_columns=*/!keep);
+  original->eval();
+  auto loaded = hf::load_moe_model(out).layers.at(0);
+  loaded->eval();
+  torch::manual_seed(4);
+  const auto x = torch::randn({2, 9, 16});
+  torch::NoGradGuard no_grad;
+  CHECK(torch::allclose(loaded->forward(x).output, original->forward(x).output, 1e-5, 1e-6));
+}
+
+TEST_CASE("plans that would break a checkpoint's expert groups are refused before writing") {
+  const auto src = kFixtures + "/glm4_moe";
+  moeprune::pruning::PruningPlan plan;
+  plan.layers.push_back({0, 8, {0, 1}, {}});  // both from group 0
+  const auto out = scratch() + "/glm4_moe_unequal";
+  REQUIRE_THROWS_WITH(hf::write_pruned_checkpoint(src, plan, out),
+                      Contains("group 1 of model.layers.1.mlp") && Contains("equal groups"));
+  REQUIRE_FALSE(exists(out));
+  // DeepSeek-V3 fixture: groups of 2 scored by their top two cannot lose any expert.
+  st::Checkpoint v3(kFixtures + "/deepseek_v3");
+  const auto view = hf::router_view(v3, hf::describe(kFixtures + "/deepseek_v3", v3));
+  REQUIRE_THROWS_WITH(
+      moeprune::pruning::PruningPlan::same_count({{0, torch::arange(8, torch::kDouble)}}, *view, 4),
+      Contains("fewer than the 8 its router needs"));
+}

@@ -1,4 +1,5 @@
 #include <moeprune/hf/checkpoint.h>
+#include <moeprune/routing/group_limited_router.h>
 
 #include "hf/config.h"
 #include "hf/default_dtype.h"
@@ -144,6 +145,13 @@ MoELayer load_moe_layer(const safetensors::Checkpoint& checkpoint, const ModelIn
   layer->to(options.dtype());
   torch::NoGradGuard no_grad;
   layer->router().router_weight().copy_(checkpoint.tensor(ref.router).to(options.dtype()));
+  if (!ref.router_bias.empty()) {
+    auto* router = dynamic_cast<GroupLimitedRouterImpl*>(&layer->router());
+    TORCH_CHECK(router != nullptr && router->e_score_correction_bias.defined(), ref.prefix,
+                " has a router bias but its layer's router takes none");
+    // The bias stays fp32, as transformers keeps it.
+    router->e_score_correction_bias.copy_(checkpoint.tensor(ref.router_bias).to(torch::kFloat));
+  }
   auto& bank = layer->experts();
   if (!options.expert_weights()) {
     // A placeholder bank of width 1, zeroed: the layer routes (for router-only criteria) and its

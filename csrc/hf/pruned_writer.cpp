@@ -45,6 +45,19 @@ std::map<std::string, PrunedLayer> pruned_layers(const ModelInfo& info,
     }
     TORCH_CHECK(ref.num_experts - static_cast<int64_t>(lp.pruned.size()) >= info.top_k,
                 "the plan leaves ", ref.prefix, " fewer than k = ", info.top_k, " experts");
+    if (info.group_routing && info.group_routing->num_groups() > 1) {
+      // The router splits its experts into n_group equal contiguous groups: every group must
+      // lose the same number, or experts would change groups.
+      const int64_t G = info.group_routing->num_groups(), per_group = ref.num_experts / G;
+      std::vector<int64_t> gone(static_cast<size_t>(G), 0);
+      for (auto id : lp.pruned) ++gone[static_cast<size_t>(id / per_group)];
+      for (int64_t g = 0; g < G; ++g) {
+        TORCH_CHECK(gone[static_cast<size_t>(g)] == gone[0], "the plan prunes ",
+                    gone[static_cast<size_t>(g)], " experts from group ", g, " of ", ref.prefix,
+                    " and ", gone[0], " from group 0; its group-limited router (n_group = ", G,
+                    ") needs equal groups");
+      }
+    }
     if (lp.pruned.empty()) {
       continue;
     }
@@ -123,12 +136,13 @@ TensorPlan plan_layer_tensor(const std::string& name, const safetensors::File& f
   p.out_name = name;
   p.shape = ti.shape;
   const auto fused = ref.fused ? family.expert_tensors(ref, 0) : std::vector<std::string>{};
-  if (name == ref.router || std::find(fused.begin(), fused.end(), name) != fused.end()) {
-    // [E, ...]: router rows, or the fused experts' slabs.
+  if (name == ref.router || (!ref.router_bias.empty() && name == ref.router_bias) ||
+      std::find(fused.begin(), fused.end(), name) != fused.end()) {
+    // [E, ...]: router rows (and the router's bias), or the fused experts' slabs.
     if (cut) {
       p.ranges = row_ranges(f, ti, layer.kept, {});
       p.shape[0] = static_cast<int64_t>(layer.kept.size());
-    } else if (name != ref.router) {
+    } else if (name != ref.router && name != ref.router_bias) {
       std::vector<int64_t> all(static_cast<size_t>(ref.num_experts));
       std::iota(all.begin(), all.end(), 0);
       p.ranges = row_ranges(f, ti, all, layer.gone);  // pruned experts' slabs become zeros
@@ -229,7 +243,10 @@ std::string pruned_config(const std::string& source, const ModelInfo& info,
   std::ifstream config_in(source + "/config.json");
   auto config = nlohmann::ordered_json::parse(config_in);
   config[info.experts_key()] = new_experts;
-  if (cut && info.model_type != "mixtral" && info.model_type != "switch_transformers") {
+  // A group-limited router keeps its weights as they are (sigmoid scores do not depend on the
+  // other experts; transformers' DeepSeek-V2 softmax renormalises over the survivors by itself).
+  if (cut && info.model_type != "mixtral" && info.model_type != "switch_transformers" &&
+      !info.group_routing) {
     // moeprune renormalises the top-k weights over the surviving experts once router rows are
     // cut; transformers does so for these families only with norm_topk_prob.
     config["norm_topk_prob"] = true;

@@ -1,7 +1,8 @@
 #pragma once
 
-// The MoE layers of Hugging Face checkpoints: Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE and
-// DeepSeek-MoE (the hub's per-expert layout and transformers 5.x's fused gate_up_proj/down_proj)
+// The MoE layers of Hugging Face checkpoints: Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE,
+// DeepSeek-MoE, DeepSeek-V2/V3 and GLM-4.5 (the hub's per-expert layout and transformers 5.x's
+// fused gate_up_proj/down_proj)
 // and Switch Transformers (encoder and decoder sparse blocks), one file per family in
 // csrc/hf/families/, looked up by config.json's model_type. A checkpoint folder holds config.json
 // plus model.safetensors or shards with model.safetensors.index.json.
@@ -14,6 +15,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,6 +28,9 @@ struct MoELayerRef {
   int64_t decoder_layer = -1;
   std::string prefix;  ///< e.g. "model.layers.3.block_sparse_moe", "encoder.block.1.layer.1.mlp"
   std::string router;  ///< the router weight [E, d]
+  /// DeepSeek-V3 / GLM-4.5: the router's e_score_correction_bias [E] (empty when none); cut and
+  /// kept with the router rows.
+  std::string router_bias;
   bool fused = false;  ///< transformers 5.x Mixtral: experts.gate_up_proj / experts.down_proj
   int64_t num_experts = 0;
   /// The family that names the layer's tensors (config.json's model_type).
@@ -54,6 +59,9 @@ struct ModelInfo {
   int64_t expert_capacity = 0;  ///< Switch, per sequence
   double router_jitter = 0.0;
   ExpertActivation activation = ExpertActivation::kSilu;
+  /// DeepSeek-V2/V3 and GLM-4.5: group-limited routing (scores, n_group, topk_group,
+  /// routed_scaling_factor); unset for plain softmax top-k.
+  std::optional<GroupLimitedRoutingOptions> group_routing;
   std::vector<MoELayerRef> layers;
 
   /// The config key holding the expert count ("num_local_experts" or "num_experts"): the one
