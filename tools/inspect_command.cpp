@@ -26,10 +26,15 @@ Runner add_inspect(CLI::App& app) {
                info.layers.size(), info.num_experts, info.top_k, info.d_model, info.hidden_dim);
     fmt::print("{} tensors, {:.1f} MB\n", checkpoint.names().size(), bytes / 1e6);
     for (const auto& ref : info.layers) {
+      std::string state;
+      if (!ref.state.bank.groups.empty()) {
+        state = fmt::format(" ({} experts merged into {}, router kept)", ref.num_experts,
+                            ref.state.bank.groups.size());
+      } else if (!ref.state.is_plain()) {
+        state = fmt::format(" ({} experts pruned, router kept)", ref.removed_experts().size());
+      }
       fmt::print("  [{}] {}{}{}\n", ref.index, ref.prefix, ref.fused ? " (fused experts)" : "",
-                 ref.state.is_plain() ? std::string()
-                                      : fmt::format(" ({} experts pruned, router kept)",
-                                                    ref.removed_experts().size()));
+                 state);
     }
     return 0;
   };

@@ -71,26 +71,30 @@ torch::Tensor aligned_weights(const ExpertBank& bank, int64_t reference, int64_t
 
 }  // namespace
 
+void add_expert_usage(ExpertUsage& usage, const MoELayerEntry& entry, const LayerCalls& calls) {
+  torch::Tensor counts;
+  std::vector<torch::Tensor> logits;
+  for (const auto& call : calls) {
+    const auto& plan = call.plan;
+    const int64_t E = plan.num_router_experts();
+    const auto chosen = plan.expert_index.masked_select(plan.expert_index.ge(0));
+    const auto c = torch::bincount(chosen.cpu(), {}, E).to(torch::kDouble);
+    counts = counts.defined() ? counts + c : c;
+    logits.push_back(plan.router_logits.detach().to(torch::kFloat).cpu());
+  }
+  TORCH_CHECK(!calls.empty(), "collect_expert_usage: the calibration data was empty");
+  TORCH_CHECK(counts.sum().item<double>() > 0, "collect_expert_usage: MoE layer ", entry.name,
+              " routed no calibration token");
+  usage.frequency[entry.key] = counts / counts.sum();
+  usage.router_logits[entry.key] = torch::cat(logits);
+}
+
 ExpertUsage collect_expert_usage(const MoEView& view) {
   TORCH_CHECK(view.has_calibration(), "collect_expert_usage: no calibration data");
   TORCH_CHECK(!view.layers().empty(), "collect_expert_usage: the model has no MoE layers");
   ExpertUsage usage;
   view.walk(/*with_inputs=*/false, [&](const MoELayerEntry& entry, const LayerCalls& calls) {
-    torch::Tensor counts;
-    std::vector<torch::Tensor> logits;
-    for (const auto& call : calls) {
-      const auto& plan = call.plan;
-      const int64_t E = plan.num_router_experts();
-      const auto chosen = plan.expert_index.masked_select(plan.expert_index.ge(0));
-      const auto c = torch::bincount(chosen.cpu(), {}, E).to(torch::kDouble);
-      counts = counts.defined() ? counts + c : c;
-      logits.push_back(plan.router_logits.detach().to(torch::kFloat).cpu());
-    }
-    TORCH_CHECK(!calls.empty(), "collect_expert_usage: the calibration data was empty");
-    TORCH_CHECK(counts.sum().item<double>() > 0, "collect_expert_usage: MoE layer ", entry.name,
-                " routed no calibration token");
-    usage.frequency[entry.key] = counts / counts.sum();
-    usage.router_logits[entry.key] = torch::cat(logits);
+    add_expert_usage(usage, entry, calls);
   });
   return usage;
 }

@@ -1,5 +1,6 @@
-// write_pruned_checkpoint: a Hugging Face checkpoint folder pruned by a plan, streamed tensor by
-// tensor from the source files into a temporary folder that is renamed into place at the end.
+// write_pruned_checkpoint and write_merged_checkpoint: a Hugging Face checkpoint folder pruned by
+// a plan, or with merged experts, streamed tensor by tensor from the source files (and the merged
+// weights' file) into a temporary folder that is renamed into place at the end.
 #include <moeprune/hf/pruning.h>
 
 #include "hf/family.h"
@@ -24,6 +25,10 @@ struct PrunedLayer {
   const MoELayerRef* ref = nullptr;
   std::vector<int64_t> gone;  // pruned expert ids, increasing
   std::vector<int64_t> kept;  // the others, increasing
+  // Merged instead of pruned: expert j is written with the weights of its group's first expert
+  // front[j] as the file `merged` holds them.
+  const safetensors::File* merged = nullptr;
+  std::vector<int64_t> front;
 };
 
 // The plan by layer prefix, checked against the source before anything is written.
@@ -97,6 +102,7 @@ int64_t new_expert_count(const ModelInfo& info, const std::map<std::string, Prun
 struct TensorPlan {
   std::string out_name;                        // empty: dropped
   bool zero = false;                           // some rows (or all) written as zeros
+  bool merged = false;                         // a merged expert's weights
   std::vector<safetensors::ByteRange> ranges;  // empty: copied whole
   std::vector<int64_t> shape;
 };
@@ -135,6 +141,29 @@ TensorPlan plan_layer_tensor(const std::string& name, const safetensors::File& f
   TensorPlan p;
   p.out_name = name;
   p.shape = ti.shape;
+  const auto stem = family.expert_stem(ref);
+  if (layer.merged != nullptr) {
+    if (name.compare(0, stem.size(), stem) != 0) {
+      return p;  // the router and the layer's other tensors are copied
+    }
+    const auto rest = name.substr(stem.size());
+    const int64_t j = std::stoll(rest.substr(0, rest.find('.')));
+    const auto own = family.expert_tensors(ref, j);
+    const auto at = std::find(own.begin(), own.end(), name) - own.begin();
+    TORCH_CHECK(at < static_cast<std::ptrdiff_t>(own.size()), name,
+                " is not one of the expert tensors moeprune knows for ", ref.prefix);
+    const auto from =
+        family.expert_tensors(ref, layer.front[static_cast<size_t>(j)])[static_cast<size_t>(at)];
+    const auto& f_merged = *layer.merged;
+    TORCH_CHECK(f_merged.contains(from), f_merged.path(), ": the merged weights lack ", from);
+    const auto& mi = f_merged.info(from);
+    TORCH_CHECK(mi.shape == ti.shape && mi.scalar_type == ti.scalar_type, f_merged.path(), ": ",
+                from, " is ", mi.scalar_type, " ", mi.shape, ", the checkpoint's ", name, " is ",
+                ti.scalar_type, " ", ti.shape);
+    p.ranges = {{f_merged.fd(), f_merged.data_offset() + mi.begin, mi.nbytes()}};
+    p.merged = true;
+    return p;
+  }
   const auto fused = ref.fused ? family.expert_tensors(ref, 0) : std::vector<std::string>{};
   if (name == ref.router || (!ref.router_bias.empty() && name == ref.router_bias) ||
       std::find(fused.begin(), fused.end(), name) != fused.end()) {
@@ -150,7 +179,6 @@ TensorPlan plan_layer_tensor(const std::string& name, const safetensors::File& f
     }
     return p;
   }
-  const auto stem = family.expert_stem(ref);
   if (ref.fused || name.compare(0, stem.size(), stem) != 0) {
     return p;  // the layer's other tensors are copied
   }
@@ -212,7 +240,9 @@ nlohmann::ordered_json write_shards(const safetensors::Checkpoint& checkpoint,
       const auto& ti = f.info(name);
       if (!p.ranges.empty()) {
         writer.add_ranges(p.out_name, ti.scalar_type, p.shape, p.ranges);
-        ++(p.zero ? report.tensors_zeroed : report.tensors_sliced);
+        ++(p.zero     ? report.tensors_zeroed
+           : p.merged ? report.tensors_merged
+                      : report.tensors_sliced);
       } else {
         writer.add_copy(p.out_name, f, name);
         ++report.tensors_copied;
@@ -232,6 +262,14 @@ nlohmann::ordered_json write_shards(const safetensors::Checkpoint& checkpoint,
     }
   }
   return weight_map;
+}
+
+// A Layer-Dropped source (lm::save_causal_lm): its zero MoE blocks stay dropped on reload.
+void keep_dropped_mlp_layers(const nlohmann::ordered_json& config, nlohmann::ordered_json& record) {
+  if (config.contains("moeprune") && config["moeprune"].is_object() &&
+      config["moeprune"].contains("dropped_mlp_layers")) {
+    record["dropped_mlp_layers"] = config["moeprune"]["dropped_mlp_layers"];
+  }
 }
 
 // config.json with the new expert count and a "moeprune" section saying what was done; for a
@@ -268,13 +306,50 @@ std::string pruned_config(const std::string& source, const ModelInfo& info,
   if (!cut) {
     record["layer_states"] = states;
   }
-  if (config.contains("moeprune") && config["moeprune"].is_object() &&
-      config["moeprune"].contains("dropped_mlp_layers")) {
-    // A Layer-Dropped source (lm::save_causal_lm): its zero MoE blocks stay dropped on reload.
-    record["dropped_mlp_layers"] = config["moeprune"]["dropped_mlp_layers"];
-  }
+  keep_dropped_mlp_layers(config, record);
   config["moeprune"] = record;
   return config.dump(2) + "\n";
+}
+
+// Writes the folder: shards, index, `config_text`, `extra` files, the source's other files.
+WriteReport write_folder(const safetensors::Checkpoint& checkpoint, const std::string& source,
+                         const std::map<std::string, PrunedLayer>& layers, bool cut,
+                         const std::string& out, const std::string& config_text,
+                         const std::map<std::string, std::string>& extra,
+                         const WriteOptions& options) {
+  io::AtomicFolder folder(out);
+  const auto& dir = folder.path();
+  WriteReport report;
+  uint64_t data_bytes = 0;
+  const auto weight_map = write_shards(checkpoint, layers, cut, dir, options, report, data_bytes);
+  if (checkpoint.sharded()) {
+    nlohmann::ordered_json index;
+    index["metadata"] = nlohmann::ordered_json::parse(checkpoint.index_metadata());
+    index["metadata"]["total_size"] = data_bytes;
+    index["weight_map"] = weight_map;
+    io::write_text_file(dir + "/model.safetensors.index.json", index.dump(2) + "\n");
+  }
+  io::write_text_file(dir + "/config.json", config_text);
+  for (const auto& [name, text] : extra) {
+    io::write_text_file(dir + "/" + name, text);
+  }
+
+  // The folder's other files (tokenizer, generation config...), byte for byte.
+  const std::set<std::string> shards(checkpoint.shard_files().begin(),
+                                     checkpoint.shard_files().end());
+  for (const auto& name : io::list_folder(source)) {
+    if (shards.count(name) || name == "config.json" || name == "model.safetensors.index.json" ||
+        extra.count(name) || name == "pruning_plan.json" || name == "merge_groups.json") {
+      continue;
+    }
+    const auto from = source + "/" + name;
+    struct stat st {};
+    if (::stat(from.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
+      io::copy_file(from, dir + "/" + name);
+    }
+  }
+  folder.commit();
+  return report;
 }
 
 }  // namespace
@@ -288,39 +363,72 @@ WriteReport write_pruned_checkpoint(const std::string& source, const pruning::Pr
   const bool cut = options.router == RouterRows::kCut;
   const auto pruned = pruned_layers(info, plan, source);
   const auto new_experts = new_expert_count(info, pruned, cut);
+  return write_folder(checkpoint, source, pruned, cut, out,
+                      pruned_config(source, info, plan, pruned, cut, new_experts),
+                      {{"pruning_plan.json", plan.to_json() + "\n"}}, options);
+}
 
-  io::AtomicFolder folder(out);
-  const auto& dir = folder.path();
-  WriteReport report;
-  uint64_t data_bytes = 0;
-  const auto weight_map = write_shards(checkpoint, pruned, cut, dir, options, report, data_bytes);
-  if (checkpoint.sharded()) {
-    nlohmann::ordered_json index;
-    index["metadata"] = nlohmann::ordered_json::parse(checkpoint.index_metadata());
-    index["metadata"]["total_size"] = data_bytes;
-    index["weight_map"] = weight_map;
-    io::write_text_file(dir + "/model.safetensors.index.json", index.dump(2) + "\n");
+WriteReport write_merged_checkpoint(const std::string& source,
+                                    const std::map<int64_t, MergedLayer>& merged,
+                                    const std::string& out, const std::string& method,
+                                    const WriteOptions& options) {
+  TORCH_CHECK(!std::filesystem::exists(out), out,
+              ": already exists; choose a new output folder (nothing was written)");
+  safetensors::Checkpoint checkpoint(source);
+  const auto info = describe(source, checkpoint);
+  std::vector<safetensors::File> files;
+  files.reserve(merged.size());
+  std::map<std::string, PrunedLayer> layers;
+  nlohmann::ordered_json groups_json = nlohmann::ordered_json::object();
+  nlohmann::ordered_json states = nlohmann::ordered_json::object();
+  for (const auto& [index, m] : merged) {
+    TORCH_CHECK(index >= 0 && index < static_cast<int64_t>(info.layers.size()), "MoE layer ", index,
+                " was merged; ", source, " has ", info.layers.size());
+    const auto& ref = info.layers[static_cast<size_t>(index)];
+    TORCH_CHECK(ref.state.is_plain(), source, ": ", ref.prefix,
+                " is already pruned or merged; merge the original checkpoint");
+    TORCH_CHECK(!ref.fused, source, ": ", ref.prefix,
+                " stores its experts fused (transformers 5.x); merged checkpoints are written "
+                "in the per-expert layout only");
+    const auto& bank = m.state.bank;
+    TORCH_CHECK(bank.num_experts == ref.num_experts && !bank.groups.empty() && bank.rank == 0,
+                "the merged state of ", ref.prefix, " should merge its ", ref.num_experts,
+                " experts into groups");
+    PrunedLayer p;
+    p.ref = &ref;
+    p.front.assign(static_cast<size_t>(ref.num_experts), -1);
+    for (const auto& g : bank.groups) {
+      for (const auto j : g) {
+        TORCH_CHECK(j >= 0 && j < ref.num_experts && p.front[static_cast<size_t>(j)] < 0,
+                    "the merge groups of ", ref.prefix, " name expert ", j,
+                    " twice or out of range");
+        p.front[static_cast<size_t>(j)] = g.front();
+      }
+    }
+    TORCH_CHECK(std::find(p.front.begin(), p.front.end(), -1) == p.front.end(),
+                "the merge groups of ", ref.prefix, " leave an expert out");
+    files.emplace_back(m.weights);
+    p.merged = &files.back();
+    groups_json[ref.prefix] = bank.groups;
+    states[ref.prefix] = nlohmann::ordered_json::parse(m.state.to_json());
+    layers[ref.prefix] = std::move(p);
   }
-  io::write_text_file(dir + "/config.json",
-                      pruned_config(source, info, plan, pruned, cut, new_experts));
-  io::write_text_file(dir + "/pruning_plan.json", plan.to_json() + "\n");
 
-  // The folder's other files (tokenizer, generation config...), byte for byte.
-  const std::set<std::string> shards(checkpoint.shard_files().begin(),
-                                     checkpoint.shard_files().end());
-  for (const auto& name : io::list_folder(source)) {
-    if (shards.count(name) || name == "config.json" || name == "model.safetensors.index.json" ||
-        name == "pruning_plan.json") {
-      continue;
-    }
-    const auto from = source + "/" + name;
-    struct stat st {};
-    if (::stat(from.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
-      io::copy_file(from, dir + "/" + name);
-    }
-  }
-  folder.commit();
-  return report;
+  std::ifstream config_in(source + "/config.json");
+  auto config = nlohmann::ordered_json::parse(config_in);
+  // The router keeps its E rows and every member of a group holds the group's merged weights,
+  // so transformers computes the merged model as it is; moeprune's loader keeps one copy per
+  // group (the layer states).
+  nlohmann::ordered_json record;
+  record["method"] = method;
+  record["router"] = "keep";
+  record["source_experts"] = info.num_experts;
+  record["merge_groups"] = groups_json;
+  record["layer_states"] = states;
+  keep_dropped_mlp_layers(config, record);
+  config["moeprune"] = record;
+  return write_folder(checkpoint, source, layers, /*cut=*/false, out, config.dump(2) + "\n",
+                      {{"merge_groups.json", groups_json.dump(2) + "\n"}}, options);
 }
 
 }  // namespace moeprune::hf

@@ -34,6 +34,10 @@ struct ExpertUsage {
 /// Walks `view`'s calibration data (evaluation mode, no grad) and gathers ExpertUsage.
 ExpertUsage collect_expert_usage(const MoEView& view);
 
+/// Adds one layer's usage from the calls it received (what collect_expert_usage does per layer),
+/// for callers that run the layers themselves (a checkpoint streamed layer by layer).
+void add_expert_usage(ExpertUsage& usage, const MoELayerEntry& layer, const LayerCalls& calls);
+
 enum class MergeSimilarity {
   /// Cosine between the experts' router-logit columns over the calibration tokens (M-SMoE's
   /// default).

@@ -72,6 +72,7 @@ struct WriteReport {
   uint64_t tensors_sliced = 0;
   uint64_t tensors_dropped = 0;
   uint64_t tensors_zeroed = 0;
+  uint64_t tensors_merged = 0;  ///< expert tensors written with their group's merged weights
 };
 
 /// Writes `source` pruned by `plan` to the new folder `out` (which must not exist): each shard
@@ -82,5 +83,28 @@ struct WriteReport {
 /// failure leaves no partial output.
 WriteReport write_pruned_checkpoint(const std::string& source, const pruning::PruningPlan& plan,
                                     const std::string& out, const WriteOptions& options = {});
+
+/// One MoE layer whose experts were merged (M-SMoE), for write_merged_checkpoint.
+struct MergedLayer {
+  /// The layer's state after merging (its bank's groups of original ids, each group's lowest id
+  /// first, as ExpertBank::merge_experts records them).
+  MoELayerState state;
+  /// A safetensors file holding, for every group, its first expert's tensors under the
+  /// checkpoint's names, dtype and [out, in] layout, with the merged values.
+  std::string weights;
+};
+
+/// Writes `source` with the MoE layers in `merged` (keyed by MoELayerRef::index) merged: the
+/// router keeps its E rows and every expert of a group is written with the group's merged
+/// weights, so transformers loads the folder as it is and computes the merged model exactly (the
+/// file does not shrink: safetensors cannot alias tensors). config.json's "moeprune" section
+/// records `method`, the groups and the layer states, from which moeprune's loaders hold one
+/// expert per group; merge_groups.json lists the groups. Per-expert layouts only (a fused
+/// transformers 5.x checkpoint is refused). Written like write_pruned_checkpoint: streamed, into
+/// a temporary folder renamed at the end.
+WriteReport write_merged_checkpoint(const std::string& source,
+                                    const std::map<int64_t, MergedLayer>& merged,
+                                    const std::string& out, const std::string& method = "m-smoe",
+                                    const WriteOptions& options = {});
 
 }  // namespace moeprune::hf
