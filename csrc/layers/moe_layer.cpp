@@ -76,9 +76,10 @@ MoELayerOptions MoELayerOptions::preset(const std::string& name, int64_t d_model
   } else if (name == "deepseek_v3") {
     // transformers' DeepseekV3TopkRouter (also GLM-4.5's Glm4MoeTopkRouter): sigmoid scores,
     // e_score_correction_bias for selection, groups ranked by the sum of their top two, weights
-    // renormalised (norm_topk_prob); sizes, groups and scaling come from the config.
+    // renormalised (norm_topk_prob); k (8 in the released V3), groups and scaling come from
+    // the config.
     o.router(RouterKind::kGroupLimited)
-        .routing(TopKRoutingOptions(8).capacity_mode(CapacityMode::kDropless).renormalize(true))
+        .routing(TopKRoutingOptions(2).capacity_mode(CapacityMode::kDropless).renormalize(true))
         .groups(GroupLimitedRoutingOptions()
                     .score_function(ScoreFunction::kSigmoid)
                     .group_score(GroupScore::kTopTwoSum)

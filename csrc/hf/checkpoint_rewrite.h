@@ -1,0 +1,40 @@
+#pragma once
+
+// What write_pruned_checkpoint and write_merged_checkpoint share: the source's MoE layers as they
+// will be rewritten (experts removed, zeroed or replaced by merged weights), and the streamed,
+// atomic writing of the output folder.
+#include <moeprune/hf/pruning.h>
+
+#include <nlohmann/json.hpp>
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace moeprune::hf::detail {
+
+// What happens to one MoE layer of the source: pruned experts (`gone`, dropped or zeroed), or,
+// when `merged` is set, every expert j written with the weights of its group's first expert
+// front[j] as the file `merged` holds them.
+struct PrunedLayer {
+  const MoELayerRef* ref = nullptr;
+  std::vector<int64_t> gone;  // pruned expert ids, increasing
+  std::vector<int64_t> kept;  // the others, increasing
+  const safetensors::File* merged = nullptr;
+  std::vector<int64_t> front;
+};
+
+/// Writes the folder `out` (a temporary folder renamed at the end): every shard of `checkpoint`
+/// under the same name with `layers` rewritten (router rows cut when `cut`), the index,
+/// `config_text` as config.json, the `extra` files, and the source's other files byte for byte.
+WriteReport write_folder(const safetensors::Checkpoint& checkpoint, const std::string& source,
+                         const std::map<std::string, PrunedLayer>& layers, bool cut,
+                         const std::string& out, const std::string& config_text,
+                         const std::map<std::string, std::string>& extra,
+                         const WriteOptions& options);
+
+/// Carries a Layer-Dropped source's "dropped_mlp_layers" (lm::save_causal_lm) into `record`, so
+/// its zero MoE blocks stay dropped on reload.
+void keep_dropped_mlp_layers(const nlohmann::ordered_json& config, nlohmann::ordered_json& record);
+
+}  // namespace moeprune::hf::detail
