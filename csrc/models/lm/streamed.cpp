@@ -1,5 +1,7 @@
 #include <moeprune/models/lm/streamed.h>
 
+#include "models/lm/streamed_moe_layers.h"
+
 #include <torch/torch.h>
 #include <unistd.h>
 
@@ -161,35 +163,21 @@ pruning::ExpertScores streamed_scores(const CheckpointLayers& finetuned,
     }
     return scores;
   }
-  TORCH_CHECK(calibration.dim() == 2 && calibration.size(0) >= 1 && calibration.size(1) >= 1,
-              "criterion ", criterion.name(), " needs calibration data: [N, S] token ids, got ",
-              calibration.sizes());
-  TORCH_CHECK(batch_size >= 1, "streamed_scores: batch_size should be >= 1, got ", batch_size);
-  std::vector<torch::Tensor> batches;
-  for (int64_t start = 0; start < calibration.size(0); start += batch_size) {
-    batches.push_back(
-        calibration.slice(0, start, std::min(start + batch_size, calibration.size(0))));
-  }
-  std::map<int64_t, const hf::MoELayerRef*> by_decoder_layer;
-  for (const auto& ref : info.layers) by_decoder_layer[ref.decoder_layer] = &ref;
   int64_t done = 0;
-  streamed_hidden_states(finetuned, batches, options,
-                         [&](int64_t index, DecoderLayer& layer, const std::function<void()>& run) {
-                           if (!layer->is_moe()) {
-                             run();
-                             return;
-                           }
-                           const auto& ref = *by_decoder_layer.at(index);
-                           const MoELayerEntry entry{ref.index, ref.prefix, layer->moe_block->moe};
-                           MoELayerEntry pre;
-                           if (criterion.needs_pretrained()) pre = pretrained_entry(ref);
-                           MoECapture capture({entry}, criterion.needs_inputs());
-                           run();
-                           scores[ref.index] = pruning::score_layer(
-                               criterion, {entry, criterion.needs_pretrained() ? &pre : nullptr,
-                                           capture.calls(ref.index), seed});
-                           if (progress) progress(++done, total);
-                         });
+  detail::stream_moe_layers(
+      finetuned, calibration, batch_size, options,
+      [&](const hf::MoELayerRef& ref, const MoELayerEntry& entry,
+          const std::function<void()>& run) {
+        MoELayerEntry pre;
+        if (criterion.needs_pretrained()) pre = pretrained_entry(ref);
+        MoECapture capture({entry}, criterion.needs_inputs());
+        run();
+        scores[ref.index] = pruning::score_layer(
+            criterion,
+            {entry, criterion.needs_pretrained() ? &pre : nullptr, capture.calls(ref.index), seed});
+        if (progress) progress(++done, total);
+      },
+      "criterion " + criterion.name());
   return scores;
 }
 

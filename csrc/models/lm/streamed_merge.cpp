@@ -1,5 +1,7 @@
 #include <moeprune/models/lm/streamed_merge.h>
 
+#include "models/lm/streamed_moe_layers.h"
+
 #include <moeprune/hf/checkpoint.h>
 #include <moeprune/io/safetensors.h>
 #include <moeprune/layers/moe_view.h>
@@ -44,34 +46,19 @@ class ScratchFiles {
 compression::ExpertUsage streamed_expert_usage(
     const CheckpointLayers& checkpoint, const torch::Tensor& calibration, int64_t batch_size,
     const StreamOptions& options, const std::function<void(int64_t, int64_t)>& progress) {
-  TORCH_CHECK(calibration.dim() == 2 && calibration.size(0) >= 1 && calibration.size(1) >= 1,
-              "merging needs calibration data: [N, S] token ids, got ", calibration.sizes());
-  TORCH_CHECK(batch_size >= 1, "streamed_expert_usage: batch_size should be >= 1, got ",
-              batch_size);
-  const auto& info = checkpoint.info();
-  std::vector<torch::Tensor> batches;
-  for (int64_t start = 0; start < calibration.size(0); start += batch_size) {
-    batches.push_back(
-        calibration.slice(0, start, std::min(start + batch_size, calibration.size(0))));
-  }
-  std::map<int64_t, const hf::MoELayerRef*> by_decoder_layer;
-  for (const auto& ref : info.layers) by_decoder_layer[ref.decoder_layer] = &ref;
   compression::ExpertUsage usage;
-  const auto total = static_cast<int64_t>(info.layers.size());
+  const auto total = static_cast<int64_t>(checkpoint.info().layers.size());
   int64_t done = 0;
-  streamed_hidden_states(checkpoint, batches, options,
-                         [&](int64_t index, DecoderLayer& layer, const std::function<void()>& run) {
-                           if (!layer->is_moe()) {
-                             run();
-                             return;
-                           }
-                           const auto& ref = *by_decoder_layer.at(index);
-                           const MoELayerEntry entry{ref.index, ref.prefix, layer->moe_block->moe};
-                           MoECapture capture({entry}, /*with_inputs=*/false);
-                           run();
-                           compression::add_expert_usage(usage, entry, capture.calls(ref.index));
-                           if (progress) progress(++done, total);
-                         });
+  detail::stream_moe_layers(
+      checkpoint, calibration, batch_size, options,
+      [&](const hf::MoELayerRef& ref, const MoELayerEntry& entry,
+          const std::function<void()>& run) {
+        MoECapture capture({entry}, /*with_inputs=*/false);
+        run();
+        compression::add_expert_usage(usage, entry, capture.calls(ref.index));
+        if (progress) progress(++done, total);
+      },
+      "merging");
   return usage;
 }
 

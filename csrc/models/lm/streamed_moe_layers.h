@@ -1,0 +1,51 @@
+#pragma once
+
+// What the streamed passes over calibration data share (streamed_scores, streamed_expert_usage):
+// [N, S] token ids cut into batches, run through the checkpoint one decoder layer at a time,
+// with each MoE layer handed over under its checkpoint key (hf::MoELayerRef::index).
+#include <moeprune/layers/moe_view.h>
+#include <moeprune/models/lm/streamed.h>
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace moeprune::lm::detail {
+
+/// Called for each MoE layer with its checkpoint reference, the layer as a view entry, and `run`
+/// (which pushes every batch through the decoder layer; call it exactly once).
+using MoELayerPass = std::function<void(const hf::MoELayerRef& ref, const MoELayerEntry& entry,
+                                        const std::function<void()>& run)>;
+
+/// Streams `calibration` through `checkpoint`, `batch_size` sequences per forward, calling
+/// `pass` at each MoE layer (other layers just run). `what` names the caller in errors.
+inline void stream_moe_layers(const CheckpointLayers& checkpoint, const torch::Tensor& calibration,
+                              int64_t batch_size, const StreamOptions& options,
+                              const MoELayerPass& pass, const std::string& what) {
+  TORCH_CHECK(calibration.dim() == 2 && calibration.size(0) >= 1 && calibration.size(1) >= 1, what,
+              " needs calibration data: [N, S] token ids, got ", calibration.sizes());
+  TORCH_CHECK(batch_size >= 1, what, ": batch_size should be >= 1, got ", batch_size);
+  std::vector<torch::Tensor> batches;
+  for (int64_t start = 0; start < calibration.size(0); start += batch_size) {
+    batches.push_back(
+        calibration.slice(0, start, std::min(start + batch_size, calibration.size(0))));
+  }
+  std::map<int64_t, const hf::MoELayerRef*> by_decoder_layer;
+  for (const auto& ref : checkpoint.info().layers) by_decoder_layer[ref.decoder_layer] = &ref;
+  streamed_hidden_states(
+      checkpoint, batches, options,
+      [&](int64_t index, DecoderLayer& layer, const std::function<void()>& run) {
+        if (!layer->is_moe()) {
+          run();
+          return;
+        }
+        const auto& ref = *by_decoder_layer.at(index);
+        pass(ref, MoELayerEntry{ref.index, ref.prefix, layer->moe_block->moe}, run);
+      });
+}
+
+}  // namespace moeprune::lm::detail
