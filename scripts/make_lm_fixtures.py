@@ -9,7 +9,9 @@ Check any folder against its reference with transformers:
         test/fixtures/lm/mixtral test/fixtures/lm/mixtral_reference.safetensors
 
 v4 writes, with transformers 4.57.6 (the hub's per-expert layout), for each FAMILY of mixtral,
-qwen2_moe, qwen3_moe, olmoe and deepseek:
+qwen2_moe, qwen3_moe, olmoe, deepseek, deepseek_v2 (group-limited greedy, YaRN),
+deepseek_v2_greedy (greedy, q LoRA), deepseek_v3 (correction bias, 4 groups, YaRN) and glm4_moe
+(partial rotary, q/k norm), or for the families named after the folder:
   FAMILY/                       config.json + model.safetensors, fp32, no generation_config.json
   mixtral_sharded/              mixtral in 30 KB shards with model.safetensors.index.json
   FAMILY_reference.safetensors  input_ids   int64 [2, 10]
@@ -36,8 +38,9 @@ echo the current token: its embeddings are N(0, 0.1^2) and its final norm weight
 
 Inputs: the minimum over many tokens and layers of random routing margins is small, comparable to
 bf16 rounding, so the inputs are chosen, from a generator seeded 1234. input_ids are the 2 of 2048
-random rows whose smallest router margin (k-th minus (k+1)-th fp32 logit) is largest against the
-bf16 router-logit error; the script asserts that the bf16 model routes every token of input_ids
+(deepseek_v3, glm4_moe: 8192) random rows whose smallest router margin (k-th minus (k+1)-th fp32 logit; for the group-limited
+routers the smaller of the group margin and the expert margin on the scores they choose on,
+see decision()) is largest against the bf16 error of those values; the script asserts that the bf16 model routes every token of input_ids
 like the fp32 one, with the smallest margin at least 4 times the largest error. prompt is, of 512
 random prompts whose 20 greedy tokens hold at least 8 distinct ones, the one whose continuation
 keeps the largest routing and top-1 margins against the bf16 errors and that the bf16 model
@@ -64,7 +67,8 @@ sys.dont_write_bytecode = True  # no __pycache__ next to deepseek_reference.py
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "test", "lm"))
 import deepseek_reference  # noqa: E402  (test/lm/deepseek_reference.py)
 
-FAMILIES = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek"]
+FAMILIES = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek", "deepseek_v2",
+            "deepseek_v2_greedy", "deepseek_v3", "glm4_moe"]
 TRANSFORMERS_FAMILIES = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe"]
 ATTN = "sdpa"
 SEED = 0
@@ -97,6 +101,38 @@ def hf_config(family):
             **COMMON, num_hidden_layers=2, intermediate_size=16, num_experts=6,
             num_experts_per_tok=TOP_K, norm_topk_prob=False, clip_qkv=None,
             tie_word_embeddings=False)
+    # DeepSeek-V2/V3 and GLM-4.5 (issue 16): three layers, the first dense (first_k_dense_replace),
+    # routed experts plus shared ones; multi-head latent attention has as many key/value heads
+    # as query heads (transformers' sdpa path would repeat the keys otherwise).
+    grouped = dict(num_hidden_layers=3, first_k_dense_replace=1, intermediate_size=48,
+                   moe_intermediate_size=16, n_shared_experts=2, num_experts_per_tok=TOP_K,
+                   tie_word_embeddings=False)
+    mla = dict(COMMON, num_key_value_heads=4, kv_lora_rank=16, qk_nope_head_dim=8,
+               qk_rope_head_dim=4, v_head_dim=6)
+    if family == "deepseek_v2":  # group-limited greedy, YaRN with attention_factor != 1
+        return transformers.DeepseekV2Config(
+            **mla, **grouped, q_lora_rank=None, n_routed_experts=6,
+            topk_method="group_limited_greedy", n_group=3, topk_group=2,
+            routed_scaling_factor=1.5, norm_topk_prob=False,
+            rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16,
+                          "mscale": 1.0, "mscale_all_dim": 0.707, "beta_fast": 32.0,
+                          "beta_slow": 1.0})
+    if family == "deepseek_v2_greedy":  # DeepSeek-V2-Lite's router, q LoRA, attention biases
+        return transformers.DeepseekV2Config(
+            **mla, **grouped, q_lora_rank=12, n_routed_experts=6, topk_method="greedy",
+            routed_scaling_factor=1.0, norm_topk_prob=False, attention_bias=True)
+    if family == "deepseek_v3":  # sigmoid, correction bias, 4 groups, YaRN softmax mscale
+        return transformers.DeepseekV3Config(
+            **mla, **grouped, q_lora_rank=12, n_routed_experts=8, n_group=4, topk_group=2,
+            routed_scaling_factor=2.5, norm_topk_prob=True, rope_interleave=True,
+            rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16,
+                          "mscale": 1.0, "mscale_all_dim": 1.0, "beta_fast": 32.0,
+                          "beta_slow": 1.0})
+    if family == "glm4_moe":  # partial rotary, per-head q/k norm, q/k/v biases
+        return transformers.Glm4MoeConfig(
+            **COMMON, **dict(grouped, n_shared_experts=1), n_routed_experts=8, n_group=2,
+            topk_group=1, routed_scaling_factor=1.8, norm_topk_prob=True,
+            partial_rotary_factor=0.5, use_qk_norm=True, attention_bias=True)
     raise ValueError(family)
 
 
@@ -175,6 +211,11 @@ def build(family, seed):
         model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=ATTN)
         assert model.config._attn_implementation == ATTN
     init_weights(model, tied=model.lm_head.weight is model.model.embed_tokens.weight)
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                # Partly negative, of the order of the sigmoid scores' spread: it moves choices.
+                b.copy_(torch.rand(b.shape) * 0.6 - 0.35)
     return model.eval()
 
 
@@ -212,20 +253,55 @@ def router_modules(model):
             yield name, module
 
 
+def decision(module, x, output):
+    """A router's decision values [N, E] for tokens x, the experts it chooses (sorted) [N, k] and
+    each token's margin [N]: for softmax top-k routers the fp32 logits and their k-th minus
+    (k+1)-th; for the group-limited routers of DeepSeek-V2/V3 and GLM-4.5 the values they choose
+    on (V3/GLM: sigmoid + correction bias; V2: the fp32 logits, whose order its softmax keeps) and
+    the smaller of the group margin (topk_group-th minus next group score) and the expert margin
+    among the kept groups' experts (the dropped ones masked as transformers masks them)."""
+    grouped = hasattr(module, "e_score_correction_bias") or (
+        getattr(module, "topk_method", "greedy") == "group_limited_greedy")
+    if not grouped:
+        # nn.Linear: its output in the model's dtype (softmax and top-k follow in fp32);
+        # DeepseekV2MoEGate (greedy) returns (indices, weights) from fp32 logits.
+        logits = (torch.nn.functional.linear(x.float(), module.weight.float())
+                  if isinstance(output, tuple) else output.float())
+        top = logits.topk(TOP_K + 1, dim=-1).values
+        return logits, logits.topk(TOP_K, dim=-1).indices.sort(-1).values, top[:, -2] - top[:, -1]
+    logits = torch.nn.functional.linear(x.float(), module.weight.float())
+    if hasattr(module, "e_score_correction_bias"):  # DeepseekV3TopkRouter, Glm4MoeTopkRouter
+        values = logits.sigmoid() + module.e_score_correction_bias.float()
+        groups, kept = module.n_group, module.topk_group
+        group_scores = values.view(-1, groups, values.shape[1] // groups).topk(2, -1)[0].sum(-1)
+    else:  # DeepseekV2MoEGate, group_limited_greedy: softmax keeps the logits' order
+        values = logits
+        groups, kept = module.num_group, module.topk_group
+        group_scores = values.view(-1, groups, values.shape[1] // groups).max(-1).values
+    margin = torch.full((values.shape[0],), float("inf"))
+    if groups > 1:
+        g = group_scores.sort(-1, descending=True).values
+        margin = g[:, kept - 1] - g[:, kept]
+        mask = torch.zeros_like(group_scores).scatter_(1, group_scores.topk(kept, -1)[1], 1)
+        # transformers masks with 0.0: below every softmax score, above no sigmoid + bias one.
+        dropped = float("-inf") if values is logits else 0.0
+        values_kept = values.masked_fill(
+            ~mask.bool().repeat_interleave(values.shape[1] // groups, dim=1), dropped)
+    else:
+        values_kept = values
+    top = values_kept.topk(TOP_K + 1, dim=-1)
+    margin = torch.minimum(margin, top.values[:, -2] - top.values[:, -1])
+    return values, top.indices[:, :TOP_K].sort(-1).values, margin
+
+
 def routing(model, ids):
-    """{router name: (fp32 logits [N, E], chosen experts sorted [N, k])} for one forward."""
+    """{router name: (decision values [N, E], chosen experts sorted [N, k], margins [N])} for one
+    forward."""
     records = {}
 
     def hook(name):
         def f(module, inputs, output):
-            x = inputs[0].reshape(-1, inputs[0].shape[-1])
-            if isinstance(output, tuple):  # DeepseekV2MoEGate: (topk_idx, topk_weight), fp32 logits
-                logits = torch.nn.functional.linear(x.float(), module.weight.float())
-                chosen = output[0]
-            else:  # nn.Linear in the model's dtype, softmax and top-k in fp32
-                logits = output.float()
-                chosen = logits.topk(TOP_K, dim=-1).indices
-            records[name] = (logits, chosen.sort(dim=-1).values)
+            records[name] = decision(module, inputs[0].reshape(-1, inputs[0].shape[-1]), output)
         return f
 
     handles = [m.register_forward_hook(hook(n)) for n, m in router_modules(model)]
@@ -238,18 +314,17 @@ def routing(model, ids):
 
 
 def router_stats(model, bf16, ids):
-    """Per row of ids [B, T], over its tokens and MoE layers: the smallest fp32 router margin
-    (k-th minus (k+1)-th logit), the largest bf16 router-logit error, and how many token-layers
+    """Per row of ids [B, T], over its tokens and MoE layers: the smallest fp32 routing margin
+    (decision above), the largest bf16 error of the decision values, and how many token-layers
     the bf16 model routes to other experts."""
     b, t = ids.shape
     margin, err = torch.full((b,), float("inf")), torch.zeros(b)
     flips = torch.zeros(b, dtype=torch.long)
     r32, r16 = routing(model, ids), routing(bf16, ids)
     for name in r32:
-        (l32, c32), (l16, c16) = r32[name], r16[name]
-        top = l32.topk(TOP_K + 1, dim=-1).values.view(b, t, TOP_K + 1)
-        margin = torch.minimum(margin, (top[..., TOP_K - 1] - top[..., TOP_K]).amin(1))
-        err = torch.maximum(err, (l32 - l16).abs().view(b, t, -1).amax((1, 2)))
+        (v32, c32, m32), (v16, c16, _) = r32[name], r16[name]
+        margin = torch.minimum(margin, m32.view(b, t).amin(1))
+        err = torch.maximum(err, (v32 - v16).abs().view(b, t, -1).amax((1, 2)))
         flips += (c32 != c16).any(-1).view(b, t).sum(1)
     return margin, err, flips
 
@@ -264,15 +339,15 @@ def greedy_stats(model, bf16, paths, p):
     return (top[..., 0] - top[..., 1]).amin(1), (l32 - l16).abs().amax((1, 2))
 
 
-def pick_inputs(model, bf16, new_tokens=20):
-    """input_ids: the 2 of 2048 random rows of 10 tokens whose routing margins are largest against
+def pick_inputs(model, bf16, candidates=2048, new_tokens=20):
+    """input_ids: the 2 of `candidates` random rows of 10 tokens whose routing margins are largest against
     the bf16 model's router error; prompt: the 1 of 512 random 6-token prompts whose greedy
     continuation keeps the largest routing and top-1 margins against the bf16 errors, and which
     the bf16 model continues the same way. Minimums over many tokens and layers of random margins
     are small, so routing only stays put under bf16 rounding on chosen inputs. Prompts whose
     continuation loops over fewer than 8 distinct tokens are passed over."""
     g = torch.Generator().manual_seed(1234)
-    rows = torch.randint(0, 96, (2048, 10), generator=g)
+    rows = torch.randint(0, 96, (candidates, 10), generator=g)
     prompts = torch.randint(0, 96, (512, 6), generator=g)
     margin, err, flips = router_stats(model, bf16, rows)
     score = torch.where(flips == 0, margin / err, torch.zeros(()))
@@ -326,7 +401,9 @@ def save_model(family, model, directory, **kwargs):
 def make_family(family, out):
     model = build(family, SEED)
     bf16 = to_bf16(model)
-    input_ids, prompt = pick_inputs(model, bf16)
+    # The sigmoid routers' margins are narrower against bf16 errors: more rows to choose from.
+    input_ids, prompt = pick_inputs(
+        model, bf16, candidates=8192 if family in ("deepseek_v3", "glm4_moe") else 2048)
     greedy = generate(model, prompt, 20)
     s = stability(model, bf16, input_ids, prompt, greedy)
     print(f"{family}: " + ", ".join(
@@ -351,8 +428,8 @@ def make_family(family, out):
               os.path.join(out, f"{family}_reference.safetensors"), metadata={"format": "pt"})
 
 
-def v4(out):
-    for family in FAMILIES:
+def v4(out, only=()):
+    for family in only or FAMILIES:
         make_family(family, out)
 
 
@@ -382,4 +459,7 @@ if __name__ == "__main__":
     os.makedirs(out, exist_ok=True)
     transformers.utils.logging.disable_progress_bar()
     print(f"transformers {transformers.__version__}, torch {torch.__version__}")
-    {"v4": v4, "v5": v5}[mode](out)
+    if mode == "v4":
+        v4(out, sys.argv[3:])
+    else:
+        v5(out)
