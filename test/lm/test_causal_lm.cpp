@@ -1,7 +1,10 @@
 // Whole language models against transformers: logits, per-token NLL, KV-cache decoding and greedy
-// generation of tiny Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE and DeepSeek-MoE models made by
-// scripts/make_lm_fixtures.py (transformers 4.57.6; the DeepSeek reference is assembled from
-// transformers' Llama attention and DeepSeek-V2 MoE modules there).
+// generation of tiny Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-MoE, DeepSeek-V2 (group-limited
+// greedy with YaRN; greedy with a query latent and attention biases), DeepSeek-V3 (sigmoid router
+// with correction bias and 4 groups, YaRN's softmax mscale, interleaved rotary) and GLM-4.5
+// (partial rotary, q/k norm) models made by scripts/make_lm_fixtures.py (transformers 4.57.6; the
+// DeepSeek-MoE reference is assembled from transformers' Llama attention and DeepSeek-V2 MoE
+// modules there).
 #include <moeprune/io/safetensors.h>
 #include <moeprune/models/lm/checkpoint.h>
 #include <moeprune/models/lm/evaluation.h>
@@ -26,7 +29,9 @@ double max_diff(const torch::Tensor& a, const torch::Tensor& b) {
   return (a.to(torch::kDouble) - b.to(torch::kDouble)).abs().max().item<double>();
 }
 
-const char* const kFamilies[] = {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek"};
+const char* const kFamilies[] = {"mixtral",  "qwen2_moe",   "qwen3_moe",          "olmoe",
+                                 "deepseek", "deepseek_v2", "deepseek_v2_greedy", "deepseek_v3",
+                                 "glm4_moe"};
 
 }  // namespace
 

@@ -28,7 +28,9 @@ TEST_CASE("a saved model holds the source checkpoint's tensors and reloads to th
           "[lm]") {
   // The fused 5.x folders are written in the hub's per-expert layout: the v4 folders of the
   // same weights are the reference.
-  for (const std::string source : {"deepseek", "qwen2_moe", "qwen3_moe_fused", "mixtral_fused"}) {
+  for (const std::string source :
+       {"deepseek", "qwen2_moe", "qwen3_moe_fused", "mixtral_fused", "deepseek_v2",
+        "deepseek_v2_greedy", "deepseek_v3", "glm4_moe"}) {
     SECTION(source) {
       const auto plain = source.substr(0, source.find("_fused"));
       auto model = moeprune::lm::load_causal_lm(kFixtures + "/" + source);
@@ -133,11 +135,20 @@ TEST_CASE("config values that change the math are refused by name", "[lm]") {
     CHECK_THROWS_WITH(moeprune::lm::load_causal_lm(dir), Catch::Contains(message));
   };
   refused(
-      "mixtral", "yarn",
+      "mixtral", "dynamic",
       [](auto& c) {
-        c["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
+        c["rope_scaling"] = {{"rope_type", "dynamic"}, {"factor", 4.0}};
       },
-      "rope_scaling");
+      "rope type \"dynamic\"");
+  refused(
+      "deepseek_v3", "latent_gqa", [](auto& c) { c["num_key_value_heads"] = 2; },
+      "num_key_value_heads = 2 differs from num_attention_heads = 4");
+  refused(
+      "deepseek_v2", "yarn_without_factor",
+      [](auto& c) {
+        c["rope_scaling"] = {{"type", "yarn"}};
+      },
+      "yarn without a factor");
   refused(
       "mixtral", "window", [](auto& c) { c["sliding_window"] = 4096; }, "sliding_window");
   refused(
@@ -165,6 +176,30 @@ TEST_CASE("config values that change the math are refused by name", "[lm]") {
                     Catch::Contains("model.layers.0.mlp.bias"));
   const auto shape = edited_copy("mixtral", "shape", [](auto& c) { c["num_key_value_heads"] = 4; });
   CHECK_THROWS_WITH(moeprune::lm::load_causal_lm(shape), Catch::Contains("k_proj.weight"));
+}
+
+TEST_CASE("DeepSeek-V3's multi-token-prediction layer is skipped on load as transformers does",
+          "[lm]") {
+  // A V3 checkpoint holds num_nextn_predict_layers more decoder layers after the last one (layer
+  // 61 of DeepSeek-V3); transformers ignores their tensors. Here: a fake layer 3 of 3.
+  const auto add_layer = [](std::map<std::string, torch::Tensor>& t) {
+    t["model.layers.3.eh_proj.weight"] = torch::ones({32, 64});
+    t["model.layers.3.mlp.gate.weight"] = torch::ones({8, 32});
+    t["model.layers.3.mlp.gate.e_score_correction_bias"] = torch::zeros({8});
+  };
+  const auto with_mtp = edited_copy(
+      "deepseek_v3", "mtp", [](auto& c) { c["num_nextn_predict_layers"] = 1; }, add_layer);
+  auto model = moeprune::lm::load_causal_lm(with_mtp);
+  auto plain = moeprune::lm::load_causal_lm(kFixtures + "/deepseek_v3");
+  const auto ids = input_ids("deepseek_v3");
+  CHECK(torch::equal(logits_of(model, ids), logits_of(plain, ids)));
+  CHECK(model->options.num_layers() == 3);
+  // Without num_nextn_predict_layers the same tensors are unexpected, and refused by name.
+  const auto without = edited_copy(
+      "deepseek_v3", "no_mtp", [](auto&) {}, add_layer);
+  CHECK_THROWS_WITH(moeprune::lm::load_causal_lm(without),
+                    Catch::Contains("3 tensors are not part of a deepseek_v3") &&
+                        Catch::Contains("model.layers.3."));
 }
 
 TEST_CASE("criteria and plans prune a language model through its MoE view and keep shared experts",
@@ -214,37 +249,43 @@ TEST_CASE("criteria and plans prune a language model through its MoE view and ke
 }
 
 TEST_CASE("gradient checkpointing gives the gradients of the plain backward pass", "[lm]") {
-  const auto ids = input_ids("qwen2_moe");
-  const auto grads = [&](bool checkpointing) {
-    auto model = moeprune::lm::load_causal_lm(kFixtures + "/qwen2_moe");
-    model->train();
-    model->set_gradient_checkpointing(checkpointing);
-    const auto out = model->forward(ids);
-    (out.logits.pow(2).mean() + out.aux_loss).backward();
-    std::vector<torch::Tensor> g;
-    for (const auto& p : model->parameters()) {
-      g.push_back(p.grad().defined() ? p.grad().clone() : torch::zeros_like(p));
+  for (const std::string family : {"qwen2_moe", "deepseek_v2", "deepseek_v3"}) {
+    SECTION(family) {
+      const auto ids = input_ids(family);
+      const auto grads = [&](bool checkpointing) {
+        auto model = moeprune::lm::load_causal_lm(kFixtures + "/" + family);
+        model->train();
+        model->set_gradient_checkpointing(checkpointing);
+        const auto out = model->forward(ids);
+        (out.logits.pow(2).mean() + out.aux_loss).backward();
+        std::vector<torch::Tensor> g;
+        for (const auto& p : model->parameters()) {
+          g.push_back(p.grad().defined() ? p.grad().clone() : torch::zeros_like(p));
+        }
+        return g;
+      };
+      const auto plain = grads(false), checkpointed = grads(true);
+      REQUIRE(plain.size() == checkpointed.size());
+      double worst = 0.0, largest = 0.0;
+      for (size_t i = 0; i < plain.size(); ++i) {
+        worst = std::max(worst, max_diff(plain[i], checkpointed[i]));
+        largest = std::max(largest, plain[i].abs().max().item<double>());
+      }
+      INFO("max gradient difference " << worst << ", largest gradient " << largest);
+      CHECK(largest > 0.0);
+      // The recomputation runs the same ops on the same inputs: equal up to summation order.
+      CHECK(worst <= 1e-6 * std::max(1.0, largest));
     }
-    return g;
-  };
-  const auto plain = grads(false), checkpointed = grads(true);
-  REQUIRE(plain.size() == checkpointed.size());
-  double worst = 0.0, largest = 0.0;
-  for (size_t i = 0; i < plain.size(); ++i) {
-    worst = std::max(worst, max_diff(plain[i], checkpointed[i]));
-    largest = std::max(largest, plain[i].abs().max().item<double>());
   }
-  INFO("max gradient difference " << worst << ", largest gradient " << largest);
-  CHECK(largest > 0.0);
-  // The recomputation runs the same ops on the same inputs: equal up to summation order.
-  CHECK(worst <= 1e-6 * std::max(1.0, largest));
 }
 
-TEST_CASE("the streamed checkpoint pruner's output for Qwen and DeepSeek equals in-memory pruning",
-          "[lm]") {
+TEST_CASE(
+    "the streamed checkpoint pruner's output for Qwen, DeepSeek and GLM equals in-memory pruning",
+    "[lm]") {
   // hf::write_pruned_checkpoint (the `moeprune prune` command) cuts or zeroes experts on disk;
   // applying the same plan to the in-memory model must give the same logits after loading.
-  for (const std::string family : {"qwen2_moe", "deepseek"}) {
+  // GLM-4.5's 8 experts form 2 groups of 4: each plan below takes one from each group.
+  for (const std::string family : {"qwen2_moe", "deepseek", "glm4_moe"}) {
     for (const bool cut : {true, false}) {
       SECTION(family + (cut ? " cut" : " keep")) {
         const auto source = kFixtures + "/" + family;
@@ -253,9 +294,10 @@ TEST_CASE("the streamed checkpoint pruner's output for Qwen and DeepSeek equals 
         REQUIRE(info.layers.size() == 2);
         moeprune::pruning::PruningPlan on_disk, in_memory;
         const std::vector<std::vector<int64_t>> pruned{{1, 4}, {0, 5}};
+        const int64_t experts = info.num_experts;
         for (size_t i = 0; i < 2; ++i) {
-          on_disk.layers.push_back({info.layers[i].index, 6, pruned[i], {}});
-          in_memory.layers.push_back({info.layers[i].decoder_layer, 6, pruned[i], {}});
+          on_disk.layers.push_back({info.layers[i].index, experts, pruned[i], {}});
+          in_memory.layers.push_back({info.layers[i].decoder_layer, experts, pruned[i], {}});
         }
         const auto out = test::scratch_dir() + "/streamed_" + family + (cut ? "_cut" : "_keep");
         moeprune::hf::WriteOptions options;
@@ -268,7 +310,7 @@ TEST_CASE("the streamed checkpoint pruner's output for Qwen and DeepSeek equals 
         const auto ids = input_ids(family);
         CHECK(max_diff(logits_of(loaded, ids), logits_of(model, ids)) < 1e-6);
         CHECK(loaded->layer(info.layers[0].decoder_layer)->moe_block->moe->experts()->num_held() ==
-              4);
+              experts - 2);
       }
     }
   }

@@ -61,8 +61,7 @@ Streams streams_of(lm::CausalLM& model, const torch::Tensor& ids) {
   Streams s;
   auto h = model->embed_tokens(ids);
   const auto& a = model->options.attention();
-  const auto angles =
-      lm::rotary_angles(0, ids.size(1), a.head_dim(), a.rope_theta(), h.scalar_type(), h.device());
+  const auto angles = lm::rotary_angles(a, 0, ids.size(1), h.scalar_type(), h.device());
   for (int64_t i = 0; i < model->options.num_layers(); ++i) {
     auto layer = model->layer(i);
     s.inputs.push_back(h);

@@ -206,8 +206,8 @@ std::pair<torch::Tensor, torch::Tensor> CausalLMImpl::hidden_states(const torch:
               " layers, the model ", options.num_layers());
   const int64_t start = cache != nullptr ? cache->length() : 0;
   auto h = embed_tokens(input_ids);
-  const auto angles = rotary_angles(start, input_ids.size(1), options.attention().head_dim(),
-                                    options.attention().rope_theta(), h.scalar_type(), h.device());
+  const auto angles =
+      rotary_angles(options.attention(), start, input_ids.size(1), h.scalar_type(), h.device());
   const bool checkpoint = gradient_checkpointing_ && is_training() && cache == nullptr &&
                           torch::GradMode::is_enabled() && !trace;
   torch::Tensor aux;

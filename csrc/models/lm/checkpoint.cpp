@@ -2,6 +2,7 @@
 
 #include <moeprune/hf/checkpoint.h>
 #include <moeprune/io/safetensors.h>
+#include <moeprune/routing/group_limited_router.h>
 
 #include "hf/config.h"
 #include "hf/default_dtype.h"
@@ -38,6 +39,29 @@ std::vector<std::pair<std::string, torch::Tensor>> named_dense_tensors(CausalLMI
     out.emplace_back("lm_head.weight", model.lm_head->weight);
   }
   return out;
+}
+
+// DeepSeek-V3 and GLM-4.5 checkpoints hold num_nextn_predict_layers multi-token-prediction
+// layers after the decoder layers (model.layers.<num_hidden_layers> ...); transformers skips
+// them on load (_keys_to_ignore_on_load_unexpected), and so does moeprune.
+bool is_prediction_layer(const std::string& name, const hf::Config& config,
+                         const CausalLMOptions& o) {
+  if (o.model_type() != "deepseek_v3" && o.model_type() != "glm4_moe") {
+    return false;
+  }
+  const int64_t extra = config.integer("num_nextn_predict_layers", 0);
+  const std::string stem = "model.layers.";
+  if (extra <= 0 || name.rfind(stem, 0) != 0) {
+    return false;
+  }
+  const auto dot = name.find('.', stem.size());
+  const auto index = name.substr(stem.size(), dot - stem.size());
+  if (index.empty() || index.find_first_not_of("0123456789") != std::string::npos ||
+      index.size() > 9) {
+    return false;
+  }
+  const int64_t i = std::stoll(index);
+  return i >= o.num_layers() && i < o.num_layers() + extra;
 }
 
 }  // namespace
@@ -90,6 +114,9 @@ CausalLM load_causal_lm(const std::string& directory, const LoadOptions& options
     layer->options.aux_loss_weights(moe_options.aux_loss_weights());
     model->layer(ref.decoder_layer)->moe_block->set_moe(layer);
     used.insert(ref.router);
+    if (!ref.router_bias.empty()) {
+      used.insert(ref.router_bias);
+    }
     for (int64_t j = 0; j < (ref.fused ? 1 : ref.num_experts); ++j) {
       for (const auto& name : ref.expert_tensors(j)) {
         used.insert(name);
@@ -100,7 +127,7 @@ CausalLM load_causal_lm(const std::string& directory, const LoadOptions& options
   for (const auto& name : checkpoint.names()) {
     const bool ignored = name.size() >= 20 && name.rfind("rotary_emb.inv_freq") == name.size() - 19;
     const bool tied_head = name == "lm_head.weight" && o.tie_word_embeddings();
-    if (used.count(name) == 0 && !ignored && !tied_head) {
+    if (used.count(name) == 0 && !ignored && !tied_head && !is_prediction_layer(name, config, o)) {
       unexpected.push_back(name);
     }
   }
@@ -164,6 +191,12 @@ void save_causal_lm(CausalLM& model, const std::string& directory, const SaveOpt
       const auto& bank = layer->experts();
       const auto state = layer->state();
       writer.add(prefix + ".gate.weight", layer->router().router_weight().detach());
+      const auto* grouped = dynamic_cast<const GroupLimitedRouterImpl*>(&layer->router());
+      if (grouped != nullptr && grouped->e_score_correction_bias.defined()) {
+        // DeepSeek-V3 / GLM-4.5: its rows follow the router's (cut with them when dropped).
+        writer.add(prefix + ".gate.e_score_correction_bias",
+                   grouped->e_score_correction_bias.detach());
+      }
       // Bank position of each written expert: the held ones in order (router rows dropped), or
       // expert_map over the original ids (-1: removed, written as zeros; merged ids share one).
       std::vector<int64_t> position;
@@ -197,6 +230,12 @@ void save_causal_lm(CausalLM& model, const std::string& directory, const SaveOpt
       const auto opts = m.embed_tokens->weight.options();
       const int64_t d = o.hidden_size(), width = o.moe()->hidden_dim();
       writer.add(prefix + ".gate.weight", torch::zeros({written_experts, d}, opts));
+      const auto& moe_options = *o.moe();
+      if (moe_options.router() == RouterKind::kGroupLimited &&
+          moe_options.groups().correction_bias()) {
+        writer.add(prefix + ".gate.e_score_correction_bias",
+                   torch::zeros({written_experts}, opts.dtype(torch::kFloat)));
+      }
       const auto in = torch::zeros({width, d}, opts), out = torch::zeros({d, width}, opts);
       for (int64_t j = 0; j < written_experts; ++j) {
         const auto e = prefix + ".experts." + std::to_string(j) + ".";

@@ -33,14 +33,29 @@ void add_layer_tensors(NamedTensors& out, const CausalLMOptions& o, DecoderLayer
   const auto names = hf_names(o.model_type());
   const auto p = layer_prefix(layer.index);
   out.emplace_back(p + "input_layernorm.weight", layer.input_layernorm->weight);
+  // The projections the attention holds (grouped-query or latent), in Hugging Face's names.
   const auto& attn = layer.self_attn;
-  add_linear(out, p + "self_attn.q_proj", attn->q_proj);
-  add_linear(out, p + "self_attn.k_proj", attn->k_proj);
-  add_linear(out, p + "self_attn.v_proj", attn->v_proj);
-  add_linear(out, p + "self_attn.o_proj", attn->o_proj);
-  if (!attn->q_norm.is_empty()) {
-    out.emplace_back(p + "self_attn.q_norm.weight", attn->q_norm->weight);
-    out.emplace_back(p + "self_attn.k_norm.weight", attn->k_norm->weight);
+  const auto a = p + "self_attn.";
+  for (const auto& [name, linear] :
+       {std::pair<const char*, const torch::nn::Linear*>{"q_proj", &attn->q_proj},
+        {"q_a_proj", &attn->q_a_proj},
+        {"q_b_proj", &attn->q_b_proj},
+        {"kv_a_proj_with_mqa", &attn->kv_a_proj_with_mqa},
+        {"kv_b_proj", &attn->kv_b_proj},
+        {"k_proj", &attn->k_proj},
+        {"v_proj", &attn->v_proj},
+        {"o_proj", &attn->o_proj}}) {
+    if (!linear->is_empty()) {
+      add_linear(out, a + name, *linear);
+    }
+  }
+  for (const auto& [name, norm] : {std::pair<const char*, const RMSNorm*>{"q_norm", &attn->q_norm},
+                                   {"k_norm", &attn->k_norm},
+                                   {"q_a_layernorm", &attn->q_a_layernorm},
+                                   {"kv_a_layernorm", &attn->kv_a_layernorm}}) {
+    if (!norm->is_empty()) {
+      out.emplace_back(a + name + ".weight", (*norm)->weight);
+    }
   }
   if (!layer.has_mlp()) {
     // Layer Drop: the MoE block is written as one that adds nothing (zero experts, written by

@@ -2,9 +2,13 @@
 
 #include "hf/family.h"
 
+#include <moeprune/models/lm/rotary.h>
+
 #include <c10/util/Exception.h>
 
+#include <cmath>
 #include <map>
+#include <optional>
 
 namespace moeprune::lm::detail {
 namespace {
@@ -24,7 +28,25 @@ Defaults defaults_of(const std::string& model_type) {
   if (model_type == "olmoe") {
     return {1e-5, 10000.0, 0.01};
   }
-  return {1e-6, 10000.0, 0.001};  // qwen2_moe, qwen3_moe, deepseek
+  if (model_type == "glm4_moe") {
+    return {1e-5, 10000.0, 0.0};
+  }
+  if (model_type == "deepseek_v3") {
+    // Auxiliary-loss-free balancing: the correction bias, updated outside the gradient.
+    return {1e-6, 10000.0, 0.0};
+  }
+  return {1e-6, 10000.0, 0.001};  // qwen2_moe, qwen3_moe, deepseek, deepseek_v2
+}
+
+bool is_latent_family(const std::string& model_type) {
+  return model_type == "deepseek_v2" || model_type == "deepseek_v3";
+}
+
+// The families whose dense layers are the first first_k_dense_replace and whose shared experts
+// are n_shared_experts * moe_intermediate_size wide.
+bool is_deepseek_like(const std::string& model_type) {
+  return model_type == "deepseek" || model_type == "deepseek_v2" || model_type == "deepseek_v3" ||
+         model_type == "glm4_moe";
 }
 
 void refuse_if(bool condition, const hf::Config& config, const std::string& key,
@@ -33,38 +55,73 @@ void refuse_if(bool condition, const hf::Config& config, const std::string& key,
               " is not supported (", why, "); moeprune would compute something else");
 }
 
-// rope_theta and the rope type: transformers 4.x writes rope_theta (+ rope_scaling), 5.x
-// rope_parameters {rope_type, rope_theta}. Only the default (unscaled) RoPE is implemented.
-double rope_theta_of(const hf::Config& config, double fallback) {
-  double theta = config.number("rope_theta", fallback);
-  const auto check_type = [&](const nlohmann::ordered_json& p, const std::string& key) {
+// A number from a rope_scaling object (null and absent alike: the fallback).
+double rope_number(const nlohmann::ordered_json& p, const char* key, double fallback) {
+  return p.contains(key) && !p.at(key).is_null() ? p.at(key).get<double>() : fallback;
+}
+
+// rope_theta, the rope type and YaRN's parameters: transformers 4.x writes rope_theta (+
+// rope_scaling), 5.x rope_parameters {rope_type, rope_theta, ...}. Default RoPE and YaRN are
+// implemented; other types are refused.
+void read_rope(const hf::Config& config, double theta_fallback, AttentionOptions& attention) {
+  attention.rope_theta(config.number("rope_theta", theta_fallback));
+  const auto read_scaling = [&](const nlohmann::ordered_json& p, const std::string& key) {
+    TORCH_CHECK(p.is_object(), config.path(), ": \"", key, "\" should be an object");
+    std::string type = "default";
     for (const char* type_key : {"rope_type", "type"}) {
       if (p.contains(type_key)) {
-        const auto type = p.at(type_key).get<std::string>();
-        refuse_if(type != "default", config, key, "rope type \"" + type + "\"; only default RoPE");
+        type = p.at(type_key).get<std::string>();
       }
+    }
+    refuse_if(type != "default" && type != "yarn", config, key,
+              "rope type \"" + type + "\"; default RoPE and yarn are implemented");
+    if (p.contains("rope_theta")) {
+      attention.rope_theta(p.at("rope_theta").get<double>());
+    }
+    if (type == "yarn") {
+      TORCH_CHECK(p.contains("factor"), config.path(), ": \"", key, "\" is yarn without a factor");
+      YarnScaling y;
+      y.factor(p.at("factor").get<double>())
+          .beta_fast(rope_number(p, "beta_fast", 32.0))
+          .beta_slow(rope_number(p, "beta_slow", 1.0))
+          .mscale(rope_number(p, "mscale", 0.0))
+          .mscale_all_dim(rope_number(p, "mscale_all_dim", 0.0))
+          .attention_factor(rope_number(p, "attention_factor", 0.0))
+          .truncate(p.contains("truncate") ? p.at("truncate").get<bool>() : true);
+      const double original = rope_number(p, "original_max_position_embeddings", 0.0);
+      y.original_max_position_embeddings(original > 0.0
+                                             ? static_cast<int64_t>(original)
+                                             : config.integer("max_position_embeddings", 4096));
+      attention.yarn(y);
     }
   };
   if (config.is_set("rope_scaling")) {
-    check_type(config.json().at("rope_scaling"), "rope_scaling");
+    read_scaling(config.json().at("rope_scaling"), "rope_scaling");
   }
   if (config.is_set("rope_parameters")) {
-    const auto& p = config.json().at("rope_parameters");
-    TORCH_CHECK(p.is_object(), config.path(), ": \"rope_parameters\" should be an object");
-    check_type(p, "rope_parameters");
-    if (p.contains("rope_theta")) {
-      theta = p.at("rope_theta").get<double>();
-    }
-    if (p.contains("partial_rotary_factor")) {
-      refuse_if(p.at("partial_rotary_factor").get<double>() != 1.0, config, "rope_parameters",
-                "partial rotary embedding");
-    }
+    read_scaling(config.json().at("rope_parameters"), "rope_parameters");
   }
+}
+
+// partial_rotary_factor (top level or in rope_parameters): GLM-4.5 turns the first
+// head_dim * factor features (Glm4MoeConfig's default 0.5); the other families turn them all.
+double partial_rotary_factor(const hf::Config& config, const std::string& type) {
+  double factor = type == "glm4_moe" ? 0.5 : 1.0;
+  std::string key = "partial_rotary_factor";
   if (config.is_set("partial_rotary_factor")) {
-    refuse_if(config.number("partial_rotary_factor", 1.0) != 1.0, config, "partial_rotary_factor",
-              "partial rotary embedding");
+    factor = config.number("partial_rotary_factor", factor);
   }
-  return theta;
+  if (config.is_set("rope_parameters") && config.json().at("rope_parameters").is_object() &&
+      config.json().at("rope_parameters").contains("partial_rotary_factor")) {
+    factor = config.json().at("rope_parameters").at("partial_rotary_factor").get<double>();
+    key = "rope_parameters";
+  }
+  if (type != "glm4_moe" && factor != 1.0) {
+    refuse_if(true, config, key, "partial rotary embedding outside GLM-4.5");
+  }
+  TORCH_CHECK(factor > 0.0 && factor <= 1.0, config.path(),
+              ": partial_rotary_factor should be in (0, 1], got ", factor);
+  return factor;
 }
 
 }  // namespace
@@ -79,17 +136,17 @@ HfNames hf_names(const std::string& model_type) {
   if (model_type == "qwen3_moe" || model_type == "olmoe") {
     return {"mlp", "gate_proj", "down_proj", "up_proj", ""};
   }
-  if (model_type == "deepseek") {
+  if (is_deepseek_like(model_type)) {
     return {"mlp", "gate_proj", "down_proj", "up_proj", "shared_experts"};
   }
   TORCH_CHECK(false, "model_type \"", model_type,
               "\" is not a supported language model (mixtral, qwen2_moe, qwen3_moe, olmoe, "
-              "deepseek)");
+              "deepseek, deepseek_v2, deepseek_v3, glm4_moe)");
 }
 
 double aux_loss_coef(const hf::Config& config) {
   const auto type = config.text("model_type", "");
-  return config.number(type == "deepseek" ? "aux_loss_alpha" : "router_aux_loss_coef",
+  return config.number(is_deepseek_like(type) ? "aux_loss_alpha" : "router_aux_loss_coef",
                        defaults_of(type).aux_loss_coef);
 }
 
@@ -97,7 +154,7 @@ std::string experts_key(const std::string& model_type) {
   if (model_type == "mixtral") {
     return "num_local_experts";
   }
-  if (model_type == "deepseek") {
+  if (is_deepseek_like(model_type)) {
     return "n_routed_experts";
   }
   hf_names(model_type);  // refuses unknown types
@@ -112,10 +169,48 @@ CausalLMOptions options_from_config(const hf::Config& config) {
   const int64_t heads = config.integer("num_attention_heads");
   TORCH_CHECK(heads >= 1 && (d % heads == 0 || config.is_set("head_dim")), config.path(),
               ": hidden_size ", d, " is not a multiple of num_attention_heads ", heads);
-  const int64_t head_dim = config.is_set("head_dim") ? config.integer("head_dim") : d / heads;
+  const bool latent = is_latent_family(type);
+  // DeepSeek's configuration classes set head_dim to qk_rope_head_dim; the query/key head is
+  // qk_nope_head_dim + qk_rope_head_dim there.
+  int64_t head_dim = config.is_set("head_dim") ? config.integer("head_dim") : d / heads;
+  std::optional<LatentAttentionOptions> latent_options;
+  if (latent) {
+    LatentAttentionOptions l;  // DeepseekV2Config / DeepseekV3Config defaults
+    l.q_lora_rank(config.is_set("q_lora_rank")     ? config.integer("q_lora_rank")
+                  : config.contains("q_lora_rank") ? 0
+                                                   : 1536)
+        .kv_lora_rank(config.integer("kv_lora_rank", 512))
+        .qk_nope_head_dim(config.integer("qk_nope_head_dim", 128))
+        .qk_rope_head_dim(config.integer("qk_rope_head_dim", 64))
+        .v_head_dim(config.integer("v_head_dim", 128));
+    head_dim = l.qk_nope_head_dim() + l.qk_rope_head_dim();
+    const int64_t kv_heads = config.integer("num_key_value_heads", heads);
+    TORCH_CHECK(kv_heads == heads, config.path(), ": num_key_value_heads = ", kv_heads,
+                " differs from num_attention_heads = ", heads,
+                "; latent attention expands keys and values for every head (transformers would "
+                "repeat them)");
+    latent_options = l;
+  }
   AttentionOptions attention(d, heads, config.integer("num_key_value_heads", heads), head_dim);
   const double eps = config.number("rms_norm_eps", defaults.rms_norm_eps);
-  attention.rms_norm_eps(eps).rope_theta(rope_theta_of(config, defaults.rope_theta));
+  attention.rms_norm_eps(eps).latent(latent_options);
+  read_rope(config, defaults.rope_theta, attention);
+  const double partial = partial_rotary_factor(config, type);
+  if (partial < 1.0) {
+    // int(head_dim * partial_rotary_factor), as modeling_rope_utils computes the rotary width.
+    attention.rotary_dim(static_cast<int64_t>(static_cast<double>(head_dim) * partial));
+  }
+  if (type == "deepseek_v2") {
+    // apply_rotary_emb turns complex pairs, in fp32.
+    attention.rope_interleaved(true).rotary_in_fp32(true);
+  } else if (type == "deepseek_v3") {
+    attention.rope_interleaved(config.flag("rope_interleave", true));
+    // DeepseekV3Attention: the softmax scale takes YaRN's mscale(factor, mscale_all_dim)^2.
+    if (attention.yarn() && attention.yarn()->mscale_all_dim() != 0.0) {
+      const double m = yarn_mscale(attention.yarn()->factor(), attention.yarn()->mscale_all_dim());
+      attention.softmax_scale(m * m / std::sqrt(static_cast<double>(head_dim)));
+    }
+  }
 
   CausalLMOptions o(config.integer("vocab_size"), d, config.integer("num_hidden_layers"),
                     attention);
@@ -138,11 +233,13 @@ CausalLMOptions options_from_config(const hf::Config& config) {
   }
   if (type == "qwen2_moe") {
     attention.qkv_bias(config.flag("qkv_bias", true));
+  } else if (type == "glm4_moe") {  // biases on q, k and v only
+    attention.qkv_bias(config.flag("attention_bias", false)).output_bias(false);
   } else if (type != "mixtral") {
     const bool bias = config.flag("attention_bias", false);
     attention.qkv_bias(bias).output_bias(bias);
   }
-  if (type == "qwen3_moe") {
+  if (type == "qwen3_moe" || (type == "glm4_moe" && config.flag("use_qk_norm", false))) {
     attention.qk_norm(QKNorm::kPerHead);
   } else if (type == "olmoe") {
     attention.qk_norm(QKNorm::kWhole);
@@ -152,17 +249,22 @@ CausalLMOptions options_from_config(const hf::Config& config) {
   } else if (config.is_set("clip_qkv")) {
     refuse_if(true, config, "clip_qkv", "only OLMoE clips q, k and v");
   }
-  if (type == "qwen2_moe" || type == "qwen3_moe" || type == "deepseek") {
+  if (type == "qwen2_moe" || type == "qwen3_moe" || is_deepseek_like(type)) {
     o.intermediate_size(config.integer("intermediate_size", 0));
   }
   if (type == "qwen2_moe") {
     o.shared_expert_size(config.integer("shared_expert_intermediate_size", 0));
     o.shared_expert_gate(o.shared_expert_size() > 0);
   }
-  if (type == "deepseek") {
-    const int64_t shared =
-        config.is_set("n_shared_experts") ? config.integer("n_shared_experts") : 0;
+  if (is_deepseek_like(type)) {
+    // DeepSeek-MoE and V2 may leave n_shared_experts null; V3 and GLM-4.5 default to one.
+    const int64_t fallback = type == "deepseek_v3" || type == "glm4_moe" ? 1 : 0;
+    const int64_t shared = config.is_set("n_shared_experts") ? config.integer("n_shared_experts")
+                           : config.contains("n_shared_experts") ? 0
+                                                                 : fallback;
     o.shared_expert_size(shared * config.integer("moe_intermediate_size"));
+  }
+  if (type == "deepseek") {
     if (config.is_set("topk_method")) {
       refuse_if(config.text("topk_method", "greedy") != "greedy", config, "topk_method",
                 "only greedy top-k (DeepSeek-V2's grouped routing is not DeepSeek-MoE)");
@@ -183,11 +285,11 @@ nlohmann::ordered_json config_from_options(const CausalLMOptions& o, int64_t num
   auto c = o.hf_config().empty() ? nlohmann::ordered_json::object()
                                  : nlohmann::ordered_json::parse(o.hf_config());
   const auto& a = o.attention();
-  const std::map<std::string, std::string> architectures{{"mixtral", "MixtralForCausalLM"},
-                                                         {"qwen2_moe", "Qwen2MoeForCausalLM"},
-                                                         {"qwen3_moe", "Qwen3MoeForCausalLM"},
-                                                         {"olmoe", "OlmoeForCausalLM"},
-                                                         {"deepseek", "DeepseekForCausalLM"}};
+  const std::map<std::string, std::string> architectures{
+      {"mixtral", "MixtralForCausalLM"},        {"qwen2_moe", "Qwen2MoeForCausalLM"},
+      {"qwen3_moe", "Qwen3MoeForCausalLM"},     {"olmoe", "OlmoeForCausalLM"},
+      {"deepseek", "DeepseekForCausalLM"},      {"deepseek_v2", "DeepseekV2ForCausalLM"},
+      {"deepseek_v3", "DeepseekV3ForCausalLM"}, {"glm4_moe", "Glm4MoeForCausalLM"}};
   c["architectures"] = {architectures.at(type)};
   c["model_type"] = type;
   c["vocab_size"] = o.vocab_size();
@@ -195,7 +297,46 @@ nlohmann::ordered_json config_from_options(const CausalLMOptions& o, int64_t num
   c["num_hidden_layers"] = o.num_layers();
   c["num_attention_heads"] = a.num_heads();
   c["num_key_value_heads"] = a.num_kv_heads();
-  c["head_dim"] = a.head_dim();
+  if (a.latent()) {
+    const auto& l = *a.latent();
+    c["head_dim"] = l.qk_rope_head_dim();  // as DeepseekV2Config / DeepseekV3Config set it
+    c["q_lora_rank"] =
+        l.q_lora_rank() > 0 ? nlohmann::ordered_json(l.q_lora_rank()) : nlohmann::ordered_json();
+    c["kv_lora_rank"] = l.kv_lora_rank();
+    c["qk_nope_head_dim"] = l.qk_nope_head_dim();
+    c["qk_rope_head_dim"] = l.qk_rope_head_dim();
+    c["v_head_dim"] = l.v_head_dim();
+  } else {
+    c["head_dim"] = a.head_dim();
+  }
+  if (type == "deepseek_v3") {
+    c["rope_interleave"] = a.rope_interleaved();
+  }
+  if (type == "glm4_moe") {
+    c["partial_rotary_factor"] =
+        static_cast<double>(a.rotary_width()) / static_cast<double>(a.head_dim());
+    c["use_qk_norm"] = a.qk_norm() == QKNorm::kPerHead;
+  }
+  if (a.yarn() && !c.contains("rope_scaling") && !c.contains("rope_parameters")) {
+    // A model built in C++ with YaRN; a loaded one keeps the config's own rope entry.
+    const auto& y = *a.yarn();
+    nlohmann::ordered_json r;
+    r["type"] = "yarn";
+    r["factor"] = y.factor();
+    r["original_max_position_embeddings"] = y.original_max_position_embeddings();
+    r["beta_fast"] = y.beta_fast();
+    r["beta_slow"] = y.beta_slow();
+    if (y.mscale() != 0.0) {
+      r["mscale"] = y.mscale();
+    }
+    if (y.mscale_all_dim() != 0.0) {
+      r["mscale_all_dim"] = y.mscale_all_dim();
+    }
+    if (y.attention_factor() > 0.0) {
+      r["attention_factor"] = y.attention_factor();
+    }
+    c["rope_scaling"] = r;
+  }
   c["rms_norm_eps"] = o.rms_norm_eps();
   c["max_position_embeddings"] = o.max_position_embeddings();
   c["tie_word_embeddings"] = o.tie_word_embeddings();
@@ -207,6 +348,11 @@ nlohmann::ordered_json config_from_options(const CausalLMOptions& o, int64_t num
   }
   if (type == "qwen2_moe") {
     c["qkv_bias"] = a.qkv_bias();
+  } else if (type == "glm4_moe") {
+    TORCH_CHECK(!a.output_bias(),
+                "save: glm4_moe's attention_bias covers q, k and v; the model "
+                "has an output projection bias");
+    c["attention_bias"] = a.qkv_bias();
   } else if (type != "mixtral") {
     TORCH_CHECK(a.qkv_bias() == a.output_bias(), "save: ", type,
                 " has one attention_bias for q, k, v and o; the model has qkv_bias ", a.qkv_bias(),
@@ -229,8 +375,17 @@ nlohmann::ordered_json config_from_options(const CausalLMOptions& o, int64_t num
     if (type != "mixtral") {
       c["norm_topk_prob"] = m.routing().renormalize();
     }
+    if (m.router() == RouterKind::kGroupLimited) {  // DeepSeek-V2/V3, GLM-4.5
+      const auto& g = m.groups();
+      c["n_group"] = g.num_groups();
+      c["topk_group"] = g.groups_kept();
+      c["routed_scaling_factor"] = g.scaling();
+      if (type == "deepseek_v2" && (!c.contains("topk_method") || g.num_groups() > 1)) {
+        c["topk_method"] = g.num_groups() > 1 ? "group_limited_greedy" : "greedy";
+      }
+    }
   }
-  if (type == "qwen2_moe" || type == "qwen3_moe" || type == "deepseek") {
+  if (type == "qwen2_moe" || type == "qwen3_moe" || is_deepseek_like(type)) {
     c["intermediate_size"] = o.intermediate_size();
   }
   // Which layers are MoE, in each family's terms.
@@ -246,7 +401,7 @@ nlohmann::ordered_json config_from_options(const CausalLMOptions& o, int64_t num
   } else if (type == "qwen2_moe" || type == "qwen3_moe") {
     c["decoder_sparse_step"] = 1;
     c["mlp_only_layers"] = dense;
-  } else {  // deepseek: the dense layers must be the first k
+  } else {  // the DeepSeek families and GLM-4.5: the dense layers must be the first k
     int64_t k = 0;
     while (k < o.num_layers() && !o.moe_layers()[static_cast<size_t>(k)]) {
       ++k;
@@ -257,11 +412,13 @@ nlohmann::ordered_json config_from_options(const CausalLMOptions& o, int64_t num
                   i, " is dense after MoE layers");
     }
     c["first_k_dense_replace"] = k;
-    c["moe_layer_freq"] = 1;
+    if (type == "deepseek" || type == "deepseek_v2") {
+      c["moe_layer_freq"] = 1;
+    }
   }
   if (type == "qwen2_moe") {
     c["shared_expert_intermediate_size"] = o.shared_expert_size();
-  } else if (type == "deepseek") {
+  } else if (is_deepseek_like(type)) {
     const int64_t width = o.moe().has_value() ? o.moe()->hidden_dim() : 0;
     TORCH_CHECK(
         width > 0 ? o.shared_expert_size() % width == 0 : o.shared_expert_size() == 0,

@@ -18,9 +18,12 @@ std::pair<torch::Tensor, torch::Tensor> KVCache::append(int64_t layer, const tor
                                                         const torch::Tensor& values) {
   TORCH_CHECK(layer >= 0 && layer < num_layers(), "KVCache: layer ", layer, " is outside [0, ",
               num_layers(), ")");
-  TORCH_CHECK(keys.dim() == 4 && keys.sizes() == values.sizes(),
-              "KVCache: keys and values should be [B, H_kv, S, head_dim] of one shape, got ",
-              keys.sizes(), " and ", values.sizes());
+  // Values may be narrower than keys (DeepSeek's latent attention: v_head_dim < qk_head_dim).
+  TORCH_CHECK(
+      keys.dim() == 4 && values.dim() == 4 &&
+          keys.sizes().slice(0, 3) == values.sizes().slice(0, 3),
+      "KVCache: keys and values should be [B, H_kv, S, *] with the same B, H_kv and S, got ",
+      keys.sizes(), " and ", values.sizes());
   const auto l = static_cast<size_t>(layer);
   const int64_t S = keys.size(2);
   const int64_t needed = length_ + S;
@@ -28,18 +31,18 @@ std::pair<torch::Tensor, torch::Tensor> KVCache::append(int64_t layer, const tor
   auto& v = values_[l];
   if (k.defined()) {
     TORCH_CHECK(k.size(0) == keys.size(0) && k.size(1) == keys.size(1) &&
-                    k.size(3) == keys.size(3) && k.scalar_type() == keys.scalar_type() &&
-                    k.device() == keys.device(),
+                    k.size(3) == keys.size(3) && v.size(3) == values.size(3) &&
+                    k.scalar_type() == keys.scalar_type() && k.device() == keys.device(),
                 "KVCache: layer ", layer, " holds [", k.size(0), ", ", k.size(1), ", *, ",
                 k.size(3), "] ", k.scalar_type(), " on ", k.device(), ", got ", keys.sizes(), " ",
                 keys.scalar_type(), " on ", keys.device());
   }
   if (!k.defined() || k.size(2) < needed) {
     const int64_t grown = std::max({needed, capacity_, k.defined() ? 2 * k.size(2) : 0});
-    auto shape = keys.sizes().vec();
-    shape[2] = grown;
-    auto nk = torch::empty(shape, keys.options());
-    auto nv = torch::empty(shape, values.options());
+    auto key_shape = keys.sizes().vec(), value_shape = values.sizes().vec();
+    key_shape[2] = value_shape[2] = grown;
+    auto nk = torch::empty(key_shape, keys.options());
+    auto nv = torch::empty(value_shape, values.options());
     if (k.defined() && length_ > 0) {
       nk.narrow(2, 0, length_).copy_(k.narrow(2, 0, length_));
       nv.narrow(2, 0, length_).copy_(v.narrow(2, 0, length_));

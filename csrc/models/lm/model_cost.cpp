@@ -59,11 +59,15 @@ double flops_per_token(lm::CausalLM& model, const torch::Tensor& input_ids) {
     const auto layer = model->layers[i]->as<lm::DecoderLayerImpl>();
     const auto& attn = layer->self_attn;
     const auto& a = attn->options;
-    flops += linear_flops(attn->q_proj) + linear_flops(attn->k_proj) + linear_flops(attn->v_proj) +
-             linear_flops(attn->o_proj);
+    for (const auto* linear :
+         {&attn->q_proj, &attn->k_proj, &attn->v_proj, &attn->o_proj, &attn->q_a_proj,
+          &attn->q_b_proj, &attn->kv_a_proj_with_mqa, &attn->kv_b_proj}) {
+      flops += linear_flops(*linear);
+    }
     // q.k over the p + 1 visible positions and the weighted sum of as many values, per head;
     // the mean of p + 1 over positions 0 .. S-1 is (S + 1) / 2.
-    flops += 2.0 * 2.0 * static_cast<double>(a.num_heads() * a.head_dim()) * (seq + 1.0) / 2.0;
+    flops += 2.0 * static_cast<double>(a.num_heads() * (a.head_dim() + a.value_dim())) *
+             (seq + 1.0) / 2.0;
     flops += mlp_flops(layer->mlp);
     if (layer->is_moe()) {
       const auto& block = layer->moe_block;

@@ -79,8 +79,7 @@ std::vector<torch::Tensor> streamed_hidden_states(
   for (const auto& b : batches) {
     if (!angles.count(b.size(1))) {
       angles[b.size(1)] =
-          rotary_angles(0, b.size(1), o.attention().head_dim(), o.attention().rope_theta(),
-                        checkpoint.dtype(), torch::kCPU);
+          rotary_angles(o.attention(), 0, b.size(1), checkpoint.dtype(), torch::kCPU);
     }
   }
   for (int64_t i = 0; i < checkpoint.num_layers(); ++i) {

@@ -3,6 +3,7 @@
 #include <moeprune/models/lm/kv_cache.h>
 #include <moeprune/models/lm/options.h>
 #include <moeprune/models/lm/rms_norm.h>
+#include <moeprune/models/lm/rotary.h>
 
 #include <torch/nn/cloneable.h>
 #include <torch/nn/modules/linear.h>
@@ -10,18 +11,15 @@
 
 namespace moeprune::lm {
 
-/// cos and sin of the rotary embedding for a run of positions, [S, head_dim] each in the
-/// model's dtype (modeling_llama.py LlamaRotaryEmbedding, default rope type: inv_freq =
-/// theta^(-2i/d) in fp32, the angles duplicated over both halves of the head).
-struct RotaryAngles {
-  torch::Tensor cos, sin;
-};
-RotaryAngles rotary_angles(int64_t start, int64_t length, int64_t head_dim, double theta,
-                           torch::ScalarType dtype, const torch::Device& device);
-
-/// Grouped-query self-attention with rotary positions and a causal mask, through
-/// at::scaled_dot_product_attention. Parameter names follow Hugging Face's (q_proj, k_proj,
-/// v_proj, o_proj, q_norm, k_norm).
+/// Causal self-attention with rotary positions through at::scaled_dot_product_attention, its
+/// queries, keys and values from one of two projection schemes:
+/// - grouped-query (Llama and the MoE families after it): q_proj, k_proj, v_proj, optional
+///   q/k RMSNorm, rotary over the whole head or its first rotary_dim features (GLM-4.5);
+/// - multi-head latent (DeepSeek-V2/V3, options.latent): q_proj or q_a_proj -> q_a_layernorm ->
+///   q_b_proj; kv_a_proj_with_mqa gives a key/value latent and one shared rotary key part,
+///   kv_a_layernorm -> kv_b_proj expands the latent into every head's key part and value.
+/// Parameter names follow Hugging Face's; the cache holds the expanded keys and values as
+/// transformers' does.
 class AttentionImpl : public torch::nn::Cloneable<AttentionImpl> {
  public:
   explicit AttentionImpl(AttentionOptions options);
@@ -33,9 +31,23 @@ class AttentionImpl : public torch::nn::Cloneable<AttentionImpl> {
   torch::Tensor forward(const torch::Tensor& x, const RotaryAngles& angles,
                         KVCache* cache = nullptr, int64_t layer = 0);
 
+  bool is_latent() const { return options.latent().has_value(); }
+
   AttentionOptions options;
+  /// Grouped-query projections (q_proj also for latent attention without a query latent).
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   RMSNorm q_norm{nullptr}, k_norm{nullptr};
+  /// Latent attention.
+  torch::nn::Linear q_a_proj{nullptr}, q_b_proj{nullptr}, kv_a_proj_with_mqa{nullptr},
+      kv_b_proj{nullptr};
+  RMSNorm q_a_layernorm{nullptr}, kv_a_layernorm{nullptr};
+
+ private:
+  struct QKV {
+    torch::Tensor q, k, v;  ///< [B, heads, S, *] with rotary positions applied
+  };
+  QKV grouped_qkv(const torch::Tensor& x, const RotaryAngles& angles);
+  QKV latent_qkv(const torch::Tensor& x, const RotaryAngles& angles);
 };
 TORCH_MODULE(Attention);
 

@@ -20,9 +20,9 @@ class KVCache {
   int64_t length() const { return length_; }
   int64_t num_layers() const { return static_cast<int64_t>(keys_.size()); }
 
-  /// Stores layer `layer`'s keys and values [B, H_kv, S, head_dim] of the S new tokens at
-  /// positions [length(), length() + S) and returns the keys and values of all those positions
-  /// (views of the storage). Every layer appends the same S before advance(S).
+  /// Stores layer `layer`'s keys [B, H_kv, S, head_dim] and values [B, H_kv, S, value_dim] of the S
+  /// new tokens at positions [length(), length() + S) and returns the keys and values of all those
+  /// positions (views of the storage). Every layer appends the same S before advance(S).
   std::pair<torch::Tensor, torch::Tensor> append(int64_t layer, const torch::Tensor& keys,
                                                  const torch::Tensor& values);
   /// Moves past the S tokens every layer has appended (the model calls it after its layers).
