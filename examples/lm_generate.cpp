@@ -15,7 +15,9 @@
 #include <string>
 
 int main(int argc, char** argv) {
-  CLI::App app{"Generates tokens with a Mixtral / Qwen-MoE / OLMoE / DeepSeek-MoE checkpoint"};
+  CLI::App app{
+      "Generates tokens with a Mixtral, Qwen-MoE, OLMoE, DeepSeek (MoE, V2, V3) or GLM-4.5 "
+      "checkpoint"};
   std::string model_dir, prompt_ids, prompt_bytes, dtype = "fp32";
   moeprune::lm::GenerationOptions options;
   int64_t max_new = 32, eos = -1;
