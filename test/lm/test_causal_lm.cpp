@@ -13,6 +13,7 @@
 #include <torch/torch.h>
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <map>
 #include <string>
 
@@ -69,8 +70,12 @@ TEST_CASE("bf16 logits stay within bf16 rounding of transformers' bf16 model", "
       INFO(family << ": max |logits - transformers bf16| = " << diff << " (logits up to " << scale
                   << ")");
       // bf16 keeps 8 significant bits (relative step 2^-8 = 0.0039); both models round after
-      // every op in different orders, so allow a few steps of the largest logit.
-      CHECK(diff < 4.0 * scale / 256.0);
+      // every op in different orders, so allow a few steps of the largest logit, or as much as
+      // transformers' own bf16 model is off its fp32 one (glm4_moe: 0.068, 5 steps), since two
+      // roundings of the same math differ by about what either differs from the exact result.
+      const double reference_error = max_diff(want, ref.at("logits"));
+      INFO("transformers bf16 vs fp32: " << reference_error);
+      CHECK(diff < std::max(4.0 * scale / 256.0, reference_error));
       // And both are close to the fp32 model, so neither is wrong in the same way.
       CHECK(max_diff(logits, ref.at("logits")) < 8.0 * scale / 256.0);
     }
