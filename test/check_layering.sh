@@ -34,8 +34,9 @@ forbid compression "hf/|models/|train/|$old"
 forbid hf "compression/|models/|train/|$old"
 forbid models "train/|$old"
 # The model families stand side by side: neither uses the other.
-forbid models/lm "models/vision/"
-forbid models/vision "models/lm/"
+forbid models/lm "models/(vision|seq2seq)/"
+forbid models/vision "models/(lm|seq2seq)/"
+forbid models/seq2seq "models/(lm|vision)/"
 forbid train "$old"
 
 if [ "$status" -ne 0 ]; then
