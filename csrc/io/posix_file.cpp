@@ -128,6 +128,15 @@ void AtomicFolder::commit() {
   committed_ = true;
 }
 
+void swap_in_folder(const std::string& staging, const std::string& target) {
+  const auto old = target + ".moeprune-old";
+  TORCH_CHECK(::rename(target.c_str(), old.c_str()) == 0, target,
+              ": cannot move aside: ", errno_text());
+  TORCH_CHECK(::rename(staging.c_str(), target.c_str()) == 0, staging, ": cannot rename to ",
+              target, ": ", errno_text());
+  remove_flat_folder(old);
+}
+
 void write_text_file(const std::string& path, const std::string& text) {
   auto fd = open_file(path, O_WRONLY | O_CREAT | O_EXCL);
   safetensors::detail::SequentialOutput out(fd.get(), path);

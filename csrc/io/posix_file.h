@@ -84,6 +84,10 @@ class AtomicFolder {
   bool committed_ = false;
 };
 
+/// Replaces the existing folder `target` by the complete folder `staging`: `target` is moved aside,
+/// `staging` renamed into place, and only then the old folder (of plain files) removed.
+void swap_in_folder(const std::string& staging, const std::string& target);
+
 /// Writes `text` to the new file `path` and syncs it.
 void write_text_file(const std::string& path, const std::string& text);
 /// Copies `from` to the new file `to` (in the kernel where it can) and syncs it.

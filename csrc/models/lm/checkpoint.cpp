@@ -276,12 +276,7 @@ void save_causal_lm(CausalLM& model, const std::string& directory, const SaveOpt
   }
   if (exists) {
     // Swap the complete new folder in; the old one is removed only once the new one is in place.
-    const auto old = target + ".moeprune-old";
-    TORCH_CHECK(std::rename(target.c_str(), old.c_str()) == 0, target,
-                ": cannot move aside: ", std::strerror(errno));
-    TORCH_CHECK(std::rename(staging.c_str(), target.c_str()) == 0, staging, ": cannot rename to ",
-                target, ": ", std::strerror(errno));
-    io::remove_flat_folder(old);
+    io::swap_in_folder(staging, target);
   }
 }
 

@@ -5,6 +5,7 @@
 
 #include "hf/config.h"
 #include "hf/default_dtype.h"
+#include "hf/family.h"
 #include "io/posix_file.h"
 
 #include <torch/torch.h>
@@ -84,23 +85,6 @@ void load_tensor_into(const safetensors::Checkpoint& checkpoint, const std::stri
   param.set_data(t.scalar_type() == param.scalar_type() ? t : t.to(param.scalar_type()));
 }
 
-ExpertActivation activation_named(const std::string& name, const std::string& path) {
-  if (name == "relu") {
-    return ExpertActivation::kRelu;
-  }
-  if (name == "gelu") {
-    return ExpertActivation::kGelu;
-  }
-  if (name == "gelu_new" || name == "gelu_pytorch_tanh") {
-    return ExpertActivation::kGeluTanh;
-  }
-  if (name == "silu" || name == "swish") {
-    return ExpertActivation::kSilu;
-  }
-  TORCH_CHECK(false, path, ": dense_act_fn '", name,
-              "' is not supported (relu, gelu, gelu_new, gelu_pytorch_tanh, silu)");
-}
-
 const char* activation_name(ExpertActivation a) {
   switch (a) {
     case ExpertActivation::kRelu:
@@ -145,7 +129,7 @@ SwitchTransformerOptions read_switch_options(const std::string& directory) {
       .relative_attention_max_distance(config.integer("relative_attention_max_distance", 128))
       .layer_norm_epsilon(config.number("layer_norm_epsilon", 1e-6))
       .dropout_rate(config.number("dropout_rate", 0.1))
-      .activation(activation_named(config.text("dense_act_fn", "relu"), path))
+      .activation(hf::detail::activation_of(config.text("dense_act_fn", "relu"), path))
       .tie_word_embeddings(config.flag("tie_word_embeddings", true))
       .pad_token_id(config.integer("pad_token_id", 0))
       .eos_token_id(config.integer("eos_token_id", 1));
@@ -322,12 +306,7 @@ void save_switch_transformer(SwitchTransformer& model, const std::string& direct
     folder.commit();
   }
   if (exists) {
-    const auto old = target + ".moeprune-old";
-    TORCH_CHECK(std::rename(target.c_str(), old.c_str()) == 0, target,
-                ": cannot move aside: ", std::strerror(errno));
-    TORCH_CHECK(std::rename(staging.c_str(), target.c_str()) == 0, staging, ": cannot rename to ",
-                target, ": ", std::strerror(errno));
-    io::remove_flat_folder(old);
+    io::swap_in_folder(staging, target);
   }
 }
 

@@ -49,6 +49,10 @@ void SwitchFeedForwardImpl::reset() {
   }
 }
 
+void SwitchFeedForwardImpl::pretty_print(std::ostream& stream) const {
+  stream << "moeprune::seq2seq::SwitchFeedForward(" << (is_sparse ? "MoE" : "dense") << ")";
+}
+
 void SwitchFeedForwardImpl::set_moe(MoELayer layer) {
   TORCH_CHECK(is_sparse, "SwitchFeedForward: a dense block has no MoE layer to replace");
   TORCH_CHECK(layer->options.d_model() == options.d_model(),

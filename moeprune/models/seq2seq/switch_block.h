@@ -46,6 +46,7 @@ class SwitchFeedForwardImpl : public torch::nn::Cloneable<SwitchFeedForwardImpl>
  public:
   SwitchFeedForwardImpl(const SwitchTransformerOptions& options, bool sparse);
   void reset() override;
+  void pretty_print(std::ostream& stream) const override;
   /// `call` (optional) receives the MoE layer's routing.
   torch::Tensor forward(const torch::Tensor& hidden, SparseCall* call = nullptr);
   bool sparse() const { return !moe.is_empty(); }
