@@ -1,5 +1,8 @@
 #include <moeprune/io/checkpoint.h>
 
+#include "io/file_copy.h"
+#include "io/posix_file.h"
+
 #include <torch/serialize.h>
 #include <torch/torch.h>
 
@@ -67,14 +70,20 @@ void save_checkpoint(const std::string& path, torch::nn::Module& model, const st
   if (target.has_parent_path()) {
     std::filesystem::create_directories(target.parent_path());
   }
-  const std::string tmp = path + ".tmp";
-  try {
-    archive.save_to(tmp);
-  } catch (const c10::Error& e) {
-    std::remove(tmp.c_str());
-    TORCH_CHECK(false, "checkpoint ", path, ": cannot write (", e.what_without_backtrace(), ")");
+  // Serialised in memory first (torch's zip writer must not see a failing write: it would throw
+  // from its destructor), then written to a temporary beside the target, synced and renamed
+  // over it: a crash or a full disk leaves the old checkpoint as it was, and the temporary is
+  // removed on any error.
+  std::ostringstream bytes;
+  archive.save_to(bytes);
+  const auto text = bytes.str();
+  io::AtomicFile file(path, /*overwrite=*/true);
+  {
+    safetensors::detail::SequentialOutput out(file.fd(), file.temporary_path());
+    out.write(text.data(), text.size());
+    out.sync();
   }
-  std::filesystem::rename(tmp, target);
+  file.commit();
 }
 
 std::string read_checkpoint_metadata(const std::string& path) {

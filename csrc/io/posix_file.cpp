@@ -6,6 +6,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -129,7 +130,16 @@ void AtomicFolder::commit() {
 }
 
 void swap_in_folder(const std::string& staging, const std::string& target) {
-  const auto old = target + ".moeprune-old";
+  // One atomic exchange (Linux renameat2 RENAME_EXCHANGE): at every instant `target` is the old
+  // folder or the new one; the old one then sits at `staging` and is removed.
+  if (::renameat2(AT_FDCWD, staging.c_str(), AT_FDCWD, target.c_str(), RENAME_EXCHANGE) == 0) {
+    remove_flat_folder(staging);
+    return;
+  }
+  TORCH_CHECK(errno == EINVAL || errno == ENOSYS, staging, ": cannot exchange with ", target, ": ",
+              errno_text());
+  // A file system without the exchange: move the old folder aside, then the new one in.
+  const auto old = temporary_name_beside(target);
   TORCH_CHECK(::rename(target.c_str(), old.c_str()) == 0, target,
               ": cannot move aside: ", errno_text());
   TORCH_CHECK(::rename(staging.c_str(), target.c_str()) == 0, staging, ": cannot rename to ",

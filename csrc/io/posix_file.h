@@ -84,8 +84,9 @@ class AtomicFolder {
   bool committed_ = false;
 };
 
-/// Replaces the existing folder `target` by the complete folder `staging`: `target` is moved aside,
-/// `staging` renamed into place, and only then the old folder (of plain files) removed.
+/// Replaces the existing folder `target` by the complete folder `staging` (a temporary beside it)
+/// in one atomic exchange, then removes the old folder of plain files; `target` always holds one
+/// complete version, also if the process dies between the steps.
 void swap_in_folder(const std::string& staging, const std::string& target);
 
 /// Writes `text` to the new file `path` and syncs it.

@@ -61,8 +61,7 @@ TEST_CASE("a saved model holds the source checkpoint's tensors and reloads to th
       CHECK_THROWS_WITH(moeprune::lm::save_causal_lm(model, out),
                         Catch::Contains("already exists"));
       moeprune::lm::save_causal_lm(again, out, moeprune::lm::SaveOptions().overwrite(true));
-      CHECK(!test::path_exists(out + ".moeprune-old"));
-      CHECK(!test::path_exists(out + ".moeprune-saving"));
+      CHECK(test::temporaries_in(test::scratch_dir()).empty());
     }
   }
 }

@@ -178,7 +178,9 @@ void save_causal_lm(CausalLM& model, const std::string& directory, const SaveOpt
   }
 
   const auto target = std::filesystem::path(directory).lexically_normal().string();
-  const auto staging = exists ? target + ".moeprune-saving" : target;
+  // An existing folder is replaced by a complete new one under a temporary name (unique, so a
+  // save killed earlier leaves nothing a later one trips over).
+  const auto staging = exists ? io::temporary_name_beside(target) : target;
   {
     io::AtomicFolder folder(staging);
     safetensors::Writer writer(folder.path() + "/model.safetensors");

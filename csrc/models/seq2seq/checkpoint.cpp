@@ -235,7 +235,9 @@ void save_switch_transformer(SwitchTransformer& model, const std::string& direct
   TORCH_CHECK(!exists || options.overwrite(), directory,
               ": already exists (pass overwrite to replace it; nothing was written)");
   const auto target = std::filesystem::path(directory).lexically_normal().string();
-  const auto staging = exists ? target + ".moeprune-saving" : target;
+  // An existing folder is replaced by a complete new one under a temporary name (unique, so a
+  // save killed earlier leaves nothing a later one trips over).
+  const auto staging = exists ? io::temporary_name_beside(target) : target;
   {
     io::AtomicFolder folder(staging);
     safetensors::Writer writer(folder.path() + "/model.safetensors");
