@@ -132,7 +132,7 @@ TEST_CASE(
 
 TEST_CASE("Fashion-MNIST from Debian's package has 10000 balanced test images") {
   if (!fs::exists(std::string(data::kFashionMnistDir) + "/t10k-labels-idx1-ubyte.gz")) {
-    WARN("dataset-fashion-mnist is not installed; skipping");
+    WARN("[moeprune-skip] dataset-fashion-mnist is not installed");
     return;
   }
   const auto d = data::load_fashion_mnist(data::kFashionMnistDir, false);
