@@ -253,22 +253,79 @@ std::string PruningPlan::to_json() const {
   return j.dump(2);
 }
 
+namespace {
+
+// Readers of a hand-written plan that name the field they refuse: "layers[2].pruned[1]".
+const nlohmann::json& field(const nlohmann::json& object, const std::string& name,
+                            const std::string& where) {
+  TORCH_CHECK(object.is_object(), "pruning plan JSON: ", where, " should be an object, got ",
+              object.type_name());
+  TORCH_CHECK(object.contains(name), "pruning plan JSON: ", where.empty() ? "the plan" : where,
+              " has no \"", name, "\"");
+  return object.at(name);
+}
+
+int64_t integer_at(const nlohmann::json& value, const std::string& where) {
+  TORCH_CHECK(value.is_number_integer(), "pruning plan JSON: ", where,
+              " should be an integer, got ", value.type_name(), " ", value.dump());
+  return value.get<int64_t>();
+}
+
+const nlohmann::json& array_at(const nlohmann::json& value, const std::string& where) {
+  TORCH_CHECK(value.is_array(), "pruning plan JSON: ", where, " should be an array, got ",
+              value.type_name());
+  return value;
+}
+
+}  // namespace
+
 PruningPlan PruningPlan::from_json(const std::string& text) {
   PruningPlan plan;
+  nlohmann::json j;
   try {
-    const auto j = nlohmann::json::parse(text);
-    plan.criterion = j.value("criterion", "");
-    plan.model_signature =
-        j.at("model_signature").is_null() ? std::string() : j.at("model_signature").dump();
-    for (const auto& l : j.at("layers")) {
-      // "block": plans written before the MoE view named the key so.
-      const auto& key = l.contains("key") ? l.at("key") : l.at("block");
-      plan.layers.push_back({key.get<int64_t>(), l.at("num_experts").get<int64_t>(),
-                             l.at("pruned").get<std::vector<int64_t>>(),
-                             l.value("scores", std::vector<double>{})});
-    }
+    j = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     TORCH_CHECK(false, "pruning plan JSON: ", e.what());
+  }
+  TORCH_CHECK(j.is_object(), "pruning plan JSON: the plan should be an object, got ",
+              j.type_name());
+  if (j.contains("criterion")) {
+    TORCH_CHECK(j.at("criterion").is_string(),
+                "pruning plan JSON: criterion should be a string, got ",
+                j.at("criterion").type_name());
+    plan.criterion = j.at("criterion").get<std::string>();
+  }
+  const auto& signature = field(j, "model_signature", "");
+  TORCH_CHECK(signature.is_null() || signature.is_object(),
+              "pruning plan JSON: model_signature should be an object or null, got ",
+              signature.type_name());
+  plan.model_signature = signature.is_null() ? std::string() : signature.dump();
+  const auto& layers = array_at(field(j, "layers", ""), "layers");
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const auto where = "layers[" + std::to_string(i) + "]";
+    const auto& l = layers[i];
+    TORCH_CHECK(l.is_object(), "pruning plan JSON: ", where, " should be an object, got ",
+                l.type_name());
+    // "block": plans written before the MoE view named the key so.
+    const bool old = !l.contains("key") && l.contains("block");
+    const auto key =
+        integer_at(field(l, old ? "block" : "key", where), where + (old ? ".block" : ".key"));
+    const auto experts = integer_at(field(l, "num_experts", where), where + ".num_experts");
+    std::vector<int64_t> pruned;
+    const auto& ids = array_at(field(l, "pruned", where), where + ".pruned");
+    for (size_t k = 0; k < ids.size(); ++k) {
+      pruned.push_back(integer_at(ids[k], where + ".pruned[" + std::to_string(k) + "]"));
+    }
+    std::vector<double> scores;
+    if (l.contains("scores")) {
+      const auto& values = array_at(l.at("scores"), where + ".scores");
+      for (size_t k = 0; k < values.size(); ++k) {
+        TORCH_CHECK(values[k].is_number(), "pruning plan JSON: ", where, ".scores[", k,
+                    "] should be a number, got ", values[k].type_name(), " ", values[k].dump());
+        scores.push_back(values[k].get<double>());
+      }
+    }
+    plan.layers.push_back({key, experts, std::move(pruned), std::move(scores)});
   }
   return plan;
 }
