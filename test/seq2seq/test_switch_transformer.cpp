@@ -5,6 +5,7 @@
 // the MoE view over encoder and decoder; checkpoints and training.
 #include "../scratch_dir.h"
 
+#include <moeprune/compression/low_rank.h>
 #include <moeprune/compression/merging.h>
 #include <moeprune/io/safetensors.h>
 #include <moeprune/models/seq2seq/checkpoint.h>
@@ -227,6 +228,9 @@ TEST_CASE("config.json values the model does not implement are refused by name",
   CHECK_THROWS_WITH(load_switch_transformer(other), Contains("model_type") && Contains("t5"));
   const auto bias = edited_copy("router_bias", [](auto& c) { c["router_bias"] = true; });
   CHECK_THROWS_WITH(load_switch_transformer(bias), Contains("router_bias"));
+  const auto bf16_router =
+      edited_copy("router_dtype", [](auto& c) { c["router_dtype"] = "bfloat16"; });
+  CHECK_THROWS_WITH(load_switch_transformer(bf16_router), Contains("router_dtype"));
   // A block count that disagrees with the tensors: the missing block's tensors are named.
   const auto deeper = edited_copy("deeper", [](auto& c) { c["num_layers"] = 5; });
   CHECK_THROWS_WITH(load_switch_transformer(deeper), Contains("encoder.block.4"));
@@ -256,4 +260,29 @@ TEST_CASE("switch_transformers trains: the loss falls and routers and experts ge
   }
   INFO("loss " << first << " -> " << last);
   CHECK(last < 0.8 * first);
+}
+
+TEST_CASE("saving removed experts writes zeros that compute the same; other states are refused",
+          "[seq2seq]") {
+  const auto ref = reference();
+  auto model = load_switch_transformer(kModel);
+  // Experts 1 and 4 of the first MoE layer removed, its router kept: their slots output zero,
+  // as zero ReLU experts do in the saved checkpoint (and in transformers).
+  model->moe_layers().front().second->keep_experts({0, 2, 3, 5});
+  const auto pruned = run(model, ref).logits;
+  const auto dir = test::scratch_dir() + "/switch_removed";
+  save_switch_transformer(model, dir);
+  auto reloaded = load_switch_transformer(dir);
+  CHECK(max_diff(run(reloaded, ref).logits, pruned) < 1e-6);
+
+  auto cut = load_switch_transformer(kModel);
+  cut->moe_layers().back().second->keep_experts({0, 1, 2, 3}, /*drop_router_columns=*/true);
+  CHECK_THROWS_WITH(save_switch_transformer(cut, test::scratch_dir() + "/switch_cut"),
+                    Contains("decoder.block.1.layer.2.mlp") && Contains("router columns"));
+  auto factorised = load_switch_transformer(kModel);
+  moeprune::compression::factorize_experts(*moe_view(factorised), 2);
+  CHECK_THROWS_WITH(save_switch_transformer(factorised, test::scratch_dir() + "/switch_lr"),
+                    Contains("factorised"));
+  CHECK_FALSE(test::path_exists(test::scratch_dir() + "/switch_cut"));
+  CHECK_FALSE(test::path_exists(test::scratch_dir() + "/switch_lr"));
 }
