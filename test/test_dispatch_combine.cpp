@@ -167,3 +167,34 @@ TEST_CASE("dispatch and combine refuse malformed indices with a clear message") 
   REQUIRE_THROWS_WITH(ops::combine(y, w, bad_slots, plan.row_slot),
                       Catch::Contains("slot_row[0, 0] = 999 is outside the"));
 }
+
+TEST_CASE("dispatch and combine take non-contiguous and offset views as their copies") {
+  const auto plan = plan_with_drops();
+  const int64_t R = plan.num_rows();
+  for (const auto dtype : {torch::kDouble, torch::kFloat, torch::kBFloat16}) {
+    INFO("dtype " << dtype);
+    // Tokens: a transposed view, rows at an offset, a column window (row stride 11 != d = 7).
+    const std::vector<torch::Tensor> inputs = {
+        torch::randn({7, 10}, torch::kDouble).to(dtype).t(),
+        torch::randn({15, 7}, torch::kDouble).to(dtype).narrow(0, 3, 10),
+        torch::randn({10, 11}, torch::kDouble).to(dtype).narrow(1, 2, 7)};
+    for (const auto& x : inputs) {
+      INFO("sizes " << x.sizes() << " strides " << x.strides() << " offset " << x.storage_offset());
+      CHECK(torch::equal(ops::dispatch(x, plan), naive_dispatch(x.contiguous(), plan)));
+    }
+    // Expert outputs at an offset and in a column window; weights transposed from [K, T].
+    const auto y =
+        torch::randn({R + 4, 13}, torch::kDouble).to(dtype).narrow(0, 2, R).narrow(1, 3, 7);
+    const auto w = plan.combine_weight.to(dtype).t().contiguous().t();
+    REQUIRE_FALSE(y.is_contiguous());
+    REQUIRE_FALSE(w.is_contiguous());
+    const auto got = ops::combine(y, w, plan);
+    const auto want = ops::combine(y.contiguous(), w.contiguous(), plan);
+    // The same kernel on the same values: bitwise equal; and close to the naive loop.
+    CHECK(torch::equal(got, want));
+    CHECK(torch::allclose(
+        got.to(torch::kDouble),
+        naive_combine(y.to(torch::kDouble).contiguous(), w.to(torch::kDouble).contiguous(), plan),
+        dtype == torch::kBFloat16 ? 2e-2 : 1e-5, 1e-5));
+  }
+}
