@@ -147,6 +147,23 @@ void swap_in_folder(const std::string& staging, const std::string& target) {
   remove_flat_folder(old);
 }
 
+FolderReplacement::FolderReplacement(const std::string& target, bool overwrite)
+    : target_(std::filesystem::path(target).lexically_normal().string()) {
+  replacing_ = std::filesystem::exists(target_);
+  TORCH_CHECK(!replacing_ || overwrite, target,
+              ": already exists (pass overwrite to replace it; nothing was written)");
+  staging_ = replacing_ ? temporary_name_beside(target_) : target_;
+  folder_.emplace(staging_);
+}
+
+void FolderReplacement::commit() {
+  folder_->commit();
+  if (replacing_) {
+    // The old folder is removed only once the new one is in place.
+    swap_in_folder(staging_, target_);
+  }
+}
+
 void write_text_file(const std::string& path, const std::string& text) {
   auto fd = open_file(path, O_WRONLY | O_CREAT | O_EXCL);
   safetensors::detail::SequentialOutput out(fd.get(), path);

@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -88,6 +89,26 @@ class AtomicFolder {
 /// in one atomic exchange, then removes the old folder of plain files; `target` always holds one
 /// complete version, also if the process dies between the steps.
 void swap_in_folder(const std::string& staging, const std::string& target);
+
+/// A model folder written beside `target` and put in its place by commit(): renamed into place
+/// when `target` does not exist, swapped in (swap_in_folder) when it does and `overwrite` is set;
+/// an existing `target` is refused otherwise, naming it. The staging name is unique, so a save
+/// killed earlier leaves nothing a later one trips over; without commit() nothing is left.
+class FolderReplacement {
+ public:
+  FolderReplacement(const std::string& target, bool overwrite);
+  FolderReplacement(const FolderReplacement&) = delete;
+  FolderReplacement& operator=(const FolderReplacement&) = delete;
+
+  /// Where to write the files.
+  const std::string& path() const { return folder_->path(); }
+  void commit();
+
+ private:
+  std::string target_, staging_;
+  bool replacing_ = false;
+  std::optional<AtomicFolder> folder_;
+};
 
 /// Writes `text` to the new file `path` and syncs it.
 void write_text_file(const std::string& path, const std::string& text);

@@ -13,10 +13,6 @@
 #include <c10/util/StringUtil.h>
 #include <torch/torch.h>
 
-#include <cerrno>
-#include <cstdio>
-#include <cstring>
-#include <filesystem>
 #include <set>
 #include <utility>
 #include <vector>
@@ -143,9 +139,6 @@ void save_causal_lm(CausalLM& model, const std::string& directory, const SaveOpt
   auto& m = *model;
   const auto& o = m.options;
   const auto names = detail::hf_names(o.model_type());
-  const bool exists = std::filesystem::exists(directory);
-  TORCH_CHECK(!exists || options.overwrite(), directory,
-              ": already exists (pass overwrite to replace it; nothing was written)");
   const auto moe = m.moe_layers();
   // The expert count config.json gets, and what each layer writes.
   int64_t source_experts = 0, written_experts = -1;
@@ -177,12 +170,8 @@ void save_causal_lm(CausalLM& model, const std::string& directory, const SaveOpt
     written_experts = o.moe()->num_experts();  // every MoE block was dropped
   }
 
-  const auto target = std::filesystem::path(directory).lexically_normal().string();
-  // An existing folder is replaced by a complete new one under a temporary name (unique, so a
-  // save killed earlier leaves nothing a later one trips over).
-  const auto staging = exists ? io::temporary_name_beside(target) : target;
   {
-    io::AtomicFolder folder(staging);
+    io::FolderReplacement folder(directory, options.overwrite());
     safetensors::Writer writer(folder.path() + "/model.safetensors");
     for (const auto& [name, tensor] : named_dense_tensors(m)) {
       writer.add(name, tensor.detach());
@@ -275,10 +264,6 @@ void save_causal_lm(CausalLM& model, const std::string& directory, const SaveOpt
     }
     io::write_text_file(folder.path() + "/config.json", config.dump(2) + "\n");
     folder.commit();
-  }
-  if (exists) {
-    // Swap the complete new folder in; the old one is removed only once the new one is in place.
-    io::swap_in_folder(staging, target);
   }
 }
 

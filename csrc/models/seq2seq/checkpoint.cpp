@@ -11,10 +11,6 @@
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
-#include <cerrno>
-#include <cstdio>
-#include <cstring>
-#include <filesystem>
 #include <map>
 #include <set>
 #include <utility>
@@ -231,15 +227,8 @@ void save_switch_transformer(SwitchTransformer& model, const std::string& direct
     TORCH_CHECK(!layer->experts()->b1.defined(), "save_switch_transformer: ", name,
                 " has expert biases, which Switch experts do not have");
   }
-  const bool exists = std::filesystem::exists(directory);
-  TORCH_CHECK(!exists || options.overwrite(), directory,
-              ": already exists (pass overwrite to replace it; nothing was written)");
-  const auto target = std::filesystem::path(directory).lexically_normal().string();
-  // An existing folder is replaced by a complete new one under a temporary name (unique, so a
-  // save killed earlier leaves nothing a later one trips over).
-  const auto staging = exists ? io::temporary_name_beside(target) : target;
   {
-    io::AtomicFolder folder(staging);
+    io::FolderReplacement folder(directory, options.overwrite());
     safetensors::Writer writer(folder.path() + "/model.safetensors");
     for (const auto& [name, tensor] : named_dense_tensors(m)) {
       writer.add(name, tensor.detach());
@@ -306,9 +295,6 @@ void save_switch_transformer(SwitchTransformer& model, const std::string& direct
                                                       : "float32";
     io::write_text_file(folder.path() + "/config.json", config.dump(2) + "\n");
     folder.commit();
-  }
-  if (exists) {
-    io::swap_in_folder(staging, target);
   }
 }
 
