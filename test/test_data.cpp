@@ -94,8 +94,16 @@ TEST_CASE("IDX reader refuses bad files, naming the file and the problem") {
   REQUIRE_THROWS_WITH(data::read_idx((dir / "magic.gz").string()),
                       Catch::Contains("magic.gz: not an IDX file") && Catch::Contains("2050"));
   write_file(dir / "short.gz", idx_bytes(2051, {2, 3, 3}, iota_bytes(10)), true);
-  REQUIRE_THROWS_WITH(data::read_idx((dir / "short.gz").string()),
-                      Catch::Contains("short.gz: header promises 18 values but the file holds 10"));
+  REQUIRE_THROWS_WITH(
+      data::read_idx((dir / "short.gz").string()),
+      Catch::Contains("short.gz: header promises 18 values ([2, 3, 3]) but the file holds 10"));
+  // Found by fuzzing (test/fuzz/regressions/idx_reader): an empty shape is read, not copied
+  // from a null pointer; a shape whose product overflows is refused.
+  write_file(dir / "empty", idx_bytes(2051, {0, 28, 28}, {}), false);
+  CHECK(data::read_idx((dir / "empty").string()).sizes() == torch::IntArrayRef({0, 28, 28}));
+  write_file(dir / "huge", idx_bytes(2051, {0xffffffff, 0xffffffff, 0xffffffff}, {}), false);
+  REQUIRE_THROWS_WITH(data::read_idx((dir / "huge").string()),
+                      Catch::Contains("more than a 64-bit size can count"));
   write_file(dir / "tiny", {0, 0}, false);
   REQUIRE_THROWS_WITH(data::read_idx((dir / "tiny").string()), Catch::Contains("too short"));
   REQUIRE_THROWS_WITH(data::read_idx((dir / "missing.gz").string()),

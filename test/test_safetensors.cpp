@@ -201,4 +201,20 @@ TEST_CASE("a sharded checkpoint reads like the single file it was split from") {
     REQUIRE_THROWS_WITH(st::Checkpoint(dir),
                         Contains("missing.safetensors") && Contains("missing"));
   }
+
+  SECTION("an index naming a file outside the folder is refused before it is opened") {
+    const auto dir = scratch() + "/escaping_index";
+    REQUIRE(std::system(("cp -r " + kFixtures + "/mixtral_ft_sharded " + dir).c_str()) == 0);
+    // Each of these exists (the fixture's own shard, reached from outside), so only the path
+    // check can refuse it.
+    const std::string shard = "model-00001-of-00003.safetensors";
+    for (const std::string& path : {"../escaping_index/" + shard, dir + "/" + shard, "./" + shard,
+                                    std::string(".."), std::string(".")}) {
+      INFO(path);
+      std::ofstream(dir + "/model.safetensors.index.json")
+          << R"({"weight_map":{"model.embed_tokens.weight":")" + path + R"("}})";
+      REQUIRE_THROWS_WITH(st::Checkpoint(dir),
+                          Contains("names '" + path + "', not a file in the checkpoint folder"));
+    }
+  }
 }

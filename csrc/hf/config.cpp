@@ -14,7 +14,7 @@ Config::Config(const std::string& directory)
               ": cannot open (a Hugging Face checkpoint folder needs config.json)");
   try {
     json_ = nlohmann::ordered_json::parse(in);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
     TORCH_CHECK(false, path_, ": not valid JSON: ", e.what());
   }
   TORCH_CHECK(json_.is_object(), path_, ": expected a JSON object, found ", json_.type_name());

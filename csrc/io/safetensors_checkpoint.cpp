@@ -27,7 +27,7 @@ Checkpoint::Checkpoint(const std::string& path) {
       nlohmann::json j;
       try {
         j = nlohmann::json::parse(in);
-      } catch (const nlohmann::json::parse_error& e) {
+      } catch (const nlohmann::json::exception& e) {
         TORCH_CHECK(false, index.string() + ": not valid JSON: " + e.what());
       }
       TORCH_CHECK(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(),

@@ -84,7 +84,7 @@ File::File(const std::string& path) {
   nlohmann::json header;
   try {
     header = nlohmann::json::parse(m->base + 8, m->base + 8 + header_len);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
     TORCH_CHECK(false, path + ": header is not valid JSON: " + e.what());
   }
   TORCH_CHECK(header.is_object(), path + ": header is not a JSON object");

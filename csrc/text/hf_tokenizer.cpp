@@ -115,7 +115,7 @@ std::shared_ptr<const TokenizerBackend> load_tokenizer_json(const std::string& p
   nlohmann::json spec;
   try {
     spec = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
     TORCH_CHECK(false, path, ": not valid JSON: ", e.what());
   }
   TORCH_CHECK(spec.is_object(), path, ": expected a JSON object, found ", spec.type_name());

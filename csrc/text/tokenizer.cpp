@@ -49,7 +49,7 @@ Tokenizer Tokenizer::from_folder(const std::string& folder) {
     nlohmann::json config;
     try {
       config = nlohmann::json::parse(in);
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {
       TORCH_CHECK(false, config_path, ": not valid JSON: ", e.what());
     }
     add_bos = detail::bool_field(config, "add_bos_token", add_bos, config_path);

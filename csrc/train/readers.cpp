@@ -1,5 +1,6 @@
 #include <moeprune/train/readers.h>
 
+#include <c10/util/StringUtil.h>
 #include <torch/torch.h>
 #include <zlib.h>
 
@@ -50,15 +51,21 @@ torch::Tensor read_idx(const std::string& path) {
   TORCH_CHECK(bytes.size() >= 4 + 4 * dims, path, ": header truncated");
   std::vector<int64_t> shape;
   size_t expected = 1;
+  bool overflow = false;
   for (size_t i = 0; i < dims; ++i) {
     shape.push_back(big_endian(bytes, 4 + 4 * i));
-    expected *= static_cast<size_t>(shape.back());
+    overflow =
+        overflow || __builtin_mul_overflow(expected, static_cast<size_t>(shape.back()), &expected);
   }
   const size_t header = 4 + 4 * dims;
-  TORCH_CHECK(bytes.size() - header == expected, path, ": header promises ", expected,
-              " values but the file holds ", bytes.size() - header);
+  TORCH_CHECK(!overflow, path, ": header promises [", c10::Join(", ", shape),
+              "] values, more than a 64-bit size can count");
+  TORCH_CHECK(bytes.size() - header == expected, path, ": header promises ", expected, " values ([",
+              c10::Join(", ", shape), "]) but the file holds ", bytes.size() - header);
   auto out = torch::empty(shape, torch::kUInt8);
-  std::memcpy(out.data_ptr<uint8_t>(), bytes.data() + header, expected);
+  if (expected != 0) {  // an empty tensor may have no storage to copy into
+    std::memcpy(out.data_ptr<uint8_t>(), bytes.data() + header, expected);
+  }
   return out;
 }
 
