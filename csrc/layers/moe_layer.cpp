@@ -105,7 +105,8 @@ RouterHandle make_router(const MoELayerOptions& o) {
                                                     .routing(o.routing())
                                                     .noise_std(o.noise_std())
                                                     .jitter(o.jitter())
-                                                    .group_per_item(o.group_per_item()));
+                                                    .group_per_item(o.group_per_item())
+                                                    .check_finite(o.check_finite()));
       h.router = r.get();
       h.module = r;
       break;
@@ -116,7 +117,8 @@ RouterHandle make_router(const MoELayerOptions& o) {
               .capacity_factor(o.routing().capacity_factor())
               .capacity_multiple(o.routing().capacity_multiple())
               .group_size(o.routing().group_size())
-              .noise_std(o.noise_std()));
+              .noise_std(o.noise_std())
+              .check_finite(o.check_finite()));
       h.router = r.get();
       h.module = r;
       break;
@@ -125,7 +127,8 @@ RouterHandle make_router(const MoELayerOptions& o) {
       auto r = std::make_shared<EnsembleRouterImpl>(
           EnsembleRouterOptions(o.d_model(), o.num_experts(), o.ensemble_size())
               .routing(o.routing())
-              .noise_std(o.noise_std()));
+              .noise_std(o.noise_std())
+              .check_finite(o.check_finite()));
       h.router = r.get();
       h.module = r;
       break;
@@ -134,7 +137,8 @@ RouterHandle make_router(const MoELayerOptions& o) {
       auto r = std::make_shared<GroupLimitedRouterImpl>(
           GroupLimitedRouterOptions(o.d_model(), o.num_experts())
               .routing(o.routing())
-              .groups(o.groups()));
+              .groups(o.groups())
+              .check_finite(o.check_finite()));
       h.router = r.get();
       h.module = r;
       break;
@@ -188,6 +192,38 @@ RouterOutput MoELayerImpl::route_items(const torch::Tensor& tokens, int64_t item
   return router_->route(tokens, map, bank_size, item_size);
 }
 
+void MoELayerImpl::check_finite_experts(const torch::Tensor& expert_out,
+                                        const std::vector<int64_t>& counts) const {
+  if (torch::isfinite(expert_out).all().item<bool>()) {
+    return;
+  }
+  // The router checked the tokens, so an expert made the NaN or inf: find the first such row's
+  // expert, then which of its parameters (bank slice) are not finite.
+  const auto bad_rows = torch::logical_not(torch::isfinite(expert_out)).any(1).nonzero();
+  const int64_t row = bad_rows[0][0].item<int64_t>();
+  int64_t local = 0;
+  for (int64_t end = counts[0]; row >= end; end += counts[static_cast<size_t>(++local)]) {
+  }
+  std::string ids;
+  const auto groups = experts_->expert_groups();
+  for (const auto id : groups[static_cast<size_t>(local)]) {
+    ids += (ids.empty() ? "" : ", ") + std::to_string(id);
+  }
+  std::string bad_params;
+  for (const auto& p : experts_->named_parameters()) {
+    const auto& t = p.value();
+    if (t.dim() >= 1 && t.size(0) == experts_->num_held() &&
+        !torch::isfinite(t.detach()[local]).all().item<bool>()) {
+      bad_params += (bad_params.empty() ? "" : ", ") + p.key();
+    }
+  }
+  TORCH_CHECK(false, "MoELayer: expert ", ids, " output NaN or inf (dispatched row ", row,
+              ") for finite input; ",
+              bad_params.empty() ? "its parameters are finite, so its activations overflowed " +
+                                       std::string(c10::toString(expert_out.scalar_type()))
+                                 : "its parameters " + bad_params + " hold NaN or inf");
+}
+
 MoELayerOutput MoELayerImpl::forward(const torch::Tensor& input) {
   TORCH_CHECK(input.dim() >= 2,
               "MoELayer: input should be [..., d_model] with at least 2 dims, got ", input.dim(),
@@ -201,9 +237,13 @@ MoELayerOutput MoELayerImpl::forward(const torch::Tensor& input) {
   auto& plan = routed.plan;
 
   const auto rows = ops::dispatch(tokens, plan);
-  const auto expert_out = experts_->forward(rows, plan.counts());
+  const auto counts = plan.counts();
+  const auto expert_out = experts_->forward(rows, counts);
   const auto weight = plan.combine_weight.to(expert_out.scalar_type());
   const auto combined = ops::combine(expert_out, weight, plan);
+  if (options.check_finite()) {
+    check_finite_experts(expert_out, counts);
+  }
 
   if (capture_ != nullptr) {
     capture_->push_back({capture_inputs_ ? tokens.detach() : torch::Tensor(), plan});

@@ -59,7 +59,30 @@ torch::Tensor score_layer(const Criterion& criterion, const LayerScoringContext&
   auto scores = criterion.score_layer(context);
   TORCH_CHECK(scores.dim() == 1 && scores.size(0) == E, name, " gave ", scores.sizes(),
               " scores for the ", E, " experts of MoE layer ", ft.name);
-  return scores.to(torch::kDouble).cpu().contiguous();
+  scores = scores.to(torch::kDouble).cpu().contiguous();
+  // A NaN score has no place in a ranking (every comparison with it is false): refuse it and
+  // name the parameters that hold NaN or inf, the usual cause (data criteria refuse bad
+  // calibration inputs earlier, in the router's check).
+  const auto nan = torch::isnan(scores).nonzero();
+  if (nan.numel() != 0) {
+    std::string bad;
+    for (const auto* layer : {&ft, context.pretrained}) {
+      if (layer == nullptr) {
+        continue;
+      }
+      for (const auto& p : layer->layer->named_parameters()) {
+        if (!torch::isfinite(p.value().detach()).all().item<bool>()) {
+          bad +=
+              std::string(bad.empty() ? "" : ", ") + (layer == &ft ? "" : "pre-trained ") + p.key();
+        }
+      }
+    }
+    TORCH_CHECK(false, name, " scored expert ", nan[0][0].item<int64_t>(), " of MoE layer ",
+                ft.name, " NaN; ",
+                bad.empty() ? std::string("the layer's parameters are finite")
+                            : "these parameters hold NaN or inf: " + bad);
+  }
+  return scores;
 }
 
 ExpertScores score_experts(const Criterion& criterion, const CriterionContext& context) {

@@ -64,7 +64,7 @@ RouterOutput EnsembleRouterImpl::route(const torch::Tensor& tokens, const torch:
 
   const auto logits = detail::router_logits(tokens, weight, 0.0, is_training());
   if (options.check_finite()) {
-    detail::check_finite_logits(logits, who);
+    detail::check_finite_logits(logits, tokens, weight, who);
   }
   const auto token_ids = torch::arange(T, lopts).reshape({T / (item * M), M, item});
 

@@ -40,7 +40,7 @@ RouterOutput ExpertChoiceRouterImpl::route(const torch::Tensor& tokens,
   detail::check_router_input(tokens, options.d_model(), who);
   const auto logits = detail::router_logits(tokens, weight, 0.0, is_training());
   if (options.check_finite()) {
-    detail::check_finite_logits(logits, who);
+    detail::check_finite_logits(logits, tokens, weight, who);
   }
   const auto probs =
       detail::noisy(logits, options.noise_std(), options.num_experts(), is_training()).softmax(-1);

@@ -76,7 +76,7 @@ RouterOutput GroupLimitedRouterImpl::route(const torch::Tensor& tokens,
   const int64_t G = g.num_groups();
   const auto logits = detail::router_logits(tokens, weight, /*jitter=*/0.0, is_training());
   if (options.check_finite()) {
-    detail::check_finite_logits(logits, who);
+    detail::check_finite_logits(logits, tokens, weight, who);
   }
   const auto scores =
       g.score_function() == ScoreFunction::kSigmoid ? logits.sigmoid() : logits.softmax(-1);

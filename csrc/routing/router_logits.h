@@ -5,6 +5,7 @@
 // only while training, and the checks that name bad input.
 #include <torch/torch.h>
 
+#include <string>
 #include <vector>
 
 namespace moeprune::detail {
@@ -27,9 +28,35 @@ inline torch::Tensor router_logits(const torch::Tensor& tokens, const torch::Ten
   return torch::matmul(x, weight.to(torch::kFloat).t());
 }
 
-inline void check_finite_logits(const torch::Tensor& logits, const char* who) {
-  TORCH_CHECK(torch::isfinite(logits).all().item<bool>(), who,
-              ": router logits contain NaN or inf (check the input tokens and the router weight)");
+// The first non-finite value of 2-D `t`, as "<row_word> r, <col_word> c: value"; "" if none.
+inline std::string first_non_finite(const torch::Tensor& t, const char* row_word,
+                                    const char* col_word) {
+  const auto flat = t.detach().reshape({-1});
+  const auto at = torch::logical_not(torch::isfinite(flat)).nonzero();
+  if (at.numel() == 0) {
+    return "";
+  }
+  const int64_t i = at[0][0].item<int64_t>(), cols = t.size(-1);
+  return std::string(row_word) + " " + std::to_string(i / cols) + ", " + col_word + " " +
+         std::to_string(i % cols) + ": " + std::to_string(flat[i].item<double>());
+}
+
+// The logits of a finite input and a finite router are finite unless their products overflow
+// fp32; the error says which of the three it is. One check per call (it reads the logits back,
+// so on CUDA it synchronises: check_finite(false) turns it off, docs/cuda.md).
+inline void check_finite_logits(const torch::Tensor& logits, const torch::Tensor& tokens,
+                                const torch::Tensor& weight, const char* who) {
+  if (torch::isfinite(logits).all().item<bool>()) {
+    return;
+  }
+  const auto in_tokens = first_non_finite(tokens, "token", "feature");
+  TORCH_CHECK(in_tokens.empty(), who, ": the input tokens hold NaN or inf (", in_tokens,
+              "), so the router logits do");
+  const auto in_weight = first_non_finite(weight, "expert", "feature");
+  TORCH_CHECK(in_weight.empty(), who, ": the router weight holds NaN or inf (", in_weight, ")");
+  TORCH_CHECK(false, who, ": router logits overflow float32 (",
+              first_non_finite(logits, "token", "expert"),
+              ") although the tokens and the router weight are finite");
 }
 
 // Logits plus N(0, (noise_std / E)^2) noise while training; the logits themselves otherwise.

@@ -41,7 +41,7 @@ RouterOutput TopKRouterImpl::route(const torch::Tensor& tokens, const torch::Ten
   detail::check_router_input(tokens, options.d_model(), who);
   const auto logits = detail::router_logits(tokens, weight, options.jitter(), is_training());
   if (options.check_finite()) {
-    detail::check_finite_logits(logits, who);
+    detail::check_finite_logits(logits, tokens, weight, who);
   }
   const auto noisy_logits =
       detail::noisy(logits, options.noise_std(), options.num_experts(), is_training());

@@ -116,6 +116,11 @@ std::vector<EpochLog> Trainer::fit(const data::ImageDataset& train,
       if (options_.teacher()) {
         loss = loss + options_.distill_weight() * distillation_loss(out.logits, x);
       }
+      // Checked before the step, so a NaN loss never reaches the weights.
+      const double loss_value = loss.item<double>();
+      TORCH_CHECK(std::isfinite(loss_value), "Trainer: the loss became ", loss_value, " at step ",
+                  step, " (learning rate ", lr,
+                  "); the model keeps the weights from before this step");
       loss.backward();
       if (options_.after_backward()) {
         options_.after_backward()(step, total);

@@ -55,6 +55,11 @@ struct MoELayerOptions {
   TORCH_ARG(bool, expert_bias) = true;
   /// Weights of the auxiliary losses in MoELayerOutput::aux_loss.
   TORCH_ARG(functional::AuxLossWeights, aux_loss_weights);
+  /// Refuse NaN or inf: the router checks its logits (naming the input tokens, its weight or an
+  /// fp32 overflow), the layer its experts' output (naming the expert and which of its
+  /// parameters hold NaN or inf). Each check reads one flag back, so on CUDA it synchronises;
+  /// false lets NaN propagate as torch's operators do.
+  TORCH_ARG(bool, check_finite) = true;
 };
 
 /// The router module a layer with these options holds: the module (to register) and its Router
@@ -135,6 +140,9 @@ class MoELayerImpl : public torch::nn::Cloneable<MoELayerImpl> {
   Router* router_ = nullptr;
   ExpertBank experts_{nullptr};
   RouterOutput route_items(const torch::Tensor& tokens, int64_t item_size);
+  // Refuses NaN or inf in the experts' output, naming the expert and its bad parameters.
+  void check_finite_experts(const torch::Tensor& expert_out,
+                            const std::vector<int64_t>& counts) const;
 
   std::vector<MoELayerCall>* capture_ = nullptr;
   bool capture_inputs_ = false;

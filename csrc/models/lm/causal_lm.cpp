@@ -1,5 +1,7 @@
 #include <moeprune/models/lm/causal_lm.h>
 
+#include "layers/error_context.h"
+
 #include <torch/torch.h>
 
 #include <cstdint>
@@ -215,18 +217,20 @@ std::pair<torch::Tensor, torch::Tensor> CausalLMImpl::hidden_states(const torch:
   for (int64_t i = 0; i < options.num_layers(); ++i) {
     auto l = layer(i);
     torch::Tensor layer_aux;
-    if (checkpoint) {
-      auto out = CheckpointedLayer::apply(h, l.get(), angles);
-      h = out[0];
-      layer_aux = l->is_moe() ? out[1] : torch::Tensor();
-    } else {
-      auto out = l->forward(h, angles, cache);
-      if (trace) {
-        trace(i, h, out);
+    detail::in_block("model.layers." + std::to_string(i), [&] {
+      if (checkpoint) {
+        auto out = CheckpointedLayer::apply(h, l.get(), angles);
+        h = out[0];
+        layer_aux = l->is_moe() ? out[1] : torch::Tensor();
+      } else {
+        auto out = l->forward(h, angles, cache);
+        if (trace) {
+          trace(i, h, out);
+        }
+        h = std::move(out.hidden);
+        layer_aux = std::move(out.aux_loss);
       }
-      h = std::move(out.hidden);
-      layer_aux = std::move(out.aux_loss);
-    }
+    });
     if (layer_aux.defined()) {
       aux = aux.defined() ? aux + layer_aux : layer_aux;
       ++moe;

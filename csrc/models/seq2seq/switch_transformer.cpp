@@ -1,5 +1,7 @@
 #include <moeprune/models/seq2seq/switch_transformer.h>
 
+#include "layers/error_context.h"
+
 #include <torch/torch.h>
 
 #include <cmath>
@@ -177,7 +179,9 @@ torch::Tensor SwitchTransformerImpl::encode(const torch::Tensor& input_ids,
   for (int64_t i = 0; i < options.num_layers(); ++i) {
     auto block = encoder_block(i);
     SparseCall call;
-    hidden = block->forward(hidden, bias, {}, {}, nullptr, calls != nullptr ? &call : nullptr);
+    hidden = detail::in_block("encoder.block." + std::to_string(i), [&] {
+      return block->forward(hidden, bias, {}, {}, nullptr, calls != nullptr ? &call : nullptr);
+    });
     if (calls != nullptr && block->feed_forward->is_sparse) {
       calls->push_back(std::move(call));
     }
@@ -230,9 +234,11 @@ torch::Tensor SwitchTransformerImpl::decode(const torch::Tensor& decoder_input_i
   for (int64_t i = 0; i < options.num_decoder_layers(); ++i) {
     auto block = decoder_block(i);
     SparseCall call;
-    hidden = block->forward(hidden, self_bias, memory, cross_bias,
+    hidden = detail::in_block("decoder.block." + std::to_string(i), [&] {
+      return block->forward(hidden, self_bias, memory, cross_bias,
                             cache != nullptr ? &cache->blocks[i] : nullptr,
                             calls != nullptr ? &call : nullptr);
+    });
     if (calls != nullptr && block->feed_forward->is_sparse) {
       calls->push_back(std::move(call));
     }

@@ -1,5 +1,7 @@
 #include <moeprune/models/vision/vision_transformer.h>
 
+#include "layers/error_context.h"
+
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
@@ -426,16 +428,18 @@ VisionTransformerOutput VisionTransformerImpl::forward(const torch::Tensor& imag
       out.block_states.push_back(x);
     }
     torch::Tensor* mid_out = capture_block_states ? &mid : nullptr;
-    if (block->is_moe()) {
-      block->moe->set_group_size(group_tokens);
-      torch::Tensor aux;
-      RoutingPlan plan;
-      x = block->forward(x, &aux, &plan, nullptr, mid_out);
-      out.aux_loss = out.aux_loss + aux;
-      out.plans.push_back(std::move(plan));
-    } else {
-      x = block->forward(x, nullptr, nullptr, nullptr, mid_out);
-    }
+    detail::in_block("block" + std::to_string(i), [&] {
+      if (block->is_moe()) {
+        block->moe->set_group_size(group_tokens);
+        torch::Tensor aux;
+        RoutingPlan plan;
+        x = block->forward(x, &aux, &plan, nullptr, mid_out);
+        out.aux_loss = out.aux_loss + aux;
+        out.plans.push_back(std::move(plan));
+      } else {
+        x = block->forward(x, nullptr, nullptr, nullptr, mid_out);
+      }
+    });
     if (capture_block_states) {
       out.mlp_states.push_back(mid);
     }

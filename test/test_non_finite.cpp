@@ -1,0 +1,137 @@
+// NaN and inf: each place they can enter (input tokens, a router's weight, an expert's weight,
+// an fp32 overflow, a criterion's scores) is refused with an error naming it and, inside a model,
+// the block; with check_finite(false) NaN propagates as torch's operators do.
+#include <moeprune/layers/moe_layer.h>
+#include <moeprune/models/vision/moe_view.h>
+#include <moeprune/models/vision/vision_transformer.h>
+#include <moeprune/pruning/builtin_criteria.h>
+
+#include <torch/torch.h>
+#include <catch2/catch.hpp>
+
+#include <limits>
+
+using Catch::Contains;
+using moeprune::MoELayer;
+using moeprune::MoELayerOptions;
+namespace pr = moeprune::pruning;
+
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// Top-3 of 3 experts: every token reaches every expert, so a bad expert is always used.
+MoELayer every_expert_layer() {
+  torch::manual_seed(0);
+  auto options = MoELayerOptions::preset("mixtral", 6, 10, 3);
+  options.routing().k(3);
+  return MoELayer(options);
+}
+
+moeprune::VisionTransformer tiny_vit() {
+  torch::manual_seed(0);
+  return moeprune::VisionTransformer(moeprune::VisionTransformerOptions::small("small_vmoe", 4)
+                                         .d_model(16)
+                                         .mlp_dim(24)
+                                         .depth(2)
+                                         .heads(2)
+                                         .moe_blocks({1}));
+}
+
+}  // namespace
+
+TEST_CASE("NaN in a MoE layer's input is refused naming the token and feature") {
+  auto layer = every_expert_layer();
+  auto x = torch::randn({5, 6});
+  x[2][3] = kNaN;
+  REQUIRE_THROWS_WITH(layer(x), Contains("TopKRouter: the input tokens hold NaN or inf") &&
+                                    Contains("token 2, feature 3: nan"));
+}
+
+TEST_CASE("inf in a router's weight is refused naming the expert") {
+  auto layer = every_expert_layer();
+  {
+    torch::NoGradGuard no_grad;
+    layer->router().router_weight()[1][4] = -kInf;
+  }
+  REQUIRE_THROWS_WITH(layer(torch::randn({4, 6})),
+                      Contains("the router weight holds NaN or inf (expert 1, feature 4: -inf)"));
+}
+
+TEST_CASE("router logits that overflow float32 are told apart from bad inputs") {
+  auto layer = every_expert_layer();
+  {
+    torch::NoGradGuard no_grad;
+    layer->router().router_weight().fill_(1e30);
+  }
+  // 6 features of 1e10 x 1e30 = 6e40 > float32's 3.4e38.
+  REQUIRE_THROWS_WITH(layer(torch::full({2, 6}, 1e10)),
+                      Contains("router logits overflow float32") &&
+                          Contains("the tokens and the router weight are finite"));
+}
+
+TEST_CASE("NaN in an expert's weight is refused naming the expert and the parameter") {
+  auto layer = every_expert_layer();
+  {
+    torch::NoGradGuard no_grad;
+    layer->experts()->w3[2][0][1] = kNaN;
+  }
+  REQUIRE_THROWS_WITH(layer(torch::randn({4, 6})),
+                      Contains("MoELayer: expert 2 output NaN or inf") &&
+                          Contains("its parameters w3 hold NaN or inf"));
+}
+
+TEST_CASE("an expert whose activations overflow is told apart from bad weights") {
+  torch::manual_seed(0);
+  auto options = MoELayerOptions::preset("mixtral", 6, 10, 3);
+  options.routing().k(3);
+  MoELayer layer(options);
+  layer->to(torch::kHalf);
+  {
+    torch::NoGradGuard no_grad;
+    layer->router().router_weight().zero_();
+    layer->experts()->w1.fill_(100);
+    layer->experts()->w3.fill_(100);
+    layer->experts()->w2.fill_(100);
+  }
+  // fp16: 6 x 10 x 100 = 6000 per unit, its SwiGLU ~3.6e7 > 65504.
+  REQUIRE_THROWS_WITH(layer(torch::full({2, 6}, 10.0, torch::kHalf)),
+                      Contains("its parameters are finite, so its activations overflowed Half"));
+}
+
+TEST_CASE("check_finite(false) lets NaN propagate") {
+  torch::manual_seed(0);
+  auto options = MoELayerOptions::preset("mixtral", 6, 10, 3).check_finite(false);
+  options.routing().k(3);
+  MoELayer layer(options);
+  {
+    torch::NoGradGuard no_grad;
+    layer->experts()->w1[0][0][0] = kNaN;
+  }
+  const auto out = layer(torch::randn({4, 6})).output;
+  CHECK(torch::isnan(out).all().item<bool>());  // every token reaches expert 0
+}
+
+TEST_CASE("a model names the block whose layer refused NaN") {
+  auto vit = tiny_vit();
+  {
+    torch::NoGradGuard no_grad;
+    vit->blocks[1]->moe->router().router_weight()[3][0] = kNaN;
+  }
+  REQUIRE_THROWS_WITH(vit(torch::randn({2, 1, 28, 28})),
+                      Contains("block1: ") && Contains("router weight holds NaN or inf (expert 3"));
+}
+
+TEST_CASE("a criterion's NaN score is refused naming the layer and the NaN parameters") {
+  auto vit = tiny_vit();
+  {
+    torch::NoGradGuard no_grad;
+    vit->blocks[1]->moe->router().router_weight()[5][2] = kNaN;
+  }
+  pr::CriterionContext ctx;
+  ctx.finetuned = moeprune::moe_view(vit);
+  REQUIRE_THROWS_WITH(pr::score_experts(pr::RouterMagnitude(), ctx),
+                      Contains("router_magnitude scored expert 5 of MoE layer block1.moe NaN") &&
+                          Contains("these parameters hold NaN or inf: router.weight"));
+}
