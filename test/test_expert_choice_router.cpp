@@ -38,8 +38,8 @@ TEST_CASE("expert-choice router matches the loop reference, with groups and ties
       p[4] = p[5];  // a tie between tokens 4 and 5: the earlier token wins
       const auto plan = expert_choice_route(test::to_tensor(p), cf, 4, group);
       const int64_t S = group ? group : T;
-      CHECK(plan.capacity == std::min<int64_t>(naive::capacity(S, 1, cf, E, 4), S));
       INFO("E=" << E << " S=" << group << " cf=" << cf);
+      CHECK(plan.capacity == std::min<int64_t>(naive::capacity(S, 1, cf, E, 4), S));
       test::require_matches(plan, naive::expert_choice(p, plan.capacity, group));
     }
   }

@@ -43,8 +43,10 @@ void check_parity(const std::string& dir, const std::string& reference, int64_t 
     const auto want = ref.tensor(prefix + ".output");
     const auto got = layer->forward(x).output;
     REQUIRE(got.sizes() == want.sizes());
-    CHECK(torch::allclose(got, want, /*rtol=*/1e-5, /*atol=*/1e-6));
     INFO("max |diff| " << (got - want).abs().max().item<double>());
+    // transformers computed the reference in fp32 from the same weights; the two differ only in
+    // summation order: a few fp32 ulps of values of order 1.
+    CHECK(torch::allclose(got, want, /*rtol=*/1e-5, /*atol=*/1e-6));
   }
 }
 

@@ -3,6 +3,8 @@
 #include <moeprune/routing/functional/routing.h>
 #include <moeprune/routing/top_k_router.h>
 
+#include <algorithm>
+
 using moeprune::functional::capacity_from_factor;
 using moeprune::functional::CapacityMode;
 using moeprune::functional::top_k_route;
@@ -210,4 +212,87 @@ TEST_CASE("TopKRouter adds noise of std 1/E only while training") {
   // The centred noise of E i.i.d. N(0, s^2) values has variance s^2 (E - 1) / E.
   const double s = std::sqrt(noise.pow(2).mean().item<double>() * 4.0 / 3.0);
   CHECK(s == Approx(0.25).epsilon(0.05));
+}
+
+TEST_CASE("Batch Priority Routing breaks ties of the top-1 gate towards the earlier token") {
+  // Hand-computed: four tokens with the same gates; top-1 is expert 0 for all (expert ties go to
+  // the lower id); capacity 1: BPR serves them in position order, so token 0 keeps its slot.
+  const naive::Matrix same = {{.5, .5}, {.5, .5}, {.5, .5}, {.5, .5}};
+  const auto plan = top_k_route(test::to_tensor(same), fixed(1, 1).batch_priority(true));
+  CHECK(kept_tokens_of(plan, 0) == std::vector<int64_t>{0});
+  CHECK(kept_tokens_of(plan, 1).empty());
+  // Gates on a coarse grid (multiples of 1/8), so many tokens share their top-1 gate, and tokens
+  // tie with later ones of a higher gate: against the loop reference, k = 1 and 2, with groups.
+  torch::manual_seed(5);
+  const auto grid = torch::randint(1, 5, {16, 4}).to(torch::kFloat);
+  const auto p = test::to_matrix(grid / grid.sum(1, true));
+  for (const int64_t k : {1, 2}) {
+    for (const int64_t group : {0, 8}) {
+      INFO("k=" << k << " S=" << group);
+      test::require_matches(
+          top_k_route(test::to_tensor(p), fixed(k, 2).batch_priority(true).group_size(group)),
+          naive::top_k(p, k, 2, group, /*bpr=*/true, false));
+    }
+  }
+}
+
+TEST_CASE("pruned and merged banks keep each router expert's capacity positions") {
+  // The routing over all router experts decides every slot's capacity position (Chowdhury et
+  // al. prune after fine-tuning without re-routing): a bank map only drops the slots of removed
+  // experts and sends merged ones to their group's bank expert. So the kept slots are the
+  // reference's kept slots whose expert the bank still serves, and no held expert gains a slot.
+  const int64_t T = 24, E = 6, S = 12;
+  const auto p = test::random_probs(T, E, 77);
+  for (const bool bpr : {false, true}) {
+    const auto options = TopKRoutingOptions(2)
+                             .capacity_mode(CapacityMode::kFactor)
+                             .capacity_factor(1.0)
+                             .capacity_multiple(1)
+                             .batch_priority(bpr)
+                             .group_size(S);
+    const int64_t C = naive::capacity(S, 2, 1.0, E, 1);  // ceil(12 * 2 / 6) = 4
+    const auto ref = naive::top_k(p, 2, C, S, bpr, false);
+    // Pruned: experts 1 and 4 removed. Merged: {0, 2} -> bank 0, {1, 4} -> 1, {3} -> 2; 5 removed.
+    const std::vector<std::pair<std::vector<int64_t>, int64_t>> maps = {{{0, -1, 1, 2, -1, 3}, 4},
+                                                                        {{0, 1, 0, 2, 1, -1}, 3}};
+    for (const auto& [map, bank] : maps) {
+      INFO("bpr=" << bpr << " bank of " << bank);
+      const auto plan =
+          top_k_route(test::to_tensor(p), options, torch::tensor(map, torch::kLong), bank);
+      REQUIRE(plan.capacity == C);
+      std::vector<std::vector<int64_t>> want_rows(static_cast<size_t>(bank));
+      int64_t dropped_by_capacity = 0;
+      for (int64_t t = 0; t < T; ++t) {
+        for (int64_t j = 0; j < 2; ++j) {
+          const auto& s = ref.slots[t][j];
+          const int64_t b = map[static_cast<size_t>(s.expert)];
+          INFO("token " << t << " slot " << j << " expert " << s.expert);
+          CHECK(plan.expert_index[t][j].item<int64_t>() == s.expert);
+          CHECK(plan.combine_weight[t][j].item<double>() == Approx(s.weight).epsilon(1e-6));
+          const bool kept = plan.slot_row[t][j].item<int64_t>() >= 0;
+          CHECK(kept == (s.kept && b >= 0));
+          if (s.kept && b >= 0) {
+            want_rows[static_cast<size_t>(b)].push_back(t * 2 + j);
+          }
+          dropped_by_capacity += s.kept ? 0 : 1;
+        }
+      }
+      CHECK(dropped_by_capacity > 0);  // the capacity binds
+      // Each bank expert's rows are exactly its router experts' kept slots.
+      for (int64_t b = 0; b < bank; ++b) {
+        INFO("bank expert " << b);
+        const int64_t begin = plan.expert_offsets[b].item<int64_t>();
+        const int64_t end = plan.expert_offsets[b + 1].item<int64_t>();
+        std::vector<int64_t> got;
+        for (int64_t r = begin; r < end; ++r) {
+          got.push_back(plan.row_slot[r].item<int64_t>());
+          CHECK(plan.slot_row.reshape({-1})[got.back()].item<int64_t>() == r);
+        }
+        std::sort(got.begin(), got.end());
+        auto want = want_rows[static_cast<size_t>(b)];
+        std::sort(want.begin(), want.end());
+        CHECK(got == want);
+      }
+    }
+  }
 }
