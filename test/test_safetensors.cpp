@@ -216,5 +216,12 @@ TEST_CASE("a sharded checkpoint reads like the single file it was split from") {
       REQUIRE_THROWS_WITH(st::Checkpoint(dir),
                           Contains("names '" + path + "', not a file in the checkpoint folder"));
     }
+    // Found by fuzzing (test/fuzz/regressions/safetensors_index): a name longer than the file
+    // system allows escaped as std::filesystem_error.
+    const std::string long_name(300, 'x');
+    std::ofstream(dir + "/model.safetensors.index.json")
+        << R"({"weight_map":{"model.embed_tokens.weight":")" + long_name + R"("}})";
+    REQUIRE_THROWS_WITH(st::Checkpoint(dir), Contains(long_name + ": shard named by the index is "
+                                                                  "missing (File name too long)"));
   }
 }

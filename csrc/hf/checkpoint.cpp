@@ -105,8 +105,10 @@ const MoELayerRef& ModelInfo::layer(const std::string& prefix) const {
   TORCH_CHECK(false, "no MoE layer '", prefix, "' (layers: ", known, ")");
 }
 
-ModelInfo describe(const std::string& directory, const safetensors::Checkpoint& checkpoint) {
-  const Config config(directory);
+namespace {
+
+// describe() once config.json is read.
+ModelInfo describe_config(const Config& config, const safetensors::Checkpoint& checkpoint) {
   ModelInfo info;
   info.model_type = config.text("model_type", "");
   const auto& family = family_of(info.model_type, config.path());
@@ -126,6 +128,13 @@ ModelInfo describe(const std::string& directory, const safetensors::Checkpoint& 
     info.layers.push_back(std::move(ref));
   }
   return info;
+}
+
+}  // namespace
+
+ModelInfo describe(const std::string& directory, const safetensors::Checkpoint& checkpoint) {
+  const Config config(directory);
+  return read_checked(config, [&] { return describe_config(config, checkpoint); });
 }
 
 MoELayerOptions moe_layer_options(const ModelInfo& info, const MoELayerRef& ref) {

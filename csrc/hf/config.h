@@ -2,10 +2,12 @@
 
 // config.json of a Hugging Face checkpoint folder, read with errors that name the file, the key
 // and what was found.
+#include <c10/util/Exception.h>
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 namespace moeprune::hf {
 
@@ -32,5 +34,16 @@ class Config {
   std::string path_;
   nlohmann::ordered_json json_;
 };
+
+/// Runs `read` (code reading `config`), turning a JSON type error from inside it (a value of
+/// another type than the reader expects, where it does not check) into an error naming the file.
+template <typename F>
+decltype(auto) read_checked(const Config& config, F&& read) {
+  try {
+    return std::forward<F>(read)();
+  } catch (const nlohmann::json::exception& e) {
+    TORCH_CHECK(false, config.path(), ": ", e.what());
+  }
+}
 
 }  // namespace moeprune::hf

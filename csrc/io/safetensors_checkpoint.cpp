@@ -8,20 +8,23 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <system_error>
 
 namespace moeprune::safetensors {
 
 Checkpoint::Checkpoint(const std::string& path) {
   namespace fs = std::filesystem;
   const fs::path p(path);
-  TORCH_CHECK(fs::exists(p), path + ": no such file or folder");
-  if (fs::is_regular_file(p)) {
+  std::error_code error;  // the throwing overloads would escape as filesystem_error
+  TORCH_CHECK(fs::exists(p, error), path + ": no such file or folder" +
+                                        (error ? " (" + error.message() + ")" : std::string()));
+  if (fs::is_regular_file(p, error)) {
     directory_ = p.parent_path().empty() ? "." : p.parent_path().string();
     shard_files_.push_back(p.filename().string());
   } else {
     directory_ = path;
     const auto index = p / "model.safetensors.index.json";
-    if (fs::exists(index)) {
+    if (fs::exists(index, error)) {
       sharded_ = true;
       std::ifstream in(index);
       nlohmann::json j;
@@ -50,7 +53,7 @@ Checkpoint::Checkpoint(const std::string& path) {
         }
         shard_of_[name] = file;
       }
-    } else if (fs::exists(p / "model.safetensors")) {
+    } else if (fs::exists(p / "model.safetensors", error)) {
       shard_files_.push_back("model.safetensors");
     } else {
       TORCH_CHECK(false,
@@ -59,8 +62,9 @@ Checkpoint::Checkpoint(const std::string& path) {
   }
   for (const auto& shard : shard_files_) {
     const auto file_path = (fs::path(directory_) / shard).string();
-    if (!fs::exists(file_path)) {
-      TORCH_CHECK(false, file_path + ": shard named by the index is missing");
+    if (!fs::exists(file_path, error)) {
+      TORCH_CHECK(false, file_path + ": shard named by the index is missing" +
+                             (error ? " (" + error.message() + ")" : std::string()));
     }
     auto file = std::make_unique<File>(file_path);
     if (!sharded_) {

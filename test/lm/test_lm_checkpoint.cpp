@@ -148,6 +148,22 @@ TEST_CASE("config values that change the math are refused by name", "[lm]") {
         c["rope_scaling"] = {{"type", "yarn"}};
       },
       "yarn without a factor");
+  // Found by fuzzing (test/fuzz/regressions/hf_config): a value of another JSON type inside
+  // rope_scaling escaped as nlohmann's type_error; now refused with the key, and any type error
+  // the readers do not check names config.json.
+  refused(
+      "deepseek_v2", "yarn_factor_object",
+      [](auto& c) {
+        c["rope_scaling"] = {
+            {"type", "yarn"}, {"factor", 4.0}, {"beta_fast", nlohmann::json::object()}};
+      },
+      "\"rope_scaling\" \"beta_fast\" is {}, not a number");
+  refused(
+      "deepseek_v2", "yarn_type_number",
+      [](auto& c) {
+        c["rope_scaling"] = {{"type", 2}, {"factor", 4.0}};
+      },
+      "\"rope_scaling\" \"type\" is 2, not a string");
   refused(
       "mixtral", "window", [](auto& c) { c["sliding_window"] = 4096; }, "sliding_window");
   refused(

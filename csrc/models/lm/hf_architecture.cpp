@@ -9,6 +9,7 @@
 #include <cmath>
 #include <map>
 #include <optional>
+#include <type_traits>
 
 namespace moeprune::lm::detail {
 namespace {
@@ -56,8 +57,24 @@ void refuse_if(bool condition, const hf::Config& config, const std::string& key,
 }
 
 // A number from a rope_scaling object (null and absent alike: the fallback).
-double rope_number(const nlohmann::ordered_json& p, const char* key, double fallback) {
-  return p.contains(key) && !p.at(key).is_null() ? p.at(key).get<double>() : fallback;
+// p[key] (p is config.json's object `where`) as T, refusing another JSON type with the key named.
+template <typename T>
+T nested(const hf::Config& config, const nlohmann::ordered_json& p, const std::string& where,
+         const char* key) {
+  const auto& v = p.at(key);
+  const char* want = std::is_same_v<T, bool>          ? "true/false"
+                     : std::is_same_v<T, std::string> ? "a string"
+                                                      : "a number";
+  const bool ok = std::is_same_v<T, bool>          ? v.is_boolean()
+                  : std::is_same_v<T, std::string> ? v.is_string()
+                                                   : v.is_number();
+  TORCH_CHECK(ok, config.path(), ": \"", where, "\" \"", key, "\" is ", v.dump(), ", not ", want);
+  return v.get<T>();
+}
+
+double rope_number(const hf::Config& config, const nlohmann::ordered_json& p,
+                   const std::string& where, const char* key, double fallback) {
+  return p.contains(key) && !p.at(key).is_null() ? nested<double>(config, p, where, key) : fallback;
 }
 
 // rope_theta, the rope type and YaRN's parameters: transformers 4.x writes rope_theta (+
@@ -70,25 +87,27 @@ void read_rope(const hf::Config& config, double theta_fallback, AttentionOptions
     std::string type = "default";
     for (const char* type_key : {"rope_type", "type"}) {
       if (p.contains(type_key)) {
-        type = p.at(type_key).get<std::string>();
+        type = nested<std::string>(config, p, key, type_key);
       }
     }
     refuse_if(type != "default" && type != "yarn", config, key,
               "rope type \"" + type + "\"; default RoPE and yarn are implemented");
     if (p.contains("rope_theta")) {
-      attention.rope_theta(p.at("rope_theta").get<double>());
+      attention.rope_theta(nested<double>(config, p, key, "rope_theta"));
     }
     if (type == "yarn") {
       TORCH_CHECK(p.contains("factor"), config.path(), ": \"", key, "\" is yarn without a factor");
       YarnScaling y;
-      y.factor(p.at("factor").get<double>())
-          .beta_fast(rope_number(p, "beta_fast", 32.0))
-          .beta_slow(rope_number(p, "beta_slow", 1.0))
-          .mscale(rope_number(p, "mscale", 0.0))
-          .mscale_all_dim(rope_number(p, "mscale_all_dim", 0.0))
-          .attention_factor(rope_number(p, "attention_factor", 0.0))
-          .truncate(p.contains("truncate") ? p.at("truncate").get<bool>() : true);
-      const double original = rope_number(p, "original_max_position_embeddings", 0.0);
+      y.factor(nested<double>(config, p, key, "factor"))
+          .beta_fast(rope_number(config, p, key, "beta_fast", 32.0))
+          .beta_slow(rope_number(config, p, key, "beta_slow", 1.0))
+          .mscale(rope_number(config, p, key, "mscale", 0.0))
+          .mscale_all_dim(rope_number(config, p, key, "mscale_all_dim", 0.0))
+          .attention_factor(rope_number(config, p, key, "attention_factor", 0.0))
+          .truncate(p.contains("truncate") ? nested<bool>(config, p, key, "truncate") : true);
+      const double original = rope_number(config, p, key, "original_max_position_embeddings", 0.0);
+      TORCH_CHECK(original >= 0.0 && original < 1e15, config.path(), ": \"", key,
+                  "\" original_max_position_embeddings is ", original, ", not a length");
       y.original_max_position_embeddings(original > 0.0
                                              ? static_cast<int64_t>(original)
                                              : config.integer("max_position_embeddings", 4096));
@@ -113,7 +132,8 @@ double partial_rotary_factor(const hf::Config& config, const std::string& type) 
   }
   if (config.is_set("rope_parameters") && config.json().at("rope_parameters").is_object() &&
       config.json().at("rope_parameters").contains("partial_rotary_factor")) {
-    factor = config.json().at("rope_parameters").at("partial_rotary_factor").get<double>();
+    factor = nested<double>(config, config.json().at("rope_parameters"), "rope_parameters",
+                            "partial_rotary_factor");
     key = "rope_parameters";
   }
   if (type != "glm4_moe" && factor != 1.0) {
@@ -161,7 +181,10 @@ std::string experts_key(const std::string& model_type) {
   return "num_experts";
 }
 
-CausalLMOptions options_from_config(const hf::Config& config) {
+namespace {
+
+// options_from_config() without the JSON type-error net.
+CausalLMOptions options_of(const hf::Config& config) {
   const auto type = config.text("model_type", "");
   hf_names(type);
   const auto defaults = defaults_of(type);
@@ -277,6 +300,12 @@ CausalLMOptions options_from_config(const hf::Config& config) {
   o.attention(attention);
   o.moe_layers(std::vector<bool>(static_cast<size_t>(o.num_layers()), false));
   return o;
+}
+
+}  // namespace
+
+CausalLMOptions options_from_config(const hf::Config& config) {
+  return hf::read_checked(config, [&] { return options_of(config); });
 }
 
 nlohmann::ordered_json config_from_options(const CausalLMOptions& o, int64_t num_experts) {

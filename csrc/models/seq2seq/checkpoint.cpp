@@ -97,8 +97,10 @@ const char* activation_name(ExpertActivation a) {
 
 }  // namespace
 
-SwitchTransformerOptions read_switch_options(const std::string& directory) {
-  const hf::Config config(directory);
+namespace {
+
+// read_switch_options() once config.json is read.
+SwitchTransformerOptions switch_options_of(const hf::Config& config) {
   const auto& path = config.path();
   const auto type = config.text("model_type", "");
   TORCH_CHECK(type == kModelType, path, ": model_type is '", type, "', expected '", kModelType,
@@ -141,6 +143,13 @@ SwitchTransformerOptions read_switch_options(const std::string& directory) {
   o.moe(moe);
   o.validate();
   return o;
+}
+
+}  // namespace
+
+SwitchTransformerOptions read_switch_options(const std::string& directory) {
+  const hf::Config config(directory);
+  return hf::read_checked(config, [&] { return switch_options_of(config); });
 }
 
 SwitchTransformer load_switch_transformer(const std::string& directory,
