@@ -251,7 +251,7 @@ TEST_CASE("switch_transformers trains: the loss falls and routers and experts ge
     out.loss.backward();
     if (step == 0) {
       first = out.loss.item<double>();
-      const auto& layer = model->moe_layers().front().second;
+      const auto layer = model->moe_layers().front().second;  // a copy: the vector is a temporary
       CHECK(layer->router().router_weight().grad().abs().sum().item<double>() > 0.0);
       CHECK(layer->experts()->w1.grad().abs().sum().item<double>() > 0.0);
     }
