@@ -6,6 +6,8 @@
 #include <torch/torch.h>
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+
 namespace ops = moeprune::ops;
 using moeprune::functional::CapacityMode;
 using moeprune::functional::TopKRoutingOptions;
@@ -107,5 +109,87 @@ TEST_CASE("a MoE layer moved to CUDA runs forward and backward on the GPU", "[cu
     const auto on_gpu = layer(x.detach()).output.cpu();
     layer->to(torch::kCPU);
     CHECK(torch::allclose(on_gpu, layer(x.detach().cpu()).output, 1e-4, 1e-5));
+  }
+}
+
+TEST_CASE("CUDA dispatch and combine take every row path: odd widths, offset views, wide rows",
+          "[cuda]") {
+  // d 1, 7, 71: rows that are not whole 16-byte vectors in any dtype (the scalar path); 257 and
+  // 4099: more elements than the 256 threads of a block (several passes per thread).
+  const auto d = GENERATE(1, 7, 71, 257, 4099);
+  const auto T = GENERATE(0, 1, 33);
+  const auto E = GENERATE(1, 256);
+  const auto c =
+      GENERATE(Case{torch::kFloat, 1e-5}, Case{torch::kHalf, 2e-3}, Case{torch::kBFloat16, 2e-2});
+  const int64_t k = std::min<int64_t>(2, E);
+  INFO("d=" << d << " T=" << T << " E=" << E << " dtype=" << c.dtype);
+  const auto plan = E >= 4 ? make_plan(T, E, k, static_cast<uint64_t>(d * 7 + T))
+                           : moeprune::functional::top_k_route(torch::ones({T, E}).softmax(-1),
+                                                               TopKRoutingOptions(k));
+  const auto gpu = plan.to(torch::kCUDA);
+  // Three layouts of the same tokens: contiguous, one element into a larger buffer (no row is
+  // 16-byte aligned), and a column window of a wider tensor (row stride d + 3).
+  const auto x = torch::randn({T, d}).to(c.dtype);
+  auto shifted = torch::empty({T * d + 1}, c.dtype).narrow(0, 1, T * d).view({T, d});
+  shifted.copy_(x);
+  auto window = torch::empty({T, d + 3}, c.dtype).narrow(1, 2, d);
+  window.copy_(x);
+  const auto want_rows = ops::dispatch(x, plan);
+  for (const auto& layout : {x, shifted, window}) {
+    CHECK(torch::equal(ops::dispatch(layout.cuda(), gpu).cpu(), want_rows));
+  }
+  const auto y = torch::randn({plan.num_rows(), d}).to(c.dtype);
+  const auto w = plan.combine_weight.to(c.dtype);
+  const auto ref = ops::combine(y.to(torch::kFloat), w.to(torch::kFloat), plan);
+  auto y_shifted = torch::empty({plan.num_rows() * d + 1}, c.dtype)
+                       .narrow(0, 1, plan.num_rows() * d)
+                       .view({plan.num_rows(), d});
+  y_shifted.copy_(y);
+  for (const auto& rows : {y, y_shifted}) {
+    const auto got = ops::combine(rows.cuda(), w.cuda(), gpu).cpu().to(torch::kFloat);
+    REQUIRE(got.sizes() == ref.sizes());
+    CHECK(torch::allclose(got, ref, c.tolerance, c.tolerance));
+  }
+}
+
+TEST_CASE("a MoE layer on CUDA equals the CPU layer in training, forward and backward", "[cuda]") {
+  for (const auto& name : moeprune::MoELayerOptions::preset_names()) {
+    for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
+      INFO(name << " " << dtype);
+      torch::manual_seed(1);
+      // No noise or jitter: both devices then route the same tokens the same way.
+      auto options = moeprune::MoELayerOptions::preset(name, 64, 96, 8).noise_std(0).jitter(0);
+      moeprune::MoELayer cpu(options);
+      cpu->to(dtype);
+      moeprune::MoELayer gpu(std::dynamic_pointer_cast<moeprune::MoELayerImpl>(cpu->clone()));
+      gpu->to(torch::kCUDA);
+      cpu->train();
+      gpu->train();
+      const auto x = torch::randn({4, 32, 64}).to(dtype);
+      const auto g = torch::randn({4, 32, 64}).to(dtype);
+      auto xc = x.clone().requires_grad_(true), xg = x.cuda().requires_grad_(true);
+      const auto out_c = cpu(xc), out_g = gpu(xg);
+      CHECK(torch::equal(out_g.plan.expert_index.cpu(), out_c.plan.expert_index));
+      CHECK(torch::equal(out_g.plan.slot_row.cpu(), out_c.plan.slot_row));
+      ((out_c.output * g).sum() + out_c.aux_loss).backward();
+      ((out_g.output * g.cuda()).sum() + out_g.aux_loss).backward();
+      // fp32: the same sums in another order (cuBLAS vs CPU GEMMs); bf16: each side rounds its
+      // GEMM outputs to bf16, a few steps of 2^-8 of the largest value.
+      const double rel = dtype == torch::kFloat ? 1e-4 : 4.0 / 256;
+      const auto close = [&](const torch::Tensor& got, const torch::Tensor& want) {
+        const auto a = got.cpu().to(torch::kDouble), b = want.to(torch::kDouble);
+        const double scale = std::max(b.abs().max().item<double>(), 1e-12);
+        return (a - b).abs().max().item<double>() <= rel * scale;
+      };
+      CHECK(close(out_g.output, out_c.output));
+      CHECK(close(out_g.aux_loss, out_c.aux_loss));
+      CHECK(close(xg.grad(), xc.grad()));
+      const auto pc = cpu->named_parameters(), pg = gpu->named_parameters();
+      for (const auto& p : pc) {
+        INFO(p.key());
+        REQUIRE(p.value().grad().defined());
+        CHECK(close(pg[p.key()].grad(), p.value().grad()));
+      }
+    }
   }
 }
