@@ -2,6 +2,7 @@
 // an fp32 overflow, a criterion's scores) is refused with an error naming it and, inside a model,
 // the block; with check_finite(false) NaN propagates as torch's operators do.
 #include <moeprune/layers/moe_layer.h>
+#include <moeprune/models/lm/checkpoint.h>
 #include <moeprune/models/vision/moe_view.h>
 #include <moeprune/models/vision/vision_transformer.h>
 #include <moeprune/pruning/builtin_criteria.h>
@@ -134,4 +135,16 @@ TEST_CASE("a criterion's NaN score is refused naming the layer and the NaN param
   REQUIRE_THROWS_WITH(pr::score_experts(pr::RouterMagnitude(), ctx),
                       Contains("router_magnitude scored expert 5 of MoE layer block1.moe NaN") &&
                           Contains("these parameters hold NaN or inf: router.weight"));
+}
+
+TEST_CASE("a language model names the decoder layer whose router refused NaN") {
+  auto model = moeprune::lm::load_causal_lm(MOEPRUNE_TEST_FIXTURES "/lm/mixtral");
+  {
+    torch::NoGradGuard no_grad;
+    model->layer(1)->moe_block->moe->router().router_weight()[2][5] = kNaN;
+  }
+  torch::NoGradGuard no_grad;
+  REQUIRE_THROWS_WITH(model->forward(torch::randint(0, 96, {1, 6})),
+                      Contains("model.layers.1: ") &&
+                          Contains("router weight holds NaN or inf (expert 2, feature 5"));
 }
