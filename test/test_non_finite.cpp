@@ -6,6 +6,7 @@
 #include <moeprune/models/vision/moe_view.h>
 #include <moeprune/models/vision/vision_transformer.h>
 #include <moeprune/pruning/builtin_criteria.h>
+#include <moeprune/train/trainer.h>
 
 #include <torch/torch.h>
 #include <catch2/catch.hpp>
@@ -147,4 +148,23 @@ TEST_CASE("a language model names the decoder layer whose router refused NaN") {
   REQUIRE_THROWS_WITH(model->forward(torch::randint(0, 96, {1, 6})),
                       Contains("model.layers.1: ") &&
                           Contains("router weight holds NaN or inf (expert 2, feature 5"));
+}
+
+TEST_CASE("the Trainer refuses a NaN loss before the step, keeping the weights") {
+  auto vit = tiny_vit();
+  {
+    torch::NoGradGuard no_grad;
+    vit->head->bias[0] = kNaN;  // after the MoE blocks: only the loss sees it
+  }
+  moeprune::data::ImageDataset d;
+  d.images = torch::randint(0, 255, {16, 1, 28, 28}, torch::kLong).to(torch::kUInt8);
+  d.labels = torch::randint(0, 4, {16}, torch::kLong);
+  d.num_classes = 4;
+  moeprune::Trainer trainer(
+      vit, moeprune::TrainerOptions().epochs(1).batch_size(8).lr(1e-2).progress(false));
+  const auto before = vit->blocks[0]->qkv->weight.clone();
+  REQUIRE_THROWS_WITH(trainer.fit(d), Contains("Trainer: the loss became ") &&
+                                          Contains("nan at step 0") &&
+                                          Contains("keeps the weights from before this step"));
+  CHECK(torch::equal(vit->blocks[0]->qkv->weight, before));
 }

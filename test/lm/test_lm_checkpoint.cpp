@@ -165,6 +165,13 @@ TEST_CASE("config values that change the math are refused by name", "[lm]") {
       },
       "\"rope_scaling\" \"type\" is 2, not a string");
   refused(
+      "deepseek_v2", "yarn_original_length",
+      [](auto& c) {
+        c["rope_scaling"] = {
+            {"type", "yarn"}, {"factor", 4.0}, {"original_max_position_embeddings", 1e300}};
+      },
+      "original_max_position_embeddings is 1e+300, not a length");
+  refused(
       "mixtral", "window", [](auto& c) { c["sliding_window"] = 4096; }, "sliding_window");
   refused(
       "qwen2_moe", "qwen_window", [](auto& c) { c["use_sliding_window"] = true; },
