@@ -47,6 +47,8 @@ RouterOutput EnsembleRouterImpl::route(const torch::Tensor& tokens, const torch:
   TORCH_CHECK(T % (item * M) == 0, who, ": ", T, " tokens do not hold whole items of ", item,
               " tokens for each of the ", M, " members");
   auto member_routing = options.routing();
+  // The members' plans are concatenated by their row counts: exact layouts only.
+  member_routing.fixed_rows(false);
   if (member_routing.group_size() > 0) {
     TORCH_CHECK(member_routing.group_size() % M == 0, who, ": group_size ",
                 member_routing.group_size(), " should be a multiple of ensemble_size ", M);

@@ -45,9 +45,9 @@ RouterOutput ExpertChoiceRouterImpl::route(const torch::Tensor& tokens,
   const auto probs =
       detail::noisy(logits, options.noise_std(), options.num_experts(), is_training()).softmax(-1);
   RouterOutput out;
-  out.plan =
-      functional::expert_choice_route(probs, options.capacity_factor(), options.capacity_multiple(),
-                                      options.group_size(), expert_map, num_bank_experts);
+  out.plan = functional::expert_choice_route(probs, options.capacity_factor(),
+                                             options.capacity_multiple(), options.group_size(),
+                                             expert_map, num_bank_experts, options.fixed_rows());
   out.plan.router_logits = logits;
   const auto zero = torch::zeros({}, logits.options());
   out.losses.importance = zero;

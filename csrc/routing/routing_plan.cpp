@@ -14,7 +14,24 @@ double RoutingPlan::dropped_fraction() const {
   if (used == 0) {
     return 0.0;
   }
-  return static_cast<double>(used - num_rows()) / static_cast<double>(used);
+  return static_cast<double>(used - num_kept_rows()) / static_cast<double>(used);
+}
+
+int64_t RoutingPlan::num_kept_rows() const {
+  if (!fixed_rows) {
+    return num_rows();
+  }
+  return expert_offsets[-1].item<int64_t>();
+}
+
+RoutingPlan RoutingPlan::compact() const {
+  if (!fixed_rows) {
+    return *this;
+  }
+  RoutingPlan out = *this;
+  out.row_slot = row_slot.narrow(0, 0, num_kept_rows()).clone();
+  out.fixed_rows = false;
+  return out;
 }
 
 double RoutingPlan::unrouted_fraction() const {

@@ -11,7 +11,8 @@ namespace moeprune::ops {
 // every output element is written by one thread, summing a token's slots in slot order.
 
 /// Gathers token rows into the expert-major buffer: out[r] = input[row_slot[r] / K].
-/// input [T, d], slot_row [T, K] int64, row_slot [R] int64 -> [R, d].
+/// input [T, d], slot_row [T, K] int64, row_slot [R] int64 -> [R, d]. A row with row_slot -1 is
+/// padding (the fixed-size layout, RoutingPlan) and comes out as zeros.
 torch::Tensor dispatch(const torch::Tensor& input, const torch::Tensor& slot_row,
                        const torch::Tensor& row_slot);
 

@@ -22,6 +22,8 @@ struct ExpertChoiceRouterOptions {
   /// Logit noise while training, in units of 1/E (vmoe's NoisyTopItemsPerExpertRouter).
   TORCH_ARG(double, noise_std) = 0.0;
   TORCH_ARG(bool, check_finite) = true;
+  /// The fixed-size buffer layout (functional::TopKRoutingOptions::fixed_rows).
+  TORCH_ARG(bool, fixed_rows) = false;
 };
 
 /// Expert-choice router (Zhou et al. 2022): probabilities softmax(x W^T) over experts; each

@@ -24,7 +24,8 @@ struct RoutingPlan {
   /// [T, K] int64: the buffer row of each slot, or -1 when the slot is dropped (over capacity,
   /// unused, or routed to an expert the bank no longer holds).
   torch::Tensor slot_row;
-  /// [R] int64: the flat slot index t * K + j that each buffer row came from.
+  /// [R] int64: the flat slot index t * K + j that each buffer row came from; -1 for a padding
+  /// row (fixed_rows).
   torch::Tensor row_slot;
   /// [E_bank] int64: rows per expert held by the bank (the bank's local order).
   torch::Tensor expert_counts;
@@ -39,10 +40,18 @@ struct RoutingPlan {
   int64_t capacity = -1;
   /// Tokens per routing group.
   int64_t group_size = 0;
+  /// The fixed-size layout (TopKRoutingOptions::fixed_rows): the buffer has a bound's worth of
+  /// rows, known before routing; the kept rows [0, expert_offsets[E]) come first, in the order
+  /// of the exact layout, then padding rows (row_slot -1, dispatched as zeros, never combined).
+  /// Its sizes do not depend on the routing, so no step reads the device.
+  bool fixed_rows = false;
 
   int64_t num_tokens() const { return slot_row.size(0); }
   int64_t slots_per_token() const { return slot_row.size(1); }
+  /// Rows of the dispatched buffer (padding included).
   int64_t num_rows() const { return row_slot.size(0); }
+  /// Rows that reach an expert (reads the device for a fixed-size plan).
+  int64_t num_kept_rows() const;
   /// Width of the router: the number of experts the layer was built with.
   int64_t num_router_experts() const { return router_logits.size(1); }
   /// Number of experts in the bank this plan dispatches to.
@@ -58,6 +67,9 @@ struct RoutingPlan {
   double unrouted_fraction() const;
   /// The same plan on another device.
   RoutingPlan to(const torch::Device& device) const;
+  /// The exact layout of the same routing: a fixed-size plan without its padding rows (reads the
+  /// device once); any other plan as it is.
+  RoutingPlan compact() const;
 };
 
 }  // namespace moeprune

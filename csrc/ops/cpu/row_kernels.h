@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -18,7 +19,8 @@ inline int64_t grain_for_width(int64_t d) {
   return std::max<int64_t>(1, 16384 / std::max<int64_t>(d, 1));
 }
 
-// out[r] = src[row_slot[r] / K] * (weight ? weight[row_slot[r]] : 1).
+// out[r] = src[row_slot[r] / K] * (weight ? weight[row_slot[r]] : 1); a padding row
+// (row_slot[r] == -1, the fixed-size layout of routing.h) is zero.
 template <typename scalar_t>
 void gather_rows(const scalar_t* src, const scalar_t* weight, const int64_t* row_slot, int64_t R,
                  int64_t K, int64_t num_slots, int64_t d, scalar_t* out, const char* op) {
@@ -26,10 +28,14 @@ void gather_rows(const scalar_t* src, const scalar_t* weight, const int64_t* row
   at::parallel_for(0, R, grain_for_width(d), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t s = row_slot[r];
-      TORCH_CHECK(s >= 0 && s < num_slots, op, ": row_slot[", r, "] = ", s,
-                  " is outside the slots [0, ", num_slots, ")");
-      const scalar_t* in = src + (s / K) * d;
+      TORCH_CHECK(s >= -1 && s < num_slots, op, ": row_slot[", r, "] = ", s,
+                  " is outside the slots [0, ", num_slots, ") and not -1 (padding)");
       scalar_t* dst = out + r * d;
+      if (s == -1) {
+        std::fill(dst, dst + d, scalar_t(0));
+        continue;
+      }
+      const scalar_t* in = src + (s / K) * d;
       if (weight == nullptr) {
         std::memcpy(dst, in, sizeof(scalar_t) * static_cast<size_t>(d));
       } else {

@@ -3,7 +3,8 @@
 // Device loops behind dispatch, combine and their backward passes on CUDA. One thread block
 // owns an output row, so every output element has one writer and a fixed summation order:
 // results are deterministic, without atomics. Indices are 64-bit; an out-of-range index trips a
-// device-side assert (the host cannot check without a synchronisation).
+// device-side assert (the host cannot check without a synchronisation). A row whose row_slot is
+// -1 is padding (the fixed-size layout of routing.h) and is written as zeros.
 #include <ATen/OpMathType.h>
 #include <c10/macros/Macros.h>
 
@@ -20,9 +21,15 @@ __global__ void gather_rows_kernel(const Vec* __restrict__ src,
                                    int64_t num_slots, int64_t vecs_per_row, Vec* __restrict__ out) {
   const int64_t r = blockIdx.x;
   const int64_t s = row_slot[r];
-  CUDA_KERNEL_ASSERT(s >= 0 && s < num_slots);
-  const Vec* in = src + (s / K) * vecs_per_row;
+  CUDA_KERNEL_ASSERT(s >= -1 && s < num_slots);
   Vec* dst = out + r * vecs_per_row;
+  if (s == -1) {
+    for (int64_t i = threadIdx.x; i < vecs_per_row; i += blockDim.x) {
+      dst[i] = Vec{};
+    }
+    return;
+  }
+  const Vec* in = src + (s / K) * vecs_per_row;
   for (int64_t i = threadIdx.x; i < vecs_per_row; i += blockDim.x) {
     dst[i] = in[i];
   }
@@ -38,10 +45,16 @@ __global__ void scaled_gather_rows_kernel(const scalar_t* __restrict__ src,
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t r = blockIdx.x;
   const int64_t s = row_slot[r];
-  CUDA_KERNEL_ASSERT(s >= 0 && s < num_slots);
+  CUDA_KERNEL_ASSERT(s >= -1 && s < num_slots);
+  scalar_t* dst = out + r * d;
+  if (s == -1) {
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+      dst[i] = scalar_t(0);
+    }
+    return;
+  }
   const acc_t w = static_cast<acc_t>(weight[s]);
   const scalar_t* in = src + (s / K) * d;
-  scalar_t* dst = out + r * d;
   for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
     dst[i] = static_cast<scalar_t>(w * static_cast<acc_t>(in[i]));
   }

@@ -61,8 +61,9 @@ torch::Tensor load_balance_loss(const torch::Tensor& probs, const torch::Tensor&
   const auto p = grouped(probs, group_size, "load_balance_loss");  // [G, S, E]
   const int64_t G = p.size(0), S = p.size(1);
   // f[g, j, e]: share of the group's tokens whose j-th choice is e.
-  const auto one_hot = torch::one_hot(expert_index.clamp_min(0), E)
-                           .to(probs.scalar_type())
+  // A scatter, not torch::one_hot, which may read the indices' range back from the device.
+  const auto one_hot = torch::zeros({probs.size(0), k, E}, probs.options())
+                           .scatter_(2, expert_index.clamp_min(0).unsqueeze(-1), 1.0)
                            .mul(expert_index.ge(0).unsqueeze(-1).to(probs.scalar_type()))
                            .reshape({G, S, k, E});
   const auto f = one_hot.mean(1);         // [G, k, E]

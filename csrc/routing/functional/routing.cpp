@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -75,7 +76,8 @@ int64_t capacity_from_factor(int64_t group_size, int64_t k, double capacity_fact
 }
 
 void assign_rows(RoutingPlan& plan, const torch::Tensor& bank_expert, const torch::Tensor& kept,
-                 const torch::Tensor& router_order, int64_t num_bank_experts, bool regroup) {
+                 const torch::Tensor& router_order, int64_t num_bank_experts, bool regroup,
+                 int64_t max_rows) {
   const auto opts = torch::TensorOptions().dtype(torch::kLong).device(bank_expert.device());
   auto order = router_order;
   if (regroup) {
@@ -86,12 +88,28 @@ void assign_rows(RoutingPlan& plan, const torch::Tensor& bank_expert, const torc
         0, std::get<1>(bank_in_order.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false)));
   }
   const auto kept_in_order = kept.reshape({-1}).index_select(0, order);
-  plan.row_slot = order.masked_select(kept_in_order);
-  const int64_t R = plan.row_slot.size(0);
   plan.slot_row = torch::full(bank_expert.sizes(), -1, opts);
-  plan.slot_row.view({-1}).index_put_({plan.row_slot}, torch::arange(R, opts));
-  plan.expert_counts = torch::bincount(bank_expert.reshape({-1}).index_select(0, plan.row_slot), {},
-                                       num_bank_experts);
+  if (max_rows < 0) {
+    plan.row_slot = order.masked_select(kept_in_order);  // its size is read from the device
+    const int64_t R = plan.row_slot.size(0);
+    plan.slot_row.view({-1}).index_put_({plan.row_slot}, torch::arange(R, opts));
+  } else {
+    // Fixed size: a kept slot's row is the number of kept slots before it in `order` (a scan);
+    // the others write their slot id into a discard row past the end, so every index_put_ has
+    // the same number of elements and nothing depends on the kept count.
+    const auto kept_long = kept_in_order.to(torch::kLong);
+    const auto row_in_order = kept_long.cumsum(0) - kept_long;
+    plan.slot_row.view({-1}).index_put_({order}, torch::where(kept_in_order, row_in_order, -1));
+    auto row_slot = torch::full({max_rows + 1}, -1, opts);
+    row_slot.index_put_({torch::where(kept_in_order, row_in_order, max_rows)}, order);
+    plan.row_slot = row_slot.narrow(0, 0, max_rows).clone();
+    plan.fixed_rows = true;
+  }
+  // Rows per bank expert: a histogram of E_bank bins (a fixed size, unlike CUDA's bincount, whose
+  // output size is read from the device), then the exclusive scan.
+  plan.expert_counts = torch::zeros({num_bank_experts}, opts)
+                           .scatter_add_(0, bank_expert.reshape({-1}).clamp_min(0),
+                                         kept.reshape({-1}).to(torch::kLong));
   plan.expert_offsets = torch::zeros({num_bank_experts + 1}, opts);
   plan.expert_offsets.index_put_({Slice(1, torch::indexing::None)}, plan.expert_counts.cumsum(0));
 }
@@ -130,6 +148,7 @@ RoutingPlan lay_out_choices(const torch::Tensor& probs, const torch::Tensor& top
     auto plan = empty_plan(probs, k, bank_size);
     plan.capacity = capacity;
     plan.group_size = S;
+    plan.fixed_rows = options.fixed_rows();
     return plan;
   }
   const int64_t G = T / S;
@@ -154,7 +173,10 @@ RoutingPlan lay_out_choices(const torch::Tensor& probs, const torch::Tensor& top
   const auto key = segment * (k * S) + fill.reshape({-1});
   const auto order = std::get<1>(key.sort(/*stable=*/true, /*dim=*/0, /*descending=*/false));
   const auto segment_sorted = segment.index_select(0, order);
-  const auto segment_size = torch::bincount(segment, {}, E * G);
+  const auto segment_size =
+      torch::zeros({E * G}, lopts)
+          .scatter_add_(0, segment,
+                        torch::ones({T * k}, lopts));  // a fixed-size histogram (no device read)
   const auto segment_start = segment_size.cumsum(0) - segment_size;
   const auto position_sorted =
       torch::arange(T * k, lopts) - segment_start.index_select(0, segment_sorted);
@@ -174,7 +196,11 @@ RoutingPlan lay_out_choices(const torch::Tensor& probs, const torch::Tensor& top
   plan.router_probs = probs;
   plan.capacity = capacity;
   plan.group_size = S;
-  assign_rows(plan, bank_expert, kept, order, bank_size, expert_map.defined());
+  // Kept slots are bounded by the slots and, with a capacity, by E * capacity per group.
+  const int64_t max_rows = !options.fixed_rows() ? -1
+                           : capacity > 0        ? std::min(T * k, E * capacity * G)
+                                                 : T * k;
+  assign_rows(plan, bank_expert, kept, order, bank_size, expert_map.defined(), max_rows);
   return plan;
 }
 
@@ -206,7 +232,8 @@ RoutingPlan route_chosen(const torch::Tensor& probs, const torch::Tensor& expert
   TORCH_CHECK(weight.sizes() == expert_index.sizes(), who, ": weight ", weight.sizes(),
               " should have the shape of expert_index ", expert_index.sizes());
   TORCH_CHECK(
-      T == 0 || (expert_index.min().item<int64_t>() >= 0 && expert_index.max().item<int64_t>() < E),
+      options.fixed_rows() || T == 0 ||
+          (expert_index.min().item<int64_t>() >= 0 && expert_index.max().item<int64_t>() < E),
       who, ": expert_index holds an expert outside [0, ", E, ")");
   return lay_out_choices(probs, expert_index.contiguous(), weight, options, expert_map,
                          num_bank_experts, who);
@@ -214,7 +241,8 @@ RoutingPlan route_chosen(const torch::Tensor& probs, const torch::Tensor& expert
 
 RoutingPlan expert_choice_route(const torch::Tensor& probs, double capacity_factor,
                                 int64_t capacity_multiple, int64_t group_size,
-                                const torch::Tensor& expert_map, int64_t num_bank_experts) {
+                                const torch::Tensor& expert_map, int64_t num_bank_experts,
+                                bool fixed_rows) {
   constexpr const char* who = "expert_choice_route";
   check_probs(probs, who);
   const int64_t T = probs.size(0), E = probs.size(1);
@@ -226,6 +254,7 @@ RoutingPlan expert_choice_route(const torch::Tensor& probs, double capacity_fact
     auto plan = empty_plan(probs, E, bank_size);
     plan.capacity = capacity;
     plan.group_size = S;
+    plan.fixed_rows = fixed_rows;
     return plan;
   }
   const int64_t G = T / S;
@@ -251,7 +280,9 @@ RoutingPlan expert_choice_route(const torch::Tensor& probs, double capacity_fact
   plan.router_probs = probs;
   plan.capacity = capacity;
   plan.group_size = S;
-  assign_rows(plan, bank_expert, kept, order, bank_size, expert_map.defined());
+  // Each expert takes at most `capacity` tokens per group.
+  assign_rows(plan, bank_expert, kept, order, bank_size, expert_map.defined(),
+              fixed_rows ? E * capacity * G : -1);
   return plan;
 }
 

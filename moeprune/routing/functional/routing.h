@@ -41,6 +41,9 @@ struct TopKRoutingOptions {
   TORCH_ARG(bool, renormalize) = false;
   /// Tokens per routing group; capacity applies per group. 0: all tokens form one group.
   TORCH_ARG(int64_t, group_size) = 0;
+  /// The fixed-size layout (RoutingPlan::padded): the buffer has max_rows() rows whatever the
+  /// drops, so no step reads the device (a CUDA graph can capture it). Off: exactly the kept rows.
+  TORCH_ARG(bool, fixed_rows) = false;
 };
 
 /// Routes `probs` [T, E] (each row a distribution over the E experts) with top-k token choice.
@@ -59,7 +62,8 @@ RoutingPlan top_k_route(const torch::Tensor& probs, const TopKRoutingOptions& op
 /// (in choice order, router ids in [0, E)) with combine weights `weight` [T, k]. Capacity,
 /// drops, Batch Priority Routing (by the first weight) and the map work as in top_k_route;
 /// `probs` [T, E] is recorded as the plan's router_probs. For routers that select otherwise than
-/// by the k largest probabilities (group-limited routing, group_limited_router.h).
+/// by the k largest probabilities (group-limited routing, group_limited_router.h). The experts
+/// are checked to lie in [0, E) unless options.fixed_rows() (the check reads the device).
 RoutingPlan route_chosen(const torch::Tensor& probs, const torch::Tensor& expert_index,
                          const torch::Tensor& weight, const TopKRoutingOptions& options,
                          const torch::Tensor& expert_map = {}, int64_t num_bank_experts = -1);
@@ -69,8 +73,8 @@ RoutingPlan route_chosen(const torch::Tensor& probs, const torch::Tensor& expert
 /// at S. Slots are one per expert (K = E); ties go to the earlier token.
 RoutingPlan expert_choice_route(const torch::Tensor& probs, double capacity_factor,
                                 int64_t capacity_multiple = 4, int64_t group_size = 0,
-                                const torch::Tensor& expert_map = {},
-                                int64_t num_bank_experts = -1);
+                                const torch::Tensor& expert_map = {}, int64_t num_bank_experts = -1,
+                                bool fixed_rows = false);
 
 /// Builds the buffer layout of a plan: rows are the kept slots, in the order `order` (a
 /// permutation of the T*K flat slots, sorted by router expert first). Fills slot_row, row_slot
@@ -79,7 +83,13 @@ RoutingPlan expert_choice_route(const torch::Tensor& probs, double capacity_fact
 /// each), which a map that is not increasing needs (merged banks, where several router experts
 /// share one bank expert). The routers pass it whenever they are given an expert map; for a
 /// pruned bank's increasing map it reorders nothing (one sort of T*K keys).
+///
+/// `max_rows` >= 0 asks for the fixed-size layout: the buffer has exactly max_rows rows (a bound
+/// on the kept slots the caller guarantees: T*K, or E * capacity * groups), the kept rows first in
+/// the same order, then padding rows (row_slot -1). Counts and offsets come from a fixed-size
+/// histogram over the bank's experts and a scan, so nothing is read back from the device.
 void assign_rows(RoutingPlan& plan, const torch::Tensor& bank_expert, const torch::Tensor& kept,
-                 const torch::Tensor& order, int64_t num_bank_experts, bool regroup = false);
+                 const torch::Tensor& order, int64_t num_bank_experts, bool regroup = false,
+                 int64_t max_rows = -1);
 
 }  // namespace moeprune::functional
