@@ -324,6 +324,10 @@ std::vector<std::vector<int64_t>> ExpertBankImpl::expert_groups() const {
 }
 
 torch::Tensor ExpertBankImpl::expert_map(const torch::Device& device) const {
+  if (map_cache_.defined() && map_cache_.device() == device && map_cache_ids_ == expert_ids_ &&
+      map_cache_groups_ == groups_) {
+    return map_cache_;
+  }
   auto map = torch::full({options.num_experts()}, -1, torch::kLong);
   auto* data = map.data_ptr<int64_t>();
   const auto groups = expert_groups();
@@ -332,7 +336,10 @@ torch::Tensor ExpertBankImpl::expert_map(const torch::Device& device) const {
       data[id] = static_cast<int64_t>(i);
     }
   }
-  return map.to(device);
+  map_cache_ = map.to(device);
+  map_cache_ids_ = expert_ids_;
+  map_cache_groups_ = groups_;
+  return map_cache_;
 }
 
 ExpertBankState ExpertBankImpl::state() const {

@@ -99,10 +99,11 @@ MoELayerOptions MoELayerOptions::preset(const std::string& name, int64_t d_model
 
 RouterHandle make_router(const MoELayerOptions& o) {
   RouterHandle h;
+  const auto routing = functional::TopKRoutingOptions(o.routing()).fixed_rows(o.sync_free());
   switch (o.router()) {
     case RouterKind::kTopK: {
       auto r = std::make_shared<TopKRouterImpl>(TopKRouterOptions(o.d_model(), o.num_experts())
-                                                    .routing(o.routing())
+                                                    .routing(routing)
                                                     .noise_std(o.noise_std())
                                                     .jitter(o.jitter())
                                                     .group_per_item(o.group_per_item())
@@ -118,7 +119,8 @@ RouterHandle make_router(const MoELayerOptions& o) {
               .capacity_multiple(o.routing().capacity_multiple())
               .group_size(o.routing().group_size())
               .noise_std(o.noise_std())
-              .check_finite(o.check_finite()));
+              .check_finite(o.check_finite())
+              .fixed_rows(o.sync_free()));
       h.router = r.get();
       h.module = r;
       break;
@@ -136,7 +138,7 @@ RouterHandle make_router(const MoELayerOptions& o) {
     case RouterKind::kGroupLimited: {
       auto r = std::make_shared<GroupLimitedRouterImpl>(
           GroupLimitedRouterOptions(o.d_model(), o.num_experts())
-              .routing(o.routing())
+              .routing(routing)
               .groups(o.groups())
               .check_finite(o.check_finite()));
       h.router = r.get();
@@ -153,6 +155,12 @@ MoELayerImpl::MoELayerImpl(MoELayerOptions options_) : options(std::move(options
 }
 
 void MoELayerImpl::reset() {
+  TORCH_CHECK(!options.sync_free() || !options.check_finite(),
+              "MoELayer: sync_free needs check_finite(false) (the finite checks read a flag back "
+              "from the device)");
+  TORCH_CHECK(!options.sync_free() || options.router() != RouterKind::kEnsemble,
+              "MoELayer: sync_free is not available with the ensemble router (E3-MoE joins its "
+              "members' plans by their row counts, read from the device)");
   // A clone re-runs reset(): rebuild the pruning, merging and factorising the original had.
   const auto previous = experts_ ? std::optional<MoELayerState>(state()) : std::nullopt;
   capture_ = nullptr;
@@ -237,16 +245,22 @@ MoELayerOutput MoELayerImpl::forward(const torch::Tensor& input) {
   auto& plan = routed.plan;
 
   const auto rows = ops::dispatch(tokens, plan);
-  const auto counts = plan.counts();
-  const auto expert_out = experts_->forward(rows, counts);
+  torch::Tensor expert_out;
+  if (options.sync_free()) {
+    expert_out = experts_->forward_offsets(rows, plan.expert_offsets);
+  } else {
+    const auto counts = plan.counts();
+    expert_out = experts_->forward(rows, counts);
+    if (options.check_finite()) {
+      check_finite_experts(expert_out, counts);
+    }
+  }
   const auto weight = plan.combine_weight.to(expert_out.scalar_type());
   const auto combined = ops::combine(expert_out, weight, plan);
-  if (options.check_finite()) {
-    check_finite_experts(expert_out, counts);
-  }
 
   if (capture_ != nullptr) {
-    capture_->push_back({capture_inputs_ ? tokens.detach() : torch::Tensor(), plan});
+    // Calibration reads the plan's rows on the host: the exact layout.
+    capture_->push_back({capture_inputs_ ? tokens.detach() : torch::Tensor(), plan.compact()});
   }
   MoELayerOutput out;
   out.output = combined.reshape(input.sizes());

@@ -81,6 +81,7 @@ std::vector<EpochLog> Trainer::fit(const data::ImageDataset& train,
     total = std::min(total, options_.max_steps());
   }
   auto generator = at::detail::createCPUGenerator(options_.seed());
+  const auto device = model_->parameters().front().device();
   std::vector<EpochLog> epochs;
   int64_t step = 0;
   for (int64_t epoch = 0; epoch < options_.epochs() && step < total; ++epoch) {
@@ -102,8 +103,9 @@ std::vector<EpochLog> Trainer::fit(const data::ImageDataset& train,
       if (options_.flip()) {
         images = data::random_flip(images, generator);
       }
-      const auto x = data::normalize_batch(images, options_.mean(), options_.std());
-      const auto y = train.labels.index_select(0, index);
+      // The batch goes where the model is (a model moved to CUDA trains there).
+      const auto x = data::normalize_batch(images, options_.mean(), options_.std()).to(device);
+      const auto y = train.labels.index_select(0, index).to(device);
 
       lr = lr_at(step, total);
       for (auto& group : optimizer_->param_groups()) {
@@ -195,6 +197,7 @@ EvalResult Trainer::evaluate(const data::ImageDataset& data) {
   model_->eval();
   EvalResult r;
   const int64_t n = data.size();
+  const auto device = model_->parameters().front().device();
   const auto start = std::chrono::steady_clock::now();
   int64_t top1 = 0, top5 = 0;
   double loss_sum = 0.0;
@@ -205,8 +208,9 @@ EvalResult Trainer::evaluate(const data::ImageDataset& data) {
   for (int64_t begin = 0; begin < n; begin += options_.eval_batch_size()) {
     const int64_t b = std::min(options_.eval_batch_size(), n - begin);
     const auto x =
-        data::normalize_batch(data.images.narrow(0, begin, b), options_.mean(), options_.std());
-    const auto y = data.labels.narrow(0, begin, b);
+        data::normalize_batch(data.images.narrow(0, begin, b), options_.mean(), options_.std())
+            .to(device);
+    const auto y = data.labels.narrow(0, begin, b).to(device);
     const auto out = model_->forward(x);
     loss_sum +=
         torch::nll_loss(out.logits.log_softmax(-1), y, {}, at::Reduction::Sum).item<double>();
@@ -226,7 +230,7 @@ EvalResult Trainer::evaluate(const data::ImageDataset& data) {
         rows[i][e] += counts[e];
       }
       used[i] += static_cast<double>(plan.expert_index.ge(0).sum().item<int64_t>());
-      kept[i] += static_cast<double>(plan.num_rows());
+      kept[i] += static_cast<double>(plan.num_kept_rows());
       unrouted[i] += plan.unrouted_fraction() * static_cast<double>(plan.num_tokens());
     }
     tokens += out.plans.empty() ? 0 : out.plans.front().num_tokens();

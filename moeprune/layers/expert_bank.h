@@ -56,6 +56,18 @@ class ExpertBankImpl : public torch::nn::Cloneable<ExpertBankImpl> {
   /// the bank's order, summing to R). Returns [R, d].
   torch::Tensor forward(const torch::Tensor& rows, const std::vector<int64_t>& counts);
 
+  /// The same with the row offsets on the device: `offsets` [E_held + 1] int64 (a plan's
+  /// expert_offsets); rows past offsets[E] are padding (a fixed-size plan) and their outputs are
+  /// unspecified. Where grouped_gemm_supported(rows) each linear is one grouped GEMM over the
+  /// buffer (at::_grouped_mm, nothing read from the device; the padding rows go to the last
+  /// expert), else the per-expert loop of forward() with the counts read back once.
+  torch::Tensor forward_offsets(const torch::Tensor& rows, const torch::Tensor& offsets);
+  /// Whether forward_offsets runs as grouped GEMMs for `rows` on this bank: a plain bank (not
+  /// factorised), rows and weights of one dtype whose row strides are multiples of 16 bytes, and
+  /// fp32 on the CPU or bf16 on a CUDA device of compute capability 9.0 or later (torch's
+  /// grouped kernel; its other CUDA dtypes loop over groups on the host).
+  bool grouped_gemm_supported(const torch::Tensor& rows) const;
+
   /// Keeps only `experts` (original ids, as numbered when the bank was built), freeing the rest.
   /// Parameters keep their identity (their data shrinks), so modules holding them stay valid.
   void keep_experts(std::vector<int64_t> experts);
@@ -119,6 +131,11 @@ class ExpertBankImpl : public torch::nn::Cloneable<ExpertBankImpl> {
 
   std::vector<int64_t> expert_ids_;
   std::vector<std::vector<int64_t>> groups_;  // empty unless merged
+  // expert_map() on the device it was last asked for, with the ids and groups it was built from:
+  // a layer call then copies nothing from the host (which CUDA graph capture refuses).
+  mutable torch::Tensor map_cache_;
+  mutable std::vector<int64_t> map_cache_ids_;
+  mutable std::vector<std::vector<int64_t>> map_cache_groups_;
 };
 TORCH_MODULE(ExpertBank);
 

@@ -60,6 +60,13 @@ struct MoELayerOptions {
   /// parameters hold NaN or inf). Each check reads one flag back, so on CUDA it synchronises;
   /// false lets NaN propagate as torch's operators do.
   TORCH_ARG(bool, check_finite) = true;
+  /// Nothing in the forward reads the device: the router lays out the fixed-size buffer
+  /// (RoutingPlan::fixed_rows) and the experts run on the device-side offsets
+  /// (ExpertBank::forward_offsets: grouped GEMMs where torch has them), so on CUDA the layer
+  /// neither stalls the host nor breaks a CUDA graph capture. Needs check_finite(false) (its
+  /// checks read flags back) and a router other than the ensemble (E3-MoE concatenates its
+  /// members' plans by their sizes). The output is the same routing and the same function.
+  TORCH_ARG(bool, sync_free) = false;
 };
 
 /// The router module a layer with these options holds: the module (to register) and its Router
