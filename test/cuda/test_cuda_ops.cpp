@@ -68,7 +68,7 @@ TEST_CASE("CUDA dispatch and combine match the CPU ops, forward and backward", "
   CHECK(torch::allclose(xc.grad().cpu().to(torch::kFloat), xr.grad(), c.tolerance, c.tolerance));
 }
 
-TEST_CASE("CUDA combine and its backward are bitwise repeatable", "[cuda]") {
+TEST_CASE("CUDA combine and its backward are bitwise repeatable", "[cuda][sanitize]") {
   const auto plan = make_plan(4096, 64, 2, 3).to(torch::kCUDA);
   const auto y = torch::randn({plan.num_rows(), 1024}, torch::kCUDA).to(torch::kBFloat16);
   const auto w = plan.combine_weight.to(torch::kBFloat16);
@@ -88,7 +88,7 @@ TEST_CASE("CUDA combine and its backward are bitwise repeatable", "[cuda]") {
   }
 }
 
-TEST_CASE("a MoE layer moved to CUDA runs forward and backward on the GPU", "[cuda]") {
+TEST_CASE("a MoE layer moved to CUDA runs forward and backward on the GPU", "[cuda][sanitize]") {
   for (const auto& name : moeprune::MoELayerOptions::preset_names()) {
     INFO(name);
     torch::manual_seed(0);
@@ -113,7 +113,7 @@ TEST_CASE("a MoE layer moved to CUDA runs forward and backward on the GPU", "[cu
 }
 
 TEST_CASE("CUDA dispatch and combine take every row path: odd widths, offset views, wide rows",
-          "[cuda]") {
+          "[cuda][sanitize]") {
   // d 1, 7, 71: rows that are not whole 16-byte vectors in any dtype (the scalar path); 257 and
   // 4099: more elements than the 256 threads of a block (several passes per thread).
   const auto d = GENERATE(1, 7, 71, 257, 4099);
