@@ -1,42 +1,25 @@
-// GPU benchmark of routing metadata, dispatch and combine against a device-to-device copy of
-// the same bytes, at Mixtral, V-MoE-B and decoding-size shapes, with uniform, Zipf and
-// single-expert routing (bf16). Writes bench/results/cuda_ops.json (the machine block names the
-// host; add the GPU with nvidia-smi). Exits with a message (and writes nothing) when no GPU is
-// present.
+// GPU benchmark of routing metadata (exact and fixed-size layouts), dispatch and combine forward
+// and backward, each against a device-to-device copy moving the same bytes in the same run, at
+// Mixtral, V-MoE-B and decoding-size shapes, with uniform, Zipf and single-expert routing (bf16).
+// Writes bench/results/cuda_ops.json with the GPU's name. Exits with a message (and writes
+// nothing) when no GPU is present.
+#include "gpu_timing.h"
 #include "machine_info.h"
 
 #include <moeprune/moeprune.h>
 
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <fmt/format.h>
 #include <torch/cuda.h>
 #include <torch/torch.h>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
-#include <algorithm>
-#include <chrono>
-#include <cmath>
-#include <cstdio>
-#include <filesystem>
-#include <fstream>
+#include <string>
+#include <tuple>
+#include <vector>
 
 namespace {
-
-int reps = 20;
-
-double time_gpu(const std::function<void()>& body) {
-  body();
-  torch::cuda::synchronize();
-  std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    body();
-    torch::cuda::synchronize();
-    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
 
 torch::Tensor logits_for(const std::string& routing, int64_t T, int64_t E) {
   auto logits = torch::randn({T, E}, torch::kCUDA);
@@ -49,13 +32,37 @@ torch::Tensor logits_for(const std::string& routing, int64_t T, int64_t E) {
   return logits;
 }
 
+// The backward ops, called directly so their time is theirs alone.
+torch::Tensor dispatch_backward(const torch::Tensor& grad_rows, const moeprune::RoutingPlan& p) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("moeprune::_dispatch_backward", "")
+          .typed<torch::Tensor(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&)>();
+  return op.call(grad_rows, p.slot_row, p.row_slot);
+}
+
+std::tuple<torch::Tensor, torch::Tensor> combine_backward(const torch::Tensor& grad,
+                                                          const torch::Tensor& rows,
+                                                          const torch::Tensor& weight,
+                                                          const moeprune::RoutingPlan& p) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("moeprune::_combine_backward", "")
+                             .typed<std::tuple<torch::Tensor, torch::Tensor>(
+                                 const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                                 const torch::Tensor&, const torch::Tensor&)>();
+  return op.call(grad, rows, weight, p.slot_row, p.row_slot);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"moeprune GPU benchmark: routing metadata, dispatch, combine vs device copy."};
-  std::string out;
-  app.add_option("--out", out, "JSON file (default bench/results/cuda_ops.json)");
+  std::string out = "bench/results/cuda_ops.json";
+  int reps = 20;
+  bool quick = false;
+  app.add_option("--out", out, "JSON file")->capture_default_str();
   app.add_option("--reps", reps, "Timed repetitions (median)")->check(CLI::PositiveNumber);
+  app.add_flag("--quick", quick, "Only the shapes the targets name (Mixtral 16k/64k, V-MoE-B 16k)");
   CLI11_PARSE(app, argc, argv);
   if (!torch::cuda::is_available()) {
     fmt::print("no CUDA device: nothing measured\n");
@@ -65,72 +72,88 @@ int main(int argc, char** argv) {
     std::string name;
     int64_t d, E, k, T;
   };
-  std::vector<Shape> shapes = {{"mixtral", 4096, 8, 2, 4096},
-                               {"mixtral", 4096, 8, 2, 16384},
-                               {"mixtral", 4096, 8, 2, 65536},
-                               {"vmoe_b", 768, 8, 2, 16384},
-                               {"vmoe_b", 768, 32, 2, 16384}};
-  for (const int64_t t : {1, 4, 16, 64, 256}) {
-    shapes.push_back({"decode", 4096, 8, 2, t});
-  }
-  std::string gpu_name = "unknown";
-  if (FILE* smi = popen("nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null", "r")) {
-    char buf[256] = {};
-    if (std::fgets(buf, sizeof(buf), smi) != nullptr) {
-      gpu_name = buf;
-      gpu_name.erase(gpu_name.find_last_not_of(" \n") + 1);
+  std::vector<Shape> shapes = {
+      {"mixtral", 4096, 8, 2, 16384}, {"mixtral", 4096, 8, 2, 65536}, {"vmoe_b", 768, 8, 2, 16384}};
+  if (!quick) {
+    shapes.insert(shapes.begin(), {"mixtral", 4096, 8, 2, 4096});
+    shapes.push_back({"vmoe_b", 768, 32, 2, 16384});
+    for (const int64_t t : {1, 4, 16, 64, 256}) {
+      shapes.push_back({"decode", 4096, 8, 2, t});
     }
-    pclose(smi);
   }
-  nlohmann::json results = {{"benchmark", "cuda_ops_bench"},
-                            {"machine", bench::machine_info()},
-                            {"gpu", gpu_name},
-                            {"results", nlohmann::json::array()}};
-  fmt::print("{:<8} {:>6} {:>4} {:>6} {:<7} {:>9} {:>9} {:>7} {:>9} {:>7}\n", "shape", "d", "E",
-             "T", "routing", "meta us", "disp us", "disp %", "comb us", "comb %");
+  nlohmann::json results = {
+      {"benchmark", "cuda_ops_bench"},
+      {"machine", bench::machine_info()},
+      {"gpu", bench::gpu_name()},
+      {"dtype", "bfloat16"},
+      {"note",
+       "bytes: the minimum each op moves (rows read + rows written); the copy "
+       "moves the same bytes (half read, half written); pct = copy time / op "
+       "time"},
+      {"results", nlohmann::json::array()}};
+  fmt::print("{:<8} {:>5} {:>4} {:>6} {:<7} {:>7} {:>7} | {:>6} {:>6} {:>6} {:>6} (% of copy)\n",
+             "shape", "d", "E", "T", "routing", "meta us", "fixed", "disp", "disp'", "comb",
+             "comb'");
   for (const auto& s : shapes) {
     for (const std::string routing : {"uniform", "zipf", "single"}) {
       const auto probs = logits_for(routing, s.T, s.E).softmax(-1);
       const auto options = moeprune::functional::TopKRoutingOptions(s.k);
-      const double t_meta = time_gpu([&] { moeprune::functional::top_k_route(probs, options); });
+      const auto fixed = moeprune::functional::TopKRoutingOptions(s.k).fixed_rows(true);
+      const double t_meta =
+          bench::time_gpu([&] { moeprune::functional::top_k_route(probs, options); }, reps);
+      const double t_fixed =
+          bench::time_gpu([&] { moeprune::functional::top_k_route(probs, fixed); }, reps);
       const auto plan = moeprune::functional::top_k_route(probs, options);
-      const int64_t R = plan.num_rows();
-      const auto x = torch::randn({s.T, s.d}, torch::kCUDA).to(torch::kBFloat16);
-      const auto y = torch::randn({R, s.d}, torch::kCUDA).to(torch::kBFloat16);
+      const int64_t R = plan.num_rows(), T = s.T, d = s.d;
+      const auto bf16 = torch::TensorOptions().dtype(torch::kBFloat16).device(torch::kCUDA);
+      const auto x = torch::randn({T, d}, bf16);
+      const auto y = torch::randn({R, d}, bf16);
+      const auto g = torch::randn({T, d}, bf16);
       const auto w = plan.combine_weight.to(torch::kBFloat16);
-      const int64_t bytes = (s.T + R) * s.d * 2;  // METHODS.md section 2's minimum, both ops
-      auto src = torch::empty({bytes / 2},
-                              torch::TensorOptions().dtype(torch::kUInt8).device(torch::kCUDA));
+      const int64_t row = d * 2;
+      struct Op {
+        const char* name;
+        int64_t bytes;
+        std::function<void()> body;
+      };
+      const std::vector<Op> ops = {
+          {"dispatch", 2 * R * row, [&] { moeprune::ops::dispatch(x, plan); }},
+          {"dispatch_backward", (R + T) * row, [&] { dispatch_backward(y, plan); }},
+          {"combine", (R + T) * row, [&] { moeprune::ops::combine(y, w, plan); }},
+          {"combine_backward", (T + 2 * R) * row, [&] { combine_backward(g, y, w, plan); }}};
+      auto src = torch::empty({(T + 2 * R) * row / 2 + 1}, bf16.dtype(torch::kUInt8));
       auto dst = torch::empty_like(src);
-      const double t_copy = time_gpu([&] { dst.copy_(src); });  // reads and writes bytes / 2 each
-      const double t_dispatch = time_gpu([&] { moeprune::ops::dispatch(x, plan); });
-      const double t_combine = time_gpu([&] { moeprune::ops::combine(y, w, plan); });
-      fmt::print("{:<8} {:>6} {:>4} {:>6} {:<7} {:>9.1f} {:>9.1f} {:>6.0f}% {:>9.1f} {:>6.0f}%\n",
-                 s.name, s.d, s.E, s.T, routing, 1e6 * t_meta, 1e6 * t_dispatch,
-                 100 * t_copy / t_dispatch, 1e6 * t_combine, 100 * t_copy / t_combine);
-      results["results"].push_back({{"shape", s.name},
-                                    {"d", s.d},
-                                    {"experts", s.E},
-                                    {"k", s.k},
-                                    {"tokens", s.T},
-                                    {"routing", routing},
-                                    {"rows", R},
-                                    {"dtype", "bfloat16"},
-                                    {"routing_metadata_seconds", t_meta},
-                                    {"dispatch_seconds", t_dispatch},
-                                    {"combine_seconds", t_combine},
-                                    {"device_copy_seconds", t_copy},
-                                    {"dispatch_GBps", bytes / t_dispatch / 1e9},
-                                    {"combine_GBps", bytes / t_combine / 1e9},
-                                    {"device_copy_GBps", bytes / t_copy / 1e9}});
+      nlohmann::json entry = {{"shape", s.name},
+                              {"d", d},
+                              {"experts", s.E},
+                              {"k", s.k},
+                              {"tokens", T},
+                              {"routing", routing},
+                              {"rows", R},
+                              {"routing_metadata_seconds", t_meta},
+                              {"routing_metadata_fixed_rows_seconds", t_fixed}};
+      std::vector<double> pct;
+      for (const auto& op : ops) {
+        const int64_t half = op.bytes / 2;
+        const double t_op = bench::time_gpu(op.body, reps);
+        const double t_copy =
+            bench::time_gpu([&] { dst.narrow(0, 0, half).copy_(src.narrow(0, 0, half)); }, reps);
+        pct.push_back(100.0 * t_copy / t_op);
+        entry[op.name] = {{"seconds", t_op},
+                          {"bytes", op.bytes},
+                          {"GBps", static_cast<double>(op.bytes) / t_op / 1e9},
+                          {"device_copy_seconds", t_copy},
+                          {"device_copy_GBps", static_cast<double>(op.bytes) / t_copy / 1e9},
+                          {"pct_of_copy", pct.back()}};
+      }
+      fmt::print(
+          "{:<8} {:>5} {:>4} {:>6} {:<7} {:>7.1f} {:>7.1f} | {:>5.0f}% {:>5.0f}% {:>5.0f}% "
+          "{:>5.0f}%\n",
+          s.name, d, s.E, T, routing, 1e6 * t_meta, 1e6 * t_fixed, pct[0], pct[1], pct[2], pct[3]);
+      results["results"].push_back(entry);
     }
   }
-  const std::filesystem::path path(out.empty() ? "bench/results/cuda_ops.json" : out);
-  if (path.has_parent_path()) {
-    std::filesystem::create_directories(path.parent_path());
-  }
-  std::ofstream(path.string() + ".tmp") << results.dump(2) << "\n";
-  std::filesystem::rename(path.string() + ".tmp", path);
-  fmt::print("wrote {}\n", path.string());
+  bench::write_json(out, results);
+  fmt::print("wrote {}\n", out);
   return 0;
 }
