@@ -7,12 +7,15 @@
 #include <moeprune/compression/low_rank.h>
 #include <moeprune/compression/merging.h>
 #include <moeprune/compression/residual_similarity.h>
+#include <moeprune/distributed/expert_parallel.h>
+#include <moeprune/distributed/process_group.h>
 #include <moeprune/hf/checkpoint.h>
 #include <moeprune/hf/pruning.h>
 #include <moeprune/io/checkpoint.h>
 #include <moeprune/io/safetensors.h>
 #include <moeprune/layers/expert_bank.h>
 #include <moeprune/layers/expert_bank_state.h>
+#include <moeprune/layers/expert_exchange.h>
 #include <moeprune/layers/moe_layer.h>
 #include <moeprune/layers/moe_view.h>
 #include <moeprune/models/lm/causal_lm.h>

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The dependency rule of docs/architecture.md, checked on the includes: each folder of moeprune/
 # and csrc/ uses only the folders before it in
-#   ops, routing < layers < pruning < compression;  io < hf;  text;  (all of those) < models < train
+#   ops, routing < layers < pruning < compression;  layers < distributed;  io < hf;  text;
+#   (all of those) < models < train
 # In particular the compression core (pruning, compression, hf) works on the model-neutral MoE
 # view and never includes a model. Prints every offending include and fails if there is one.
 set -u
@@ -24,9 +25,11 @@ forbid() {
 old='(ops|router|routing_plan|top_k_router|expert_choice_router|ensemble_router|expert_bank|moe_layer|checkpoint|safetensors|hf_checkpoint|hf_pruning|vision_transformer|trainer|progress_bar)\.h|functional/|data/'
 # What each folder may not include: the folders above it, and the old paths. ops may use the
 # routing plan (the contract between the two) and nothing else of routing.
-forbid ops "routing/(functional|.*router)|layers/|io/|pruning/|compression/|hf/|models/|train/|$old"
-forbid routing "ops/|layers/|io/|pruning/|compression/|hf/|models/|train/|$old"
-forbid layers "io/|pruning/|compression/|hf/|models/|train/|$old"
+forbid ops "routing/(functional|.*router)|layers/|io/|pruning/|compression/|hf/|models/|train/|distributed/|$old"
+forbid routing "ops/|layers/|io/|pruning/|compression/|hf/|models/|train/|distributed/|$old"
+forbid layers "io/|pruning/|compression/|hf/|models/|train/|distributed/|$old"
+# Expert parallelism splits a layer; the layer sees only the ExpertExchange seam.
+forbid distributed "io/|pruning/|compression/|hf/|models/|train/|text/|$old"
 forbid text "ops/|routing/|layers/|io/|pruning/|compression/|hf/|models/|train/|$old"
 forbid io "ops/|routing/|layers/|pruning/|compression/|hf/|models/|train/|$old"
 forbid pruning "compression/|hf/|models/|train/|$old"

@@ -174,7 +174,11 @@ void MoELayerImpl::reset() {
                      .activation(options.activation())
                      .bias(options.expert_bias())));
   if (previous && !previous->is_plain()) {
+    // A clone of an expert-parallel layer rebuilds this process's share of the bank first.
+    auto exchange = std::move(exchange_);
+    exchange_ = nullptr;
     restore(*previous);
+    exchange_ = std::move(exchange);
   }
 }
 
@@ -189,6 +193,11 @@ RouterOutput MoELayerImpl::route(const torch::Tensor& tokens) {
 }
 
 RouterOutput MoELayerImpl::route_items(const torch::Tensor& tokens, int64_t item_size) {
+  if (exchange_) {
+    // Buffer positions over every process's experts.
+    return router_->route(tokens, exchange_->expert_map(tokens.device()),
+                          exchange_->num_positions(), item_size);
+  }
   torch::Tensor map;
   int64_t bank_size = -1;
   // A bank smaller than the router (router columns kept) or merged: map router experts to bank
@@ -246,7 +255,11 @@ MoELayerOutput MoELayerImpl::forward(const torch::Tensor& input) {
 
   const auto rows = ops::dispatch(tokens, plan);
   torch::Tensor expert_out;
-  if (options.sync_free()) {
+  if (exchange_) {
+    // The finite check of the experts' output needs the bank of every row's expert, which lives
+    // on another process: the router's check on the tokens still runs.
+    expert_out = exchange_->run(rows, plan.expert_counts, *experts_);
+  } else if (options.sync_free()) {
     expert_out = experts_->forward_offsets(rows, plan.expert_offsets);
   } else {
     const auto counts = plan.counts();
@@ -270,7 +283,17 @@ MoELayerOutput MoELayerImpl::forward(const torch::Tensor& input) {
   return out;
 }
 
+void MoELayerImpl::set_expert_exchange(std::shared_ptr<ExpertExchange> exchange) {
+  TORCH_CHECK(!exchange || !options.sync_free(),
+              "MoELayer: a sync_free layer cannot exchange rows with other processes (the "
+              "exchange reads the row counts)");
+  exchange_ = std::move(exchange);
+}
+
 void MoELayerImpl::merge_experts(const std::vector<std::vector<int64_t>>& groups) {
+  TORCH_CHECK(!exchange_,
+              "MoELayer: the experts are spread over processes; merge before "
+              "distributed::shard_experts");
   TORCH_CHECK(router_->can_merge(),
               "MoELayer: this router's experts cannot be merged (E3-MoE members route "
               "separately)");
@@ -281,6 +304,9 @@ void MoELayerImpl::merge_experts(const std::vector<std::vector<int64_t>>& groups
 }
 
 void MoELayerImpl::keep_experts(const std::vector<int64_t>& experts, bool drop_router_columns) {
+  TORCH_CHECK(!exchange_,
+              "MoELayer: the experts are spread over processes; prune before "
+              "distributed::shard_experts");
   TORCH_CHECK(static_cast<int64_t>(experts.size()) >= router_->min_bank_experts(),
               "MoELayer: keeping ", experts.size(), " experts, the router needs at least ",
               router_->min_bank_experts());

@@ -2,6 +2,7 @@
 
 #include <moeprune/layers/expert_bank.h>
 #include <moeprune/layers/expert_bank_state.h>
+#include <moeprune/layers/expert_exchange.h>
 #include <moeprune/routing/functional/aux_losses.h>
 #include <moeprune/routing/functional/routing.h>
 #include <moeprune/routing/group_limited_router.h>
@@ -135,6 +136,12 @@ class MoELayerImpl : public torch::nn::Cloneable<MoELayerImpl> {
   /// `with_inputs`) to it. Set and cleared by a capture scope (MoECapture), not by hand.
   void set_capture(std::vector<MoELayerCall>* sink, bool with_inputs);
 
+  /// Serves the experts through `exchange` (expert parallelism: distributed::shard_experts sets
+  /// it after reducing the bank to this process's experts); nullptr: the bank serves them all.
+  /// Not with sync_free (the exchange reads the row counts).
+  void set_expert_exchange(std::shared_ptr<ExpertExchange> exchange);
+  const std::shared_ptr<ExpertExchange>& expert_exchange() const { return exchange_; }
+
   Router& router() { return *router_; }
   const Router& router() const { return *router_; }
   ExpertBank& experts() { return experts_; }
@@ -153,6 +160,7 @@ class MoELayerImpl : public torch::nn::Cloneable<MoELayerImpl> {
 
   std::vector<MoELayerCall>* capture_ = nullptr;
   bool capture_inputs_ = false;
+  std::shared_ptr<ExpertExchange> exchange_;
 };
 TORCH_MODULE(MoELayer);
 
