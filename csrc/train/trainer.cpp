@@ -3,6 +3,8 @@
 #include <moeprune/train/progress_bar.h>
 #include <moeprune/train/schedule.h>
 
+#include "train/data_parallel.h"
+
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
@@ -72,10 +74,31 @@ std::vector<EpochLog> Trainer::fit(const data::ImageDataset& train,
   TORCH_CHECK(train.num_classes <= model_->options.num_classes(), "Trainer: the data has ",
               train.num_classes, " classes but the model's head has ",
               model_->options.num_classes());
+  // Data parallel: each process takes its batch_size share of every step's batch (the steps
+  // see world * batch_size images), the same permutation on every process (one seed).
+  std::unique_ptr<detail::GradientAverager> averager;
+  int64_t world = 1, rank = 0;
+  if (options_.process_group()) {
+    const auto& group = *options_.process_group();
+    world = group.world_size();
+    rank = group.rank();
+    std::vector<torch::Tensor> local_experts;
+    for (const auto& [block, layer] : model_->moe_layers()) {
+      if (layer->expert_exchange()) {
+        for (const auto& p : layer->experts()->parameters()) {
+          local_experts.push_back(p);
+        }
+      }
+    }
+    averager =
+        std::make_unique<detail::GradientAverager>(group, model_->parameters(), local_experts);
+  }
+  const bool progress = options_.progress() && rank == 0;
   // Full batches only, so every step routes groups of the configured size.
   // A training set smaller than one batch is trained on whole.
-  const int64_t batch = std::min(options_.batch_size(), n);
-  const int64_t steps_per_epoch = n / batch;
+  const int64_t batch = std::min(options_.batch_size(), n / world);
+  TORCH_CHECK(batch >= 1, "Trainer: ", n, " images cannot give each of ", world, " processes one");
+  const int64_t steps_per_epoch = n / (batch * world);
   int64_t total = steps_per_epoch * options_.epochs();
   if (options_.max_steps() > 0) {
     total = std::min(total, options_.max_steps());
@@ -88,14 +111,14 @@ std::vector<EpochLog> Trainer::fit(const data::ImageDataset& train,
     model_->train();
     const auto order = torch::randperm(n, generator, torch::kLong);
     const int64_t steps = std::min(steps_per_epoch, total - step);
-    ProgressBar bar(steps * batch,
+    ProgressBar bar(steps * batch * world,
                     "epoch " + std::to_string(epoch + 1) + "/" + std::to_string(options_.epochs()),
-                    "img", options_.progress());
+                    "img", progress);
     double loss_sum = 0.0;
     int64_t correct = 0, seen = 0;
     double lr = 0.0;
     for (int64_t s = 0; s < steps; ++s, ++step) {
-      const auto index = order.narrow(0, s * batch, batch);
+      const auto index = order.narrow(0, (s * world + rank) * batch, batch);
       auto images = train.images.index_select(0, index);
       if (options_.crop_padding() > 0) {
         images = data::random_crop(images, options_.crop_padding(), generator);
@@ -118,17 +141,26 @@ std::vector<EpochLog> Trainer::fit(const data::ImageDataset& train,
       if (options_.teacher()) {
         loss = loss + options_.distill_weight() * distillation_loss(out.logits, x);
       }
-      // Checked before the step, so a NaN loss never reaches the weights.
-      const double loss_value = loss.item<double>();
+      // Checked before the step, so a NaN loss never reaches the weights (on every process at
+      // once: the mean over the processes).
+      const double loss_value =
+          averager ? averager->mean(loss.item<double>()) : loss.item<double>();
       TORCH_CHECK(std::isfinite(loss_value), "Trainer: the loss became ", loss_value, " at step ",
                   step, " (learning rate ", lr,
                   "); the model keeps the weights from before this step");
       loss.backward();
+      if (averager) {
+        averager->average();
+      }
       if (options_.after_backward()) {
         options_.after_backward()(step, total);
       }
       if (options_.clip_norm() > 0) {
-        torch::nn::utils::clip_grad_norm_(model_->parameters(), options_.clip_norm());
+        if (averager) {
+          averager->clip(options_.clip_norm());
+        } else {
+          torch::nn::utils::clip_grad_norm_(model_->parameters(), options_.clip_norm());
+        }
       }
       optimizer_->step();
       if (options_.after_step()) {
@@ -142,7 +174,13 @@ std::vector<EpochLog> Trainer::fit(const data::ImageDataset& train,
       char note[96];
       std::snprintf(note, sizeof(note), "loss %.4f  acc %.2f%%  lr %.2e", loss_sum / seen,
                     100.0 * correct / seen, lr);
-      bar.update(seen, note);
+      bar.update(seen * world, note);  // rank 0's figures; the epoch log has every process's
+    }
+    if (averager) {
+      // The epoch's figures over every process.
+      loss_sum = averager->mean(loss_sum) * static_cast<double>(world);
+      correct = std::llround(averager->mean(static_cast<double>(correct)) * world);
+      seen = std::llround(averager->mean(static_cast<double>(seen)) * world);
     }
     EpochLog log;
     log.epoch = epoch + 1;
@@ -155,13 +193,15 @@ std::vector<EpochLog> Trainer::fit(const data::ImageDataset& train,
     bar.finish();
     if (test != nullptr) {
       log.eval = evaluate(*test);
-      if (options_.progress()) {
+      if (progress) {
         std::fprintf(stderr, "epoch %ld: %s\n", static_cast<long>(log.epoch),
                      format_eval(log.eval).c_str());
       }
     }
     epochs.push_back(log);
-    write_log(epochs);
+    if (rank == 0) {
+      write_log(epochs);
+    }
   }
   return epochs;
 }

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <moeprune/distributed/process_group.h>
 #include <moeprune/models/vision/vision_transformer.h>
 #include <moeprune/train/image_dataset.h>
 
@@ -62,6 +63,13 @@ struct TrainerOptions {
   /// reads importances and applies its masks.
   TORCH_ARG(StepHook, after_backward);
   TORCH_ARG(StepHook, after_step);
+  /// Data parallelism over the processes of this group (docs/distributed.md): each process
+  /// trains on its batch_size share of every step's batch (the same permutation everywhere),
+  /// gradients are averaged over the processes after each backward pass (a bucketed all-reduce;
+  /// the experts sharded with distributed::shard_experts stay where they are), clipping uses the
+  /// norm over all processes, and only rank 0 shows progress and writes the log. Every process
+  /// must call fit() and evaluate() alike; evaluate() runs the whole set on each.
+  TORCH_ARG(std::shared_ptr<distributed::ProcessGroup>, process_group);
 };
 
 /// Load and drops of one MoE layer over an evaluation.

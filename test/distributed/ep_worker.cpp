@@ -4,11 +4,14 @@
 //                     ranks' tokens (computed here, from the same seeds): output, input gradient
 //                     and this rank's expert gradients bitwise; the router's gradient summed over
 //                     the ranks within fp32 rounding (a different summation order).
+//   ep_worker train   data + expert parallel training of the small V-MoE against one process.
 //   ep_worker join    joins the group and leaves (the set-up's error tests); prints the error.
 // Exit status 0 when every check passed.
 #include <moeprune/distributed/expert_parallel.h>
 #include <moeprune/distributed/process_group.h>
 #include <moeprune/layers/moe_layer.h>
+#include <moeprune/models/vision/vision_transformer.h>
+#include <moeprune/train/trainer.h>
 
 #include <torch/torch.h>
 
@@ -101,6 +104,66 @@ std::string check(const Case& c, const dist::ProcessGroup& group) {
   return "";
 }
 
+// Trains the small V-MoE (Mixtral-style experts: no router noise, so the processes route as one
+// process would) for a few SGD steps on `group` with data and expert parallelism, and on one
+// process with the whole batch; the weights must agree within fp32 rounding (the gradient sums
+// run in another order). Returns what differed, or an empty string.
+std::string check_training(const dist::ProcessGroup& group) {
+  const int64_t W = group.world_size(), per_process = 16;
+  torch::manual_seed(3);
+  moeprune::data::ImageDataset data;
+  data.labels = torch::randint(0, 10, {W * per_process * 3}, torch::kLong);
+  data.images = (torch::rand({10, 1, 28, 28}).index_select(0, data.labels) * 200 +
+                 torch::rand({data.labels.size(0), 1, 28, 28}) * 55)
+                    .to(torch::kUInt8);
+  data.num_classes = 10;
+  const auto model_options =
+      moeprune::VisionTransformerOptions::small_vmoe(10).moe_preset("mixtral").group_images(8);
+  const auto train_options = moeprune::TrainerOptions()
+                                 .optimizer(moeprune::OptimizerKind::kSgd)
+                                 .lr(0.05)
+                                 .warmup_steps(0)
+                                 .max_steps(3)
+                                 .progress(false)
+                                 .seed(5);
+  torch::manual_seed(0);
+  moeprune::VisionTransformer single(model_options);
+  moeprune::Trainer(single, moeprune::TrainerOptions(train_options).batch_size(W * per_process))
+      .fit(data);
+
+  torch::manual_seed(0);
+  moeprune::VisionTransformer model(model_options);
+  for (auto& [block, layer] : model->moe_layers()) {
+    dist::shard_experts(layer, group);
+  }
+  moeprune::Trainer(model, moeprune::TrainerOptions(train_options)
+                               .batch_size(per_process)
+                               .process_group(std::make_shared<dist::ProcessGroup>(group)))
+      .fit(data);
+
+  const auto want = single->named_parameters();
+  for (const auto& [block, layer] : model->moe_layers()) {
+    const auto prefix = "block" + std::to_string(block) + ".moe.experts.";
+    for (const int64_t id : layer->experts()->expert_ids()) {
+      for (const auto& p : layer->experts()->named_parameters()) {
+        const auto& ids = layer->experts()->expert_ids();
+        const auto at = std::find(ids.begin(), ids.end(), id) - ids.begin();
+        if (!torch::allclose(p.value()[at], want[prefix + p.key()][id], 1e-4, 1e-6)) {
+          return "trained expert " + std::to_string(id) + " " + prefix + p.key() + " differs";
+        }
+      }
+    }
+  }
+  for (const auto& p : model->named_parameters()) {
+    if (p.key().find(".moe.experts.") == std::string::npos &&
+        !torch::allclose(p.value(), want[p.key()], 1e-4, 1e-6)) {
+      return "trained " + p.key() + " differs (max " +
+             std::to_string((p.value() - want[p.key()]).abs().max().item<double>()) + ")";
+    }
+  }
+  return "";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -129,6 +192,13 @@ int main(int argc, char** argv) {
       }
     }
     int failures = 0;
+    if (mode == "train") {
+      const auto problem = check_training(group);
+      std::printf("%s data + expert parallel training%s\n", problem.empty() ? "ok  " : "FAIL",
+                  problem.empty() ? "" : (": " + problem).c_str());
+      group.barrier();
+      return problem.empty() ? 0 : 1;
+    }
     for (const auto& c : cases) {
       const auto problem = check(c, group);
       std::printf("%s %s %s%s\n", problem.empty() ? "ok  " : "FAIL", c.preset.c_str(),

@@ -1,0 +1,41 @@
+#pragma once
+
+// Data parallelism for the trainers: after each backward pass, every process's gradients become
+// the mean over the processes (replicated parameters by a bucketed all-reduce; the experts a
+// process holds under expert parallelism by a division, since their gradients already gathered
+// every process's tokens through the reverse all-to-all), and clipping uses the norm over all of
+// them, so the replicated parameters stay equal on every process.
+#include <moeprune/distributed/process_group.h>
+
+#include <torch/types.h>
+
+#include <vector>
+
+namespace moeprune::detail {
+
+class GradientAverager {
+ public:
+  /// `params`: every trainable parameter of this process; `local_experts`: those of them that
+  /// only this process holds (the expert banks of sharded layers).
+  GradientAverager(distributed::ProcessGroup group, const std::vector<torch::Tensor>& params,
+                   const std::vector<torch::Tensor>& local_experts,
+                   int64_t bucket_bytes = int64_t{25} << 20);
+
+  /// Turns the gradients into the mean over the processes.
+  void average();
+  /// Scales every gradient by max_norm / (norm + 1e-6) when the global 2-norm (replicated
+  /// gradients once, every process's experts) exceeds max_norm, as clip_grad_norm_ does on one
+  /// process. Returns the norm.
+  double clip(double max_norm);
+  /// The mean of `value` over the processes (every process gets the same number).
+  double mean(double value) const;
+
+  const distributed::ProcessGroup& group() const { return group_; }
+
+ private:
+  distributed::ProcessGroup group_;
+  std::vector<torch::Tensor> replicated_, local_;
+  int64_t bucket_bytes_;
+};
+
+}  // namespace moeprune::detail
