@@ -159,7 +159,7 @@ int main(int argc, char** argv) {
                                   {"loop_over_layer", t_loop / t_layer},
                                   {"layer_over_gemm", t_layer / t_gemm}});
   }
-  bench::write_json(out, results);
+  bench::write_results(out, results);
   fmt::print("wrote {}\n", out);
   return 0;
 }

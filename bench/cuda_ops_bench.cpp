@@ -153,7 +153,7 @@ int main(int argc, char** argv) {
       results["results"].push_back(entry);
     }
   }
-  bench::write_json(out, results);
+  bench::write_results(out, results);
   fmt::print("wrote {}\n", out);
   return 0;
 }

@@ -119,7 +119,7 @@ int main(int argc, char** argv) {
     fmt::print("CPU ({} threads): {:.0f} img/s; GPU / CPU {:.1f}x\n", torch::get_num_threads(), ips,
                first.logs.back().images_per_second / ips);
   }
-  bench::write_json(out, results);
+  bench::write_results(out, results);
   fmt::print("wrote {}\n", out);
   return 0;
 }

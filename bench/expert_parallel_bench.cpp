@@ -16,7 +16,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <filesystem>
 #include <fstream>
 #include <thread>
 
@@ -192,12 +191,7 @@ int main(int argc, char** argv) {
     std::sort(runs.begin(), runs.end(), [](const nlohmann::json& a, const nlohmann::json& b) {
       return a.value("world_size", 0) < b.value("world_size", 0);
     });
-    const std::filesystem::path path(out);
-    if (path.has_parent_path()) {
-      std::filesystem::create_directories(path.parent_path());
-    }
-    std::ofstream(path.string() + ".tmp") << results.dump(2) << "\n";
-    std::filesystem::rename(path.string() + ".tmp", path);
+    bench::write_results(out, results);
     fmt::print("wrote {}\n", out);
   }
   group.barrier();

@@ -1,15 +1,12 @@
 #pragma once
 
-// What the GPU benchmarks share: the GPU's name for the results, a median wall-clock timer that
-// synchronises the device around each repetition, and an atomic JSON write.
+// What the GPU benchmarks share: the GPU's name for the results and a median wall-clock timer
+// that synchronises the device around each repetition.
 #include <torch/cuda.h>
-#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <filesystem>
-#include <fstream>
 #include <functional>
 #include <string>
 #include <vector>
@@ -43,15 +40,6 @@ inline double time_gpu(const std::function<void()>& body, int reps) {
   }
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
-}
-
-/// Writes `results` to `path` through a temporary file and a rename.
-inline void write_json(const std::filesystem::path& path, const nlohmann::json& results) {
-  if (path.has_parent_path()) {
-    std::filesystem::create_directories(path.parent_path());
-  }
-  std::ofstream(path.string() + ".tmp") << results.dump(2) << "\n";
-  std::filesystem::rename(path.string() + ".tmp", path);
 }
 
 }  // namespace bench

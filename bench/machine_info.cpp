@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -48,6 +49,15 @@ nlohmann::json machine_info() {
           {"torch", TORCH_VERSION},
           {"compiler", __VERSION__},
           {"date_utc", date}};
+}
+
+void write_results(const std::filesystem::path& path, const nlohmann::json& results) {
+  if (path.has_parent_path()) {
+    std::filesystem::create_directories(path.parent_path());
+  }
+  const auto tmp = path.string() + ".tmp";
+  std::ofstream(tmp) << results.dump(2) << "\n";
+  std::filesystem::rename(tmp, path);
 }
 
 }  // namespace bench
