@@ -1,0 +1,98 @@
+// What distributed::shard_experts and the expert-parallel layer refuse, on a group of one
+// process (the multi-process behaviour is in ep_worker.cpp).
+#include <moeprune/distributed/expert_parallel.h>
+
+#include <torch/torch.h>
+#include <catch2/catch.hpp>
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+namespace dist = moeprune::distributed;
+using moeprune::MoELayer;
+using moeprune::MoELayerOptions;
+
+namespace {
+
+dist::ProcessGroup group_of_one() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  socklen_t len = sizeof(addr);
+  REQUIRE(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  close(fd);
+  dist::Environment env;
+  env.master_port = ntohs(addr.sin_port);
+  return dist::ProcessGroup(env, dist::ProcessGroupOptions().timeout(std::chrono::seconds(10)));
+}
+
+}  // namespace
+
+TEST_CASE("expert placements and sharding refuse what they cannot serve", "[distributed]") {
+  CHECK_THROWS_WITH(dist::ExpertPlacement::even(3, 4),
+                    Catch::Contains("3 experts cannot give each of 4 ranks one"));
+  const auto even = dist::ExpertPlacement::even(7, 3);  // 3, 2, 2
+  CHECK(even.rank_of == std::vector<int64_t>{0, 0, 0, 1, 1, 2, 2});
+  CHECK(even.experts_of(1) == std::vector<int64_t>{3, 4});
+
+  const auto group = group_of_one();
+  MoELayer layer(MoELayerOptions::preset("mixtral", 8, 16, 4));
+  dist::ExpertPlacement wrong_size;
+  wrong_size.rank_of = {0, 0, 0};
+  CHECK_THROWS_WITH(dist::shard_experts(layer, group, wrong_size),
+                    Catch::Contains("the placement names 3 experts, the layer holds 4"));
+  dist::ExpertPlacement wrong_rank;
+  wrong_rank.rank_of = {0, 0, 0, 1};
+  CHECK_THROWS_WITH(dist::shard_experts(layer, group, wrong_rank),
+                    Catch::Contains("the placement names rank 1, outside [0, 1)"));
+
+  MoELayer merged(MoELayerOptions::preset("mixtral", 8, 16, 4));
+  merged->merge_experts({{0, 1}, {2, 3}});
+  CHECK_THROWS_WITH(dist::shard_experts(merged, group),
+                    Catch::Contains("merged banks cannot be spread yet"));
+
+  MoELayer sync_free(
+      MoELayerOptions::preset("mixtral", 8, 16, 4).sync_free(true).check_finite(false));
+  CHECK_THROWS_WITH(dist::shard_experts(sync_free, group),
+                    Catch::Contains("a sync_free layer cannot exchange rows"));
+
+  dist::shard_experts(layer, group);
+  CHECK(dist::last_exchange_bytes(layer) == 0);
+  CHECK_THROWS_WITH(dist::shard_experts(layer, group),
+                    Catch::Contains("the layer's experts are already spread"));
+  CHECK_THROWS_WITH(layer->keep_experts({0, 1}),
+                    Catch::Contains("the experts are spread over processes; prune before"));
+  CHECK_THROWS_WITH(layer->merge_experts({{0, 1}, {2, 3}}),
+                    Catch::Contains("the experts are spread over processes; merge before"));
+  // A group of one serves every expert itself, as the plain layer does.
+  MoELayer plain(MoELayerOptions::preset("mixtral", 8, 16, 4));
+  {
+    torch::NoGradGuard no_grad;
+    const auto from = layer->named_parameters();
+    for (auto& p : plain->named_parameters()) {
+      p.value().copy_(from[p.key()]);
+    }
+  }
+  const auto x = torch::randn({2, 5, 8});
+  CHECK(torch::equal(layer->forward(x).output, plain->forward(x).output));
+}
+
+TEST_CASE("the expert bank's device-side forward refuses malformed offsets", "[sync_free]") {
+  moeprune::ExpertBank bank(moeprune::ExpertBankOptions(3, 4, 8));
+  const auto rows = torch::randn({5, 4});
+  CHECK_THROWS_WITH(bank->forward_offsets(rows, torch::tensor({0, 2, 5}, torch::kLong)),
+                    Catch::Contains("offsets should be int64 [4] (one more than the 3 held "
+                                    "experts), got Long [3]"));
+  CHECK_THROWS_WITH(bank->forward_offsets(rows, torch::tensor({0, 2, 3, 5}, torch::kInt)),
+                    Catch::Contains("offsets should be int64 [4]"));
+  // d 4 in fp32 is one 16-byte vector, F 8 two: the grouped path; an end past the rows is
+  // caught by the loop path's check (d 3 below).
+  moeprune::ExpertBank odd(moeprune::ExpertBankOptions(3, 3, 8));
+  CHECK_THROWS_WITH(
+      odd->forward_offsets(torch::randn({5, 3}), torch::tensor({0, 2, 3, 6}, torch::kLong)),
+      Catch::Contains("offsets should run from 0 to at most the 5 rows, got 0 to 6"));
+}
