@@ -1,13 +1,11 @@
 // What distributed::shard_experts and the expert-parallel layer refuse, on a group of one
 // process (the multi-process behaviour is in ep_worker.cpp).
+#include "free_port.h"
+
 #include <moeprune/distributed/expert_parallel.h>
 
 #include <torch/torch.h>
 #include <catch2/catch.hpp>
-
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 namespace dist = moeprune::distributed;
 using moeprune::MoELayer;
@@ -16,17 +14,8 @@ using moeprune::MoELayerOptions;
 namespace {
 
 dist::ProcessGroup group_of_one() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
-  socklen_t len = sizeof(addr);
-  REQUIRE(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
-  close(fd);
   dist::Environment env;
-  env.master_port = ntohs(addr.sin_port);
+  env.master_port = test::free_port();
   return dist::ProcessGroup(env, dist::ProcessGroupOptions().timeout(std::chrono::seconds(10)));
 }
 

@@ -1,14 +1,12 @@
 // The process group's set-up errors that one process can show: the environment it reads, peers
 // that never join, a rank 0 that is not there. The multi-process ones (two processes with one
 // RANK, another WORLD_SIZE) are in setup_errors.sh; the collectives in ep_worker.cpp.
+#include "free_port.h"
+
 #include <moeprune/distributed/process_group.h>
 
 #include <torch/torch.h>
 #include <catch2/catch.hpp>
-
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <cstdlib>
 #include <optional>
@@ -45,20 +43,6 @@ class ScopedEnv {
   }
   std::vector<std::pair<std::string, std::optional<std::string>>> saved_;
 };
-
-// A TCP port nothing listens on (the kernel's pick, released again).
-int64_t free_port() {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
-  socklen_t len = sizeof(addr);
-  REQUIRE(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
 
 }  // namespace
 
@@ -99,7 +83,7 @@ TEST_CASE("a process group names the ranks that did not join in time", "[distrib
   dist::Environment env;
   env.rank = 0;
   env.world_size = 3;
-  env.master_port = free_port();
+  env.master_port = test::free_port();
   const auto options = dist::ProcessGroupOptions().timeout(std::chrono::milliseconds(1500));
   CHECK_THROWS_WITH(dist::ProcessGroup(env, options),
                     Catch::Contains("rank 0 of 3: rank(s) 1, 2 did not join within 1.5 s at "
@@ -111,7 +95,7 @@ TEST_CASE("a process group names a rank 0 it cannot reach", "[distributed]") {
   dist::Environment env;
   env.rank = 1;
   env.world_size = 2;
-  env.master_port = free_port();
+  env.master_port = test::free_port();
   const auto options = dist::ProcessGroupOptions().timeout(std::chrono::milliseconds(1500));
   CHECK_THROWS_WITH(dist::ProcessGroup(env, options),
                     Catch::Contains("rank 1 of 2 could not reach rank 0 at 127.0.0.1:" +
@@ -120,7 +104,7 @@ TEST_CASE("a process group names a rank 0 it cannot reach", "[distributed]") {
 
 TEST_CASE("a process group of one exchanges with itself", "[distributed]") {
   dist::Environment env;
-  env.master_port = free_port();
+  env.master_port = test::free_port();
   const dist::ProcessGroup group(env,
                                  dist::ProcessGroupOptions().timeout(std::chrono::seconds(10)));
   CHECK(group.world_size() == 1);
