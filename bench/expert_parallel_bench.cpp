@@ -27,8 +27,8 @@ double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// Median over the ranks' medians is not a thing: each rank reports its median, rank 0 keeps the
-// slowest (the step waits for it).
+// Each rank's median over the repetitions; rank 0 reports the slowest rank's (a step waits for
+// it).
 double median(std::vector<double> t) {
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
