@@ -135,3 +135,64 @@ TEST_CASE("bf16 and fp16 experts equal an fp64 reference at decode and prefill r
     CHECK(torch::equal(one, many));
   }
 }
+
+TEST_CASE("expert bank takes experts back in id order (the inverse of keep_experts)") {
+  torch::manual_seed(5);
+  ExpertBank whole(ExpertBankOptions(4, 6, 10));
+  ExpertBank bank(ExpertBankOptions(4, 6, 10));
+  for (const auto& p : whole->named_parameters()) {
+    bank->named_parameters()[p.key()].data().copy_(p.value());
+  }
+  bank->keep_experts({1, 3});
+  const auto* w1_identity = bank->w1.unsafeGetTensorImpl();
+  const auto rows = torch::randn({4, 6});
+  bank->forward(rows, {2, 2}).sum().backward();
+  REQUIRE(bank->w1.grad().defined());
+
+  // Experts 2 and 0 (in that order), as another process would send them: [n, ...] each.
+  const auto index = torch::tensor({2, 0}, torch::kLong);
+  std::map<std::string, torch::Tensor> weights;
+  for (const auto& p : whole->named_parameters()) {
+    weights[p.key()] = p.value().detach().index_select(0, index);
+  }
+  bank->add_experts({2, 0}, weights);
+  CHECK(bank->expert_ids() == std::vector<int64_t>{0, 1, 2, 3});
+  CHECK(bank->holds_all());
+  CHECK(bank->w1.unsafeGetTensorImpl() == w1_identity);  // the same parameter, regrown
+  CHECK_FALSE(bank->w1.grad().defined());
+  for (const auto& p : whole->named_parameters()) {
+    CHECK(torch::equal(bank->named_parameters()[p.key()], p.value()));
+  }
+  CHECK(torch::equal(bank->forward(rows, {1, 1, 1, 1}), whole->forward(rows, {1, 1, 1, 1})));
+
+  SECTION("bad additions are refused, naming the problem") {
+    ExpertBank part(ExpertBankOptions(4, 6, 10));
+    part->keep_experts({1});
+    auto one = weights;
+    for (auto& [name, w] : one) {
+      w = w.narrow(0, 0, 1).contiguous();
+    }
+    REQUIRE_THROWS_WITH(part->add_experts({1}, one),
+                        Catch::Contains("the bank already holds expert 1"));
+    REQUIRE_THROWS_WITH(part->add_experts({4}, one), Catch::Contains("expert 4 is outside [0, 4)"));
+    REQUIRE_THROWS_WITH(part->add_experts({0, 0}, weights),
+                        Catch::Contains("expert 0 is named twice"));
+    REQUIRE_THROWS_WITH(
+        part->add_experts({0, 2}, one),
+        Catch::Contains("'w1' of 2 experts should be [2, 6, 10], found [1, 6, 10]"));
+    auto missing = one;
+    missing.erase("w2");
+    REQUIRE_THROWS_WITH(part->add_experts({0}, missing),
+                        Catch::Contains("no weights for parameter 'w2'"));
+    auto extra = one;
+    extra["w3"] = one["w1"];
+    REQUIRE_THROWS_WITH(part->add_experts({0}, extra),
+                        Catch::Contains("the bank has no parameter 'w3'"));
+    auto doubles = one;
+    doubles["w1"] = doubles["w1"].to(torch::kDouble);
+    REQUIRE_THROWS_WITH(part->add_experts({0}, doubles), Catch::Contains("'w1' is double"));
+    CHECK(part->expert_ids() == std::vector<int64_t>{1});  // nothing changed
+    part->merge_experts({{1}});
+    REQUIRE_THROWS_WITH(part->add_experts({0}, one), Catch::Contains("merged"));
+  }
+}

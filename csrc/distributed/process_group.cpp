@@ -198,6 +198,11 @@ int64_t ProcessGroup::local_rank() const {
 Backend ProcessGroup::backend() const {
   return impl_->options.backend();
 }
+torch::Device ProcessGroup::device() const {
+  return backend() == Backend::kNccl
+             ? torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(local_rank()))
+             : torch::Device(torch::kCPU);
+}
 
 torch::Tensor ProcessGroup::all_to_all(const torch::Tensor& input,
                                        const std::vector<int64_t>& send_rows,

@@ -162,7 +162,7 @@ void MoELayerImpl::reset() {
               "MoELayer: sync_free is not available with the ensemble router (E3-MoE joins its "
               "members' plans by their row counts, read from the device)");
   // A clone re-runs reset(): rebuild the pruning, merging and factorising the original had.
-  const auto previous = experts_ ? std::optional<MoELayerState>(state()) : std::nullopt;
+  const auto previous = experts_ ? std::optional<MoELayerState>(local_state()) : std::nullopt;
   capture_ = nullptr;
   auto handle = make_router(options);
   router_ = handle.router;
@@ -293,7 +293,7 @@ void MoELayerImpl::set_expert_exchange(std::shared_ptr<ExpertExchange> exchange)
 void MoELayerImpl::merge_experts(const std::vector<std::vector<int64_t>>& groups) {
   TORCH_CHECK(!exchange_,
               "MoELayer: the experts are spread over processes; merge before "
-              "distributed::shard_experts");
+              "distributed::shard_experts or after distributed::unshard_experts");
   TORCH_CHECK(router_->can_merge(),
               "MoELayer: this router's experts cannot be merged (E3-MoE members route "
               "separately)");
@@ -306,7 +306,7 @@ void MoELayerImpl::merge_experts(const std::vector<std::vector<int64_t>>& groups
 void MoELayerImpl::keep_experts(const std::vector<int64_t>& experts, bool drop_router_columns) {
   TORCH_CHECK(!exchange_,
               "MoELayer: the experts are spread over processes; prune before "
-              "distributed::shard_experts");
+              "distributed::shard_experts or after distributed::unshard_experts");
   TORCH_CHECK(static_cast<int64_t>(experts.size()) >= router_->min_bank_experts(),
               "MoELayer: keeping ", experts.size(), " experts, the router needs at least ",
               router_->min_bank_experts());
@@ -365,10 +365,18 @@ void MoELayerImpl::set_group_size(int64_t group_size) {
   router_->set_group_size(group_size);
 }
 
-MoELayerState MoELayerImpl::state() const {
+MoELayerState MoELayerImpl::local_state() const {
   MoELayerState s;
   s.bank = experts_->state();
   s.router_rows_dropped = router_->num_experts() != experts_->options.num_experts();
+  return s;
+}
+
+MoELayerState MoELayerImpl::state() const {
+  auto s = local_state();
+  if (exchange_) {
+    s.bank.held = exchange_->held_experts();
+  }
   return s;
 }
 
@@ -376,6 +384,9 @@ void MoELayerImpl::restore(const MoELayerState& state) {
   TORCH_CHECK(state.bank.num_experts == options.num_experts(),
               "MoELayer: the state is of a layer of ", state.bank.num_experts,
               " experts, this layer has ", options.num_experts());
+  TORCH_CHECK(!exchange_,
+              "MoELayer: the experts are spread over processes; restore before "
+              "distributed::shard_experts");
   TORCH_CHECK(this->state().is_plain(),
               "MoELayer: restore needs a plain layer (this one is already pruned, merged or "
               "factorised)");

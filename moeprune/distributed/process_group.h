@@ -53,6 +53,8 @@ class ProcessGroup {
   int64_t world_size() const;
   int64_t local_rank() const;
   Backend backend() const;
+  /// Where the collectives' tensors live: the CPU for Gloo, CUDA device LOCAL_RANK for NCCL.
+  torch::Device device() const;
 
   /// Uneven all-to-all along dim 0: rows [send_rows[0] ...] of `input` go to rank 0, the next
   /// send_rows[1] to rank 1, ...; the result holds recv_rows[r] rows from each rank r, in rank

@@ -8,6 +8,8 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <map>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -71,6 +73,15 @@ class ExpertBankImpl : public torch::nn::Cloneable<ExpertBankImpl> {
   /// Keeps only `experts` (original ids, as numbered when the bank was built), freeing the rest.
   /// Parameters keep their identity (their data shrinks), so modules holding them stay valid.
   void keep_experts(std::vector<int64_t> experts);
+
+  /// Adds experts the bank does not hold (the inverse of keep_experts): `experts` original ids,
+  /// `weights` their parameters by name (w1 [n, d, F], b1 [n, F], ...: every parameter of the
+  /// bank, stacked in the order of `experts`, its dtype and device). The bank then holds the
+  /// union in increasing order; parameters keep their identity (their data grows) and lose their
+  /// gradients. Expert parallelism regrows a bank from the experts other processes send. A plain
+  /// bank only (not merged, not factorised).
+  void add_experts(const std::vector<int64_t>& experts,
+                   const std::map<std::string, torch::Tensor>& weights);
 
   /// Merges experts (M-SMoE): bank expert g becomes the one expert that serves every original id
   /// in groups[g]. Each group names held experts (original ids), no id twice; held experts in no

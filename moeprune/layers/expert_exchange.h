@@ -6,6 +6,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace moeprune {
 
@@ -19,6 +20,9 @@ class ExpertExchange {
   virtual torch::Tensor expert_map(const torch::Device& device) const = 0;
   /// Number of buffer positions: the bank experts of all processes.
   virtual int64_t num_positions() const = 0;
+  /// Original ids of the bank experts of all processes, increasing: what the layer's bank held
+  /// before it was spread (its state).
+  virtual std::vector<int64_t> held_experts() const = 0;
   /// Runs this process's dispatched `rows` [R, d] (position-major; `position_counts`
   /// [num_positions()] rows each) through their experts, wherever they are, while `local` (this
   /// process's experts) serves the rows the other processes send. Returns the experts' outputs

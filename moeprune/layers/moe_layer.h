@@ -126,7 +126,8 @@ class MoELayerImpl : public torch::nn::Cloneable<MoELayerImpl> {
   /// Changes the routing group size in tokens (0: one group).
   void set_group_size(int64_t group_size);
 
-  /// What pruning, merging and factorising did to this layer.
+  /// What pruning, merging and factorising did to this layer. For a layer spread over processes
+  /// (set_expert_exchange), the whole layer's: the experts of all processes.
   MoELayerState state() const;
   /// Rebuilds the shapes `state` describes on a plain layer (a checkpoint then fills the
   /// weights).
@@ -154,6 +155,8 @@ class MoELayerImpl : public torch::nn::Cloneable<MoELayerImpl> {
   Router* router_ = nullptr;
   ExpertBank experts_{nullptr};
   RouterOutput route_items(const torch::Tensor& tokens, int64_t item_size);
+  // state() of this process's bank (what a clone of a spread layer rebuilds).
+  MoELayerState local_state() const;
   // Refuses NaN or inf in the experts' output, naming the expert and its bad parameters.
   void check_finite_experts(const torch::Tensor& expert_out,
                             const std::vector<int64_t>& counts) const;

@@ -3,6 +3,8 @@
 #include "free_port.h"
 
 #include <moeprune/distributed/expert_parallel.h>
+#include <moeprune/models/vision/moe_view.h>
+#include <moeprune/models/vision/vision_transformer.h>
 
 #include <torch/torch.h>
 #include <catch2/catch.hpp>
@@ -68,6 +70,41 @@ TEST_CASE("expert placements and sharding refuse what they cannot serve", "[dist
   }
   const auto x = torch::randn({2, 5, 8});
   CHECK(torch::equal(layer->forward(x).output, plain->forward(x).output));
+  CHECK_THROWS_WITH(layer->restore(plain->state()),
+                    Catch::Contains("the experts are spread over processes; restore before"));
+  CHECK_THROWS_WITH(dist::unshard_experts(plain),
+                    Catch::Contains("the layer's experts are not spread over processes"));
+  dist::unshard_experts(layer);
+  CHECK_FALSE(layer->expert_exchange());
+  CHECK(torch::equal(layer->forward(x).output, plain->forward(x).output));
+}
+
+TEST_CASE("a spread layer reports the whole layer's state", "[distributed]") {
+  // On a group of one every expert stays here; a pruned layer shows what a spread layer's state
+  // is made of: the held experts of every process (here the one), not this process's bank.
+  const auto group = group_of_one();
+  MoELayer layer(MoELayerOptions::preset("mixtral", 8, 16, 6));
+  layer->keep_experts({0, 2, 3, 5});
+  const auto before = layer->state();
+  dist::shard_experts(layer, group);
+  CHECK(layer->state() == before);
+  CHECK(layer->state().bank.held == std::vector<int64_t>{0, 2, 3, 5});
+  // A clone keeps this process's share and the exchange.
+  auto copy = std::dynamic_pointer_cast<moeprune::MoELayerImpl>(layer->clone());
+  CHECK(copy->experts()->expert_ids() == std::vector<int64_t>{0, 2, 3, 5});
+  CHECK(copy->expert_exchange() == layer->expert_exchange());
+}
+
+TEST_CASE("write_on_root refuses a root outside the group", "[distributed]") {
+  const auto group = group_of_one();
+  torch::manual_seed(0);
+  moeprune::VisionTransformer model(moeprune::VisionTransformerOptions::small_vmoe(10));
+  const auto view = moeprune::moe_view(model);
+  bool wrote = false;
+  CHECK_THROWS_WITH(dist::write_on_root(
+                        *view, group, [&] { wrote = true; }, 1),
+                    Catch::Contains("root 1 is outside [0, 1)"));
+  CHECK_FALSE(wrote);
 }
 
 TEST_CASE("the expert bank's device-side forward refuses malformed offsets", "[sync_free]") {

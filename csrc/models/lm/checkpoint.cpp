@@ -7,6 +7,7 @@
 #include "hf/config.h"
 #include "hf/default_dtype.h"
 #include "io/posix_file.h"
+#include "layers/spread_check.h"
 #include "models/lm/checkpoint_tensors.h"
 #include "models/lm/hf_architecture.h"
 
@@ -144,6 +145,8 @@ void save_causal_lm(CausalLM& model, const std::string& directory, const SaveOpt
   int64_t source_experts = 0, written_experts = -1;
   bool dropped = false;
   for (const auto& [index, layer] : moe) {
+    moeprune::detail::check_not_spread(layer, "model.layers." + std::to_string(index),
+                                       "save_causal_lm");
     const auto state = layer->state();
     TORCH_CHECK(state.bank.rank == 0, "save_causal_lm: layer ", index,
                 "'s experts are factorised (MC-SMoE low rank + sparse); writing them as dense "

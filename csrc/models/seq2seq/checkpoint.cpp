@@ -7,6 +7,7 @@
 #include "hf/default_dtype.h"
 #include "hf/family.h"
 #include "io/posix_file.h"
+#include "layers/spread_check.h"
 
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
@@ -226,6 +227,7 @@ void save_switch_transformer(SwitchTransformer& model, const std::string& direct
   const auto& o = m.options;
   const auto layers = m.moe_layers();
   for (const auto& [name, layer] : layers) {
+    detail::check_not_spread(layer, name, "save_switch_transformer");
     const auto state = layer->state();
     TORCH_CHECK(state.bank.rank == 0, "save_switch_transformer: ", name,
                 "'s experts are factorised (MC-SMoE low rank + sparse); writing them as dense "

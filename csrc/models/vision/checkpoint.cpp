@@ -2,6 +2,8 @@
 
 #include <moeprune/io/checkpoint.h>
 
+#include "layers/spread_check.h"
+
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
@@ -18,6 +20,10 @@ void save_vision_transformer(const std::string& path, const VisionTransformer& m
   }
   TORCH_CHECK(metadata.is_object(), "checkpoint ", path,
               ": the extra metadata should be a JSON object, got ", metadata.type_name());
+  for (const auto& [block, layer] : model->moe_layers()) {
+    detail::check_not_spread(layer, "blocks." + std::to_string(block) + ".moe",
+                             "save_vision_transformer");
+  }
   metadata["model"] = nlohmann::json::parse(model->config_json());
   auto holder = model;  // save_checkpoint reads the module through a non-const reference
   save_checkpoint(path, *holder, metadata.dump(), optimizer);
