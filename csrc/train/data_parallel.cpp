@@ -23,6 +23,20 @@ GradientAverager::GradientAverager(distributed::ProcessGroup group,
   }
 }
 
+std::unique_ptr<GradientAverager> GradientAverager::for_model(
+    const distributed::ProcessGroup& group, const std::vector<torch::Tensor>& params,
+    const std::vector<std::pair<int64_t, MoELayer>>& moe_layers) {
+  std::vector<torch::Tensor> local_experts;
+  for (const auto& [key, layer] : moe_layers) {
+    if (layer->expert_exchange()) {
+      for (const auto& p : layer->experts()->parameters()) {
+        local_experts.push_back(p);
+      }
+    }
+  }
+  return std::make_unique<GradientAverager>(group, params, local_experts);
+}
+
 void GradientAverager::average() {
   const double W = static_cast<double>(group_.world_size());
   torch::NoGradGuard no_grad;
@@ -95,7 +109,7 @@ double GradientAverager::clip(double max_norm) {
 }
 
 double GradientAverager::mean(double value) const {
-  std::vector<torch::Tensor> t{torch::tensor({value}, torch::kDouble)};
+  std::vector<torch::Tensor> t{torch::tensor({value}, torch::kDouble).to(group_.device())};
   group_.all_reduce_sum_(t);
   return t[0].item<double>() / static_cast<double>(group_.world_size());
 }

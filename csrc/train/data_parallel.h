@@ -6,9 +6,13 @@
 // every process's tokens through the reverse all-to-all), and clipping uses the norm over all of
 // them, so the replicated parameters stay equal on every process.
 #include <moeprune/distributed/process_group.h>
+#include <moeprune/layers/moe_layer.h>
 
 #include <torch/types.h>
 
+#include <cstdint>
+#include <memory>
+#include <utility>
 #include <vector>
 
 namespace moeprune::detail {
@@ -20,6 +24,12 @@ class GradientAverager {
   GradientAverager(distributed::ProcessGroup group, const std::vector<torch::Tensor>& params,
                    const std::vector<torch::Tensor>& local_experts,
                    int64_t bucket_bytes = int64_t{25} << 20);
+
+  /// The averager of a model: its trainable `params` and its MoE layers, those spread over the
+  /// processes (distributed::shard_experts) giving their banks as this process's experts.
+  static std::unique_ptr<GradientAverager> for_model(
+      const distributed::ProcessGroup& group, const std::vector<torch::Tensor>& params,
+      const std::vector<std::pair<int64_t, MoELayer>>& moe_layers);
 
   /// Turns the gradients into the mean over the processes.
   void average();

@@ -5,6 +5,8 @@
 #include <moeprune/train/schedule.h>
 #include <moeprune/train/trainer.h>
 
+#include "train/data_parallel.h"
+
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
@@ -37,7 +39,8 @@ void write_log(const LMTrainerOptions& o, const lm::CausalLM& model, const LMTra
                           {"clip_norm", o.clip_norm()},
                           {"aux_loss_weight", o.aux_loss_weight()},
                           {"gradient_checkpointing", o.gradient_checkpointing()},
-                          {"seed", o.seed()}}},
+                          {"seed", o.seed()},
+                          {"processes", o.process_group() ? o.process_group()->world_size() : 1}}},
                         {"steps", nlohmann::json::array()},
                         {"evals", nlohmann::json::array()},
                         {"seconds", r.seconds},
@@ -91,6 +94,15 @@ LMTrainResult train_lm(lm::CausalLM& model, const torch::Tensor& train, const to
   torch::optim::AdamW optimizer(model->parameters(),
                                 torch::optim::AdamWOptions(o.lr()).weight_decay(o.weight_decay()));
   auto gen = at::detail::createCPUGenerator(o.seed());
+  // Data parallel: the same windows drawn on every process, each taking its share.
+  std::unique_ptr<detail::GradientAverager> averager;
+  int64_t world = 1, rank = 0;
+  if (o.process_group()) {
+    const auto& group = *o.process_group();
+    world = group.world_size();
+    rank = group.rank();
+    averager = detail::GradientAverager::for_model(group, model->parameters(), model->moe_layers());
+  }
   LMTrainResult result;
   const auto evaluate = [&](int64_t step) {
     if (!eval.defined()) {
@@ -99,14 +111,17 @@ LMTrainResult train_lm(lm::CausalLM& model, const torch::Tensor& train, const to
     const auto p =
         lm::perplexity(model, eval.to(device), lm::PerplexityOptions().context(o.eval_context()));
     result.evals.push_back({step, p.perplexity(), p.mean_nll()});
-    write_log(o, model, result);
+    if (rank == 0) {
+      write_log(o, model, result);
+    }
   };
-  ProgressBar bar(o.steps(), "train", "step", o.progress());
+  ProgressBar bar(o.steps(), "train", "step", o.progress() && rank == 0);
   const auto start = std::chrono::steady_clock::now();
   const int64_t windows = train.size(0) - o.context();
   for (int64_t step = 0; step < o.steps(); ++step) {
     model->train();
-    const auto offsets = torch::randint(windows, {o.batch_size()}, gen, torch::kLong);
+    const auto offsets = torch::randint(windows, {o.batch_size() * world}, gen, torch::kLong)
+                             .narrow(0, rank * o.batch_size(), o.batch_size());
     const auto index = offsets.unsqueeze(1) + torch::arange(o.context() + 1, torch::kLong);
     const auto batch = train.index_select(0, index.reshape({-1})).view(index.sizes()).to(device);
     const auto out = model->forward(batch.narrow(1, 0, o.context()));
@@ -133,20 +148,30 @@ LMTrainResult train_lm(lm::CausalLM& model, const torch::Tensor& train, const to
     }
     optimizer.zero_grad();
     loss.backward();
+    if (averager) {
+      averager->average();
+    }
     if (o.after_backward()) {
       o.after_backward()(step, o.steps());
     }
     if (o.clip_norm() > 0.0) {
-      torch::nn::utils::clip_grad_norm_(model->parameters(), o.clip_norm());
+      if (averager) {
+        averager->clip(o.clip_norm());
+      } else {
+        torch::nn::utils::clip_grad_norm_(model->parameters(), o.clip_norm());
+      }
     }
     optimizer.step();
     if (o.after_step()) {
       o.after_step()(step, o.steps());
     }
-    const double ce_value = ce.item<double>();
+    // The processes' means, so every process stops alike on a non-finite loss.
+    const double ce_value = averager ? averager->mean(ce.item<double>()) : ce.item<double>();
+    const double aux_value =
+        averager ? averager->mean(out.aux_loss.item<double>()) : out.aux_loss.item<double>();
     TORCH_CHECK(std::isfinite(ce_value), "train_lm: the loss became ", ce_value, " at step ", step,
                 " (lower the learning rate)");
-    result.steps.push_back({step, ce_value, out.aux_loss.item<double>(), lr});
+    result.steps.push_back({step, ce_value, aux_value, lr});
     char note[32];
     std::snprintf(note, sizeof(note), "loss %.4f", ce_value);
     bar.update(step + 1, note);
@@ -156,11 +181,13 @@ LMTrainResult train_lm(lm::CausalLM& model, const torch::Tensor& train, const to
   }
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   result.tokens_per_second =
-      static_cast<double>(o.steps() * o.batch_size() * o.context()) / result.seconds;
+      static_cast<double>(o.steps() * o.batch_size() * world * o.context()) / result.seconds;
   bar.finish();
   model->set_gradient_checkpointing(false);
   evaluate(o.steps());
-  write_log(o, model, result);
+  if (rank == 0) {
+    write_log(o, model, result);
+  }
   return result;
 }
 

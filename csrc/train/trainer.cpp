@@ -82,16 +82,8 @@ std::vector<EpochLog> Trainer::fit(const data::ImageDataset& train,
     const auto& group = *options_.process_group();
     world = group.world_size();
     rank = group.rank();
-    std::vector<torch::Tensor> local_experts;
-    for (const auto& [block, layer] : model_->moe_layers()) {
-      if (layer->expert_exchange()) {
-        for (const auto& p : layer->experts()->parameters()) {
-          local_experts.push_back(p);
-        }
-      }
-    }
     averager =
-        std::make_unique<detail::GradientAverager>(group, model_->parameters(), local_experts);
+        detail::GradientAverager::for_model(group, model_->parameters(), model_->moe_layers());
   }
   const bool progress = options_.progress() && rank == 0;
   // Full batches only, so every step routes groups of the configured size.

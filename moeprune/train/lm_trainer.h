@@ -4,12 +4,14 @@
 // auxiliary losses, AdamW with linear warm-up and cosine decay, global-norm clipping, optional
 // gradient checkpointing, periodic perplexity on a held-out stream, a progress bar and a JSON
 // log — the Trainer's pieces, for text. Used for post-pruning fine-tuning.
+#include <moeprune/distributed/process_group.h>
 #include <moeprune/models/lm/causal_lm.h>
 
 #include <torch/arg.h>
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -46,10 +48,17 @@ struct LMTrainerOptions {
   TORCH_ARG(lm::CausalLM, teacher) = nullptr;
   TORCH_ARG(double, distill_weight) = 0.2;
   TORCH_ARG(double, distill_temperature) = 2.0;
-  /// Called with (step, steps) after each backward pass (before clipping) and after each
-  /// optimizer step: MC-SMoE's SparsePruner hooks in here.
+  /// Called with (step, steps) after each backward pass (after the data-parallel average, before
+  /// clipping) and after each optimizer step: MC-SMoE's SparsePruner hooks in here.
   TORCH_ARG(std::function<void(int64_t, int64_t)>, after_backward);
   TORCH_ARG(std::function<void(int64_t, int64_t)>, after_step);
+  /// Data parallelism over the processes of this group (docs/distributed.md): every process
+  /// draws the same batch_size * world_size windows per step and trains on its batch_size share,
+  /// gradients are averaged over the processes after each backward pass (a bucketed all-reduce;
+  /// experts spread with distributed::shard_experts stay where they are) before after_backward
+  /// and clipping (by the norm over all processes), the logged losses are the processes' means,
+  /// and only rank 0 shows progress and writes the log. Every process evaluates the whole stream.
+  TORCH_ARG(std::shared_ptr<distributed::ProcessGroup>, process_group);
 };
 
 struct LMStepLog {
@@ -69,7 +78,7 @@ struct LMTrainResult {
   std::vector<LMStepLog> steps;
   std::vector<LMEvalLog> evals;
   double seconds = 0.0;
-  double tokens_per_second = 0.0;
+  double tokens_per_second = 0.0;  ///< training tokens of all processes per second
 };
 
 /// Trains `model` in place on `train` [N] (int64 token ids, N > context); evaluates on `eval`
