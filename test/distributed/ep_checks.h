@@ -34,6 +34,8 @@ std::string check_vision_checkpoint(const dist::ProcessGroup& group, const std::
 /// The same for a Hugging Face checkpoint of the language-model fixture `family`.
 std::string check_lm_checkpoint(const dist::ProcessGroup& group, const std::string& dir,
                                 const std::string& family);
+/// write_on_root's refusal of a model spread over another group than the one it is given.
+std::string check_other_group(const dist::ProcessGroup& group);
 /// Pruning a spread model (unshard, score, plan, apply, shard again) against one process.
 std::string check_pruning(const dist::ProcessGroup& group);
 

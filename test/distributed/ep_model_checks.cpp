@@ -3,6 +3,7 @@
 #include "ep_checks.h"
 
 #include "../scratch_dir.h"
+#include "free_port.h"
 
 #include <moeprune/distributed/expert_parallel.h>
 #include <moeprune/models/lm/checkpoint.h>
@@ -14,6 +15,7 @@
 
 #include <torch/torch.h>
 
+#include <chrono>
 #include <string>
 #include <utility>
 #include <vector>
@@ -222,6 +224,26 @@ std::string check_lm_checkpoint(const dist::ProcessGroup& group, const std::stri
     return family + " saved spread: " + (refused.empty() ? "not refused" : refused);
   }
   return "";
+}
+
+std::string check_other_group(const dist::ProcessGroup& group) {
+  if (group.world_size() < 2) {
+    return "";  // one process: any group of one matches
+  }
+  dist::Environment env;  // a group of this process alone
+  env.master_port = test::free_port();
+  const dist::ProcessGroup own(env, dist::ProcessGroupOptions().timeout(std::chrono::seconds(10)));
+  auto model = small_vmoe(/*pruned=*/false);
+  const auto view = moeprune::moe_view(model);
+  dist::shard_experts(*view, own);
+  bool wrote = false;
+  const auto refused = error_of([&] { dist::write_on_root(*view, group, [&] { wrote = true; }); });
+  const auto want =
+      "is spread over 1 processes, the group has " + std::to_string(group.world_size());
+  if (!contains(refused, want)) {
+    return "a model spread over another group: " + (refused.empty() ? "not refused" : refused);
+  }
+  return wrote ? "the refused write_on_root ran the writer" : "";
 }
 
 std::string check_pruning(const dist::ProcessGroup& group) {

@@ -94,6 +94,8 @@ int main(int argc, char** argv) {
            [&] { return ep_checks::check_lm_checkpoint(group, dir, "mixtral"); }},
           {"Qwen2-MoE checkpoint written on rank 0",
            [&] { return ep_checks::check_lm_checkpoint(group, dir, "qwen2_moe"); }},
+          {"write_on_root refuses another group's layers",
+           [&] { return ep_checks::check_other_group(group); }},
           {"pruning a spread model", [&] { return ep_checks::check_pruning(group); }},
       };
     } else {

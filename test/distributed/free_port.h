@@ -1,8 +1,8 @@
 #pragma once
 
 // A TCP port on 127.0.0.1 that nothing listens on: the kernel's pick, released again (for the
-// rendezvous of the single-process group tests).
-#include <catch2/catch.hpp>
+// rendezvous of the single-process group tests and of ep_worker's extra groups).
+#include <c10/util/Exception.h>
 
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -14,13 +14,15 @@ namespace test {
 
 inline int64_t free_port() {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(fd >= 0);
+  TORCH_CHECK(fd >= 0, "free_port: no socket");
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0);
+  TORCH_CHECK(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0,
+              "free_port: bind failed");
   socklen_t len = sizeof(addr);
-  REQUIRE(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  TORCH_CHECK(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0,
+              "free_port: getsockname failed");
   close(fd);
   return ntohs(addr.sin_port);
 }

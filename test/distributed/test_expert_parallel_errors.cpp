@@ -2,7 +2,10 @@
 // process (the multi-process behaviour is in ep_worker.cpp).
 #include "free_port.h"
 
+#include "../scratch_dir.h"
+
 #include <moeprune/distributed/expert_parallel.h>
+#include <moeprune/models/seq2seq/checkpoint.h>
 #include <moeprune/models/vision/moe_view.h>
 #include <moeprune/models/vision/vision_transformer.h>
 
@@ -93,6 +96,29 @@ TEST_CASE("a spread layer reports the whole layer's state", "[distributed]") {
   auto copy = std::dynamic_pointer_cast<moeprune::MoELayerImpl>(layer->clone());
   CHECK(copy->experts()->expert_ids() == std::vector<int64_t>{0, 2, 3, 5});
   CHECK(copy->expert_exchange() == layer->expert_exchange());
+}
+
+TEST_CASE("writers and gathers refuse what a spread model cannot give them", "[distributed]") {
+  const auto group = group_of_one();
+  // Switch: the writer names the spread layer (vision and Mixtral/Qwen: ep_worker checkpoint).
+  auto switch_model = moeprune::seq2seq::load_switch_transformer(MOEPRUNE_TEST_FIXTURES
+                                                                 "/seq2seq/switch_transformers");
+  for (auto& [name, layer] : switch_model->moe_layers()) {
+    dist::shard_experts(layer, group);
+  }
+  const auto out = test::scratch_dir() + "/spread_switch";
+  CHECK_THROWS_WITH(
+      moeprune::seq2seq::save_switch_transformer(switch_model, out),
+      Catch::Contains("save_switch_transformer: MoE layer encoder.block.1.layer.1.mlp "
+                      "holds only this process's share of its experts"));
+  CHECK_FALSE(test::path_exists(out));
+  // Experts travel packed in one dtype.
+  MoELayer layer(MoELayerOptions::preset("vmoe", 8, 16, 4));
+  dist::shard_experts(layer, group);
+  layer->experts()->b1.set_data(layer->experts()->b1.to(torch::kDouble));
+  CHECK_THROWS_WITH(dist::unshard_experts(layer),
+                    Catch::Contains("expert parameter 'b1' is double, w1 float; gathering needs "
+                                    "one dtype"));
 }
 
 TEST_CASE("write_on_root refuses a root outside the group", "[distributed]") {
