@@ -1,8 +1,9 @@
 // Expert parallelism on Gloo, one process per rank (run it under scripts/launch -n N): per layer
 // call, the bytes each rank exchanges and the time of the exchange (the counts and the rows, out
-// and back) beside the whole layer's forward + backward, at Mixtral-like and V-MoE-like shapes
-// scaled to a CPU (fp32); then the small V-MoE's training throughput with data + expert
-// parallelism. Rank 0 adds this world size's entry to bench/results/expert_parallel.json.
+// and back) beside the whole layer's forward + backward, and the time to gather the experts back
+// (unshard_experts), at Mixtral-like and V-MoE-like shapes scaled to a CPU (fp32); then the small
+// V-MoE's training throughput with data + expert parallelism. Rank 0 adds this world size's entry
+// to bench/results/expert_parallel.json.
 #include "machine_info.h"
 
 #include <moeprune/distributed/expert_parallel.h>
@@ -108,17 +109,37 @@ int main(int argc, char** argv) {
         exchange_t.push_back(tx);
       }
     }
-    const auto mine = torch::tensor(
-        {median(layer_t), median(exchange_t), static_cast<double>(bytes)}, torch::kDouble);
-    const auto all = group.all_gather(mine);  // [W, 3]
+    // Gathering the experts back to every process (unshard_experts: before pruning or export),
+    // once: what each process receives is the other processes' experts.
+    int64_t held_bytes = 0;
+    for (const auto& p : layer->experts()->parameters()) {
+      held_bytes += p.numel() * static_cast<int64_t>(p.element_size());
+    }
+    group.barrier();
+    const double start_g = now();
+    dist::unshard_experts(layer);
+    const double gather_s = now() - start_g;
+    int64_t whole_bytes = 0;
+    for (const auto& p : layer->experts()->parameters()) {
+      whole_bytes += p.numel() * static_cast<int64_t>(p.element_size());
+    }
+    const auto mine =
+        torch::tensor({median(layer_t), median(exchange_t), static_cast<double>(bytes), gather_s,
+                       static_cast<double>(whole_bytes - held_bytes)},
+                      torch::kDouble);
+    const auto all = group.all_gather(mine);  // [W, 5]
     const double layer_s = all.select(1, 0).max().item<double>();
     const double exchange_s = all.select(1, 1).max().item<double>();
     const double bytes_mean = all.select(1, 2).mean().item<double>();
+    const double unshard_s = all.select(1, 3).max().item<double>();
+    const double received_mean = all.select(1, 4).mean().item<double>();
     if (rank == 0) {
       fmt::print(
           "W={} {:<13} layer fwd+bwd {:8.2f} ms  exchange {:8.2f} ms ({:4.1f}%)  "
           "{:6.2f} MB/rank/call\n",
           W, s.name, 1e3 * layer_s, 1e3 * exchange_s, 100 * exchange_s / layer_s, bytes_mean / 1e6);
+      fmt::print("W={} {:<13} unshard_experts {:8.2f} ms, {:7.2f} MB received per rank\n", W,
+                 s.name, 1e3 * unshard_s, received_mean / 1e6);
       entry["shapes"].push_back({{"shape", s.name},
                                  {"preset", s.preset},
                                  {"d", s.d},
@@ -129,9 +150,12 @@ int main(int argc, char** argv) {
                                  {"layer_forward_backward_seconds", layer_s},
                                  {"exchange_seconds", exchange_s},
                                  {"forward_exchange_bytes_per_rank", bytes_mean},
+                                 {"unshard_seconds", unshard_s},
+                                 {"unshard_received_bytes_per_rank", received_mean},
                                  {"note",
                                   "seconds: the slowest rank's median; exchange: the counts and "
-                                  "the rows out and back, forward and backward"}});
+                                  "the rows out and back, forward and backward; unshard: one "
+                                  "unshard_experts call, the slowest rank"}});
     }
   }
   {

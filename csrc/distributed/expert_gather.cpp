@@ -23,7 +23,9 @@ struct PackedLayout {
   std::vector<int64_t> widths;               // elements per expert
 };
 
-torch::Tensor pack(const ExpertBankImpl& bank, PackedLayout& layout) {
+// The layout always; the packed rows only when `rows` (a process that sends nothing skips the
+// copy of its experts).
+torch::Tensor pack(const ExpertBankImpl& bank, PackedLayout& layout, bool rows) {
   std::vector<torch::Tensor> parts;
   const auto params = bank.named_parameters(/*recurse=*/false);
   const auto dtype = bank.w1.dtype();
@@ -36,7 +38,15 @@ torch::Tensor pack(const ExpertBankImpl& bank, PackedLayout& layout) {
     layout.widths.push_back(t[0].numel());
     parts.push_back(t.detach().reshape({t.size(0), -1}));
   }
-  return torch::cat(parts, 1).contiguous();
+  return rows ? torch::cat(parts, 1).contiguous() : torch::Tensor();
+}
+
+int64_t total_width(const PackedLayout& layout) {
+  int64_t width = 0;
+  for (const int64_t w : layout.widths) {
+    width += w;
+  }
+  return width;
 }
 
 std::map<std::string, torch::Tensor> unpack(const torch::Tensor& rows, const PackedLayout& layout) {
@@ -58,8 +68,12 @@ void gather_bank(MoELayer layer, const detail::ExpertParallelExchange& exchange,
   const auto& group = exchange.group();
   const int64_t W = group.world_size(), me = group.rank();
   auto& bank = *layer->experts();
+  bool sends = false;
+  for (int64_t r = 0; r < W; ++r) {
+    sends = sends || (r != me && receive[r]);
+  }
   PackedLayout layout;
-  const auto mine = pack(bank, layout);
+  const auto mine = pack(bank, layout, sends);
   std::vector<int64_t> send(static_cast<size_t>(W), 0), recv(static_cast<size_t>(W), 0);
   std::vector<torch::Tensor> outgoing;
   std::vector<int64_t> incoming_ids;
@@ -68,7 +82,7 @@ void gather_bank(MoELayer layer, const detail::ExpertParallelExchange& exchange,
       continue;
     }
     if (receive[r]) {
-      send[r] = mine.size(0);
+      send[r] = bank.num_held();
       outgoing.push_back(mine);
     }
     if (receive[me]) {
@@ -77,7 +91,8 @@ void gather_bank(MoELayer layer, const detail::ExpertParallelExchange& exchange,
       incoming_ids.insert(incoming_ids.end(), ids.begin(), ids.end());
     }
   }
-  const auto input = outgoing.empty() ? mine.narrow(0, 0, 0) : torch::cat(outgoing);
+  const auto input = outgoing.empty() ? torch::empty({0, total_width(layout)}, bank.w1.options())
+                                      : torch::cat(outgoing);
   const auto received = group.all_to_all(input, send, recv);
   if (receive[me]) {
     bank.add_experts(incoming_ids, unpack(received, layout));
