@@ -136,18 +136,21 @@ void write_on_root(const MoEView& view, const ProcessGroup& group,
               W, ")");
   std::vector<bool> receive(static_cast<size_t>(W), false);
   receive[static_cast<size_t>(root)] = true;
+  // Every layer checked before any moves, so a refusal leaves the model as it was.
+  std::vector<MoELayer> spread_layers;
+  for (const auto& entry : view.layers()) {
+    const auto* exchange = detail::exchange_of(entry.layer);
+    if (exchange != nullptr) {
+      TORCH_CHECK(exchange->group().world_size() == W, "distributed::write_on_root: layer ",
+                  entry.name, " is spread over ", exchange->group().world_size(),
+                  " processes, the group has ", W);
+      spread_layers.push_back(entry.layer);
+    }
+  }
   // The layers whole on root, with the exchanges that spread them again afterwards.
   std::vector<std::pair<MoELayer, std::shared_ptr<ExpertExchange>>> regrown;
-  for (const auto& entry : view.layers()) {
-    auto layer = entry.layer;
-    const auto* exchange = detail::exchange_of(layer);
-    if (exchange == nullptr) {
-      continue;
-    }
-    TORCH_CHECK(exchange->group().world_size() == W, "distributed::write_on_root: layer ",
-                entry.name, " is spread over ", exchange->group().world_size(),
-                " processes, the group has ", W);
-    gather_bank(layer, *exchange, receive);
+  for (auto& layer : spread_layers) {
+    gather_bank(layer, *detail::exchange_of(layer), receive);
     if (me == root) {
       regrown.emplace_back(layer, layer->expert_exchange());
       layer->set_expert_exchange(nullptr);

@@ -233,9 +233,18 @@ std::string check_other_group(const dist::ProcessGroup& group) {
   dist::Environment env;  // a group of this process alone
   env.master_port = test::free_port();
   const dist::ProcessGroup own(env, dist::ProcessGroupOptions().timeout(std::chrono::seconds(10)));
+  // The first MoE layer over the real group, the others over this process alone: write_on_root
+  // must refuse before it gathers the first.
   auto model = small_vmoe(/*pruned=*/false);
   const auto view = moeprune::moe_view(model);
-  dist::shard_experts(*view, own);
+  auto layers = model->moe_layers();
+  if (layers.size() < 2) {
+    return "the small V-MoE should have two MoE layers";
+  }
+  dist::shard_experts(layers.front().second, group);
+  for (size_t i = 1; i < layers.size(); ++i) {
+    dist::shard_experts(layers[i].second, own);
+  }
   bool wrote = false;
   const auto refused = error_of([&] { dist::write_on_root(*view, group, [&] { wrote = true; }); });
   const auto want =
@@ -243,7 +252,10 @@ std::string check_other_group(const dist::ProcessGroup& group) {
   if (!contains(refused, want)) {
     return "a model spread over another group: " + (refused.empty() ? "not refused" : refused);
   }
-  return wrote ? "the refused write_on_root ran the writer" : "";
+  if (wrote) {
+    return "the refused write_on_root ran the writer";
+  }
+  return check_spread(model->moe_layers(), true, "after the refused write_on_root");
 }
 
 std::string check_pruning(const dist::ProcessGroup& group) {
