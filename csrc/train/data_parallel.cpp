@@ -82,17 +82,17 @@ void GradientAverager::average() {
 
 double GradientAverager::clip(double max_norm) {
   torch::NoGradGuard no_grad;
-  double replicated = 0.0, local = 0.0;
-  for (const auto& p : replicated_) {
-    if (p.grad().defined()) {
-      replicated += p.grad().to(torch::kDouble).pow(2).sum().item<double>();
+  // Squared sums on the gradients' device (one model, one device), read back once per list.
+  const auto squared_sum = [](const std::vector<torch::Tensor>& params) {
+    std::vector<torch::Tensor> sums;
+    for (const auto& p : params) {
+      if (p.grad().defined()) {
+        sums.push_back(p.grad().to(torch::kDouble).pow(2).sum());
+      }
     }
-  }
-  for (const auto& p : local_) {
-    if (p.grad().defined()) {
-      local += p.grad().to(torch::kDouble).pow(2).sum().item<double>();
-    }
-  }
+    return sums.empty() ? 0.0 : torch::stack(sums).sum().item<double>();
+  };
+  const double replicated = squared_sum(replicated_), local = squared_sum(local_);
   const double norm =
       std::sqrt(replicated + mean(local) * static_cast<double>(group_.world_size()));
   const double coef = max_norm / (norm + 1e-6);
@@ -109,9 +109,19 @@ double GradientAverager::clip(double max_norm) {
 }
 
 double GradientAverager::mean(double value) const {
-  std::vector<torch::Tensor> t{torch::tensor({value}, torch::kDouble).to(group_.device())};
+  return mean(std::vector<double>{value})[0];
+}
+
+std::vector<double> GradientAverager::mean(const std::vector<double>& values) const {
+  std::vector<torch::Tensor> t{torch::tensor(values, torch::kDouble).to(group_.device())};
   group_.all_reduce_sum_(t);
-  return t[0].item<double>() / static_cast<double>(group_.world_size());
+  const auto sums = t[0].cpu();
+  std::vector<double> means(values.size());
+  for (size_t i = 0; i < values.size(); ++i) {
+    means[i] =
+        sums[static_cast<int64_t>(i)].item<double>() / static_cast<double>(group_.world_size());
+  }
+  return means;
 }
 
 }  // namespace moeprune::detail

@@ -39,6 +39,8 @@ class GradientAverager {
   double clip(double max_norm);
   /// The mean of `value` over the processes (every process gets the same number).
   double mean(double value) const;
+  /// The means of several values, in one all-reduce.
+  std::vector<double> mean(const std::vector<double>& values) const;
 
   const distributed::ProcessGroup& group() const { return group_; }
 

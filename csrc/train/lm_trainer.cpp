@@ -166,9 +166,11 @@ LMTrainResult train_lm(lm::CausalLM& model, const torch::Tensor& train, const to
       o.after_step()(step, o.steps());
     }
     // The processes' means, so every process stops alike on a non-finite loss.
-    const double ce_value = averager ? averager->mean(ce.item<double>()) : ce.item<double>();
-    const double aux_value =
-        averager ? averager->mean(out.aux_loss.item<double>()) : out.aux_loss.item<double>();
+    std::vector<double> losses{ce.item<double>(), out.aux_loss.item<double>()};
+    if (averager) {
+      losses = averager->mean(losses);
+    }
+    const double ce_value = losses[0], aux_value = losses[1];
     TORCH_CHECK(std::isfinite(ce_value), "train_lm: the loss became ", ce_value, " at step ", step,
                 " (lower the learning rate)");
     result.steps.push_back({step, ce_value, aux_value, lr});

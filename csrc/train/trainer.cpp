@@ -170,9 +170,11 @@ std::vector<EpochLog> Trainer::fit(const data::ImageDataset& train,
     }
     if (averager) {
       // The epoch's figures over every process.
-      loss_sum = averager->mean(loss_sum) * static_cast<double>(world);
-      correct = std::llround(averager->mean(static_cast<double>(correct)) * world);
-      seen = std::llround(averager->mean(static_cast<double>(seen)) * world);
+      const auto means =
+          averager->mean({loss_sum, static_cast<double>(correct), static_cast<double>(seen)});
+      loss_sum = means[0] * static_cast<double>(world);
+      correct = std::llround(means[1] * world);
+      seen = std::llround(means[2] * world);
     }
     EpochLog log;
     log.epoch = epoch + 1;
