@@ -1,6 +1,7 @@
 // The sync-free path (MoELayerOptions::sync_free): fixed-size plans against the loop reference,
 // the expert bank on device-side offsets against a row-by-row fp64 reference, and the layer
 // against the exact layout's layer (itself checked against references in test_moe_layer*.cpp).
+#include "layer_variants.h"
 #include "test_helpers.h"
 
 #include <moeprune/layers/moe_layer.h>
@@ -189,18 +190,23 @@ TEST_CASE("the expert bank on device-side offsets equals a row-by-row fp64 refer
 }
 
 TEST_CASE("a sync-free layer equals the exact-layout layer, forward and backward", "[sync_free]") {
-  const auto preset = GENERATE(as<std::string>{}, "vmoe", "expert_choice", "switch", "mixtral",
-                               "deepseek_v2", "deepseek_v3");
+  // Every preset but E3-MoE (refused below), group-limited routing with 2 groups of which 1 is
+  // kept, and V-MoE with a capacity that drops (test/layer_variants.h).
+  const auto preset =
+      GENERATE(as<std::string>{}, "vmoe", "expert_choice", "switch", "mixtral", "deepseek_v2",
+               "deepseek_v3", "deepseek_v2+groups", "deepseek_v3+groups", "vmoe+drops");
   const auto shape = GENERATE(as<std::string>{}, "plain", "pruned", "merged");
   INFO(preset << " " << shape);
   const int64_t d = 16, F = 32, E = 8;
-  auto base = MoELayerOptions::preset(preset, d, F, E);
+  auto base = test::layer_options(preset, d, F, E);
   if (preset == "switch") {
     base.routing().expert_capacity(3);  // drops at this size
   }
   torch::manual_seed(5);
   MoELayer exact(base);
   MoELayer sync_free(MoELayerOptions(base).sync_free(true).check_finite(false));
+  test::init_variant(exact, preset);
+  test::init_variant(sync_free, preset);
   {
     torch::NoGradGuard no_grad;
     const auto from = exact->named_parameters();
@@ -210,10 +216,10 @@ TEST_CASE("a sync-free layer equals the exact-layout layer, forward and backward
   }
   if (shape == "pruned") {
     for (auto* layer : {&exact, &sync_free}) {
-      (*layer)->keep_experts({0, 2, 3, 5, 6, 7});
+      (*layer)->keep_experts(test::kept_experts(preset, {0, 2, 3, 5, 6, 7}));
     }
   } else if (shape == "merged") {
-    if (preset == "deepseek_v2" || preset == "deepseek_v3" || preset == "expert_choice") {
+    if (preset.rfind("deepseek", 0) == 0 || preset == "expert_choice") {
       return;  // merging keeps group-limited and expert-choice routers out (test_merging.cpp)
     }
     for (auto* layer : {&exact, &sync_free}) {
@@ -232,6 +238,14 @@ TEST_CASE("a sync-free layer equals the exact-layout layer, forward and backward
   const auto [a, ga] = run(exact);
   const auto [b, gb] = run(sync_free);
   CHECK(b.plan.fixed_rows);
+  if (preset == "switch" || preset == "vmoe+drops") {
+    CHECK(a.plan.dropped_fraction() > 0.0);  // the capacity path really ran
+  }
+  if (preset.find("+groups") != std::string::npos && shape == "plain") {
+    // Every token's experts come from one group of 4 (topk_group 1): the groups were masked.
+    const auto group = a.plan.expert_index.div(4, "floor");
+    CHECK(torch::equal(group, group.narrow(1, 0, 1).expand_as(group)));
+  }
   CHECK(torch::equal(a.plan.slot_row, b.plan.slot_row));
   CHECK(torch::allclose(a.output, b.output, 1e-5, 1e-6));
   CHECK(torch::allclose(a.aux_loss, b.aux_loss, 1e-6, 1e-7));

@@ -1,4 +1,7 @@
-// CUDA dispatch/combine against the CPU ops (the reference), and a layer on the GPU.
+// CUDA dispatch/combine against the CPU ops (the reference), and a layer on the GPU: every preset,
+// group-limited routing with several groups and capacities that drop (test/layer_variants.h).
+#include "../layer_variants.h"
+
 #include <moeprune/layers/moe_layer.h>
 #include <moeprune/ops/ops.h>
 #include <moeprune/routing/functional/routing.h>
@@ -7,6 +10,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <string>
 
 namespace ops = moeprune::ops;
 using moeprune::functional::CapacityMode;
@@ -89,10 +93,11 @@ TEST_CASE("CUDA combine and its backward are bitwise repeatable", "[cuda][saniti
 }
 
 TEST_CASE("a MoE layer moved to CUDA runs forward and backward on the GPU", "[cuda][sanitize]") {
-  for (const auto& name : moeprune::MoELayerOptions::preset_names()) {
+  for (const auto& name : test::layer_variant_names()) {
     INFO(name);
     torch::manual_seed(0);
-    moeprune::MoELayer layer(moeprune::MoELayerOptions::preset(name, 64, 128, 8));
+    moeprune::MoELayer layer(test::layer_options(name, 64, 128, 8));
+    test::init_variant(layer, name);
     layer->to(torch::kCUDA);
     const auto x = torch::randn({4, 32, 64}, torch::kCUDA).requires_grad_(true);
     const auto out = layer(x);
@@ -153,13 +158,14 @@ TEST_CASE("CUDA dispatch and combine take every row path: odd widths, offset vie
 }
 
 TEST_CASE("a MoE layer on CUDA equals the CPU layer in training, forward and backward", "[cuda]") {
-  for (const auto& name : moeprune::MoELayerOptions::preset_names()) {
+  for (const auto& name : test::layer_variant_names()) {
     for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
       INFO(name << " " << dtype);
       torch::manual_seed(1);
       // No noise or jitter: both devices then route the same tokens the same way.
-      auto options = moeprune::MoELayerOptions::preset(name, 64, 96, 8).noise_std(0).jitter(0);
+      auto options = test::layer_options(name, 64, 96, 8).noise_std(0).jitter(0);
       moeprune::MoELayer cpu(options);
+      test::init_variant(cpu, name);
       cpu->to(dtype);
       moeprune::MoELayer gpu(std::dynamic_pointer_cast<moeprune::MoELayerImpl>(cpu->clone()));
       gpu->to(torch::kCUDA);
@@ -171,6 +177,9 @@ TEST_CASE("a MoE layer on CUDA equals the CPU layer in training, forward and bac
       const auto out_c = cpu(xc), out_g = gpu(xg);
       CHECK(torch::equal(out_g.plan.expert_index.cpu(), out_c.plan.expert_index));
       CHECK(torch::equal(out_g.plan.slot_row.cpu(), out_c.plan.slot_row));
+      if (name.find("+drops") != std::string::npos) {
+        CHECK(out_c.plan.dropped_fraction() > 0.0);  // the capacity path really ran
+      }
       ((out_c.output * g).sum() + out_c.aux_loss).backward();
       ((out_g.output * g.cuda()).sum() + out_g.aux_loss).backward();
       // fp32: the same sums in another order (cuBLAS vs CPU GEMMs); bf16: each side rounds its

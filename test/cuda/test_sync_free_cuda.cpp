@@ -1,7 +1,10 @@
 // The sync-free layer on the GPU: no host read in forward and backward (torch's sync debug mode
-// turns any into an error), the same function as the exact layout, capture in a CUDA graph with
-// replay on new inputs, and an out-of-range index reported as an error (in a child process: a
-// device-side assert ends the CUDA context it happens in).
+// turns any into an error), the same function as the exact layout, the gradients of its grouped
+// GEMMs against the CPU layer's, capture in a CUDA graph with replay on new inputs, and an
+// out-of-range index reported as an error (in a child process: a device-side assert ends the CUDA
+// context it happens in).
+#include "../layer_variants.h"
+
 #include <moeprune/layers/moe_layer.h>
 #include <moeprune/ops/ops.h>
 
@@ -15,6 +18,7 @@
 #include <unistd.h>
 
 #include <sys/wait.h>
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <string>
@@ -24,17 +28,29 @@ using moeprune::MoELayerOptions;
 
 namespace {
 
-// Presets the sync-free path serves (not E3-MoE: its router joins member plans by size).
-const std::vector<std::string> kSyncFreePresets{"vmoe",    "expert_choice", "switch",
-                                                "mixtral", "deepseek_v2",   "deepseek_v3"};
+// Presets the sync-free path serves (not E3-MoE: its router joins member plans by size), and
+// group-limited routing with 2 groups of which 1 is kept (test/layer_variants.h).
+const std::vector<std::string> kSyncFreePresets{"vmoe",
+                                                "expert_choice",
+                                                "switch",
+                                                "mixtral",
+                                                "deepseek_v2",
+                                                "deepseek_v3",
+                                                "deepseek_v2+groups",
+                                                "deepseek_v3+groups"};
 
-MoELayer make_layer(const std::string& preset, bool sync_free, uint64_t seed) {
-  torch::manual_seed(seed);
-  auto options = MoELayerOptions::preset(preset, 128, 256, 8).check_finite(false);
+MoELayerOptions layer_options(const std::string& preset) {
+  auto options = test::layer_options(preset, 128, 256, 8).check_finite(false);
   if (preset == "switch") {
     options.routing().expert_capacity(16);  // drops at these sizes
   }
-  MoELayer layer(options.sync_free(sync_free));
+  return options;
+}
+
+MoELayer make_layer(const std::string& preset, bool sync_free, uint64_t seed) {
+  torch::manual_seed(seed);
+  MoELayer layer(layer_options(preset).sync_free(sync_free));
+  test::init_variant(layer, preset);
   layer->to(torch::kCUDA, torch::kBFloat16);
   return layer;
 }
@@ -82,6 +98,66 @@ TEST_CASE("a sync-free layer in bf16 reads nothing back from the GPU, forward an
     CHECK(torch::equal(a.plan.slot_row, b.plan.slot_row));
     // The grouped GEMM and the per-expert GEMMs round bf16 differently (fp32 accumulation).
     CHECK(torch::allclose(a.output.to(torch::kFloat), b.output.to(torch::kFloat), 2e-2, 2e-2));
+  }
+}
+
+TEST_CASE("a sync-free layer's grouped GEMMs on the GPU give the CPU layer's gradients", "[cuda]") {
+  for (const auto& preset : kSyncFreePresets) {
+    INFO(preset);
+    // The reference: the exact-layout layer on the CPU in fp32, holding the bf16 weights exactly.
+    // No noise or jitter, so both route the same tokens alike (the router's logits are fp32 on
+    // both devices).
+    torch::manual_seed(21);
+    const auto options = layer_options(preset).noise_std(0).jitter(0);
+    MoELayer cpu(options);
+    test::init_variant(cpu, preset);
+    cpu->to(torch::kBFloat16);
+    cpu->to(torch::kFloat);
+    MoELayer gpu(MoELayerOptions(options).sync_free(true));
+    gpu->to(torch::kCUDA, torch::kBFloat16);
+    {
+      torch::NoGradGuard no_grad;
+      const auto from = cpu->named_parameters();
+      for (auto& p : gpu->named_parameters()) {
+        p.value().copy_(from[p.key()]);
+      }
+      const auto buffers = cpu->named_buffers();
+      for (auto& b : gpu->named_buffers()) {
+        b.value().copy_(buffers[b.key()]);
+      }
+    }
+    const auto bf16 = torch::TensorOptions(torch::kCUDA).dtype(torch::kBFloat16);
+    REQUIRE(gpu->experts()->grouped_gemm_supported(torch::empty({1, 128}, bf16)));
+    cpu->train();
+    gpu->train();
+    const auto x = torch::randn({4, 64, 128}).to(torch::kBFloat16);
+    const auto g = torch::randn({4, 64, 128}).to(torch::kBFloat16);
+    auto xc = x.to(torch::kFloat).requires_grad_(true), xg = x.cuda().requires_grad_(true);
+    const auto out_c = cpu->forward(xc), out_g = gpu->forward(xg);
+    REQUIRE(torch::equal(out_g.plan.slot_row.cpu(), out_c.plan.slot_row));
+    ((out_c.output * g.to(torch::kFloat)).sum() + out_c.aux_loss).backward();
+    ((out_g.output.to(torch::kFloat) * g.cuda().to(torch::kFloat)).sum() + out_g.aux_loss)
+        .backward();
+    // The GPU rounds each GEMM's output to bf16 (fp32 accumulation): a few steps of 2^-8 of the
+    // largest value; a row sent to the wrong expert or a lost gradient is of the value's size.
+    const auto close = [](const torch::Tensor& got, const torch::Tensor& want) {
+      const auto a = got.cpu().to(torch::kDouble), b = want.to(torch::kDouble);
+      const double scale = std::max(b.abs().max().item<double>(), 1e-12);
+      const double error = (a - b).abs().max().item<double>() / scale;
+      UNSCOPED_INFO("max error " << error << " of the largest value " << scale);
+      return error <= 4.0 / 256;
+    };
+    CHECK(close(out_g.output, out_c.output));
+    CHECK(close(out_g.aux_loss, out_c.aux_loss));
+    CHECK(close(xg.grad(), xc.grad()));
+    const auto grads = cpu->named_parameters();
+    for (const auto& p : gpu->named_parameters()) {
+      INFO(p.key());
+      REQUIRE(p.value().grad().defined() == grads[p.key()].grad().defined());
+      if (p.value().grad().defined()) {
+        CHECK(close(p.value().grad(), grads[p.key()].grad()));
+      }
+    }
   }
 }
 

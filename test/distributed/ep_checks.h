@@ -12,11 +12,11 @@ namespace ep_checks {
 namespace dist = moeprune::distributed;
 
 struct Case {
-  std::string preset;
+  std::string preset;     // a preset or a variant of test/layer_variants.h
   std::string placement;  // even, pruned (7 of 8 experts: uneven), interleaved
 };
 
-/// Every preset with every placement it allows.
+/// Every preset and variant with every placement it allows.
 std::vector<Case> layer_cases();
 /// The sharded layer on this rank's tokens against the single-process layer on all ranks' tokens.
 std::string check_layer(const Case& c, const dist::ProcessGroup& group);

@@ -1,4 +1,6 @@
-// ep_worker's layer checks: every preset and placement, the sharded layer against one process.
+// ep_worker's layer checks: every preset and placement, the sharded layer against one process;
+// also group-limited routing with several groups and capacities that drop (test/layer_variants.h).
+#include "../layer_variants.h"
 #include "ep_checks.h"
 
 #include <moeprune/distributed/expert_parallel.h>
@@ -15,7 +17,6 @@ namespace {
 
 using moeprune::MoELayer;
 using moeprune::MoELayerImpl;
-using moeprune::MoELayerOptions;
 
 // The gradient of parameter `name` of held expert `id` (zeros when no row reached the bank).
 torch::Tensor expert_grad(const moeprune::ExpertBank& bank, const std::string& name, int64_t id) {
@@ -31,9 +32,10 @@ std::string check_layer(const Case& c, const dist::ProcessGroup& group) {
   const int64_t W = group.world_size(), r = group.rank();
   const int64_t items = 4, seq = 6, d = 16, F = 32, E = 8;
   torch::manual_seed(11);
-  MoELayer full(MoELayerOptions::preset(c.preset, d, F, E));
+  MoELayer full(test::layer_options(c.preset, d, F, E));
+  test::init_variant(full, c.preset);
   if (c.placement == "pruned") {
-    full->keep_experts({0, 1, 2, 4, 5, 6, 7});
+    full->keep_experts(test::kept_experts(c.preset, {0, 1, 2, 4, 5, 6, 7}));
   }
   // Each rank's tokens are its own routing group(s), as the sharded layer routes them.
   full->set_group_size(items * seq);
@@ -44,8 +46,12 @@ std::string check_layer(const Case& c, const dist::ProcessGroup& group) {
   const auto X = torch::randn({W * items, seq, d});
   const auto G = torch::randn({W * items, seq, d});
   const auto x_all = X.clone().requires_grad_(true);
-  const auto ref_out = reference->forward(x_all).output;
+  const auto ref = reference->forward(x_all);
+  const auto& ref_out = ref.output;
   ref_out.backward(G);
+  if (c.preset.find("+drops") != std::string::npos && ref.plan.dropped_fraction() == 0.0) {
+    return "the reference dropped no token, so the case does not test capacity";
+  }
 
   dist::ExpertPlacement placement;
   if (c.placement == "interleaved") {
@@ -91,8 +97,7 @@ std::string check_layer(const Case& c, const dist::ProcessGroup& group) {
 
 std::vector<Case> layer_cases() {
   std::vector<Case> cases;
-  for (const std::string preset :
-       {"vmoe", "e3moe", "expert_choice", "switch", "mixtral", "deepseek_v2", "deepseek_v3"}) {
+  for (const auto& preset : test::layer_variant_names()) {
     for (const std::string placement : {"even", "pruned", "interleaved"}) {
       if (preset == "e3moe" && placement != "even") {
         continue;  // members keep equal expert counts in contiguous blocks

@@ -1,7 +1,9 @@
 // One process of the expert-parallel tests, started by scripts/launch (ctest: expert_parallel_N,
 // data_parallel_training_N, ...). Every check compares with the same computation on one process
 // (done here, from the same seeds or files; ep_checks.h):
-//   ep_worker check       every preset, with even, uneven (pruned) and interleaved placements:
+//   ep_worker check       every preset, group-limited routing with several groups and
+//                         capacities that drop (test/layer_variants.h), with even, uneven
+//                         (pruned) and interleaved placements:
 //                         the sharded layer's output, input gradient and this rank's expert
 //                         gradients bitwise; the router's gradient summed over the ranks within
 //                         fp32 rounding (a different summation order).
