@@ -1,7 +1,7 @@
 #pragma once
 
 // Typed dispatcher handles of the moeprune ops, looked up once. The public wrappers
-// (csrc/ops.cpp) and the autograd kernels (csrc/autograd) call the ops through these.
+// (csrc/ops/ops.cpp) and the autograd kernels (csrc/ops/autograd) call the ops through these.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/types.h>
 

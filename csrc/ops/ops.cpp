@@ -1,5 +1,5 @@
-// Op schemas and the public wrappers. Kernels live in csrc/cpu (and csrc/cuda), autograd in
-// csrc/autograd, each registered for its dispatch key.
+// Op schemas and the public wrappers. Kernels live in csrc/ops/cpu (and csrc/ops/cuda), autograd
+// in csrc/ops/autograd, each registered for its dispatch key.
 #include <moeprune/ops/ops.h>
 
 #include "ops/op_handles.h"
