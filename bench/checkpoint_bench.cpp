@@ -13,6 +13,7 @@
 #include "child_process.h"
 #include "machine_info.h"
 
+#include <moeprune/io/atomic_write.h>
 #include <moeprune/io/safetensors.h>
 
 #include <fmt/core.h>
@@ -251,7 +252,7 @@ int main(int argc, char** argv) {
       {"speed_vs_copy_without_sync", ratio_no_sync},
       {"targets", {{"peak_rss_mb_below", 2048}, {"speed_vs_copy_at_least", 0.7}}}};
   fs::create_directories(fs::path(json_out).parent_path());
-  std::ofstream(json_out) << result.dump(2) << "\n";
+  moeprune::io::write_file_atomically(json_out, result.dump(2) + "\n");
   if (!keep) {
     (void)std::system(("rm -rf '" + work + "'").c_str());
   }

@@ -7,6 +7,7 @@
 // bench/results/expert_decode_cpu.json.
 #include "machine_info.h"
 
+#include <moeprune/io/atomic_write.h>
 #include <moeprune/layers/expert_bank.h>
 
 #include <fmt/core.h>
@@ -115,9 +116,7 @@ int main(int argc, char** argv) {
   out["dtype"] = "bf16";
   out["threads"] = threads;
   out["results"] = results;
-  const auto tmp = json_out + ".tmp";
-  std::ofstream(tmp) << out.dump(2) << "\n";
-  std::rename(tmp.c_str(), json_out.c_str());
+  moeprune::io::write_file_atomically(json_out, out.dump(2) + "\n");
   fmt::print("wrote {}\n", json_out);
   return 0;
 }

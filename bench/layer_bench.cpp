@@ -4,6 +4,7 @@
 // Writes bench/results/<name>.json with the machine's description.
 #include "machine_info.h"
 
+#include <moeprune/io/atomic_write.h>
 #include <moeprune/moeprune.h>
 
 #include <ATen/Parallel.h>
@@ -219,21 +220,7 @@ int main(int argc, char** argv) {
   for (const auto& s : shapes) {
     results["results"].push_back(run_shape(s));
   }
-  // Written to a temporary name and renamed, so an interrupted run leaves no half file.
-  const std::filesystem::path path(out);
-  if (path.has_parent_path()) {
-    std::filesystem::create_directories(path.parent_path());
-  }
-  const auto tmp = path.string() + ".tmp";
-  {
-    std::ofstream f(tmp);
-    f << results.dump(2) << "\n";
-    if (!f) {
-      fmt::print(stderr, "cannot write {}\n", tmp);
-      return 1;
-    }
-  }
-  std::filesystem::rename(tmp, path);
-  fmt::print("\nwrote {}\n", path.string());
+  moeprune::io::write_file_atomically(out, results.dump(2) + "\n");
+  fmt::print("\nwrote {}\n", out);
   return 0;
 }

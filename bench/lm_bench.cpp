@@ -10,6 +10,7 @@
 // threads and dtype (scripts/hf_python). Results: bench/results/lm_cpu.json, with the ratios.
 #include "machine_info.h"
 
+#include <moeprune/io/atomic_write.h>
 #include <moeprune/models/lm/checkpoint.h>
 #include <moeprune/models/lm/generation.h>
 
@@ -218,7 +219,7 @@ int main(int argc, char** argv) {
     }
     result["models"][name] = entry;
   }
-  std::ofstream(json_out) << result.dump(2) << "\n";
+  moeprune::io::write_file_atomically(json_out, result.dump(2) + "\n");
   fmt::print("wrote {}\n", json_out);
   return 0;
 }

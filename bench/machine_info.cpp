@@ -1,5 +1,7 @@
 #include "machine_info.h"
 
+#include <moeprune/io/atomic_write.h>
+
 #include <ATen/Parallel.h>
 #include <torch/version.h>
 #include <unistd.h>
@@ -52,12 +54,7 @@ nlohmann::json machine_info() {
 }
 
 void write_results(const std::filesystem::path& path, const nlohmann::json& results) {
-  if (path.has_parent_path()) {
-    std::filesystem::create_directories(path.parent_path());
-  }
-  const auto tmp = path.string() + ".tmp";
-  std::ofstream(tmp) << results.dump(2) << "\n";
-  std::filesystem::rename(tmp, path);
+  moeprune::io::write_file_atomically(path.string(), results.dump(2) + "\n");
 }
 
 }  // namespace bench

@@ -3,6 +3,7 @@
 // kept, the paper's semantics) and expert choice (router columns dropped).
 #include "machine_info.h"
 
+#include <moeprune/io/atomic_write.h>
 #include <moeprune/moeprune.h>
 
 #include <fmt/format.h>
@@ -79,13 +80,7 @@ int main(int argc, char** argv) {
                                     {"parameter_bytes", bytes}});
     }
   }
-  const std::filesystem::path path(out);
-  if (path.has_parent_path()) {
-    std::filesystem::create_directories(path.parent_path());
-  }
-  const auto tmp = path.string() + ".tmp";
-  std::ofstream(tmp) << results.dump(2) << "\n";
-  std::filesystem::rename(tmp, path);
-  fmt::print("wrote {}\n", path.string());
+  moeprune::io::write_file_atomically(out, results.dump(2) + "\n");
+  fmt::print("wrote {}\n", out);
   return 0;
 }

@@ -12,6 +12,7 @@
 #include "child_process.h"
 #include "machine_info.h"
 
+#include <moeprune/io/atomic_write.h>
 #include <moeprune/io/safetensors.h>
 
 #include <fmt/core.h>
@@ -237,7 +238,7 @@ int main(int argc, char** argv) {
        {{"what", "loading the model whole, as REAP's observer and llm-compressor do"},
         {"weights_gb_bf16", real_gb},
         {"note", "the bf16 weights alone, before activations; REAP runs on GPUs holding them"}}}};
-  std::ofstream(json_out) << j.dump(2) << "\n";
+  moeprune::io::write_file_atomically(json_out, j.dump(2) + "\n");
   fmt::print(
       "{} layers ({:.1f} GB): prune {:.1f} s ({:.1f} s/layer), peak RSS {:.0f} MB, wrote "
       "{:.1f} GB; 48 layers: ~{:.0f} min at the same peak\n",

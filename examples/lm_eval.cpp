@@ -5,6 +5,7 @@
 // (the language demo's data, <moeprune/train/text_corpus.h>) and reports bits per byte.
 #include "lm_common.h"
 
+#include <moeprune/io/atomic_write.h>
 #include <moeprune/models/lm/checkpoint.h>
 #include <moeprune/models/lm/evaluation.h>
 #include <moeprune/train/progress_bar.h>
@@ -89,15 +90,16 @@ int main(int argc, char** argv) {
     fmt::print("time            {:.2f} s ({:.0f} tokens/s)\n", seconds,
                static_cast<double>(result.tokens) / seconds);
     if (!json_path.empty()) {
-      std::ofstream out(json_path);
-      out << fmt::format(
-          "{{\"tokens\": {}, \"nll_sum\": {:.17g}, \"mean_nll\": {:.17g}, \"perplexity\": {:.17g}, "
-          "\"bits_per_token\": {:.17g}, \"bits_per_byte\": {}, \"context\": {}, \"stride\": {}, "
-          "\"seconds\": {:.3f}}}\n",
-          result.tokens, result.nll_sum, result.mean_nll(), result.perplexity(),
-          result.bits_per_token(), byte_level ? fmt::format("{:.17g}", bpb) : "null", context,
-          stride, seconds);
-      TORCH_CHECK(out.good(), json_path, ": write failed");
+      moeprune::io::write_file_atomically(
+          json_path,
+          fmt::format("{{\"tokens\": {}, \"nll_sum\": {:.17g}, \"mean_nll\": {:.17g}, "
+                      "\"perplexity\": {:.17g}, "
+                      "\"bits_per_token\": {:.17g}, \"bits_per_byte\": {}, \"context\": {}, "
+                      "\"stride\": {}, "
+                      "\"seconds\": {:.3f}}}\n",
+                      result.tokens, result.nll_sum, result.mean_nll(), result.perplexity(),
+                      result.bits_per_token(), byte_level ? fmt::format("{:.17g}", bpb) : "null",
+                      context, stride, seconds));
     }
   } catch (const c10::Error& e) {
     fmt::print(stderr, "lm_eval: {}\n", e.what_without_backtrace());

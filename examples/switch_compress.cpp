@@ -18,6 +18,7 @@
 //                   [--compress-steps 150]
 #include <moeprune/compression/low_rank.h>
 #include <moeprune/compression/merging.h>
+#include <moeprune/io/atomic_write.h>
 #include <moeprune/models/seq2seq/checkpoint.h>
 #include <moeprune/models/seq2seq/moe_view.h>
 #include <moeprune/text/tokenizer.h>
@@ -345,7 +346,7 @@ int main(int argc, char** argv) {
     report(fmt::format("uncompressed, +{} steps", kd_steps + compress_steps));
     std::swap(model, baseline);
 
-    std::ofstream(out_dir + "/results.json") << results.dump(2) << "\n";
+    moeprune::io::write_file_atomically(out_dir + "/results.json", results.dump(2) + "\n");
     fmt::print("\nwrote {}/results.json\n", out_dir);
   } catch (const std::exception& e) {
     fmt::print(stderr, "switch_compress: {}\n", e.what());

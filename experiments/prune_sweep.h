@@ -6,6 +6,8 @@
 #include "run_journal.h"
 #include "vision_common.h"
 
+#include <moeprune/io/atomic_write.h>
+
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -244,8 +246,7 @@ inline void print_sweep_table(const std::vector<SweepCell>& cells, const SweepCo
 }
 
 inline void write_text(const std::string& path, const std::string& text) {
-  std::ofstream(path + ".tmp") << text;
-  std::filesystem::rename(path + ".tmp", path);
+  moeprune::io::write_file_atomically(path, text);
 }
 
 /// gnuplot script for a sweep plot: two panels (without and after post-pruning fine-tuning) of

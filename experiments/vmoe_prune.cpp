@@ -2,6 +2,8 @@
 // pruned checkpoint (and the plan), and prints the plan and the test accuracy before and after.
 #include "vision_common.h"
 
+#include <moeprune/io/atomic_write.h>
+
 #include <sstream>
 
 namespace {
@@ -113,8 +115,7 @@ int run(int argc, char** argv) {
   metadata["plan"] = nlohmann::json::parse(plan.to_json());
   moeprune::save_vision_transformer(out, model, metadata.dump());
   if (!plan_out.empty()) {
-    std::ofstream(plan_out + ".tmp") << plan.to_json() << "\n";
-    std::filesystem::rename(plan_out + ".tmp", plan_out);
+    moeprune::io::write_file_atomically(plan_out, plan.to_json() + "\n");
   }
   fmt::print("saved {}\n", out);
   return 0;

@@ -11,6 +11,7 @@
 #include <moeprune/distributed/process_group.h>
 #include <moeprune/hf/checkpoint.h>
 #include <moeprune/hf/pruning.h>
+#include <moeprune/io/atomic_write.h>
 #include <moeprune/io/checkpoint.h>
 #include <moeprune/io/safetensors.h>
 #include <moeprune/layers/expert_bank.h>

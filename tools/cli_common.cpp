@@ -97,20 +97,4 @@ torch::Tensor calibration_sequences(const torch::Tensor& stream, int64_t samples
   return stream.narrow(0, 0, need).view({samples, seq_len}).clone();
 }
 
-void write_file_atomically(const std::string& path, const std::string& text) {
-  const std::string temporary = path + ".moeprune-partial";
-  {
-    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    TORCH_CHECK(out.good(), temporary, ": cannot create: ", std::strerror(errno));
-    out << text;
-    out.flush();
-    TORCH_CHECK(out.good(), temporary, ": write failed: ", std::strerror(errno));
-  }
-  if (std::rename(temporary.c_str(), path.c_str()) != 0) {
-    const int saved = errno;
-    std::remove(temporary.c_str());
-    TORCH_CHECK(false, path, ": cannot rename the written file into place: ", std::strerror(saved));
-  }
-}
-
 }  // namespace cli

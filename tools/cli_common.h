@@ -2,6 +2,7 @@
 
 // What the moeprune commands share: progress bars, peak memory, calibration and evaluation
 // tokens from text or id files, atomic output files.
+#include <moeprune/io/atomic_write.h>
 #include <moeprune/text/tokenizer.h>
 #include <moeprune/train/progress_bar.h>
 
@@ -60,7 +61,7 @@ torch::Tensor read_token_stream(const TokenSource& source, const std::string& ch
 torch::Tensor calibration_sequences(const torch::Tensor& stream, int64_t samples, int64_t seq_len,
                                     const std::string& what);
 
-/// Writes `text` to `path` through a temporary file renamed into place.
-void write_file_atomically(const std::string& path, const std::string& text);
+/// Writes a whole file through a temporary renamed into place (the library's helper).
+using moeprune::io::write_file_atomically;
 
 }  // namespace cli

@@ -1,5 +1,6 @@
 #include <moeprune/train/lm_trainer.h>
 
+#include <moeprune/io/atomic_write.h>
 #include <moeprune/models/lm/evaluation.h>
 #include <moeprune/train/progress_bar.h>
 #include <moeprune/train/schedule.h>
@@ -53,18 +54,7 @@ void write_log(const LMTrainerOptions& o, const lm::CausalLM& model, const LMTra
     log["evals"].push_back(
         {{"step", e.step}, {"perplexity", e.perplexity}, {"mean_nll", e.mean_nll}});
   }
-  const std::filesystem::path path(o.log_path());
-  if (path.has_parent_path()) {
-    std::filesystem::create_directories(path.parent_path());
-  }
-  // Written beside the target and renamed, so a reader never sees half a log.
-  const auto tmp = path.string() + ".tmp";
-  {
-    std::ofstream f(tmp);
-    f << log.dump(2) << "\n";
-    TORCH_CHECK(f.good(), "train_lm: cannot write the log ", tmp);
-  }
-  std::filesystem::rename(tmp, path);
+  io::write_file_atomically(o.log_path(), log.dump(2) + "\n");
 }
 
 }  // namespace

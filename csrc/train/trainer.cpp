@@ -1,5 +1,6 @@
 #include <moeprune/train/trainer.h>
 
+#include <moeprune/io/atomic_write.h>
 #include <moeprune/train/progress_bar.h>
 #include <moeprune/train/schedule.h>
 
@@ -317,17 +318,7 @@ void Trainer::write_log(const std::vector<EpochLog>& epochs) const {
                              {"images_per_second", e.images_per_second},
                              {"eval", to_json(e.eval)}});
   }
-  const std::filesystem::path path(options_.log_path());
-  if (path.has_parent_path()) {
-    std::filesystem::create_directories(path.parent_path());
-  }
-  const auto tmp = path.string() + ".tmp";
-  {
-    std::ofstream f(tmp);
-    f << log.dump(2) << "\n";
-    TORCH_CHECK(f.good(), "Trainer: cannot write the log ", tmp);
-  }
-  std::filesystem::rename(tmp, path);
+  io::write_file_atomically(options_.log_path(), log.dump(2) + "\n");
 }
 
 std::string format_eval(const EvalResult& r) {
