@@ -6,12 +6,16 @@
 #include <moeprune/models/vision/moe_view.h>
 #include <moeprune/models/vision/vision_transformer.h>
 #include <moeprune/pruning/builtin_criteria.h>
+#include <moeprune/train/lm_trainer.h>
 #include <moeprune/train/trainer.h>
 
 #include <torch/torch.h>
 #include <catch2/catch.hpp>
 
 #include <limits>
+#include <string>
+#include <utility>
+#include <vector>
 
 using Catch::Contains;
 using moeprune::MoELayer;
@@ -167,4 +171,30 @@ TEST_CASE("the Trainer refuses a NaN loss before the step, keeping the weights")
                                           Contains("nan at step 0") &&
                                           Contains("keeps the weights from before this step"));
   CHECK(torch::equal(vit->blocks[0]->qkv->weight, before));
+}
+
+TEST_CASE("train_lm refuses a NaN loss before the step, keeping every weight") {
+  auto model = moeprune::lm::load_causal_lm(MOEPRUNE_TEST_FIXTURES "/lm/mixtral");
+  {
+    torch::NoGradGuard no_grad;
+    // The final norm comes after every MoE layer: only the loss sees the NaN.
+    model->named_parameters()["norm.weight"][3] = kNaN;
+  }
+  std::vector<std::pair<std::string, torch::Tensor>> before;
+  for (const auto& p : model->named_parameters()) {
+    before.emplace_back(p.key(), p.value().detach().clone());
+  }
+  const auto stream = torch::randint(0, 96, {64}, torch::kLong);
+  REQUIRE_THROWS_WITH(
+      moeprune::train_lm(
+          model, stream, {},
+          moeprune::LMTrainerOptions().steps(2).batch_size(2).context(8).lr(1e-2).progress(false)),
+      Contains("train_lm: the loss became ") && Contains("nan at step 0") &&
+          Contains("keeps the weights from before this step"));
+  // Unchanged, the planted NaN included (a step with a NaN loss would make every weight NaN).
+  const auto after = model->named_parameters();
+  for (const auto& [name, value] : before) {
+    INFO(name);
+    CHECK(torch::isclose(after[name], value, 0.0, 0.0, /*equal_nan=*/true).all().item<bool>());
+  }
 }

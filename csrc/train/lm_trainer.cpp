@@ -131,6 +131,17 @@ LMTrainResult train_lm(lm::CausalLM& model, const torch::Tensor& train, const to
                                                          target.reshape({-1, target.size(-1)}),
                                                          o.distill_temperature());
     }
+    // The processes' means, so every process stops alike on a non-finite loss; checked before
+    // the backward pass and the step, so a NaN never reaches the weights (they stay those after
+    // the last finite step).
+    std::vector<double> losses{ce.item<double>(), out.aux_loss.item<double>(), loss.item<double>()};
+    if (averager) {
+      losses = averager->mean(losses);
+    }
+    const double ce_value = losses[0], aux_value = losses[1], total_value = losses[2];
+    TORCH_CHECK(std::isfinite(ce_value) && std::isfinite(total_value), "train_lm: the loss became ",
+                std::isfinite(ce_value) ? total_value : ce_value, " at step ", step,
+                " (lower the learning rate); the model keeps the weights from before this step");
     const double lr =
         warmup_cosine_lr(step, o.steps(), o.lr(), o.warmup_steps(), o.final_lr_ratio());
     for (auto& group : optimizer.param_groups()) {
@@ -155,14 +166,6 @@ LMTrainResult train_lm(lm::CausalLM& model, const torch::Tensor& train, const to
     if (o.after_step()) {
       o.after_step()(step, o.steps());
     }
-    // The processes' means, so every process stops alike on a non-finite loss.
-    std::vector<double> losses{ce.item<double>(), out.aux_loss.item<double>()};
-    if (averager) {
-      losses = averager->mean(losses);
-    }
-    const double ce_value = losses[0], aux_value = losses[1];
-    TORCH_CHECK(std::isfinite(ce_value), "train_lm: the loss became ", ce_value, " at step ", step,
-                " (lower the learning rate)");
     result.steps.push_back({step, ce_value, aux_value, lr});
     char note[32];
     std::snprintf(note, sizeof(note), "loss %.4f", ce_value);
