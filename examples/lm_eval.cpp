@@ -93,9 +93,8 @@ int main(int argc, char** argv) {
       moeprune::io::write_file_atomically(
           json_path,
           fmt::format("{{\"tokens\": {}, \"nll_sum\": {:.17g}, \"mean_nll\": {:.17g}, "
-                      "\"perplexity\": {:.17g}, "
-                      "\"bits_per_token\": {:.17g}, \"bits_per_byte\": {}, \"context\": {}, "
-                      "\"stride\": {}, "
+                      "\"perplexity\": {:.17g}, \"bits_per_token\": {:.17g}, "
+                      "\"bits_per_byte\": {}, \"context\": {}, \"stride\": {}, "
                       "\"seconds\": {:.3f}}}\n",
                       result.tokens, result.nll_sum, result.mean_nll(), result.perplexity(),
                       result.bits_per_token(), byte_level ? fmt::format("{:.17g}", bpb) : "null",

@@ -133,8 +133,11 @@ LMTrainResult train_lm(lm::CausalLM& model, const torch::Tensor& train, const to
     }
     // The processes' means, so every process stops alike on a non-finite loss; checked before
     // the backward pass and the step, so a NaN never reaches the weights (they stay those after
-    // the last finite step).
-    std::vector<double> losses{ce.item<double>(), out.aux_loss.item<double>(), loss.item<double>()};
+    // the last finite step). One read-back for the three (each would synchronise on a GPU).
+    const auto read =
+        torch::stack({ce.detach(), out.aux_loss.detach().to(torch::kFloat), loss.detach()})
+            .to(torch::kCPU, torch::kDouble);
+    std::vector<double> losses(read.data_ptr<double>(), read.data_ptr<double>() + 3);
     if (averager) {
       losses = averager->mean(losses);
     }
