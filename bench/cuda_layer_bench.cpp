@@ -81,10 +81,10 @@ int main(int argc, char** argv) {
   // top-1, 64 per sequence of 512; Mixtral 8x7B: d 4096, F 14336, top-2.
   std::vector<Shape> shapes = {{"vmoe_b", "vmoe", 768, 3072, 8, 2, 64, 197},
                                {"switch_base", "switch", 768, 3072, 128, 1, 32, 512},
-                               {"mixtral", "mixtral", 4096, 14336, 8, 2, 1, 16384}};
+                               {"mixtral", "top_k_gated", 4096, 14336, 8, 2, 1, 16384}};
   for (const int64_t t :
        quick ? std::vector<int64_t>{1, 256} : std::vector<int64_t>{1, 16, 64, 256}) {
-    shapes.push_back({"decode", "mixtral", 4096, 14336, 8, 2, t, 1});
+    shapes.push_back({"decode", "top_k_gated", 4096, 14336, 8, 2, t, 1});
   }
   nlohmann::json results = {{"benchmark", "cuda_layer_bench"},
                             {"machine", bench::machine_info()},

@@ -58,7 +58,7 @@ int main(int argc, char** argv) {
   };
   // Mixtral-like: d 4096 -> 1024, F 14336 -> 3584 (same ratio), E 8, top-2, dropless.
   // V-MoE-like: V-MoE-B's d 768, F 3072, E 8, top-2, capacity 1.05, 8 images of 197 tokens.
-  const std::vector<Shape> shapes = {{"mixtral_like", "mixtral", 1024, 3584, 8, 2, 512},
+  const std::vector<Shape> shapes = {{"mixtral_like", "top_k_gated", 1024, 3584, 8, 2, 512},
                                      {"vmoe_like", "vmoe", 768, 3072, 8, 2, 8 * 197}};
   nlohmann::json entry = {{"world_size", W},
                           {"threads_per_rank", threads},

@@ -60,7 +60,7 @@ torch::Tensor tokens(int64_t batch, int64_t length, int64_t vocab, int64_t seed)
 
 CausalLMOptions shape(const std::string& name, int64_t layers) {
   if (name == "mixtral") {  // Mixtral-8x7B-v0.1 config.json
-    auto moe = moeprune::MoELayerOptions::preset("mixtral", 4096, 14336, 8);
+    auto moe = moeprune::MoELayerOptions::preset("top_k_gated", 4096, 14336, 8);
     return CausalLMOptions(32000, 4096, layers,
                            AttentionOptions(4096, 32, 8, 128).rms_norm_eps(1e-5).rope_theta(1e6))
         .model_type("mixtral")
@@ -69,7 +69,7 @@ CausalLMOptions shape(const std::string& name, int64_t layers) {
         .moe(moe);
   }
   // Qwen3-30B-A3B config.json: 128 experts of width 768, top-8 renormalised, q/k norm per head.
-  auto moe = moeprune::MoELayerOptions::preset("mixtral", 2048, 768, 128);
+  auto moe = moeprune::MoELayerOptions::preset("top_k_gated", 2048, 768, 128);
   moe.routing().k(8);
   return CausalLMOptions(151936, 2048, layers,
                          AttentionOptions(2048, 32, 4, 128)

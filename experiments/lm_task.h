@@ -64,7 +64,7 @@ inline LMTask load_lm_task(const std::string& language) {
 /// The load-balancing loss weight is 0.01 (Mixtral's config has 0.001 for 8 experts at scale;
 /// on this little data 0.001 let a few experts take most tokens).
 inline moeprune::lm::CausalLMOptions lm_demo_options() {
-  auto moe = moeprune::MoELayerOptions::preset("mixtral", 128, 256, 8);
+  auto moe = moeprune::MoELayerOptions::preset("top_k_gated", 128, 256, 8);
   moe.aux_loss_weights(moeprune::functional::AuxLossWeights().load_balance(0.01));
   return moeprune::lm::CausalLMOptions(moeprune::data::kByteVocabSize, 128, 4,
                                        moeprune::lm::AttentionOptions(128, 4, 2, 32))

@@ -5,9 +5,9 @@
 //   "<preset>+groups"  group-limited routing with several groups: 8 experts in n_group 2 groups
 //                      of 4, topk_group 1 (each token's experts come from its best group, the
 //                      other is masked before top-k), routed_scaling_factor 2.5 and, for
-//                      deepseek_v3, a non-zero correction bias (init_variant). The presets use
-//                      one group, where group-limited routing is plain top-k. Pruned, such a
-//                      layer keeps its groups equal (kept_experts).
+//                      group_limited_sigmoid (DeepSeek-V3's), a non-zero correction bias
+//                      (init_variant). The presets use one group, where group-limited routing is
+//                      plain top-k. Pruned, such a layer keeps its groups equal (kept_experts).
 //   "<preset>+drops"   a capacity under the load (switch: 1 token per expert and item, so any two
 //                      tokens of an item choosing one expert drop; vmoe: capacity factor 0.5, half
 //                      the slots), so tokens really drop; the presets' capacities rarely do at
@@ -24,7 +24,8 @@ namespace test {
 /// The presets, then the variants above.
 inline std::vector<std::string> layer_variant_names() {
   auto names = moeprune::MoELayerOptions::preset_names();
-  for (const char* v : {"deepseek_v2+groups", "deepseek_v3+groups", "switch+drops", "vmoe+drops"}) {
+  for (const char* v : {"group_limited_softmax+groups", "group_limited_sigmoid+groups",
+                        "switch+drops", "vmoe+drops"}) {
     names.emplace_back(v);
   }
   return names;
@@ -65,11 +66,11 @@ inline std::vector<int64_t> kept_experts(const std::string& name, std::vector<in
   return usual;
 }
 
-/// Sets the state that options cannot carry: for "deepseek_v3+groups", a correction bias of
-/// fixed non-zero values in [-0.1, 0.1] (large enough to change which groups and experts win
+/// Sets the state that options cannot carry: for "group_limited_sigmoid+groups", a correction bias
+/// of fixed non-zero values in [-0.1, 0.1] (large enough to change which groups and experts win
 /// against sigmoid scores in (0, 1)). No random draw, so layers built alike get the same bias.
 inline void init_variant(moeprune::MoELayer& layer, const std::string& name) {
-  if (name != "deepseek_v3+groups") {
+  if (name != "group_limited_sigmoid+groups") {
     return;
   }
   auto buffers = layer->named_buffers();

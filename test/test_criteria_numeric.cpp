@@ -16,7 +16,7 @@ namespace pr = moeprune::pruning;
 TEST_CASE("importance and frequency and REAP equal a naive float64 reference with distinct gates") {
   torch::manual_seed(3);
   const int64_t d = 6, F = 5, E = 4, T = 9;
-  moeprune::MoELayer layer(moeprune::MoELayerOptions::preset("mixtral", d, F, E));
+  moeprune::MoELayer layer(moeprune::MoELayerOptions::preset("top_k_gated", d, F, E));
   {
     torch::NoGradGuard no_grad;
     layer->router().router_weight().mul_(3.0);  // decisive, distinct gates

@@ -162,7 +162,7 @@ TEST_CASE("group-limited routing equals the reference: V3 sigmoid with bias and 
                        .group_score(GroupScore::kTopTwoSum)
                        .correction_bias(true)
                        .scaling(2.5);
-    auto layer = deepseek_layer("deepseek_v3", 16, 3, g, 5);
+    auto layer = deepseek_layer("group_limited_sigmoid", 16, 3, g, 5);
     auto& router = dynamic_cast<moeprune::GroupLimitedRouterImpl&>(layer->router());
     check_against_reference(layer, tokens, row(router.e_score_correction_bias), {}, iota_ids(16), g,
                             router.weight.detach(), /*normalise=*/true);
@@ -175,7 +175,7 @@ TEST_CASE("group-limited routing equals the reference: V3 sigmoid with bias and 
                        .group_score(GroupScore::kMax)
                        .correction_bias(false)
                        .scaling(16.0);
-    auto layer = deepseek_layer("deepseek_v2", 12, 2, g, 6);
+    auto layer = deepseek_layer("group_limited_softmax", 12, 2, g, 6);
     auto& router = dynamic_cast<moeprune::GroupLimitedRouterImpl&>(layer->router());
     REQUIRE_FALSE(router.e_score_correction_bias.defined());
     check_against_reference(layer, tokens, {}, {}, iota_ids(12), g, router.weight.detach(),
@@ -185,7 +185,7 @@ TEST_CASE("group-limited routing equals the reference: V3 sigmoid with bias and 
     // transformers masks the groups it drops with 0.0, not -inf: when every choice score is
     // negative, the k experts come from the dropped groups (lowest ids first, all tied at 0).
     const auto g = GroupLimitedRoutingOptions().num_groups(4).groups_kept(2).scaling(1.0);
-    auto layer = deepseek_layer("deepseek_v3", 16, 3, g, 8);
+    auto layer = deepseek_layer("group_limited_sigmoid", 16, 3, g, 8);
     auto& router = dynamic_cast<moeprune::GroupLimitedRouterImpl&>(layer->router());
     {
       torch::NoGradGuard no_grad;
@@ -196,7 +196,7 @@ TEST_CASE("group-limited routing equals the reference: V3 sigmoid with bias and 
   }
   SECTION("one group is plain top-k of the biased scores") {
     const auto g = GroupLimitedRoutingOptions().num_groups(1).groups_kept(1);
-    auto layer = deepseek_layer("deepseek_v3", 6, 2, g, 7);
+    auto layer = deepseek_layer("group_limited_sigmoid", 6, 2, g, 7);
     auto& router = dynamic_cast<moeprune::GroupLimitedRouterImpl&>(layer->router());
     check_against_reference(layer, tokens, row(router.e_score_correction_bias), {}, iota_ids(6), g,
                             router.weight.detach(), /*normalise=*/true);
@@ -205,7 +205,7 @@ TEST_CASE("group-limited routing equals the reference: V3 sigmoid with bias and 
 
 TEST_CASE("the layer output is the weighted sum of the chosen SwiGLU experts and trains") {
   const auto g = GroupLimitedRoutingOptions().num_groups(2).groups_kept(1).scaling(1.5);
-  auto layer = deepseek_layer("deepseek_v3", 8, 2, g, 9);
+  auto layer = deepseek_layer("group_limited_sigmoid", 8, 2, g, 9);
   const auto x = (torch::manual_seed(10), torch::randn({20, 8}));
   const auto out = layer->forward(x);
   const auto& router = dynamic_cast<moeprune::GroupLimitedRouterImpl&>(layer->router());
@@ -237,7 +237,7 @@ TEST_CASE("pruning n per group with the rows dropped routes as -inf scores befor
                      .group_score(GroupScore::kTopTwoSum)
                      .scaling(2.5);
   const int64_t E = 16;
-  auto layer = deepseek_layer("deepseek_v3", E, 3, g, 11);
+  auto layer = deepseek_layer("group_limited_sigmoid", E, 3, g, 11);
   auto& router = dynamic_cast<moeprune::GroupLimitedRouterImpl&>(layer->router());
   const auto full_weight = router.weight.detach().clone();
   const auto bias = row(router.e_score_correction_bias);
@@ -270,7 +270,7 @@ TEST_CASE("pruning n per group with the rows dropped routes as -inf scores befor
 
 TEST_CASE("plans that would break a group-limited router's groups are refused") {
   const auto g = GroupLimitedRoutingOptions().num_groups(4).groups_kept(2);
-  auto layer = deepseek_layer("deepseek_v3", 16, 3, g, 13);
+  auto layer = deepseek_layer("group_limited_sigmoid", 16, 3, g, 13);
   const auto view = LayerMapView::of({{0, layer}});
   const auto scores = torch::arange(16, torch::kDouble);
   // Not a multiple of the group count.
@@ -292,8 +292,8 @@ TEST_CASE("plans that would break a group-limited router's groups are refused") 
 
 TEST_CASE("a global budget over group-limited layers prunes whole rounds") {
   const auto g = GroupLimitedRoutingOptions().num_groups(2).groups_kept(1);
-  auto a = deepseek_layer("deepseek_v3", 8, 2, g, 14);
-  MoELayer b(MoELayerOptions::preset("mixtral", 8, 6, 6));
+  auto a = deepseek_layer("group_limited_sigmoid", 8, 2, g, 14);
+  MoELayer b(MoELayerOptions::preset("top_k_gated", 8, 6, 6));
   const auto view = LayerMapView::of({{0, a}, {1, b}});
   // Layer 0's groups {0..3} and {4..7}; its rounds: {0, 4} (mean 0.5), {1, 6} (mean 31.5).
   auto sa = torch::tensor({0.0, 1.0, 60.0, 61.0, 1.0, 100.0, 62.0, 63.0}, torch::kDouble);

@@ -40,7 +40,7 @@ torch::Tensor naive_layer(MoELayer& layer, const torch::Tensor& x, const naive::
 
 TEST_CASE("mixtral layer equals softmax top-2, renormalised, over SwiGLU experts") {
   torch::manual_seed(11);
-  MoELayer layer(MoELayerOptions::preset("mixtral", 12, 20, 4));
+  MoELayer layer(MoELayerOptions::preset("top_k_gated", 12, 20, 4));
   const auto x = torch::randn({9, 12});
   const auto out = layer(x);
   const auto probs = x.matmul(layer->router().router_weight().t()).softmax(-1);
@@ -127,7 +127,7 @@ TEST_CASE("every preset reports its auxiliary losses") {
 
 TEST_CASE("removing experts that no token reaches leaves the output bitwise unchanged") {
   torch::manual_seed(23);
-  MoELayer layer(MoELayerOptions::preset("mixtral", 8, 16, 4));
+  MoELayer layer(MoELayerOptions::preset("top_k_gated", 8, 16, 4));
   {
     torch::NoGradGuard no_grad;
     layer->router().router_weight()[3].fill_(0);  // expert 3: logit 0 ...

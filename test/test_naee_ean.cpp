@@ -30,7 +30,7 @@ struct Case {
 Case make_case(int64_t E, uint64_t seed) {
   torch::manual_seed(static_cast<int64_t>(seed));
   Case c;
-  c.layer = MoELayer(MoELayerOptions::preset("mixtral", 6, 5, E));
+  c.layer = MoELayer(MoELayerOptions::preset("top_k_gated", 6, 5, E));
   c.layer->eval();
   c.tokens = torch::randn({40, 6});
   return c;

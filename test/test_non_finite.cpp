@@ -30,7 +30,7 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 // Top-3 of 3 experts: every token reaches every expert, so a bad expert is always used.
 MoELayer every_expert_layer() {
   torch::manual_seed(0);
-  auto options = MoELayerOptions::preset("mixtral", 6, 10, 3);
+  auto options = MoELayerOptions::preset("top_k_gated", 6, 10, 3);
   options.routing().k(3);
   return MoELayer(options);
 }
@@ -90,7 +90,7 @@ TEST_CASE("NaN in an expert's weight is refused naming the expert and the parame
 
 TEST_CASE("an expert whose activations overflow is told apart from bad weights") {
   torch::manual_seed(0);
-  auto options = MoELayerOptions::preset("mixtral", 6, 10, 3);
+  auto options = MoELayerOptions::preset("top_k_gated", 6, 10, 3);
   options.routing().k(3);
   MoELayer layer(options);
   layer->to(torch::kHalf);
@@ -108,7 +108,7 @@ TEST_CASE("an expert whose activations overflow is told apart from bad weights")
 
 TEST_CASE("check_finite(false) lets NaN propagate") {
   torch::manual_seed(0);
-  auto options = MoELayerOptions::preset("mixtral", 6, 10, 3).check_finite(false);
+  auto options = MoELayerOptions::preset("top_k_gated", 6, 10, 3).check_finite(false);
   options.routing().k(3);
   MoELayer layer(options);
   {

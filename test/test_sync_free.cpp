@@ -193,8 +193,9 @@ TEST_CASE("a sync-free layer equals the exact-layout layer, forward and backward
   // Every preset but E3-MoE (refused below), group-limited routing with 2 groups of which 1 is
   // kept, and V-MoE with a capacity that drops (test/layer_variants.h).
   const auto preset =
-      GENERATE(as<std::string>{}, "vmoe", "expert_choice", "switch", "mixtral", "deepseek_v2",
-               "deepseek_v3", "deepseek_v2+groups", "deepseek_v3+groups", "vmoe+drops");
+      GENERATE(as<std::string>{}, "vmoe", "expert_choice", "switch", "top_k_gated",
+               "group_limited_softmax", "group_limited_sigmoid", "group_limited_softmax+groups",
+               "group_limited_sigmoid+groups", "vmoe+drops");
   const auto shape = GENERATE(as<std::string>{}, "plain", "pruned", "merged");
   INFO(preset << " " << shape);
   const int64_t d = 16, F = 32, E = 8;
@@ -219,7 +220,7 @@ TEST_CASE("a sync-free layer equals the exact-layout layer, forward and backward
       (*layer)->keep_experts(test::kept_experts(preset, {0, 2, 3, 5, 6, 7}));
     }
   } else if (shape == "merged") {
-    if (preset.rfind("deepseek", 0) == 0 || preset == "expert_choice") {
+    if (preset.rfind("group_limited", 0) == 0 || preset == "expert_choice") {
       return;  // merging keeps group-limited and expert-choice routers out (test_merging.cpp)
     }
     for (auto* layer : {&exact, &sync_free}) {
@@ -275,7 +276,7 @@ TEST_CASE("a sync-free layer hands calibration the exact layout", "[sync_free]")
 }
 
 TEST_CASE("sync_free refuses the finite checks and the ensemble router", "[sync_free]") {
-  CHECK_THROWS_WITH(MoELayer(MoELayerOptions::preset("mixtral", 8, 16, 4).sync_free(true)),
+  CHECK_THROWS_WITH(MoELayer(MoELayerOptions::preset("top_k_gated", 8, 16, 4).sync_free(true)),
                     Catch::Contains("sync_free needs check_finite(false)"));
   CHECK_THROWS_WITH(
       MoELayer(MoELayerOptions::preset("e3moe", 8, 16, 4).sync_free(true).check_finite(false)),

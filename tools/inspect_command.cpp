@@ -1,6 +1,7 @@
-// moeprune inspect: a checkpoint's MoE layers.
+// moeprune inspect: a checkpoint's MoE layers, or (--families) the model families it reads.
 #include <moeprune/hf/checkpoint.h>
 
+#include <c10/util/Exception.h>
 #include <fmt/core.h>
 
 #include <memory>
@@ -11,10 +12,20 @@ namespace cli {
 
 Runner add_inspect(CLI::App& app) {
   auto dir = std::make_shared<std::string>();
+  auto families = std::make_shared<bool>(false);
   auto* command = app.add_subcommand("inspect", "List a checkpoint's MoE layers");
-  command->add_option("dir", *dir, "Checkpoint folder")->required();
-  return [command, dir]() -> int {
+  command->add_option("dir", *dir, "Checkpoint folder");
+  command->add_flag("--families", *families,
+                    "List the model families (config.json model_type) moeprune reads");
+  return [command, dir, families]() -> int {
     if (!*command) return -1;
+    if (*families) {
+      for (const auto& family : moeprune::hf::supported_families()) {
+        fmt::print("{:<20} {}\n", family.model_type, family.summary);
+      }
+      return 0;
+    }
+    TORCH_CHECK(!dir->empty(), "inspect: give a checkpoint folder (or --families)");
     moeprune::safetensors::Checkpoint checkpoint(*dir);
     const auto info = moeprune::hf::describe(*dir, checkpoint);
     uint64_t bytes = 0;

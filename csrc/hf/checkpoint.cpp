@@ -1,5 +1,4 @@
 #include <moeprune/hf/checkpoint.h>
-#include <moeprune/routing/group_limited_router.h>
 
 #include "hf/config.h"
 #include "hf/default_dtype.h"
@@ -155,11 +154,10 @@ MoELayer load_moe_layer(const safetensors::Checkpoint& checkpoint, const ModelIn
   torch::NoGradGuard no_grad;
   layer->router().router_weight().copy_(checkpoint.tensor(ref.router).to(options.dtype()));
   if (!ref.router_bias.empty()) {
-    auto* router = dynamic_cast<GroupLimitedRouterImpl*>(&layer->router());
-    TORCH_CHECK(router != nullptr && router->e_score_correction_bias.defined(), ref.prefix,
-                " has a router bias but its layer's router takes none");
+    auto bias = layer->router().router_bias();
+    TORCH_CHECK(bias.defined(), ref.prefix, " has a router bias but its layer's router takes none");
     // The bias stays fp32, as transformers keeps it.
-    router->e_score_correction_bias.copy_(checkpoint.tensor(ref.router_bias).to(torch::kFloat));
+    bias.copy_(checkpoint.tensor(ref.router_bias).to(torch::kFloat));
   }
   auto& bank = layer->experts();
   if (!options.expert_weights()) {

@@ -4,44 +4,26 @@
 #include <c10/util/StringUtil.h>
 #include <torch/torch.h>
 
-#include <memory>
-
 namespace moeprune::hf {
-
-// The families, each in its own file under families/.
-std::unique_ptr<Family> make_mixtral_family();
-std::unique_ptr<Family> make_switch_transformers_family();
-std::vector<std::unique_ptr<Family>> make_mlp_experts_families();
-
-namespace {
-
-const std::vector<std::unique_ptr<Family>>& families() {
-  static const auto all = [] {
-    std::vector<std::unique_ptr<Family>> f;
-    f.push_back(make_mixtral_family());
-    f.push_back(make_switch_transformers_family());
-    for (auto& family : make_mlp_experts_families()) {
-      f.push_back(std::move(family));
-    }
-    return f;
-  }();
-  return all;
-}
-
-}  // namespace
 
 const Family& family_of(const std::string& model_type, const std::string& config_path) {
   std::vector<std::string> known;
-  for (const auto& family : families()) {
-    for (const auto& type : family->model_types()) {
-      if (type == model_type) {
-        return *family;
-      }
-      known.push_back(type);
+  for (const auto* family : families()) {
+    if (family->model_type() == model_type) {
+      return *family;
     }
+    known.push_back(family->model_type());
   }
   TORCH_CHECK(false, config_path.empty() ? std::string() : config_path + ": ", "model_type \"",
               model_type, "\" is not supported (", c10::Join(", ", known), ")");
+}
+
+std::vector<FamilyInfo> supported_families() {
+  std::vector<FamilyInfo> out;
+  for (const auto* family : families()) {
+    out.push_back({family->model_type(), family->summary()});
+  }
+  return out;
 }
 
 namespace detail {

@@ -1,13 +1,16 @@
 #pragma once
 
-// One Hugging Face model family behind one interface: how its config.json names the sizes, where
-// its MoE layers' tensors are and how its experts are named, which MoE layer preset computes as
-// it does, and which config key a pruned checkpoint rewrites. One file per family in families/,
-// listed once in family.cpp and looked up by config.json's model_type, so a new family is a new
-// file, not another branch in every function.
+// The checkpoint half of a model family's record: how its config.json names the sizes, where its
+// MoE layers' tensors are and how its experts are named, which MoE layer computes as it does, and
+// what a pruned checkpoint's config.json rewrites. hf/ knows families only through this
+// interface. The records themselves (one file per model_type, checkpoint and model halves
+// together) are csrc/models/lm/families/; their one list, which defines families() below, is
+// csrc/models/lm/families/registry.cpp (hf/ declares the lookup and never includes a record).
 #include <moeprune/hf/checkpoint.h>
 
 #include "hf/config.h"
+
+#include <nlohmann/json.hpp>
 
 #include <string>
 #include <vector>
@@ -17,8 +20,11 @@ namespace moeprune::hf {
 class Family {
  public:
   virtual ~Family() = default;
-  /// The config.json model_type values this family reads.
-  virtual std::vector<std::string> model_types() const = 0;
+  /// The config.json model_type this record reads.
+  virtual std::string model_type() const = 0;
+  /// One line for `moeprune inspect --families`: the architecture, which layers are MoE, the
+  /// router and the experts.
+  virtual std::string summary() const = 0;
   /// The config.json key holding the expert count ("num_local_experts", "num_experts").
   virtual std::string experts_key() const = 0;
   /// Reads the sizes into `info` (d_model, hidden_dim, num_experts, top_k, ...) and returns every
@@ -41,7 +47,13 @@ class Family {
   /// bank's dtype.
   virtual void load_experts(const safetensors::Checkpoint& checkpoint, const ModelInfo& info,
                             const MoELayerRef& ref, ExpertBank& bank) const = 0;
+  /// What config.json must say once router rows are cut, so that transformers computes what the
+  /// cut moeprune layer computes (it renormalises the top-k weights over the survivors).
+  virtual void write_cut_config(nlohmann::ordered_json& config) const = 0;
 };
+
+/// Every family record, each model_type once (defined by csrc/models/lm/families/registry.cpp).
+const std::vector<const Family*>& families();
 
 /// The family that reads `model_type`; throws naming the config file and the supported types.
 const Family& family_of(const std::string& model_type, const std::string& config_path = "");

@@ -17,7 +17,13 @@ using functional::CapacityMode;
 using functional::TopKRoutingOptions;
 
 std::vector<std::string> MoELayerOptions::preset_names() {
-  return {"vmoe", "e3moe", "expert_choice", "switch", "mixtral", "deepseek_v2", "deepseek_v3"};
+  return {"vmoe",
+          "e3moe",
+          "expert_choice",
+          "switch",
+          "top_k_gated",
+          "group_limited_softmax",
+          "group_limited_sigmoid"};
 }
 
 MoELayerOptions MoELayerOptions::preset(const std::string& name, int64_t d_model,
@@ -52,15 +58,16 @@ MoELayerOptions MoELayerOptions::preset(const std::string& name, int64_t d_model
         .activation(ExpertActivation::kRelu)
         .expert_bias(false)
         .aux_loss_weights(AuxLossWeights().load_balance(0.001).z_loss(0.001));
-  } else if (name == "mixtral") {
-    // HF Mixtral: softmax in fp32, top-2 renormalised, dropless, SwiGLU experts,
-    // router_aux_loss_coef 0.001.
+  } else if (name == "top_k_gated") {
+    // Mixtral's layer (transformers' MixtralSparseMoeBlock), which the Qwen-MoE, OLMoE and
+    // DeepSeek-MoE records reuse: softmax in fp32, top-2 renormalised, dropless, SwiGLU experts,
+    // load-balancing loss 0.001.
     o.routing(TopKRoutingOptions(2).capacity_mode(CapacityMode::kDropless).renormalize(true))
         .expert_kind(ExpertKind::kGated)
         .activation(ExpertActivation::kSilu)
         .expert_bias(false)
         .aux_loss_weights(AuxLossWeights().load_balance(0.001));
-  } else if (name == "deepseek_v2") {
+  } else if (name == "group_limited_softmax") {
     // transformers' DeepseekV2MoEGate (topk_method group_limited_greedy): softmax scores,
     // groups ranked by their best expert, no renormalisation; n_group, topk_group, k and
     // routed_scaling_factor come from the config (one group here, i.e. greedy top-k).
@@ -73,7 +80,7 @@ MoELayerOptions MoELayerOptions::preset(const std::string& name, int64_t d_model
         .expert_kind(ExpertKind::kGated)
         .activation(ExpertActivation::kSilu)
         .expert_bias(false);
-  } else if (name == "deepseek_v3") {
+  } else if (name == "group_limited_sigmoid") {
     // transformers' DeepseekV3TopkRouter (also GLM-4.5's Glm4MoeTopkRouter): sigmoid scores,
     // e_score_correction_bias for selection, groups ranked by the sum of their top two, weights
     // renormalised (norm_topk_prob); k (8 in the released V3), groups and scaling come from

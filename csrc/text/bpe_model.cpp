@@ -35,8 +35,8 @@ struct QueuedMerge {
 }  // namespace
 
 BpeModel::BpeModel(const nlohmann::json& spec, const std::string& what) {
-  const std::string type = spec.contains("type") ? type_of(spec, what) : "BPE";
-  TORCH_CHECK(type == "BPE", what, ": model \"", type,
+  const std::string kind = spec.contains("type") ? type_of(spec, what) : "BPE";
+  TORCH_CHECK(kind == "BPE", what, ": model \"", kind,
               "\" is not supported (only BPE; WordPiece, WordLevel and Unigram are not)");
   if (spec.contains("dropout") && !spec.at("dropout").is_null()) {
     TORCH_CHECK(spec.at("dropout").is_number() && spec.at("dropout").get<double>() == 0.0, what,

@@ -179,15 +179,15 @@ class Sequence : public Decoder {
 
 std::unique_ptr<Decoder> make_decoder(const nlohmann::json& spec, const std::string& what) {
   if (spec.is_null()) return nullptr;
-  const std::string type = type_of(spec, what + " decoder");
-  const std::string here = what + " decoder " + type;
-  if (type == "ByteLevel") return std::make_unique<ByteLevel>();
-  if (type == "Metaspace") return std::make_unique<Metaspace>(spec, here);
-  if (type == "Replace") return std::make_unique<Replace>(spec, here);
-  if (type == "ByteFallback") return std::make_unique<ByteFallback>();
-  if (type == "Fuse") return std::make_unique<Fuse>();
-  if (type == "Strip") return std::make_unique<Strip>(spec, here);
-  if (type == "Sequence") {
+  const std::string kind = type_of(spec, what + " decoder");
+  const std::string here = what + " decoder " + kind;
+  if (kind == "ByteLevel") return std::make_unique<ByteLevel>();
+  if (kind == "Metaspace") return std::make_unique<Metaspace>(spec, here);
+  if (kind == "Replace") return std::make_unique<Replace>(spec, here);
+  if (kind == "ByteFallback") return std::make_unique<ByteFallback>();
+  if (kind == "Fuse") return std::make_unique<Fuse>();
+  if (kind == "Strip") return std::make_unique<Strip>(spec, here);
+  if (kind == "Sequence") {
     const auto& list = field(spec, "decoders", here);
     TORCH_CHECK(list.is_array(), here, ": \"decoders\" is not a list");
     std::vector<std::unique_ptr<Decoder>> parts;
@@ -197,7 +197,7 @@ std::unique_ptr<Decoder> make_decoder(const nlohmann::json& spec, const std::str
     }
     return std::make_unique<Sequence>(std::move(parts));
   }
-  TORCH_CHECK(false, what, ": decoder \"", type,
+  TORCH_CHECK(false, what, ": decoder \"", kind,
               "\" is not supported (supported: ByteLevel, Metaspace, Replace, ByteFallback, Fuse, "
               "Strip, Sequence)");
 }

@@ -163,31 +163,31 @@ std::string ReplacePattern::replace(std::string_view text, const std::string& co
 
 std::unique_ptr<Normalizer> make_normalizer(const nlohmann::json& spec, const std::string& what) {
   if (spec.is_null()) return nullptr;
-  const std::string type = type_of(spec, what + " normalizer");
-  const std::string here = what + " normalizer " + type;
-  if (type == "NFC")
+  const std::string kind = type_of(spec, what + " normalizer");
+  const std::string here = what + " normalizer " + kind;
+  if (kind == "NFC")
     return std::make_unique<UnicodeForm>(
         static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE), "NFC");
-  if (type == "NFD")
+  if (kind == "NFD")
     return std::make_unique<UnicodeForm>(
         static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_DECOMPOSE), "NFD");
-  if (type == "NFKC")
+  if (kind == "NFKC")
     return std::make_unique<UnicodeForm>(
         static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE | UTF8PROC_COMPAT),
         "NFKC");
-  if (type == "NFKD")
+  if (kind == "NFKD")
     return std::make_unique<UnicodeForm>(
         static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT),
         "NFKD");
-  if (type == "Lowercase") return std::make_unique<Lowercase>();
-  if (type == "StripAccents") return std::make_unique<StripAccents>();
-  if (type == "Prepend") return std::make_unique<Prepend>(string_field(spec, "prepend", here));
-  if (type == "Replace") return std::make_unique<Replace>(spec, here);
-  if (type == "Strip") {
+  if (kind == "Lowercase") return std::make_unique<Lowercase>();
+  if (kind == "StripAccents") return std::make_unique<StripAccents>();
+  if (kind == "Prepend") return std::make_unique<Prepend>(string_field(spec, "prepend", here));
+  if (kind == "Replace") return std::make_unique<Replace>(spec, here);
+  if (kind == "Strip") {
     return std::make_unique<Strip>(bool_field(spec, "strip_left", false, here),
                                    bool_field(spec, "strip_right", false, here));
   }
-  if (type == "Sequence") {
+  if (kind == "Sequence") {
     const auto& list = field(spec, "normalizers", here);
     TORCH_CHECK(list.is_array(), here, ": \"normalizers\" is not a list");
     std::vector<std::unique_ptr<Normalizer>> parts;
@@ -197,12 +197,12 @@ std::unique_ptr<Normalizer> make_normalizer(const nlohmann::json& spec, const st
     }
     return std::make_unique<Sequence>(std::move(parts));
   }
-  if (type == "Precompiled") {
+  if (kind == "Precompiled") {
     TORCH_CHECK(false, here,
                 " (a SentencePiece character map) is not supported: load the model's "
                 "tokenizer.model instead (Tokenizer::from_sentencepiece)");
   }
-  TORCH_CHECK(false, what, ": normalizer \"", type,
+  TORCH_CHECK(false, what, ": normalizer \"", kind,
               "\" is not supported (supported: NFC, NFD, NFKC, NFKD, Lowercase, StripAccents, "
               "Prepend, Replace, Strip, Sequence)");
 }

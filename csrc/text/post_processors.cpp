@@ -67,11 +67,11 @@ class Sequence : public PostProcessor {
 std::unique_ptr<PostProcessor> make_post_processor(const nlohmann::json& spec,
                                                    const std::string& what) {
   if (spec.is_null()) return nullptr;
-  const std::string type = type_of(spec, what + " post_processor");
-  const std::string here = what + " post_processor " + type;
-  if (type == "TemplateProcessing") return std::make_unique<Template>(spec, here);
-  if (type == "ByteLevel") return std::make_unique<NoIds>();
-  if (type == "Sequence") {
+  const std::string kind = type_of(spec, what + " post_processor");
+  const std::string here = what + " post_processor " + kind;
+  if (kind == "TemplateProcessing") return std::make_unique<Template>(spec, here);
+  if (kind == "ByteLevel") return std::make_unique<NoIds>();
+  if (kind == "Sequence") {
     const auto& list = field(spec, "processors", here);
     TORCH_CHECK(list.is_array(), here, ": \"processors\" is not a list");
     std::vector<std::unique_ptr<PostProcessor>> parts;
@@ -81,7 +81,7 @@ std::unique_ptr<PostProcessor> make_post_processor(const nlohmann::json& spec,
     }
     return std::make_unique<Sequence>(std::move(parts));
   }
-  TORCH_CHECK(false, what, ": post_processor \"", type,
+  TORCH_CHECK(false, what, ": post_processor \"", kind,
               "\" is not supported (supported: TemplateProcessing, ByteLevel, Sequence)");
 }
 

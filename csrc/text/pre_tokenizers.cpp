@@ -193,19 +193,19 @@ class Sequence : public PreTokenizer {
 std::unique_ptr<PreTokenizer> make_pre_tokenizer(const nlohmann::json& spec,
                                                  const std::string& what) {
   if (spec.is_null()) return nullptr;
-  const std::string type = type_of(spec, what + " pre_tokenizer");
-  const std::string here = what + " pre_tokenizer " + type;
-  if (type == "ByteLevel") {
+  const std::string kind = type_of(spec, what + " pre_tokenizer");
+  const std::string here = what + " pre_tokenizer " + kind;
+  if (kind == "ByteLevel") {
     return std::make_unique<ByteLevel>(bool_field(spec, "add_prefix_space", true, here),
                                        bool_field(spec, "use_regex", true, here), here);
   }
-  if (type == "Split") return std::make_unique<Split>(spec, here);
-  if (type == "Metaspace") return std::make_unique<Metaspace>(spec, here);
-  if (type == "Digits") {
+  if (kind == "Split") return std::make_unique<Split>(spec, here);
+  if (kind == "Metaspace") return std::make_unique<Metaspace>(spec, here);
+  if (kind == "Digits") {
     return std::make_unique<Digits>(bool_field(spec, "individual_digits", false, here));
   }
-  if (type == "WhitespaceSplit") return std::make_unique<WhitespaceSplit>();
-  if (type == "Sequence") {
+  if (kind == "WhitespaceSplit") return std::make_unique<WhitespaceSplit>();
+  if (kind == "Sequence") {
     const auto& list = field(spec, "pretokenizers", here);
     TORCH_CHECK(list.is_array(), here, ": \"pretokenizers\" is not a list");
     std::vector<std::unique_ptr<PreTokenizer>> parts;
@@ -215,7 +215,7 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const nlohmann::json& spec,
     }
     return std::make_unique<Sequence>(std::move(parts));
   }
-  TORCH_CHECK(false, what, ": pre_tokenizer \"", type,
+  TORCH_CHECK(false, what, ": pre_tokenizer \"", kind,
               "\" is not supported (supported: ByteLevel, Split, Metaspace, Digits, "
               "WhitespaceSplit, Sequence)");
 }

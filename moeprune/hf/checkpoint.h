@@ -2,10 +2,10 @@
 
 // The MoE layers of Hugging Face checkpoints: Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE,
 // DeepSeek-MoE, DeepSeek-V2/V3 and GLM-4.5 (the hub's per-expert layout and transformers 5.x's
-// fused gate_up_proj/down_proj)
-// and Switch Transformers (encoder and decoder sparse blocks), one file per family in
-// csrc/hf/families/, looked up by config.json's model_type. A checkpoint folder holds config.json
-// plus model.safetensors or shards with model.safetensors.index.json.
+// fused gate_up_proj/down_proj) and Switch Transformers (encoder and decoder sparse blocks), one
+// record per family (csrc/models/lm/families/), looked up by config.json's model_type
+// (supported_families() lists them). A checkpoint folder holds config.json plus model.safetensors
+// or shards with model.safetensors.index.json.
 
 #include <moeprune/io/safetensors.h>
 #include <moeprune/layers/expert_bank_state.h>
@@ -73,6 +73,15 @@ struct ModelInfo {
   const MoELayerRef& layer(const std::string& prefix) const;
 };
 
+/// A model family moeprune reads: config.json's model_type and one line saying what the record
+/// knows (architecture, which layers are MoE, router, experts).
+struct FamilyInfo {
+  std::string model_type;
+  std::string summary;
+};
+/// Every supported family, each model_type once, in the registry's order.
+std::vector<FamilyInfo> supported_families();
+
 /// Reads `directory`/config.json and finds every MoE layer's tensors in `checkpoint`, checking
 /// their shapes against the config. Throws naming the file, the tensor and expected vs. found.
 ModelInfo describe(const std::string& directory, const safetensors::Checkpoint& checkpoint);
@@ -88,9 +97,9 @@ struct LoadOptions {
 /// sizes, k, renormalisation, capacity and jitter).
 MoELayerOptions moe_layer_options(const ModelInfo& info, const MoELayerRef& ref);
 
-/// Builds one MoE layer (preset "mixtral" or "switch" with the config's sizes, k, capacity and
-/// jitter) and fills it from the checkpoint. Zeroed experts of a "keep" checkpoint are removed
-/// with the router kept (Chowdhury et al.'s semantics): the layer's state is restored.
+/// Builds one MoE layer (the layer its family's record names, with the config's sizes, k,
+/// capacity and jitter) and fills it from the checkpoint. Zeroed experts of a "keep" checkpoint are
+/// removed with the router kept (Chowdhury et al.'s semantics): the layer's state is restored.
 MoELayer load_moe_layer(const safetensors::Checkpoint& checkpoint, const ModelInfo& info,
                         const MoELayerRef& ref, const LoadOptions& options = {});
 

@@ -26,9 +26,10 @@ struct MoELayerOptions {
   MoELayerOptions(int64_t d_model, int64_t hidden_dim, int64_t num_experts)
       : d_model_(d_model), hidden_dim_(hidden_dim), num_experts_(num_experts) {}
 
-  /// The named presets: "vmoe", "e3moe", "expert_choice", "switch", "mixtral", "deepseek_v2",
-  /// "deepseek_v3".
-  /// Each one's defaults and sources are listed in docs/layers.md.
+  /// The named presets, each a layer design from a paper or a neutral description: "vmoe",
+  /// "e3moe", "expert_choice", "switch", "top_k_gated" (Mixtral's layer), "group_limited_softmax"
+  /// (DeepSeek-V2's), "group_limited_sigmoid" (DeepSeek-V3's). Model families pick theirs in
+  /// their records. Each one's defaults and sources are listed in docs/layers.md.
   static MoELayerOptions preset(const std::string& name, int64_t d_model, int64_t hidden_dim,
                                 int64_t num_experts);
   /// The names preset() accepts.

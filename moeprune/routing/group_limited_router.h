@@ -80,6 +80,7 @@ class GroupLimitedRouterImpl : public torch::nn::Cloneable<GroupLimitedRouterImp
   int64_t num_experts() const override { return options.num_experts(); }
   int64_t min_bank_experts() const override { return 1; }
   torch::Tensor router_weight() const override { return weight; }
+  torch::Tensor router_bias() const override { return e_score_correction_bias; }
   /// Every group keeps the same number of experts, at least two when groups are scored by
   /// their top two and enough that the kept groups hold k.
   KeepConstraint keep_constraint() const override;

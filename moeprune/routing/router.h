@@ -45,6 +45,10 @@ class Router {
   virtual int64_t min_bank_experts() const = 0;
   /// The [E, d] router weight.
   virtual torch::Tensor router_weight() const = 0;
+  /// The router's other per-expert tensor, [E] float32, when it has one (DeepSeek-V3 / GLM-4.5:
+  /// e_score_correction_bias, added to the scores for the choice only); undefined otherwise. Its
+  /// rows follow the router weight's (cut with them). Loaders copy into it; savers write it.
+  virtual torch::Tensor router_bias() const { return {}; }
 
   /// What a pruning must leave (checked by plans before any change).
   virtual KeepConstraint keep_constraint() const = 0;

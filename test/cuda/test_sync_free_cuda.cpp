@@ -33,11 +33,11 @@ namespace {
 const std::vector<std::string> kSyncFreePresets{"vmoe",
                                                 "expert_choice",
                                                 "switch",
-                                                "mixtral",
-                                                "deepseek_v2",
-                                                "deepseek_v3",
-                                                "deepseek_v2+groups",
-                                                "deepseek_v3+groups"};
+                                                "top_k_gated",
+                                                "group_limited_softmax",
+                                                "group_limited_sigmoid",
+                                                "group_limited_softmax+groups",
+                                                "group_limited_sigmoid+groups"};
 
 MoELayerOptions layer_options(const std::string& preset) {
   auto options = test::layer_options(preset, 128, 256, 8).check_finite(false);
@@ -165,7 +165,7 @@ TEST_CASE("a sync-free layer captured in a CUDA graph replays on new inputs as i
           "[cuda]") {
   const auto pruned = GENERATE(false, true);
   INFO("pruned " << pruned);
-  auto layer = make_layer("mixtral", true, 4);
+  auto layer = make_layer("top_k_gated", true, 4);
   if (pruned) {
     layer->keep_experts({0, 1, 3, 4, 6});
   }

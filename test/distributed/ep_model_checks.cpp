@@ -98,7 +98,7 @@ bool contains(const std::string& text, const std::string& part) {
 moeprune::VisionTransformer small_vmoe(bool pruned) {
   torch::manual_seed(0);
   moeprune::VisionTransformer model(
-      moeprune::VisionTransformerOptions::small_vmoe(10).moe_preset("mixtral").group_images(2));
+      moeprune::VisionTransformerOptions::small_vmoe(10).moe_preset("top_k_gated").group_images(2));
   if (pruned) {
     model->keep_experts(model->moe_layers().front().first, {0, 1, 2, 4, 5, 6, 7});
   }

@@ -86,7 +86,7 @@ std::string check_vision_training(const dist::ProcessGroup& group) {
                     .to(torch::kUInt8);
   data.num_classes = 10;
   const auto model_options =
-      moeprune::VisionTransformerOptions::small_vmoe(10).moe_preset("mixtral").group_images(8);
+      moeprune::VisionTransformerOptions::small_vmoe(10).moe_preset("top_k_gated").group_images(8);
   const auto train_options = moeprune::TrainerOptions()
                                  .optimizer(moeprune::OptimizerKind::kSgd)
                                  .lr(0.05)

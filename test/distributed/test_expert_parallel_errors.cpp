@@ -34,7 +34,7 @@ TEST_CASE("expert placements and sharding refuse what they cannot serve", "[dist
   CHECK(even.experts_of(1) == std::vector<int64_t>{3, 4});
 
   const auto group = group_of_one();
-  MoELayer layer(MoELayerOptions::preset("mixtral", 8, 16, 4));
+  MoELayer layer(MoELayerOptions::preset("top_k_gated", 8, 16, 4));
   dist::ExpertPlacement wrong_size;
   wrong_size.rank_of = {0, 0, 0};
   CHECK_THROWS_WITH(dist::shard_experts(layer, group, wrong_size),
@@ -44,13 +44,13 @@ TEST_CASE("expert placements and sharding refuse what they cannot serve", "[dist
   CHECK_THROWS_WITH(dist::shard_experts(layer, group, wrong_rank),
                     Catch::Contains("the placement names rank 1, outside [0, 1)"));
 
-  MoELayer merged(MoELayerOptions::preset("mixtral", 8, 16, 4));
+  MoELayer merged(MoELayerOptions::preset("top_k_gated", 8, 16, 4));
   merged->merge_experts({{0, 1}, {2, 3}});
   CHECK_THROWS_WITH(dist::shard_experts(merged, group),
                     Catch::Contains("merged banks cannot be spread yet"));
 
   MoELayer sync_free(
-      MoELayerOptions::preset("mixtral", 8, 16, 4).sync_free(true).check_finite(false));
+      MoELayerOptions::preset("top_k_gated", 8, 16, 4).sync_free(true).check_finite(false));
   CHECK_THROWS_WITH(dist::shard_experts(sync_free, group),
                     Catch::Contains("a sync_free layer cannot exchange rows"));
 
@@ -63,7 +63,7 @@ TEST_CASE("expert placements and sharding refuse what they cannot serve", "[dist
   CHECK_THROWS_WITH(layer->merge_experts({{0, 1}, {2, 3}}),
                     Catch::Contains("the experts are spread over processes; merge before"));
   // A group of one serves every expert itself, as the plain layer does.
-  MoELayer plain(MoELayerOptions::preset("mixtral", 8, 16, 4));
+  MoELayer plain(MoELayerOptions::preset("top_k_gated", 8, 16, 4));
   {
     torch::NoGradGuard no_grad;
     const auto from = layer->named_parameters();
@@ -86,7 +86,7 @@ TEST_CASE("a spread layer reports the whole layer's state", "[distributed]") {
   // On a group of one every expert stays here; a pruned layer shows what a spread layer's state
   // is made of: the held experts of every process (here the one), not this process's bank.
   const auto group = group_of_one();
-  MoELayer layer(MoELayerOptions::preset("mixtral", 8, 16, 6));
+  MoELayer layer(MoELayerOptions::preset("top_k_gated", 8, 16, 6));
   layer->keep_experts({0, 2, 3, 5});
   const auto before = layer->state();
   dist::shard_experts(layer, group);

@@ -18,7 +18,7 @@ lm::CausalLM tiny(uint64_t seed) {
   return lm::CausalLM(
       lm::CausalLMOptions(moeprune::data::kByteVocabSize, 16, 2, lm::AttentionOptions(16, 2, 2, 8))
           .moe_layers({true, true})
-          .moe(moeprune::MoELayerOptions::preset("mixtral", 16, 24, 4)));
+          .moe(moeprune::MoELayerOptions::preset("top_k_gated", 16, 24, 4)));
 }
 
 std::string save(lm::CausalLM& m, const std::string& name) {

@@ -7,7 +7,7 @@
 
 int main() {
   torch::manual_seed(0);
-  moeprune::MoELayer layer(moeprune::MoELayerOptions::preset("mixtral", 8, 16, 4));
+  moeprune::MoELayer layer(moeprune::MoELayerOptions::preset("top_k_gated", 8, 16, 4));
   const auto x = torch::randn({5, 8}, torch::requires_grad());
   const auto out = layer->forward(x);
   out.output.sum().backward();

@@ -18,7 +18,7 @@ lm::CausalLM tiny_mixtral() {
   torch::manual_seed(3);
   return lm::CausalLM(lm::CausalLMOptions(20, 8, 2, lm::AttentionOptions(8, 2, 1, 4))
                           .moe_layers({true, true})
-                          .moe(moeprune::MoELayerOptions::preset("mixtral", 8, 16, 4)));
+                          .moe(moeprune::MoELayerOptions::preset("top_k_gated", 8, 16, 4)));
 }
 
 }  // namespace

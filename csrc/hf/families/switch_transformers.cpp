@@ -13,7 +13,12 @@ namespace {
 
 class SwitchTransformers : public Family {
  public:
-  std::vector<std::string> model_types() const override { return {"switch_transformers"}; }
+  std::string model_type() const override { return "switch_transformers"; }
+  std::string summary() const override {
+    return "SwitchTransformersForConditionalGeneration; encoder/decoder blocks with i % "
+           "sparse_step == 1 are MoE; top-1 softmax router with expert_capacity per sequence; "
+           "ReLU experts wi/wo";
+  }
   std::string experts_key() const override { return "num_experts"; }
 
   std::vector<MoELayerRef> describe(const Config& config, const safetensors::Checkpoint& checkpoint,
@@ -91,6 +96,11 @@ class SwitchTransformers : public Family {
       bank->w1[j].copy_(checkpoint.tensor(names[0]).to(dtype).t());
       bank->w2[j].copy_(checkpoint.tensor(names[1]).to(dtype).t());
     }
+  }
+
+  void write_cut_config(nlohmann::ordered_json& /*config*/) const override {
+    // Top-1: the chosen expert's probability comes from a softmax over the rows present, in
+    // transformers as in moeprune; no key says otherwise.
   }
 };
 

@@ -2,13 +2,13 @@
 
 #include <moeprune/hf/checkpoint.h>
 #include <moeprune/io/safetensors.h>
-#include <moeprune/routing/group_limited_router.h>
 
 #include "hf/config.h"
 #include "hf/default_dtype.h"
 #include "io/posix_file.h"
 #include "layers/spread_check.h"
 #include "models/lm/checkpoint_tensors.h"
+#include "models/lm/families/family.h"
 #include "models/lm/hf_architecture.h"
 
 #include <c10/util/StringUtil.h>
@@ -43,10 +43,11 @@ std::vector<std::pair<std::string, torch::Tensor>> named_dense_tensors(CausalLMI
 // them on load (_keys_to_ignore_on_load_unexpected), and so does moeprune.
 bool is_prediction_layer(const std::string& name, const hf::Config& config,
                          const CausalLMOptions& o) {
-  if (o.model_type() != "deepseek_v3" && o.model_type() != "glm4_moe") {
+  const auto key = family(o.model_type()).prediction_layers_key();
+  if (key.empty()) {
     return false;
   }
-  const int64_t extra = config.integer("num_nextn_predict_layers", 0);
+  const int64_t extra = config.integer(key, 0);
   const std::string stem = "model.layers.";
   if (extra <= 0 || name.rfind(stem, 0) != 0) {
     return false;
@@ -59,6 +60,13 @@ bool is_prediction_layer(const std::string& name, const hf::Config& config,
   }
   const int64_t i = std::stoll(index);
   return i >= o.num_layers() && i < o.num_layers() + extra;
+}
+
+// The reference of a per-expert (unfused) MoE block at `prefix`, for the record's tensor names.
+hf::MoELayerRef per_expert(const std::string& prefix) {
+  hf::MoELayerRef ref;
+  ref.prefix = prefix;
+  return ref;
 }
 
 }  // namespace
@@ -139,7 +147,7 @@ CausalLM load_causal_lm(const std::string& directory, const LoadOptions& options
 void save_causal_lm(CausalLM& model, const std::string& directory, const SaveOptions& options) {
   auto& m = *model;
   const auto& o = m.options;
-  const auto names = detail::hf_names(o.model_type());
+  const auto& f = family(o.model_type());
   const auto moe = m.moe_layers();
   // The expert count config.json gets, and what each layer writes.
   int64_t source_experts = 0, written_experts = -1;
@@ -181,15 +189,14 @@ void save_causal_lm(CausalLM& model, const std::string& directory, const SaveOpt
     }
     nlohmann::ordered_json states = nlohmann::ordered_json::object();
     for (const auto& [index, layer] : moe) {
-      const auto prefix = layer_prefix(index) + names.moe_block;
+      const auto prefix = layer_prefix(index) + f.moe_block();
       const auto& bank = layer->experts();
       const auto state = layer->state();
       writer.add(prefix + ".gate.weight", layer->router().router_weight().detach());
-      const auto* grouped = dynamic_cast<const GroupLimitedRouterImpl*>(&layer->router());
-      if (grouped != nullptr && grouped->e_score_correction_bias.defined()) {
+      const auto bias = layer->router().router_bias();
+      if (bias.defined()) {
         // DeepSeek-V3 / GLM-4.5: its rows follow the router's (cut with them when dropped).
-        writer.add(prefix + ".gate.e_score_correction_bias",
-                   grouped->e_score_correction_bias.detach());
+        writer.add(prefix + ".gate.e_score_correction_bias", bias.detach());
       }
       // Bank position of each written expert: the held ones in order (router rows dropped), or
       // expert_map over the original ids (-1: removed, written as zeros; merged ids share one).
@@ -206,21 +213,21 @@ void save_causal_lm(CausalLM& model, const std::string& directory, const SaveOpt
         }
       }
       for (size_t j = 0; j < position.size(); ++j) {
-        const auto e = prefix + ".experts." + std::to_string(j) + ".";
+        const auto names = f.expert_tensors(per_expert(prefix), static_cast<int64_t>(j));
         const auto weight = [&](const torch::Tensor& w) {
           // The bank holds [E, in, out]; Hugging Face nn.Linear weights are [out, in].
           const int64_t p = position[j];
           return p >= 0 ? w[p].detach().t().contiguous()
                         : torch::zeros({w.size(2), w.size(1)}, w.options());
         };
-        writer.add(e + names.expert_w1 + ".weight", weight(bank->w1));
-        writer.add(e + names.expert_w2 + ".weight", weight(bank->w2));
-        writer.add(e + names.expert_w3 + ".weight", weight(bank->w3));
+        writer.add(names[0], weight(bank->w1));
+        writer.add(names[1], weight(bank->w2));
+        writer.add(names[2], weight(bank->w3));
       }
     }
     // Layer Drop: a MoE block whose router and experts are zero adds exactly nothing.
     for (const int64_t index : dropped_mlp) {
-      const auto prefix = layer_prefix(index) + names.moe_block;
+      const auto prefix = layer_prefix(index) + f.moe_block();
       const auto opts = m.embed_tokens->weight.options();
       const int64_t d = o.hidden_size(), width = o.moe()->hidden_dim();
       writer.add(prefix + ".gate.weight", torch::zeros({written_experts, d}, opts));
@@ -232,18 +239,18 @@ void save_causal_lm(CausalLM& model, const std::string& directory, const SaveOpt
       }
       const auto in = torch::zeros({width, d}, opts), out = torch::zeros({d, width}, opts);
       for (int64_t j = 0; j < written_experts; ++j) {
-        const auto e = prefix + ".experts." + std::to_string(j) + ".";
-        writer.add(e + names.expert_w1 + ".weight", in);
-        writer.add(e + names.expert_w2 + ".weight", out);
-        writer.add(e + names.expert_w3 + ".weight", in);
+        const auto names = f.expert_tensors(per_expert(prefix), j);
+        writer.add(names[0], in);
+        writer.add(names[1], out);
+        writer.add(names[2], in);
       }
     }
     writer.set_metadata({{"format", "pt"}});
     writer.finish();
 
     auto config = detail::config_from_options(o, written_experts < 0 ? 0 : written_experts);
-    if (dropped && o.model_type() != "mixtral") {
-      config["norm_topk_prob"] = true;  // moeprune renormalises over the survivors
+    if (dropped) {
+      f.write_cut_config(config);
     }
     config.erase("moeprune");
     if (!states.empty()) {

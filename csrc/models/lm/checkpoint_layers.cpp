@@ -7,6 +7,7 @@
 #include "hf/config.h"
 #include "hf/default_dtype.h"
 #include "models/lm/checkpoint_tensors.h"
+#include "models/lm/families/family.h"
 #include "models/lm/hf_architecture.h"
 
 namespace moeprune::lm {
@@ -105,7 +106,7 @@ void CheckpointLayers::release_embedding() const {
 }
 
 std::string CheckpointLayers::moe_name(int64_t index) const {
-  return detail::layer_prefix(index) + detail::hf_names(options_.model_type()).moe_block;
+  return detail::layer_prefix(index) + family(options_.model_type()).moe_block();
 }
 
 }  // namespace moeprune::lm

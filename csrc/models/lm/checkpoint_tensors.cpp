@@ -3,6 +3,7 @@
 #include <c10/util/StringUtil.h>
 #include <torch/torch.h>
 
+#include "models/lm/families/family.h"
 #include "models/lm/hf_architecture.h"
 
 namespace moeprune::lm::detail {
@@ -30,7 +31,7 @@ std::string layer_prefix(int64_t i) {
 }
 
 void add_layer_tensors(NamedTensors& out, const CausalLMOptions& o, DecoderLayerImpl& layer) {
-  const auto names = hf_names(o.model_type());
+  const auto& f = family(o.model_type());
   const auto p = layer_prefix(layer.index);
   out.emplace_back(p + "input_layernorm.weight", layer.input_layernorm->weight);
   // The projections the attention holds (grouped-query or latent), in Hugging Face's names.
@@ -64,13 +65,13 @@ void add_layer_tensors(NamedTensors& out, const CausalLMOptions& o, DecoderLayer
     const int64_t d = o.hidden_size(), width = o.shared_expert_size();
     out.emplace_back(p + "post_attention_layernorm.weight", torch::ones({d}, opts));
     if (width > 0) {
-      const auto shared = p + names.moe_block + "." + names.shared_expert;
+      const auto shared = p + f.moe_block() + "." + f.shared_expert();
       out.emplace_back(shared + ".gate_proj.weight", torch::zeros({width, d}, opts));
       out.emplace_back(shared + ".up_proj.weight", torch::zeros({width, d}, opts));
       out.emplace_back(shared + ".down_proj.weight", torch::zeros({d, width}, opts));
     }
     if (o.shared_expert_gate()) {
-      out.emplace_back(p + names.moe_block + ".shared_expert_gate.weight",
+      out.emplace_back(p + f.moe_block() + ".shared_expert_gate.weight",
                        torch::zeros({1, d}, opts));
     }
     return;
@@ -82,10 +83,10 @@ void add_layer_tensors(NamedTensors& out, const CausalLMOptions& o, DecoderLayer
   }
   const auto& block = layer.moe_block;
   if (!block->shared_expert.is_empty()) {
-    add_gated_mlp(out, p + names.moe_block + "." + names.shared_expert, block->shared_expert);
+    add_gated_mlp(out, p + f.moe_block() + "." + f.shared_expert(), block->shared_expert);
   }
   if (!block->shared_expert_gate.is_empty()) {
-    add_linear(out, p + names.moe_block + ".shared_expert_gate", block->shared_expert_gate);
+    add_linear(out, p + f.moe_block() + ".shared_expert_gate", block->shared_expert_gate);
   }
 }
 

@@ -1,6 +1,6 @@
 #include <moeprune/models/lm/moe_view.h>
 
-#include "models/lm/hf_architecture.h"
+#include "models/lm/families/family.h"
 
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
@@ -13,7 +13,7 @@ CausalLMMoEView::CausalLMMoEView(CausalLM model, CalibrationData tokens)
 }
 
 std::vector<MoELayerEntry> CausalLMMoEView::layers() const {
-  const auto block = detail::hf_names(model_->options.model_type()).moe_block;
+  const auto block = family(model_->options.model_type()).moe_block();
   std::vector<MoELayerEntry> out;
   for (const auto& [index, layer] : model_->moe_layers()) {
     out.push_back({index, "model.layers." + std::to_string(index) + "." + block, layer});

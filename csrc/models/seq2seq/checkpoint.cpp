@@ -110,8 +110,8 @@ SwitchTransformerOptions switch_options_of(const hf::Config& config) {
               ": is_gated_act is true; gated Switch feed-forward blocks are not supported");
   TORCH_CHECK(!config.flag("router_bias", false), path,
               ": router_bias is true; moeprune's routers have no bias");
-  const auto router_dtype = config.text("router_dtype", "float32");
-  TORCH_CHECK(router_dtype == "float32", path, ": router_dtype '", router_dtype,
+  const auto router_precision = config.text("router_dtype", "float32");
+  TORCH_CHECK(router_precision == "float32", path, ": router_dtype '", router_precision,
               "' is not supported (moeprune routes in float32)");
   SwitchTransformerOptions o;
   o.vocab_size(config.integer("vocab_size"))
