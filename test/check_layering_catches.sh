@@ -51,7 +51,7 @@ cat >csrc/pruning/bad_relative.cpp <<'EOF'
   #  include "../models/vision/trim.h"
 EOF
 cat >csrc/layers/bad_quoted_public.cpp <<'EOF'
-#include "moeprune/io/safetensors.h"
+#include "moeprune/models/lm/causal_lm.h"
 EOF
 cat >csrc/distributed/bad_text.cpp <<'EOF'
 #include "text/utf8.h"

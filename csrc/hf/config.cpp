@@ -1,5 +1,7 @@
 #include "hf/config.h"
 
+#include "io/json.h"
+
 #include <c10/util/Exception.h>
 
 #include <filesystem>
@@ -9,15 +11,9 @@ namespace moeprune::hf {
 
 Config::Config(const std::string& directory)
     : path_((std::filesystem::path(directory) / "config.json").string()) {
-  std::ifstream in(path_);
-  TORCH_CHECK(in.good(), path_,
-              ": cannot open (a Hugging Face checkpoint folder needs config.json)");
-  try {
-    json_ = nlohmann::ordered_json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    TORCH_CHECK(false, path_, ": not valid JSON: ", e.what());
-  }
-  TORCH_CHECK(json_.is_object(), path_, ": expected a JSON object, found ", json_.type_name());
+  json_ = io::read_json_file<nlohmann::ordered_json>(
+      path_, "a Hugging Face checkpoint folder needs config.json");
+  io::expect_object(json_, path_);
 }
 
 int64_t Config::integer(const std::string& key, int64_t fallback) const {

@@ -4,6 +4,7 @@
 #include <moeprune/hf/pruning.h>
 
 #include "hf/checkpoint_rewrite.h"
+#include "io/json.h"
 
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
@@ -61,8 +62,7 @@ WriteReport write_merged_checkpoint(const std::string& source,
     layers[ref.prefix] = std::move(p);
   }
 
-  std::ifstream config_in(source + "/config.json");
-  auto config = nlohmann::ordered_json::parse(config_in);
+  auto config = io::read_json_file<nlohmann::ordered_json>(source + "/config.json");
   // The router keeps its E rows and every member of a group holds the group's merged weights,
   // so transformers computes the merged model as it is; moeprune's loader keeps one copy per
   // group (the layer states).

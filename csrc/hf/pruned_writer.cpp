@@ -4,6 +4,8 @@
 #include <moeprune/hf/pruning.h>
 
 #include "hf/checkpoint_rewrite.h"
+#include "hf/family.h"
+#include "io/json.h"
 
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
@@ -91,16 +93,10 @@ std::string pruned_config(const std::string& source, const ModelInfo& info,
                           const pruning::PruningPlan& plan,
                           const std::map<std::string, PrunedLayer>& pruned, bool cut,
                           int64_t new_experts) {
-  std::ifstream config_in(source + "/config.json");
-  auto config = nlohmann::ordered_json::parse(config_in);
+  auto config = io::read_json_file<nlohmann::ordered_json>(source + "/config.json");
   config[info.experts_key()] = new_experts;
-  // A group-limited router keeps its weights as they are (sigmoid scores do not depend on the
-  // other experts; transformers' DeepSeek-V2 softmax renormalises over the survivors by itself).
-  if (cut && info.model_type != "mixtral" && info.model_type != "switch_transformers" &&
-      !info.group_routing) {
-    // moeprune renormalises the top-k weights over the surviving experts once router rows are
-    // cut; transformers does so for these families only with norm_topk_prob.
-    config["norm_topk_prob"] = true;
+  if (cut) {
+    family_of(info.model_type, source + "/config.json").write_cut_config(config);
   }
   nlohmann::ordered_json record;
   record["criterion"] = plan.criterion;

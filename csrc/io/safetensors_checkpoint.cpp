@@ -1,6 +1,8 @@
 // safetensors::Checkpoint: one file, or a folder of shards with model.safetensors.index.json.
 #include <moeprune/io/safetensors.h>
 
+#include "io/json.h"
+
 #include <c10/util/Exception.h>
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
@@ -26,13 +28,7 @@ Checkpoint::Checkpoint(const std::string& path) {
     const auto index = p / "model.safetensors.index.json";
     if (fs::exists(index, error)) {
       sharded_ = true;
-      std::ifstream in(index);
-      nlohmann::json j;
-      try {
-        j = nlohmann::json::parse(in);
-      } catch (const nlohmann::json::exception& e) {
-        TORCH_CHECK(false, index.string() + ": not valid JSON: " + e.what());
-      }
+      const auto j = io::read_json_file(index.string());
       TORCH_CHECK(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(),
                   index.string() + ": no \"weight_map\" object");
       if (j.contains("metadata")) {

@@ -2,6 +2,7 @@
 // reference implementation's (huggingface/safetensors, safetensors/src/tensor.rs).
 #include <moeprune/io/safetensors.h>
 
+#include "io/json.h"
 #include "io/posix_file.h"
 
 #include <c10/util/Exception.h>
@@ -81,12 +82,8 @@ File::File(const std::string& path) {
   m->data_offset = 8 + header_len;
   const uint64_t data_size = m->size - m->data_offset;
 
-  nlohmann::json header;
-  try {
-    header = nlohmann::json::parse(m->base + 8, m->base + 8 + header_len);
-  } catch (const nlohmann::json::exception& e) {
-    TORCH_CHECK(false, path + ": header is not valid JSON: " + e.what());
-  }
+  const auto header = io::parse_json(
+      std::string_view(reinterpret_cast<const char*>(m->base) + 8, header_len), path + ": header");
   TORCH_CHECK(header.is_object(), path + ": header is not a JSON object");
 
   std::vector<TensorInfo> entries;

@@ -1,5 +1,7 @@
 #include <moeprune/layers/expert_bank_state.h>
 
+#include "io/json.h"
+
 #include <c10/util/Exception.h>
 #include <nlohmann/json.hpp>
 
@@ -9,13 +11,8 @@ namespace moeprune {
 namespace {
 
 nlohmann::json parse_object(const std::string& text, const char* what) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    TORCH_CHECK(false, what, ": not valid JSON (", e.what(), ")");
-  }
-  TORCH_CHECK(j.is_object(), what, ": expected a JSON object, got ", j.type_name());
+  auto j = io::parse_json(text, what);
+  io::expect_object(j, what);
   return j;
 }
 

@@ -1,5 +1,7 @@
 #include <moeprune/pruning/pruning_plan.h>
 
+#include "io/json.h"
+
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
@@ -281,12 +283,7 @@ const nlohmann::json& array_at(const nlohmann::json& value, const std::string& w
 
 PruningPlan PruningPlan::from_json(const std::string& text) {
   PruningPlan plan;
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    TORCH_CHECK(false, "pruning plan JSON: ", e.what());
-  }
+  const auto j = io::parse_json(text, "pruning plan JSON");
   TORCH_CHECK(j.is_object(), "pruning plan JSON: the plan should be an object, got ",
               j.type_name());
   if (j.contains("criterion")) {

@@ -9,6 +9,7 @@
 #include "backends.h"
 #include "bpe_model.h"
 #include "decoders.h"
+#include "io/json.h"
 #include "json_fields.h"
 #include "normalizers.h"
 #include "post_processors.h"
@@ -110,15 +111,8 @@ class HfTokenizer : public TokenizerBackend {
 }  // namespace
 
 std::shared_ptr<const TokenizerBackend> load_tokenizer_json(const std::string& path) {
-  std::ifstream in(path);
-  TORCH_CHECK(in.good(), path, ": cannot open the tokenizer file");
-  nlohmann::json spec;
-  try {
-    spec = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    TORCH_CHECK(false, path, ": not valid JSON: ", e.what());
-  }
-  TORCH_CHECK(spec.is_object(), path, ": expected a JSON object, found ", spec.type_name());
+  const auto spec = io::read_json_file(path, "the tokenizer file");
+  io::expect_object(spec, path);
   return std::make_shared<HfTokenizer>(spec, path);
 }
 

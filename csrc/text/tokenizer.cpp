@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "backends.h"
+#include "io/json.h"
 #include "json_fields.h"
 
 namespace moeprune::text {
@@ -45,13 +46,7 @@ Tokenizer Tokenizer::from_folder(const std::string& folder) {
   bool add_bos = true, add_eos = false;
   const std::string config_path = folder + "/tokenizer_config.json";
   if (is_file(config_path)) {
-    std::ifstream in(config_path);
-    nlohmann::json config;
-    try {
-      config = nlohmann::json::parse(in);
-    } catch (const nlohmann::json::exception& e) {
-      TORCH_CHECK(false, config_path, ": not valid JSON: ", e.what());
-    }
+    const auto config = io::read_json_file(config_path);
     add_bos = detail::bool_field(config, "add_bos_token", add_bos, config_path);
     add_eos = detail::bool_field(config, "add_eos_token", add_eos, config_path);
   }

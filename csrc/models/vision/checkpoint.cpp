@@ -2,6 +2,7 @@
 
 #include <moeprune/io/checkpoint.h>
 
+#include "io/json.h"
 #include "layers/spread_check.h"
 
 #include <torch/torch.h>
@@ -11,15 +12,9 @@ namespace moeprune {
 
 void save_vision_transformer(const std::string& path, const VisionTransformer& model,
                              const std::string& extra, torch::optim::Optimizer* optimizer) {
-  nlohmann::json metadata;
-  try {
-    metadata = nlohmann::json::parse(extra);
-  } catch (const nlohmann::json::exception& e) {
-    TORCH_CHECK(false, "checkpoint ", path, ": the extra metadata is not valid JSON (", e.what(),
-                ")");
-  }
-  TORCH_CHECK(metadata.is_object(), "checkpoint ", path,
-              ": the extra metadata should be a JSON object, got ", metadata.type_name());
+  const auto what = "checkpoint " + path + ": the extra metadata";
+  auto metadata = io::parse_json(extra, what);
+  TORCH_CHECK(metadata.is_object(), what, " should be a JSON object, got ", metadata.type_name());
   for (const auto& [block, layer] : model->moe_layers()) {
     detail::check_not_spread(layer, "blocks." + std::to_string(block) + ".moe",
                              "save_vision_transformer");
@@ -31,12 +26,7 @@ void save_vision_transformer(const std::string& path, const VisionTransformer& m
 
 std::string read_vision_transformer_config(const std::string& path) {
   const auto text = read_checkpoint_metadata(path);
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    TORCH_CHECK(false, "checkpoint ", path, ": metadata is not valid JSON (", e.what(), ")");
-  }
+  const auto j = io::parse_json(text, "checkpoint " + path + ": metadata");
   TORCH_CHECK(j.is_object() && j.contains("model"), "checkpoint ", path,
               ": metadata lacks the model options");
   return j.at("model").dump();

@@ -1,5 +1,6 @@
 #include <moeprune/models/vision/vision_transformer.h>
 
+#include "io/json.h"
 #include "layers/error_context.h"
 
 #include <torch/torch.h>
@@ -115,12 +116,7 @@ std::string VisionTransformerOptions::to_json() const {
 }
 
 VisionTransformerOptions VisionTransformerOptions::from_json(const std::string& text) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    TORCH_CHECK(false, "model options are not valid JSON: ", e.what());
-  }
+  const auto j = io::parse_json(text, "model options");
   const auto get = [&](const char* key) -> const nlohmann::json& {
     TORCH_CHECK(j.contains(key), "model options lack '", key, "'");
     return j.at(key);
