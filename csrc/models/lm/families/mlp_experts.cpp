@@ -20,11 +20,7 @@ std::vector<hf::MoELayerRef> MlpExpertsFamily::describe(const hf::Config& config
                                                         hf::ModelInfo& info) const {
   info.d_model = config.integer("hidden_size");
   info.hidden_dim = config.integer(width_key());
-  // transformers 5.x writes Qwen-MoE's expert count as num_local_experts (attribute_map).
-  info.num_experts =
-      config.integer(config.contains(experts_key()) || !config.contains("num_local_experts")
-                         ? experts_key()
-                         : "num_local_experts");
+  info.num_experts = config.integer(count_key(config));
   info.top_k = config.integer("num_experts_per_tok");
   info.norm_topk_prob = config.flag("norm_topk_prob", norm_topk_prob_default());
   info.activation = hf::detail::activation_of(config.text("hidden_act", "silu"), config.path());
@@ -51,6 +47,12 @@ std::vector<hf::MoELayerRef> MlpExpertsFamily::describe(const hf::Config& config
     refs.push_back(std::move(ref));
   }
   return refs;
+}
+
+std::string MlpExpertsFamily::count_key(const hf::Config& config) const {
+  return config.contains(experts_key()) || !config.contains("num_local_experts")
+             ? experts_key()
+             : "num_local_experts";
 }
 
 std::vector<std::string> MlpExpertsFamily::expert_tensors(const hf::MoELayerRef& ref,

@@ -37,6 +37,9 @@ class MlpExpertsFamily : public Family {
                                                                   hf::ModelInfo& info) const;
   /// Whether the router has an e_score_correction_bias tensor.
   virtual bool router_has_bias() const { return false; }
+  /// The key config.json holds the expert count under: experts_key(), or num_local_experts,
+  /// which transformers 5.x writes for Qwen-MoE (attribute_map).
+  std::string count_key(const hf::Config& config) const;
 };
 
 }  // namespace moeprune::lm

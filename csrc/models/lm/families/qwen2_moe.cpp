@@ -18,10 +18,7 @@ bool Qwen2Moe::is_moe_layer(const hf::Config& config, int64_t i) const {
   const auto dense = detail::layer_list(config, "mlp_only_layers");
   const int64_t step = config.integer("decoder_sparse_step", 1);
   TORCH_CHECK(step >= 1, config.path(), ": decoder_sparse_step should be >= 1, got ", step);
-  const int64_t experts =
-      config.integer(config.contains(experts_key()) || !config.contains("num_local_experts")
-                         ? experts_key()
-                         : "num_local_experts");
+  const int64_t experts = config.integer(count_key(config));
   return std::find(dense.begin(), dense.end(), i) == dense.end() && experts > 0 &&
          (i + 1) % step == 0;
 }
