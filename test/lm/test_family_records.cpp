@@ -133,6 +133,7 @@ TEST_CASE("a family defined in one file outside the library loads, saves and pru
   register_toy();
   CHECK_THROWS_WITH(moeprune::lm::add_family(std::make_unique<ToyMoe>()),
                     Catch::Contains("model_type \"toy_moe\" is already registered"));
+  CHECK_THROWS_WITH(moeprune::lm::add_family(nullptr), Catch::Contains("add_family: no record"));
   auto model = toy_model();
   const auto ids = torch::randint(50, {2, 7}, torch::kLong);
   const auto want = logits_of(model, ids);
