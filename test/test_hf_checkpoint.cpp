@@ -122,12 +122,12 @@ TEST_CASE("describe refuses a config and tensors that disagree, and missing expe
 
 TEST_CASE("router_norm_change scores a checkpoint pair as ||W_ft[s]|| - ||W_pre[s]||") {
   const auto registry = moeprune::pruning::CriterionRegistry::with_builtins();
-  hf::ScoreOptions o;
-  o.finetuned = kFixtures + "/mixtral_ft";
-  o.pretrained = kFixtures + "/mixtral_pre";
-  const auto scores = hf::score_checkpoint(o, registry);
+  const hf::Source finetuned(kFixtures + "/mixtral_ft"), pretrained(kFixtures + "/mixtral_pre");
+  hf::ScoringOptions o;
+  o.pretrained = &pretrained;
+  const auto scores = hf::score_checkpoint(finetuned, *registry.create("router_norm_change"), o);
   REQUIRE(scores.size() == 2);
-  st::Checkpoint pre(o.pretrained), ft(o.finetuned);
+  st::Checkpoint pre(pretrained.directory()), ft(finetuned.directory());
   for (int64_t i = 0; i < 2; ++i) {
     const auto name = "model.layers." + std::to_string(i) + ".block_sparse_moe.gate.weight";
     // By hand: row norms of the two router weights.
@@ -136,8 +136,7 @@ TEST_CASE("router_norm_change scores a checkpoint pair as ||W_ft[s]|| - ||W_pre[
     REQUIRE(torch::allclose(scores.at(i), want, 1e-9, 1e-12));
   }
   SECTION("data-driven criteria ask for calibration hidden states") {
-    o.criterion = "frequency";
-    REQUIRE_THROWS_WITH(hf::score_checkpoint(o, registry),
+    REQUIRE_THROWS_WITH(hf::score_checkpoint(finetuned, *registry.create("frequency"), o),
                         Contains("needs calibration data") && Contains("--moe-inputs"));
   }
 }
@@ -157,7 +156,7 @@ TEST_CASE("pruned Mixtral checkpoints: router rows cut or kept, tensors streamed
   const auto out = scratch() + "/" + source + (keep ? "_keep" : "_cut");
   hf::WriteOptions wo;
   wo.router = keep ? hf::RouterRows::kKeep : hf::RouterRows::kCut;
-  const auto report = hf::write_pruned_checkpoint(src, plan, out, wo);
+  const auto report = hf::write_pruned_checkpoint(hf::Source(src), plan, out, wo);
   REQUIRE(report.bytes_written > 0);
   REQUIRE(exists(out + "/generation_config.json"));
   REQUIRE(exists(out + "/pruning_plan.json"));
@@ -208,7 +207,7 @@ TEST_CASE("pruning a checkpoint refuses bad requests and leaves no partial outpu
   plan.layers.push_back({1, 6, {3}, {}});
   const auto out = scratch() + "/switch_refused";
   SECTION("a different count per layer cannot be cut") {
-    REQUIRE_THROWS_WITH(hf::write_pruned_checkpoint(src, plan, out),
+    REQUIRE_THROWS_WITH(hf::write_pruned_checkpoint(hf::Source(src), plan, out),
                         Contains("same number of experts") && Contains("--router keep"));
     REQUIRE_FALSE(exists(out));
     REQUIRE(std::system(("ls -A " + scratch() + " | grep -q switch_refused").c_str()) != 0);
@@ -216,12 +215,13 @@ TEST_CASE("pruning a checkpoint refuses bad requests and leaves no partial outpu
   SECTION("an existing output folder is never touched") {
     REQUIRE(std::system(("mkdir " + out + " && touch " + out + "/mine").c_str()) == 0);
     plan.layers[1].pruned = {3, 4};
-    REQUIRE_THROWS_WITH(hf::write_pruned_checkpoint(src, plan, out), Contains("already exists"));
+    REQUIRE_THROWS_WITH(hf::write_pruned_checkpoint(hf::Source(src), plan, out),
+                        Contains("already exists"));
     REQUIRE(exists(out + "/mine"));
   }
   SECTION("a plan for more experts than the model has") {
     plan.layers[1].pruned = {3, 9};
-    REQUIRE_THROWS_WITH(hf::write_pruned_checkpoint(src, plan, out + "2"),
+    REQUIRE_THROWS_WITH(hf::write_pruned_checkpoint(hf::Source(src), plan, out + "2"),
                         Contains("expert 9") && Contains("decoder.block.1.layer.2.mlp"));
     REQUIRE_FALSE(exists(out + "2"));
   }
@@ -233,7 +233,7 @@ TEST_CASE("a cut Switch checkpoint drops the experts' tensors and renumbers the 
   plan.layers.push_back({0, 6, {0, 2}, {}});
   plan.layers.push_back({1, 6, {2, 5}, {}});
   const auto out = scratch() + "/switch_cut";
-  const auto report = hf::write_pruned_checkpoint(src, plan, out);
+  const auto report = hf::write_pruned_checkpoint(hf::Source(src), plan, out);
   REQUIRE(report.tensors_dropped == 8);  // 2 experts x (wi, wo) x 2 layers
   st::Checkpoint in(src), written(out);
   const std::string p = "decoder.block.1.layer.2.mlp.experts.expert_";
@@ -256,17 +256,21 @@ TEST_CASE("checkpoint scoring refuses an unknown model and calibration data that
   REQUIRE_THROWS_WITH(hf::describe(llama, checkpoint),
                       Contains("model_type \"llama\" is not supported"));
 
-  hf::ScoreOptions o;
-  o.finetuned = kFixtures + "/mixtral_ft";
-  o.criterion = "frequency";
-  o.calibration = scratch() + "/calibration_wrong_width.safetensors";
-  st::save_file(o.calibration, {{"model.layers.0.block_sparse_moe", torch::randn({5, 8})},
-                                {"model.layers.1.block_sparse_moe", torch::randn({5, 8})}});
-  REQUIRE_THROWS_WITH(hf::score_checkpoint(o, registry),
+  const hf::Source finetuned(kFixtures + "/mixtral_ft");
+  const auto frequency = registry.create("frequency");
+  const auto wrong_width = scratch() + "/calibration_wrong_width.safetensors";
+  st::save_file(wrong_width, {{"model.layers.0.block_sparse_moe", torch::randn({5, 8})},
+                              {"model.layers.1.block_sparse_moe", torch::randn({5, 8})}});
+  const hf::HiddenStateFile wrong_width_inputs(wrong_width);
+  hf::ScoringOptions o;
+  o.inputs = &wrong_width_inputs;
+  REQUIRE_THROWS_WITH(hf::score_checkpoint(finetuned, *frequency, o),
                       Contains("last dimension 8") && Contains("hidden size is 16"));
-  o.calibration = scratch() + "/calibration_one_layer.safetensors";
-  st::save_file(o.calibration, {{"model.layers.0.block_sparse_moe", torch::randn({5, 16})}});
-  REQUIRE_THROWS_WITH(hf::score_checkpoint(o, registry),
+  const auto one_layer = scratch() + "/calibration_one_layer.safetensors";
+  st::save_file(one_layer, {{"model.layers.0.block_sparse_moe", torch::randn({5, 16})}});
+  const hf::HiddenStateFile one_layer_inputs(one_layer);
+  o.inputs = &one_layer_inputs;
+  REQUIRE_THROWS_WITH(hf::score_checkpoint(finetuned, *frequency, o),
                       Contains("no hidden states for MoE layer 'model.layers.1.block_sparse_moe'"));
 }
 
@@ -289,7 +293,7 @@ TEST_CASE("a group-limited checkpoint is pruned by whole groups, its bias cut wi
   const auto info = hf::describe(src, in);
   const auto& ref = info.layers.front();
   REQUIRE(ref.router_bias == "model.layers.1.mlp.gate.e_score_correction_bias");
-  const auto view = hf::router_view(in, info);
+  const auto view = hf::router_view(hf::Source(src));
   // Scores whose two lowest are both in group 0: the plan takes the lowest of each group.
   const auto scores = torch::tensor({0.0, 1.0, 5.0, 6.0, 7.0, 4.0, 8.0, 9.0}, torch::kDouble);
   const auto plan = moeprune::pruning::PruningPlan::same_count({{0, scores}}, *view, 2);
@@ -301,7 +305,7 @@ TEST_CASE("a group-limited checkpoint is pruned by whole groups, its bias cut wi
   const auto out = scratch() + std::string("/glm4_moe_") + (keep ? "keep" : "cut");
   hf::WriteOptions wo;
   wo.router = keep ? hf::RouterRows::kKeep : hf::RouterRows::kCut;
-  hf::write_pruned_checkpoint(src, plan, out, wo);
+  hf::write_pruned_checkpoint(hf::Source(src), plan, out, wo);
   st::Checkpoint written(out);
   const auto bias = written.tensor(ref.router_bias);
   const auto src_bias = in.tensor(ref.router_bias);
@@ -331,12 +335,11 @@ TEST_CASE("plans that would break a checkpoint's expert groups are refused befor
   moeprune::pruning::PruningPlan plan;
   plan.layers.push_back({0, 8, {0, 1}, {}});  // both from group 0
   const auto out = scratch() + "/glm4_moe_unequal";
-  REQUIRE_THROWS_WITH(hf::write_pruned_checkpoint(src, plan, out),
+  REQUIRE_THROWS_WITH(hf::write_pruned_checkpoint(hf::Source(src), plan, out),
                       Contains("group 1 of model.layers.1.mlp") && Contains("equal groups"));
   REQUIRE_FALSE(exists(out));
   // DeepSeek-V3 fixture: groups of 2 scored by their top two cannot lose any expert.
-  st::Checkpoint v3(kFixtures + "/deepseek_v3");
-  const auto view = hf::router_view(v3, hf::describe(kFixtures + "/deepseek_v3", v3));
+  const auto view = hf::router_view(hf::Source(kFixtures + "/deepseek_v3"));
   REQUIRE_THROWS_WITH(
       moeprune::pruning::PruningPlan::same_count({{0, torch::arange(8, torch::kDouble)}}, *view, 4),
       Contains("fewer than the 8 its router needs"));

@@ -2,6 +2,7 @@
 
 // The moeprune subcommands. Each add_* registers its options on the application and returns
 // what runs it once the command line is parsed.
+#include <moeprune/hf/source.h>
 #include <moeprune/pruning/criterion.h>
 #include <moeprune/pruning/pruning_plan.h>
 
@@ -40,8 +41,10 @@ struct ScoreArgs {
   void add_options(CLI::App* command, const moeprune::pruning::CriterionRegistry& registry);
 };
 
-/// Scores every MoE layer of args.finetuned (keyed by MoE-layer position), with a progress bar.
+/// Scores every MoE layer of `finetuned` (args.finetuned, opened once by the command; keyed by
+/// MoE-layer position) with hf::score_checkpoint, with a progress bar.
 moeprune::pruning::ExpertScores compute_scores(
-    const ScoreArgs& args, const moeprune::pruning::CriterionRegistry& registry);
+    const ScoreArgs& args, const moeprune::hf::Source& finetuned,
+    const moeprune::pruning::CriterionRegistry& registry);
 
 }  // namespace cli

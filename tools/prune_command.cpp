@@ -1,7 +1,7 @@
 // moeprune prune: score, plan (the same count per layer, or a global budget with a per-layer
 // floor), and write the pruned checkpoint, streaming the tensors from the source files.
-#include <moeprune/hf/checkpoint.h>
 #include <moeprune/hf/pruning.h>
+#include <moeprune/hf/source.h>
 
 #include <fmt/core.h>
 
@@ -30,10 +30,11 @@ int run_prune(const PruneArgs& args, const moeprune::pruning::CriterionRegistry&
   const auto start = std::chrono::steady_clock::now();
   auto score_args = args.score;
   score_args.prune_count = std::max<int64_t>(args.per_layer, 0);
-  const auto scores = compute_scores(score_args, registry);
-  const moeprune::safetensors::Checkpoint checkpoint(args.score.finetuned);
-  const auto info = moeprune::hf::describe(args.score.finetuned, checkpoint);
-  const auto view = moeprune::hf::router_view(checkpoint, info);
+  // The folder is opened once: scoring, planning and writing read the same config and tensors.
+  const moeprune::hf::Source source(args.score.finetuned);
+  const auto& info = source.info();
+  const auto scores = compute_scores(score_args, source, registry);
+  const auto view = moeprune::hf::router_view(source);
   moeprune::pruning::PruningPlan plan;
   if (args.per_layer >= 0) {
     plan = moeprune::pruning::PruningPlan::same_count(scores, *view, args.per_layer,
@@ -60,8 +61,7 @@ int run_prune(const PruneArgs& args, const moeprune::pruning::CriterionRegistry&
   wo.progress = [&](uint64_t done, uint64_t total) {
     progress(static_cast<int64_t>(done >> 20), static_cast<int64_t>(total >> 20));
   };
-  const auto report =
-      moeprune::hf::write_pruned_checkpoint(args.score.finetuned, plan, args.out, wo);
+  const auto report = moeprune::hf::write_pruned_checkpoint(source, plan, args.out, wo);
   write_bar.finish();
   const double seconds = seconds_since(start);
   fmt::print(

@@ -1,6 +1,6 @@
 // moeprune score: per-expert scores of any criterion, to a table and JSON.
-#include <moeprune/hf/checkpoint.h>
-#include <moeprune/hf/pruning.h>
+#include <moeprune/hf/scoring.h>
+#include <moeprune/hf/source.h>
 #include <moeprune/models/lm/streamed.h>
 
 #include <fmt/core.h>
@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "commands.h"
 
@@ -49,43 +50,41 @@ void ScoreArgs::add_options(CLI::App* command,
 }
 
 moeprune::pruning::ExpertScores compute_scores(
-    const ScoreArgs& args, const moeprune::pruning::CriterionRegistry& registry) {
+    const ScoreArgs& args, const moeprune::hf::Source& finetuned,
+    const moeprune::pruning::CriterionRegistry& registry) {
   const auto criterion = registry.create(args.criterion);
   if (args.prune_count > 0) criterion->set_prune_count(args.prune_count);
-  LazyBar bar("scoring", "layers");
-  moeprune::pruning::ExpertScores scores;
+  std::optional<moeprune::hf::Source> pretrained;
+  if (criterion->needs_pretrained()) {
+    TORCH_CHECK(!args.pretrained.empty(), "criterion ", args.criterion,
+                " compares with the pre-trained model: give --pretrained");
+    pretrained.emplace(args.pretrained);
+  }
+  moeprune::hf::ScoringOptions options;
+  std::unique_ptr<moeprune::hf::LayerInputs> inputs;
   if (criterion->needs_data() && !args.calibration.path.empty()) {
     TORCH_CHECK(args.moe_inputs.empty(), "give --calibration or --moe-inputs, not both");
-    const auto dtype = parse_dtype(args.dtype);
-    const moeprune::lm::CheckpointLayers finetuned(args.finetuned,
-                                                   moeprune::lm::LoadOptions().dtype(dtype));
-    std::unique_ptr<moeprune::lm::CheckpointLayers> pretrained;
-    if (criterion->needs_pretrained()) {
-      TORCH_CHECK(!args.pretrained.empty(), "criterion ", args.criterion,
-                  " compares with the pre-trained model: give --pretrained");
-      pretrained = std::make_unique<moeprune::lm::CheckpointLayers>(
-          args.pretrained, moeprune::lm::LoadOptions().dtype(dtype));
-    }
     const auto stream = read_token_stream(args.calibration, args.finetuned);
     const auto sequences =
         calibration_sequences(stream, args.samples, args.seq_len, args.calibration.path);
     fmt::print("calibration: {} sequences of {} tokens from {}\n", args.samples, args.seq_len,
                args.calibration.path);
-    scores = moeprune::lm::streamed_scores(finetuned, pretrained.get(), *criterion, sequences,
-                                           args.batch_size, args.seed, {}, bar.callback());
-  } else {
-    TORCH_CHECK(!criterion->needs_data() || !args.moe_inputs.empty(), "criterion ", args.criterion,
+    // The model runs in --dtype; layers read besides (the pre-trained ones) too.
+    options.dtype = parse_dtype(args.dtype);
+    inputs = std::make_unique<moeprune::lm::StreamedCalibration>(sequences, args.batch_size,
+                                                                 options.dtype);
+  } else if (criterion->needs_data()) {
+    TORCH_CHECK(!args.moe_inputs.empty(), "criterion ", args.criterion,
                 " needs calibration data: give --calibration FILE (text, or token ids in a .ids "
                 "file)");
-    moeprune::hf::ScoreOptions options;
-    options.finetuned = args.finetuned;
-    options.pretrained = args.pretrained;
-    options.criterion = args.criterion;
-    options.calibration = args.moe_inputs;
-    options.seed = args.seed;
-    options.progress = bar.callback();
-    scores = moeprune::hf::score_checkpoint(options, registry);
+    inputs = std::make_unique<moeprune::hf::HiddenStateFile>(args.moe_inputs);
   }
+  LazyBar bar("scoring", "layers");
+  options.pretrained = pretrained ? &*pretrained : nullptr;
+  options.inputs = inputs.get();
+  options.seed = args.seed;
+  options.progress = bar.callback();
+  auto scores = moeprune::hf::score_checkpoint(finetuned, *criterion, options);
   bar.finish();
   return scores;
 }
@@ -99,9 +98,9 @@ Runner add_score(CLI::App& app, const moeprune::pruning::CriterionRegistry& regi
   return [command, args, out, &registry]() -> int {
     if (!*command) return -1;
     const auto start = std::chrono::steady_clock::now();
-    const auto scores = compute_scores(*args, registry);
-    const moeprune::safetensors::Checkpoint checkpoint(args->finetuned);
-    const auto info = moeprune::hf::describe(args->finetuned, checkpoint);
+    const moeprune::hf::Source finetuned(args->finetuned);
+    const auto scores = compute_scores(*args, finetuned, registry);
+    const auto& info = finetuned.info();
     nlohmann::json layers = nlohmann::json::array();
     fmt::print("{:<36} {:>7} {:>12} {:>12}  lowest first\n", "MoE layer", "experts", "min", "max");
     for (const auto& ref : info.layers) {

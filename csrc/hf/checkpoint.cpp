@@ -2,6 +2,7 @@
 
 #include "hf/config.h"
 #include "hf/default_dtype.h"
+#include "hf/describe.h"
 #include "hf/family.h"
 
 #include <torch/torch.h>
@@ -131,9 +132,12 @@ ModelInfo describe_config(const Config& config, const safetensors::Checkpoint& c
 
 }  // namespace
 
-ModelInfo describe(const std::string& directory, const safetensors::Checkpoint& checkpoint) {
-  const Config config(directory);
+ModelInfo detail::describe(const Config& config, const safetensors::Checkpoint& checkpoint) {
   return read_checked(config, [&] { return describe_config(config, checkpoint); });
+}
+
+ModelInfo describe(const std::string& directory, const safetensors::Checkpoint& checkpoint) {
+  return detail::describe(Config(directory), checkpoint);
 }
 
 MoELayerOptions moe_layer_options(const ModelInfo& info, const MoELayerRef& ref) {

@@ -192,11 +192,11 @@ void keep_dropped_mlp_layers(const nlohmann::ordered_json& config, nlohmann::ord
   }
 }
 
-WriteReport write_folder(const safetensors::Checkpoint& checkpoint, const std::string& source,
-                         const std::map<std::string, PrunedLayer>& layers, bool cut,
-                         const std::string& out, const std::string& config_text,
+WriteReport write_folder(const Source& source, const std::map<std::string, PrunedLayer>& layers,
+                         bool cut, const std::string& out, const std::string& config_text,
                          const std::map<std::string, std::string>& extra,
                          const WriteOptions& options) {
+  const auto& checkpoint = source.checkpoint();
   io::AtomicFolder folder(out);
   const auto& dir = folder.path();
   WriteReport report;
@@ -217,12 +217,12 @@ WriteReport write_folder(const safetensors::Checkpoint& checkpoint, const std::s
   // The folder's other files (tokenizer, generation config...), byte for byte.
   const std::set<std::string> shards(checkpoint.shard_files().begin(),
                                      checkpoint.shard_files().end());
-  for (const auto& name : io::list_folder(source)) {
+  for (const auto& name : io::list_folder(source.directory())) {
     if (shards.count(name) || name == "config.json" || name == "model.safetensors.index.json" ||
         extra.count(name) || name == "pruning_plan.json" || name == "merge_groups.json") {
       continue;
     }
-    const auto from = source + "/" + name;
+    const auto from = source.directory() + "/" + name;
     struct stat st {};
     if (::stat(from.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
       io::copy_file(from, dir + "/" + name);

@@ -24,12 +24,11 @@ struct PrunedLayer {
   std::vector<int64_t> front;
 };
 
-/// Writes the folder `out` (a temporary folder renamed at the end): every shard of `checkpoint`
+/// Writes the folder `out` (a temporary folder renamed at the end): every shard of `source`
 /// under the same name with `layers` rewritten (router rows cut when `cut`), the index,
 /// `config_text` as config.json, the `extra` files, and the source's other files byte for byte.
-WriteReport write_folder(const safetensors::Checkpoint& checkpoint, const std::string& source,
-                         const std::map<std::string, PrunedLayer>& layers, bool cut,
-                         const std::string& out, const std::string& config_text,
+WriteReport write_folder(const Source& source, const std::map<std::string, PrunedLayer>& layers,
+                         bool cut, const std::string& out, const std::string& config_text,
                          const std::map<std::string, std::string>& extra,
                          const WriteOptions& options);
 

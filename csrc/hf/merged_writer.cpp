@@ -4,7 +4,7 @@
 #include <moeprune/hf/pruning.h>
 
 #include "hf/checkpoint_rewrite.h"
-#include "io/json.h"
+#include "hf/config.h"
 
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
@@ -16,14 +16,14 @@
 
 namespace moeprune::hf {
 
-WriteReport write_merged_checkpoint(const std::string& source,
+WriteReport write_merged_checkpoint(const Source& source,
                                     const std::map<int64_t, MergedLayer>& merged,
                                     const std::string& out, const std::string& method,
                                     const WriteOptions& options) {
   TORCH_CHECK(!std::filesystem::exists(out), out,
               ": already exists; choose a new output folder (nothing was written)");
-  safetensors::Checkpoint checkpoint(source);
-  const auto info = describe(source, checkpoint);
+  const auto& info = source.info();
+  const auto& dir = source.directory();
   std::vector<safetensors::File> files;
   files.reserve(merged.size());
   std::map<std::string, detail::PrunedLayer> layers;
@@ -31,11 +31,11 @@ WriteReport write_merged_checkpoint(const std::string& source,
   nlohmann::ordered_json states = nlohmann::ordered_json::object();
   for (const auto& [index, m] : merged) {
     TORCH_CHECK(index >= 0 && index < static_cast<int64_t>(info.layers.size()), "MoE layer ", index,
-                " was merged; ", source, " has ", info.layers.size());
+                " was merged; ", dir, " has ", info.layers.size());
     const auto& ref = info.layers[static_cast<size_t>(index)];
-    TORCH_CHECK(ref.state.is_plain(), source, ": ", ref.prefix,
+    TORCH_CHECK(ref.state.is_plain(), dir, ": ", ref.prefix,
                 " is already pruned or merged; merge the original checkpoint");
-    TORCH_CHECK(!ref.fused, source, ": ", ref.prefix,
+    TORCH_CHECK(!ref.fused, dir, ": ", ref.prefix,
                 " stores its experts fused (transformers 5.x); merged checkpoints are written "
                 "in the per-expert layout only");
     const auto& bank = m.state.bank;
@@ -62,7 +62,7 @@ WriteReport write_merged_checkpoint(const std::string& source,
     layers[ref.prefix] = std::move(p);
   }
 
-  auto config = io::read_json_file<nlohmann::ordered_json>(source + "/config.json");
+  auto config = source.config().json();
   // The router keeps its E rows and every member of a group holds the group's merged weights,
   // so transformers computes the merged model as it is; moeprune's loader keeps one copy per
   // group (the layer states).
@@ -74,7 +74,7 @@ WriteReport write_merged_checkpoint(const std::string& source,
   record["layer_states"] = states;
   detail::keep_dropped_mlp_layers(config, record);
   config["moeprune"] = record;
-  return detail::write_folder(checkpoint, source, layers, /*cut=*/false, out, config.dump(2) + "\n",
+  return detail::write_folder(source, layers, /*cut=*/false, out, config.dump(2) + "\n",
                               {{"merge_groups.json", groups_json.dump(2) + "\n"}}, options);
 }
 

@@ -4,8 +4,8 @@
 #include <moeprune/hf/pruning.h>
 
 #include "hf/checkpoint_rewrite.h"
+#include "hf/config.h"
 #include "hf/family.h"
-#include "io/json.h"
 
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
@@ -89,14 +89,14 @@ int64_t new_expert_count(const ModelInfo& info, const std::map<std::string, Prun
 
 // config.json with the new expert count and a "moeprune" section saying what was done; for a
 // "keep" checkpoint, each pruned layer's MoELayerState, which moeprune's loader restores.
-std::string pruned_config(const std::string& source, const ModelInfo& info,
+std::string pruned_config(const Source& source, const ModelInfo& info,
                           const pruning::PruningPlan& plan,
                           const std::map<std::string, PrunedLayer>& pruned, bool cut,
                           int64_t new_experts) {
-  auto config = io::read_json_file<nlohmann::ordered_json>(source + "/config.json");
+  auto config = source.config().json();
   config[info.experts_key()] = new_experts;
   if (cut) {
-    family_of(info.model_type, source + "/config.json").write_cut_config(config);
+    family_of(info.model_type, source.config().path()).write_cut_config(config);
   }
   nlohmann::ordered_json record;
   record["criterion"] = plan.criterion;
@@ -122,16 +122,15 @@ std::string pruned_config(const std::string& source, const ModelInfo& info,
 
 }  // namespace
 
-WriteReport write_pruned_checkpoint(const std::string& source, const pruning::PruningPlan& plan,
+WriteReport write_pruned_checkpoint(const Source& source, const pruning::PruningPlan& plan,
                                     const std::string& out, const WriteOptions& options) {
   TORCH_CHECK(!std::filesystem::exists(out), out,
               ": already exists; choose a new output folder (nothing was written)");
-  safetensors::Checkpoint checkpoint(source);
-  const auto info = describe(source, checkpoint);
+  const auto& info = source.info();
   const bool cut = options.router == RouterRows::kCut;
-  const auto pruned = pruned_layers(info, plan, source);
+  const auto pruned = pruned_layers(info, plan, source.directory());
   const auto new_experts = new_expert_count(info, pruned, cut);
-  return detail::write_folder(checkpoint, source, pruned, cut, out,
+  return detail::write_folder(source, pruned, cut, out,
                               pruned_config(source, info, plan, pruned, cut, new_experts),
                               {{"pruning_plan.json", plan.to_json() + "\n"}}, options);
 }

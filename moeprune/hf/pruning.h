@@ -1,11 +1,13 @@
 #pragma once
 
-// Expert pruning of Hugging Face checkpoints on disk: score the experts of every MoE layer with a
-// registry criterion (reading one layer at a time, routers only when the criterion allows), then
-// write a checkpoint folder that transformers loads, streaming tensors from the source files so
+// Expert pruning of Hugging Face checkpoints on disk: score the experts of every MoE layer
+// (hf/scoring.h: one layer at a time, routers only when the criterion allows), plan, then write
+// a checkpoint folder that transformers loads, streaming tensors from the source files so
 // memory stays bounded whatever the checkpoint's size.
 
 #include <moeprune/hf/checkpoint.h>
+#include <moeprune/hf/scoring.h>
+#include <moeprune/hf/source.h>
 #include <moeprune/layers/moe_view.h>
 #include <moeprune/pruning/criterion.h>
 #include <moeprune/pruning/pruning_plan.h>
@@ -31,29 +33,10 @@ enum class RouterRows {
   kKeep,
 };
 
-struct ScoreOptions {
-  std::string finetuned;   ///< checkpoint folder
-  std::string pretrained;  ///< checkpoint folder (criteria that compare with pre-training)
-  std::string criterion = "router_norm_change";
-  /// safetensors file with each MoE layer's input hidden states: tensor "<layer prefix>" [..., d],
-  /// for criteria that need data on checkpoints moeprune cannot run whole (a language model's
-  /// are scored from tokens by lm::streamed_scores instead).
-  std::string calibration;
-  uint64_t seed = 0;
-  /// Called after each layer is scored (index, number of layers).
-  std::function<void(int64_t, int64_t)> progress;
-};
-
-/// Scores every expert of every MoE layer of the fine-tuned checkpoint, keyed by layer index.
-/// Layers are read one at a time; expert weights only when the criterion needs them.
-pruning::ExpertScores score_checkpoint(const ScoreOptions& options,
-                                       const pruning::CriterionRegistry& registry);
-
 /// The MoE view of a checkpoint's layers for plan building (pruning::PruningPlan): every MoE
 /// layer keyed by its index and named by its prefix, routers only (no expert weights are read),
 /// with the checkpoint's signature (model type, sizes, layer prefixes).
-std::shared_ptr<LayerMapView> router_view(const safetensors::Checkpoint& checkpoint,
-                                          const ModelInfo& info);
+std::shared_ptr<LayerMapView> router_view(const Source& source);
 
 /// The keys of the MoE layers named by index or prefix (`--layers`); throws listing the known
 /// ones for a name that is neither.
@@ -81,7 +64,7 @@ struct WriteReport {
 /// model.safetensors.index.json rewritten, pruning_plan.json, and the folder's other files
 /// copied. Everything is written under a temporary folder that is renamed at the end, so a
 /// failure leaves no partial output.
-WriteReport write_pruned_checkpoint(const std::string& source, const pruning::PruningPlan& plan,
+WriteReport write_pruned_checkpoint(const Source& source, const pruning::PruningPlan& plan,
                                     const std::string& out, const WriteOptions& options = {});
 
 /// One MoE layer whose experts were merged (M-SMoE), for write_merged_checkpoint.
@@ -102,7 +85,7 @@ struct MergedLayer {
 /// expert per group; merge_groups.json lists the groups. Per-expert layouts only (a fused
 /// transformers 5.x checkpoint is refused). Written like write_pruned_checkpoint: streamed, into
 /// a temporary folder renamed at the end.
-WriteReport write_merged_checkpoint(const std::string& source,
+WriteReport write_merged_checkpoint(const Source& source,
                                     const std::map<int64_t, MergedLayer>& merged,
                                     const std::string& out, const std::string& method = "m-smoe",
                                     const WriteOptions& options = {});

@@ -171,7 +171,7 @@ TEST_CASE("a family defined in one file outside the library loads, saves and pru
     in_memory.layers.push_back({info.layers[i].decoder_layer, 6, gone[i], {}});
   }
   const auto pruned_dir = test::scratch_dir() + "/toy_pruned";
-  moeprune::hf::write_pruned_checkpoint(dir, on_disk, pruned_dir);
+  moeprune::hf::write_pruned_checkpoint(moeprune::hf::Source(dir), on_disk, pruned_dir);
   const auto pruned_config = read_json(pruned_dir + "/config.json");
   CHECK(pruned_config.at("toy_experts") == 4);
   CHECK(pruned_config.at("norm_topk_prob") == true);  // the record's rule for a cut router

@@ -324,7 +324,7 @@ TEST_CASE(
         const auto out = test::scratch_dir() + "/streamed_" + family + (cut ? "_cut" : "_keep");
         moeprune::hf::WriteOptions options;
         options.router = cut ? moeprune::hf::RouterRows::kCut : moeprune::hf::RouterRows::kKeep;
-        moeprune::hf::write_pruned_checkpoint(source, on_disk, out, options);
+        moeprune::hf::write_pruned_checkpoint(moeprune::hf::Source(source), on_disk, out, options);
 
         auto model = moeprune::lm::load_causal_lm(source);
         moeprune::pruning::apply_plan(*moeprune::lm::moe_view(model), in_memory, cut);

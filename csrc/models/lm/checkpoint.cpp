@@ -1,6 +1,7 @@
 #include <moeprune/models/lm/checkpoint.h>
 
 #include <moeprune/hf/checkpoint.h>
+#include <moeprune/hf/source.h>
 #include <moeprune/io/safetensors.h>
 
 #include "hf/config.h"
@@ -76,9 +77,10 @@ CausalLM load_causal_lm(const std::string& directory, const LoadOptions& options
   TORCH_CHECK(dtype == torch::kFloat || dtype == torch::kBFloat16 || dtype == torch::kHalf ||
                   dtype == torch::kDouble,
               "load_causal_lm: dtype should be floating point, got ", dtype);
-  const hf::Config config(directory);
-  const safetensors::Checkpoint checkpoint(directory);
-  const auto info = hf::describe(directory, checkpoint);
+  const hf::Source source(directory);
+  const auto& config = source.config();
+  const auto& checkpoint = source.checkpoint();
+  const auto& info = source.info();
   const auto o = detail::checkpoint_model_options(config, info);
   const auto& moe_options = *o.moe();
   // The model is built as a shell with a one-token vocabulary and one-unit experts; the

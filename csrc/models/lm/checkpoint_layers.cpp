@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <utility>
 
 #include "hf/config.h"
 #include "hf/default_dtype.h"
@@ -13,12 +14,13 @@
 namespace moeprune::lm {
 
 CheckpointLayers::CheckpointLayers(const std::string& directory, const LoadOptions& options)
-    : directory_(directory),
+    : CheckpointLayers(hf::Source(directory), options) {}
+
+CheckpointLayers::CheckpointLayers(hf::Source source, const LoadOptions& options)
+    : source_(std::move(source)),
       load_(options),
-      checkpoint_(std::make_unique<safetensors::Checkpoint>(directory)),
-      info_(hf::describe(directory, *checkpoint_)),
-      options_(detail::checkpoint_model_options(hf::Config(directory), info_)),
-      dropped_mlp_(detail::recorded_layer_drop(hf::Config(directory), options_)) {
+      options_(detail::checkpoint_model_options(source_.config(), source_.info())),
+      dropped_mlp_(detail::recorded_layer_drop(source_.config(), options_)) {
   const auto dtype = options.dtype();
   TORCH_CHECK(dtype == torch::kFloat || dtype == torch::kBFloat16 || dtype == torch::kHalf ||
                   dtype == torch::kDouble,
@@ -31,19 +33,19 @@ torch::Tensor CheckpointLayers::embed(const torch::Tensor& input_ids) const {
               " ", input_ids.scalar_type());
   if (input_ids.numel() > 0) {
     const auto lo = input_ids.min().item<int64_t>(), hi = input_ids.max().item<int64_t>();
-    TORCH_CHECK(lo >= 0 && hi < options_.vocab_size(), directory_, ": token ids should be in [0, ",
+    TORCH_CHECK(lo >= 0 && hi < options_.vocab_size(), directory(), ": token ids should be in [0, ",
                 options_.vocab_size(), "), found ", lo < 0 ? lo : hi);
   }
   torch::NoGradGuard no_grad;
   auto weight = torch::empty({options_.vocab_size(), options_.hidden_size()},
                              torch::TensorOptions().dtype(dtype()));
-  detail::load_tensor_into(*checkpoint_, "model.embed_tokens.weight", weight,
+  detail::load_tensor_into(checkpoint(), "model.embed_tokens.weight", weight,
                            options_.model_type());
   return torch::embedding(weight, input_ids);
 }
 
 DecoderLayer CheckpointLayers::layer(int64_t index) const {
-  TORCH_CHECK(index >= 0 && index < num_layers(), directory_, ": decoder layer ", index,
+  TORCH_CHECK(index >= 0 && index < num_layers(), directory(), ": decoder layer ", index,
               " is outside [0, ", num_layers(), ")");
   // A shell with one-unit experts whose tensors the checkpoint's replace (load_causal_lm).
   auto shell = options_;
@@ -61,15 +63,15 @@ DecoderLayer CheckpointLayers::layer(int64_t index) const {
   detail::NamedTensors named;
   detail::add_layer_tensors(named, options_, *layer);
   for (auto& [name, param] : named) {
-    detail::load_tensor_into(*checkpoint_, name, param, options_.model_type());
+    detail::load_tensor_into(checkpoint(), name, param, options_.model_type());
   }
   if (layer->is_moe()) {
     const auto ref =
-        std::find_if(info_.layers.begin(), info_.layers.end(),
+        std::find_if(info().layers.begin(), info().layers.end(),
                      [&](const hf::MoELayerRef& r) { return r.decoder_layer == index; });
-    TORCH_CHECK(ref != info_.layers.end(), directory_, ": decoder layer ", index,
+    TORCH_CHECK(ref != info().layers.end(), directory(), ": decoder layer ", index,
                 " should hold a MoE layer");
-    auto moe = hf::load_moe_layer(*checkpoint_, info_, *ref, hf::LoadOptions().dtype(dtype()));
+    auto moe = hf::load_moe_layer(checkpoint(), info(), *ref, hf::LoadOptions().dtype(dtype()));
     moe->options.aux_loss_weights(options_.moe()->aux_loss_weights());
     layer->moe_block->set_moe(moe);
   }
@@ -85,24 +87,24 @@ torch::Tensor CheckpointLayers::logits(const torch::Tensor& hidden) const {
   const auto d = options_.hidden_size();
   RMSNorm norm(RMSNormOptions(d).eps(options_.rms_norm_eps()));
   norm->to(dtype());
-  detail::load_tensor_into(*checkpoint_, "model.norm.weight", norm->weight, options_.model_type());
+  detail::load_tensor_into(checkpoint(), "model.norm.weight", norm->weight, options_.model_type());
   auto head = torch::empty({options_.vocab_size(), d}, torch::TensorOptions().dtype(dtype()));
   const bool tied = options_.tie_word_embeddings();
-  detail::load_tensor_into(*checkpoint_, tied ? "model.embed_tokens.weight" : "lm_head.weight",
+  detail::load_tensor_into(checkpoint(), tied ? "model.embed_tokens.weight" : "lm_head.weight",
                            head, options_.model_type());
   return torch::nn::functional::linear(norm(hidden), head);
 }
 
 void CheckpointLayers::release_layer(int64_t index) const {
   const auto prefix = detail::layer_prefix(index);
-  for (const auto& name : checkpoint_->names()) {
-    if (name.rfind(prefix, 0) == 0) checkpoint_->file(checkpoint_->shard_of(name)).release(name);
+  for (const auto& name : checkpoint().names()) {
+    if (name.rfind(prefix, 0) == 0) checkpoint().file(checkpoint().shard_of(name)).release(name);
   }
 }
 
 void CheckpointLayers::release_embedding() const {
   const std::string name = "model.embed_tokens.weight";
-  checkpoint_->file(checkpoint_->shard_of(name)).release(name);
+  checkpoint().file(checkpoint().shard_of(name)).release(name);
 }
 
 std::string CheckpointLayers::moe_name(int64_t index) const {

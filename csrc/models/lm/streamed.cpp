@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 #include <map>
+#include <utility>
 
 namespace moeprune::lm {
 namespace {
@@ -121,63 +122,33 @@ PerplexityResult streamed_perplexity(const CheckpointLayers& checkpoint,
   return result;
 }
 
-pruning::ExpertScores streamed_scores(const CheckpointLayers& finetuned,
-                                      const CheckpointLayers* pretrained,
-                                      const pruning::Criterion& criterion,
-                                      const torch::Tensor& calibration, int64_t batch_size,
-                                      uint64_t seed, const StreamOptions& options,
-                                      const std::function<void(int64_t, int64_t)>& progress) {
-  TORCH_CHECK(!criterion.needs_pretrained() || pretrained != nullptr, "criterion ",
-              criterion.name(), " compares with the pre-trained model: give its checkpoint");
-  const auto& info = finetuned.info();
-  // The pre-trained layer matching each fine-tuned one (same decoder layer), routers only unless
-  // the criterion reads expert weights.
-  const auto load =
-      hf::LoadOptions().expert_weights(criterion.needs_expert_weights()).dtype(finetuned.dtype());
-  const auto pretrained_entry = [&](const hf::MoELayerRef& ref) {
-    const auto& pre_info = pretrained->info();
-    TORCH_CHECK(static_cast<size_t>(ref.index) < pre_info.layers.size(), pretrained->directory(),
-                " has no MoE layer ", ref.index, " (", ref.prefix, ")");
-    const auto& pre_ref = pre_info.layers[static_cast<size_t>(ref.index)];
-    TORCH_CHECK(pre_ref.prefix == ref.prefix && pre_ref.num_experts == ref.num_experts,
-                pretrained->directory(), ": MoE layer ", ref.index, " is ", pre_ref.prefix,
-                " with ", pre_ref.num_experts, " experts; the fine-tuned model's is ", ref.prefix,
-                " with ", ref.num_experts);
-    return MoELayerEntry{ref.index, pre_ref.prefix,
-                         hf::load_moe_layer(pretrained->checkpoint(), pre_info, pre_ref, load)};
-  };
-  pruning::ExpertScores scores;
-  const int64_t total = static_cast<int64_t>(info.layers.size());
-  if (!criterion.needs_data()) {
-    // Nothing to run: each MoE layer alone.
-    const LayerCalls none;
-    for (const auto& ref : info.layers) {
-      const MoELayerEntry entry{ref.index, ref.prefix,
-                                hf::load_moe_layer(finetuned.checkpoint(), info, ref, load)};
-      MoELayerEntry pre;
-      if (criterion.needs_pretrained()) pre = pretrained_entry(ref);
-      scores[ref.index] = pruning::score_layer(
-          criterion, {entry, criterion.needs_pretrained() ? &pre : nullptr, none, seed});
-      if (progress) progress(ref.index + 1, total);
-    }
-    return scores;
-  }
-  int64_t done = 0;
+StreamedCalibration::StreamedCalibration(torch::Tensor tokens, int64_t batch_size,
+                                         torch::Dtype dtype, StreamOptions options)
+    : tokens_(std::move(tokens)),
+      batch_size_(batch_size),
+      dtype_(dtype),
+      options_(std::move(options)) {}
+
+void StreamedCalibration::visit_layers(const hf::Source& source, const hf::LoadOptions& /*load*/,
+                                       bool with_inputs, const hf::LayerCallsVisitor& visit) const {
+  // The whole decoder layer runs, so every MoE layer is read with its experts, in dtype_.
+  const CheckpointLayers model(source, LoadOptions().dtype(dtype_));
   detail::stream_moe_layers(
-      finetuned, calibration, batch_size, options,
+      model, tokens_, batch_size_, options_,
       [&](const hf::MoELayerRef& ref, const MoELayerEntry& entry,
           const std::function<void()>& run) {
-        MoELayerEntry pre;
-        if (criterion.needs_pretrained()) pre = pretrained_entry(ref);
-        MoECapture capture({entry}, criterion.needs_inputs());
+        MoECapture capture({entry}, with_inputs);
         run();
-        scores[ref.index] = pruning::score_layer(
-            criterion,
-            {entry, criterion.needs_pretrained() ? &pre : nullptr, capture.calls(ref.index), seed});
-        if (progress) progress(++done, total);
+        visit(ref, entry, capture.calls(ref.index));
       },
-      "criterion " + criterion.name());
-  return scores;
+      "scoring");
+}
+
+std::string StreamedCalibration::describe() const {
+  return "streamed calibration of " + (tokens_.defined() && tokens_.dim() == 2
+                                           ? std::to_string(tokens_.size(0)) + " sequences of " +
+                                                 std::to_string(tokens_.size(1)) + " tokens"
+                                           : std::string("no tokens"));
 }
 
 }  // namespace moeprune::lm

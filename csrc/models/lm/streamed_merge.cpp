@@ -81,7 +81,7 @@ MergeCheckpointResult merge_checkpoint(const CheckpointLayers& checkpoint,
     TORCH_CHECK(usage.frequency.count(ref.index) == 1 && usage.router_logits.count(ref.index) == 1,
                 "merge_checkpoint: no usage for MoE layer ", ref.prefix);
   }
-  const auto routers = hf::router_view(source, info);
+  const auto routers = hf::router_view(checkpoint.source());
   const auto counts =
       options.groups_per_layer() >= 1
           ? compression::same_group_count(*routers, options.groups_per_layer())
@@ -121,7 +121,7 @@ MergeCheckpointResult merge_checkpoint(const CheckpointLayers& checkpoint,
     merged.emplace(ref.index, std::move(m));
     if (progress) progress(ref.index + 1, total);
   }
-  result.report = hf::write_merged_checkpoint(checkpoint.directory(), merged, out, "m-smoe", write);
+  result.report = hf::write_merged_checkpoint(checkpoint.source(), merged, out, "m-smoe", write);
   return result;
 }
 

@@ -1,8 +1,9 @@
 #pragma once
 
-// What the streamed passes over calibration data share (streamed_scores, streamed_expert_usage):
-// [N, S] token ids cut into batches, run through the checkpoint one decoder layer at a time,
-// with each MoE layer handed over under its checkpoint key (hf::MoELayerRef::index).
+// What the streamed passes over calibration data share (StreamedCalibration,
+// streamed_expert_usage): [N, S] token ids cut into batches, run through the checkpoint one decoder
+// layer at a time, with each MoE layer handed over under its checkpoint key
+// (hf::MoELayerRef::index).
 #include <moeprune/layers/moe_view.h>
 #include <moeprune/models/lm/streamed.h>
 

@@ -5,6 +5,7 @@
 // decoder layer and the LM head are built on demand from the memory-mapped tensors, and a layer
 // is freed as soon as its module is dropped.
 #include <moeprune/hf/checkpoint.h>
+#include <moeprune/hf/source.h>
 #include <moeprune/io/safetensors.h>
 #include <moeprune/models/lm/checkpoint.h>
 #include <moeprune/models/lm/decoder_layer.h>
@@ -17,14 +18,17 @@ namespace moeprune::lm {
 
 class CheckpointLayers {
  public:
-  /// Reads config.json and the tensor index of `directory` (no weights yet). Refuses what
+  /// The model of an opened checkpoint folder (no weights read yet). Refuses what
   /// load_causal_lm refuses.
+  explicit CheckpointLayers(hf::Source source, const LoadOptions& options = {});
+  /// Opens `directory` (hf::Source) first.
   explicit CheckpointLayers(const std::string& directory, const LoadOptions& options = {});
 
-  const std::string& directory() const { return directory_; }
+  const hf::Source& source() const { return source_; }
+  const std::string& directory() const { return source_.directory(); }
   const CausalLMOptions& options() const { return options_; }
-  const hf::ModelInfo& info() const { return info_; }
-  const safetensors::Checkpoint& checkpoint() const { return *checkpoint_; }
+  const hf::ModelInfo& info() const { return source_.info(); }
+  const safetensors::Checkpoint& checkpoint() const { return source_.checkpoint(); }
   torch::Dtype dtype() const { return load_.dtype(); }
   int64_t num_layers() const { return options_.num_layers(); }
 
@@ -46,10 +50,8 @@ class CheckpointLayers {
   std::string moe_name(int64_t index) const;
 
  private:
-  std::string directory_;
+  hf::Source source_;
   LoadOptions load_;
-  std::unique_ptr<safetensors::Checkpoint> checkpoint_;
-  hf::ModelInfo info_;
   CausalLMOptions options_;
   std::vector<int64_t> dropped_mlp_;
 };

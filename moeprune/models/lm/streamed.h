@@ -6,9 +6,9 @@
 // states go through it, and it is freed before the next. Peak memory is one layer plus the
 // activations; activations above a budget live in a scratch file. The numbers equal the
 // in-memory model's: the same batches go through the same operations.
+#include <moeprune/hf/scoring.h>
 #include <moeprune/models/lm/checkpoint_layers.h>
 #include <moeprune/models/lm/evaluation.h>
-#include <moeprune/pruning/criterion.h>
 
 #include <torch/arg.h>
 
@@ -48,17 +48,23 @@ PerplexityResult streamed_perplexity(const CheckpointLayers& checkpoint,
                                      const StreamOptions& stream_options = {},
                                      const std::function<void(int64_t, int64_t)>& progress = {});
 
-/// Scores every MoE layer of `finetuned` with `criterion`, keyed by the layer's position among
-/// the checkpoint's MoE layers (hf::MoELayerRef::index, the key of plans on checkpoints). A
-/// criterion that needs data gets the calls its layer received when `calibration` ([N, S] token
-/// ids, run `batch_size` sequences at a time) streams through the model; one that does not reads
-/// each MoE layer alone (routers only unless it needs expert weights). `pretrained` is needed
-/// by criteria that compare with pre-training.
-pruning::ExpertScores streamed_scores(const CheckpointLayers& finetuned,
-                                      const CheckpointLayers* pretrained,
-                                      const pruning::Criterion& criterion,
-                                      const torch::Tensor& calibration, int64_t batch_size,
-                                      uint64_t seed = 0, const StreamOptions& options = {},
-                                      const std::function<void(int64_t, int64_t)>& progress = {});
+/// Calibration tokens streamed through a checkpoint one decoder layer at a time: the inputs of
+/// hf::score_checkpoint for a language model (`moeprune score --calibration`). `tokens` [N, S]
+/// int64 run `batch_size` sequences per forward, the model computed in `dtype`; each MoE layer
+/// gets the calls it received, as the in-memory model's MoE view gives them.
+class StreamedCalibration : public hf::LayerInputs {
+ public:
+  StreamedCalibration(torch::Tensor tokens, int64_t batch_size, torch::Dtype dtype = torch::kFloat,
+                      StreamOptions options = {});
+  void visit_layers(const hf::Source& source, const hf::LoadOptions& load, bool with_inputs,
+                    const hf::LayerCallsVisitor& visit) const override;
+  std::string describe() const override;
+
+ private:
+  torch::Tensor tokens_;
+  int64_t batch_size_;
+  torch::Dtype dtype_;
+  StreamOptions options_;
+};
 
 }  // namespace moeprune::lm
