@@ -22,6 +22,7 @@
 #include <moeprune/models/seq2seq/checkpoint.h>
 #include <moeprune/models/seq2seq/moe_view.h>
 #include <moeprune/text/tokenizer.h>
+#include <moeprune/train/optimization.h>
 #include <moeprune/train/span_corruption.h>
 #include <moeprune/train/text_corpus.h>
 
@@ -151,10 +152,12 @@ int64_t expert_parameters(const SwitchTransformer& model) {
   return n;
 }
 
-// Trains `model` for `steps` on span corruption: the seq2seq loss (with its router losses) plus,
-// with a teacher, 0.2 KL(softmax(teacher / T) || softmax(student / T)) at T = 2, summed over the
-// vocabulary and averaged over the target tokens, without a T^2 factor (MC-SMoE's KLDivLoss with
-// reduction "batchmean", the library's distillation for the vision models).
+// Trains `model` for `steps` on span corruption with the library's optimisation step (AdamW at a
+// constant `lr`, no clipping; a non-finite loss is refused before it reaches the weights): the
+// seq2seq loss (with its router losses) plus, with a teacher, 0.2 KL(softmax(teacher / T) ||
+// softmax(student / T)) at T = 2 per target token, averaged over the target tokens, without a T^2
+// factor (MC-SMoE's KLDivLoss with reduction "batchmean": distillation_kl, as the vision and
+// language trainers distil).
 void train(SwitchTransformer& model, const Task& task, int64_t steps, int64_t size, double lr,
            uint64_t seed, SwitchTransformer* teacher, const std::string& what,
            compression::SparsePruner* pruner = nullptr) {
@@ -164,13 +167,21 @@ void train(SwitchTransformer& model, const Task& task, int64_t steps, int64_t si
       params.push_back(p);
     }
   }
-  torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(lr).weight_decay(0.0));
   constexpr double kTemperature = 2.0, kDistillWeight = 0.2;
+  auto options = moeprune::TrainingOptions().lr(lr);
+  if (pruner != nullptr) {
+    options.after_backward([pruner](int64_t s, int64_t n) { pruner->after_backward(s, n); })
+        .after_step([pruner](int64_t s, int64_t n) { pruner->after_step(s, n); });
+  }
+  const auto optimizer = moeprune::make_optimizer(params, options);
+  std::vector<std::pair<int64_t, moeprune::MoELayer>> moe_layers;
+  for (const auto& [name, layer] : model->moe_layers()) moe_layers.emplace_back(0, layer);
+  moeprune::OptimizationStep optimize(*optimizer, params, moe_layers, options, steps,
+                                      "switch_compress " + what);
   const auto start = std::chrono::steady_clock::now();
   for (int64_t step = 0; step < steps; ++step) {
     model->train();
     const auto t = batch_of(task, task.train, step, size, seed, model->options.pad_token_id());
-    optimizer.zero_grad();
     const auto out = model->forward(t.input_ids, t.attention_mask, {}, t.labels);
     auto loss = out.loss;
     if (teacher != nullptr) {
@@ -180,25 +191,19 @@ void train(SwitchTransformer& model, const Task& task, int64_t steps, int64_t si
         (*teacher)->eval();
         target = (*teacher)->forward(t.input_ids, t.attention_mask, {}, t.labels).logits;
       }
-      const auto scored = t.labels.ne(-100).unsqueeze(-1).to(torch::kFloat);
-      const auto log_p = torch::log_softmax(target.to(torch::kFloat) / kTemperature, -1);
-      const auto log_q = torch::log_softmax(out.logits.to(torch::kFloat) / kTemperature, -1);
-      const auto kl = (log_p.exp() * (log_p - log_q) * scored).sum() / scored.sum();
-      loss = loss + kDistillWeight * kl;
+      // The target tokens only (labels -100 are padding).
+      const auto scored = t.labels.reshape({-1}).ne(-100).nonzero().squeeze(1);
+      const auto rows = [&](const torch::Tensor& logits) {
+        return logits.to(torch::kFloat).reshape({-1, logits.size(-1)}).index_select(0, scored);
+      };
+      loss = loss + kDistillWeight *
+                        moeprune::distillation_kl(rows(out.logits), rows(target), kTemperature);
     }
-    loss.backward();
-    if (pruner != nullptr) {
-      pruner->after_backward(step, steps);
-    }
-    optimizer.step();
-    if (pruner != nullptr) {
-      pruner->after_step(step, steps);
-    }
+    const double value = optimize.apply(step, loss)[0];
     if ((step + 1) % std::max<int64_t>(1, steps / 10) == 0 || step + 1 == steps) {
       const double seconds =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      fmt::print("  {} step {}/{}: loss {:.4f}{} ({:.1f} s)\n", what, step + 1, steps,
-                 loss.item<double>(),
+      fmt::print("  {} step {}/{}: loss {:.4f}{} ({:.1f} s)\n", what, step + 1, steps, value,
                  pruner != nullptr ? fmt::format(", sparse density {:.2f}", pruner->density()) : "",
                  seconds);
       std::fflush(stdout);

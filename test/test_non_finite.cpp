@@ -1,12 +1,15 @@
 // NaN and inf: each place they can enter (input tokens, a router's weight, an expert's weight,
 // an fp32 overflow, a criterion's scores) is refused with an error naming it and, inside a model,
 // the block; with check_finite(false) NaN propagates as torch's operators do.
+#include <moeprune/io/safetensors.h>
 #include <moeprune/layers/moe_layer.h>
 #include <moeprune/models/lm/checkpoint.h>
+#include <moeprune/models/seq2seq/checkpoint.h>
 #include <moeprune/models/vision/moe_view.h>
 #include <moeprune/models/vision/vision_transformer.h>
 #include <moeprune/pruning/builtin_criteria.h>
 #include <moeprune/train/lm_trainer.h>
+#include <moeprune/train/optimization.h>
 #include <moeprune/train/trainer.h>
 
 #include <torch/torch.h>
@@ -196,5 +199,54 @@ TEST_CASE("train_lm refuses a NaN loss before the step, keeping every weight") {
   for (const auto& [name, value] : before) {
     INFO(name);
     CHECK(torch::isclose(after[name], value, 0.0, 0.0, /*equal_nan=*/true).all().item<bool>());
+  }
+}
+
+TEST_CASE(
+    "a Switch model's optimisation step refuses a NaN loss before the step, keeping weights") {
+  // examples/switch_compress trains through OptimizationStep, as the Trainer and train_lm do.
+  const std::string dir = MOEPRUNE_TEST_FIXTURES "/seq2seq";
+  const auto batch =
+      moeprune::safetensors::load_file(dir + "/switch_transformers_reference.safetensors");
+  for (const bool planted : {true, false}) {
+    INFO((planted ? "NaN in the decoder's final norm" : "finite"));
+    auto model = moeprune::seq2seq::load_switch_transformer(dir + "/switch_transformers");
+    if (planted) {
+      torch::NoGradGuard no_grad;
+      // After every MoE layer: only the loss sees it.
+      model->named_parameters()["decoder_final_norm.weight"][2] = kNaN;
+    }
+    std::vector<std::pair<std::string, torch::Tensor>> before;
+    for (const auto& p : model->named_parameters()) {
+      before.emplace_back(p.key(), p.value().detach().clone());
+    }
+    int64_t hooks = 0;
+    auto options = moeprune::TrainingOptions().lr(1e-2);
+    options.after_backward([&](int64_t, int64_t) { ++hooks; }).after_step([&](int64_t, int64_t) {
+      ++hooks;
+    });
+    const auto optimizer = moeprune::make_optimizer(model->parameters(), options);
+    moeprune::OptimizationStep optimize(*optimizer, model->parameters(), {}, options, 2, "switch");
+    model->train();
+    const auto out =
+        model->forward(batch.at("input_ids"), batch.at("attention_mask"), {}, batch.at("labels"));
+    if (planted) {
+      REQUIRE_THROWS_WITH(optimize.apply(0, out.loss),
+                          Contains("switch: the loss became nan at step 0") &&
+                              Contains("keeps the weights from before this step"));
+      CHECK(hooks == 0);
+    } else {
+      CHECK(optimize.apply(0, out.loss)[0] == Approx(out.loss.item<double>()));
+      CHECK(hooks == 2);
+    }
+    // Unchanged after the refusal (the planted NaN included); a finite step moves them.
+    const auto after = model->named_parameters();
+    bool unchanged = true;
+    for (const auto& [name, value] : before) {
+      unchanged =
+          unchanged &&
+          torch::isclose(after[name], value, 0.0, 0.0, /*equal_nan=*/true).all().item<bool>();
+    }
+    CHECK(unchanged == planted);
   }
 }

@@ -4,9 +4,8 @@
 #include <moeprune/models/lm/evaluation.h>
 #include <moeprune/train/progress_bar.h>
 #include <moeprune/train/schedule.h>
-#include <moeprune/train/trainer.h>
 
-#include "train/data_parallel.h"
+#include "train/training_log.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
@@ -21,31 +20,25 @@
 namespace moeprune {
 namespace {
 
-void write_log(const LMTrainerOptions& o, const lm::CausalLM& model, const LMTrainResult& r) {
+void write_log(const LMTrainerOptions& o, const lm::CausalLM& model, const LMTrainResult& r,
+               int64_t processes) {
   if (o.log_path().empty()) {
     return;
   }
-  nlohmann::json log = {{"model",
-                         {{"model_type", model->options.model_type()},
-                          {"layers", model->options.num_layers()},
-                          {"hidden_size", model->options.hidden_size()}}},
-                        {"trainer",
-                         {{"steps", o.steps()},
-                          {"batch_size", o.batch_size()},
-                          {"context", o.context()},
-                          {"lr", o.lr()},
-                          {"weight_decay", o.weight_decay()},
-                          {"warmup_steps", o.warmup_steps()},
-                          {"final_lr_ratio", o.final_lr_ratio()},
-                          {"clip_norm", o.clip_norm()},
-                          {"aux_loss_weight", o.aux_loss_weight()},
-                          {"gradient_checkpointing", o.gradient_checkpointing()},
-                          {"seed", o.seed()},
-                          {"processes", o.process_group() ? o.process_group()->world_size() : 1}}},
-                        {"steps", nlohmann::json::array()},
-                        {"evals", nlohmann::json::array()},
-                        {"seconds", r.seconds},
-                        {"tokens_per_second", r.tokens_per_second}};
+  nlohmann::json log = {
+      {"model",
+       {{"model_type", model->options.model_type()},
+        {"layers", model->options.num_layers()},
+        {"hidden_size", model->options.hidden_size()}}},
+      {"trainer", detail::training_json(o.training(), processes, static_cast<bool>(o.teacher()))},
+      {"steps", nlohmann::json::array()},
+      {"evals", nlohmann::json::array()},
+      {"seconds", r.seconds},
+      {"tokens_per_second", r.tokens_per_second}};
+  log["trainer"]["steps"] = o.steps();
+  log["trainer"]["batch_size"] = o.batch_size();
+  log["trainer"]["context"] = o.context();
+  log["trainer"]["gradient_checkpointing"] = o.gradient_checkpointing();
   for (const auto& s : r.steps) {
     log["steps"].push_back(
         {{"step", s.step}, {"loss", s.loss}, {"aux_loss", s.aux_loss}, {"lr", s.lr}});
@@ -81,18 +74,12 @@ LMTrainResult train_lm(lm::CausalLM& model, const torch::Tensor& train, const to
   }
   model->set_gradient_checkpointing(o.gradient_checkpointing());
   const auto device = model->parameters().front().device();
-  torch::optim::AdamW optimizer(model->parameters(),
-                                torch::optim::AdamWOptions(o.lr()).weight_decay(o.weight_decay()));
+  const auto optimizer = make_optimizer(model->parameters(), o.training());
+  OptimizationStep optimize(*optimizer, model->parameters(), model->moe_layers(), o.training(),
+                            o.steps(), "train_lm");
   auto gen = at::detail::createCPUGenerator(o.seed());
   // Data parallel: the same windows drawn on every process, each taking its share.
-  std::unique_ptr<detail::GradientAverager> averager;
-  int64_t world = 1, rank = 0;
-  if (o.process_group()) {
-    const auto& group = *o.process_group();
-    world = group.world_size();
-    rank = group.rank();
-    averager = detail::GradientAverager::for_model(group, model->parameters(), model->moe_layers());
-  }
+  const int64_t world = optimize.world_size(), rank = optimize.rank();
   LMTrainResult result;
   const auto evaluate = [&](int64_t step) {
     if (!eval.defined()) {
@@ -102,7 +89,7 @@ LMTrainResult train_lm(lm::CausalLM& model, const torch::Tensor& train, const to
         lm::perplexity(model, eval.to(device), lm::PerplexityOptions().context(o.eval_context()));
     result.evals.push_back({step, p.perplexity(), p.mean_nll()});
     if (rank == 0) {
-      write_log(o, model, result);
+      write_log(o, model, result, world);
     }
   };
   ProgressBar bar(o.steps(), "train", "step", o.progress() && rank == 0);
@@ -131,44 +118,11 @@ LMTrainResult train_lm(lm::CausalLM& model, const torch::Tensor& train, const to
                                                          target.reshape({-1, target.size(-1)}),
                                                          o.distill_temperature());
     }
-    // The processes' means, so every process stops alike on a non-finite loss; checked before
-    // the backward pass and the step, so a NaN never reaches the weights (they stay those after
-    // the last finite step). One read-back for the three (each would synchronise on a GPU).
-    const auto read =
-        torch::stack({ce.detach(), out.aux_loss.detach().to(torch::kFloat), loss.detach()})
-            .to(torch::kCPU, torch::kDouble);
-    std::vector<double> losses(read.data_ptr<double>(), read.data_ptr<double>() + 3);
-    if (averager) {
-      losses = averager->mean(losses);
-    }
-    const double ce_value = losses[0], aux_value = losses[1], total_value = losses[2];
-    TORCH_CHECK(std::isfinite(ce_value) && std::isfinite(total_value), "train_lm: the loss became ",
-                std::isfinite(ce_value) ? total_value : ce_value, " at step ", step,
-                " (lower the learning rate); the model keeps the weights from before this step");
-    const double lr =
-        warmup_cosine_lr(step, o.steps(), o.lr(), o.warmup_steps(), o.final_lr_ratio());
-    for (auto& group : optimizer.param_groups()) {
-      static_cast<torch::optim::AdamWOptions&>(group.options()).lr(lr);
-    }
-    optimizer.zero_grad();
-    loss.backward();
-    if (averager) {
-      averager->average();
-    }
-    if (o.after_backward()) {
-      o.after_backward()(step, o.steps());
-    }
-    if (o.clip_norm() > 0.0) {
-      if (averager) {
-        averager->clip(o.clip_norm());
-      } else {
-        torch::nn::utils::clip_grad_norm_(model->parameters(), o.clip_norm());
-      }
-    }
-    optimizer.step();
-    if (o.after_step()) {
-      o.after_step()(step, o.steps());
-    }
+    // The processes' means of the three, read back once; a non-finite loss is refused before
+    // the backward pass and the step.
+    const double lr = optimize.lr_at(step);
+    const auto values = optimize.apply(step, loss, {ce, out.aux_loss});
+    const double ce_value = values[1], aux_value = values[2];
     result.steps.push_back({step, ce_value, aux_value, lr});
     char note[32];
     std::snprintf(note, sizeof(note), "loss %.4f", ce_value);
@@ -184,7 +138,7 @@ LMTrainResult train_lm(lm::CausalLM& model, const torch::Tensor& train, const to
   model->set_gradient_checkpointing(false);
   evaluate(o.steps());
   if (rank == 0) {
-    write_log(o, model, result);
+    write_log(o, model, result, world);
   }
   return result;
 }

@@ -4,7 +4,7 @@
 #include <moeprune/train/progress_bar.h>
 #include <moeprune/train/schedule.h>
 
-#include "train/data_parallel.h"
+#include "train/training_log.h"
 
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
@@ -51,16 +51,7 @@ Trainer::Trainer(VisionTransformer model, TrainerOptions options)
     TORCH_CHECK(options_.distill_weight() >= 0, "Trainer: distill_weight should be >= 0, got ",
                 options_.distill_weight());
   }
-  if (options_.optimizer() == OptimizerKind::kSgd) {
-    optimizer_ = std::make_unique<torch::optim::SGD>(model_->parameters(),
-                                                     torch::optim::SGDOptions(options_.lr())
-                                                         .momentum(options_.momentum())
-                                                         .weight_decay(options_.weight_decay()));
-  } else {
-    optimizer_ = std::make_unique<torch::optim::AdamW>(
-        model_->parameters(),
-        torch::optim::AdamWOptions(options_.lr()).weight_decay(options_.weight_decay()));
-  }
+  optimizer_ = make_optimizer(model_->parameters(), options_.training());
 }
 
 double Trainer::lr_at(int64_t step, int64_t total) const {
@@ -77,15 +68,9 @@ std::vector<EpochLog> Trainer::fit(const data::ImageDataset& train,
               model_->options.num_classes());
   // Data parallel: each process takes its batch_size share of every step's batch (the steps
   // see world * batch_size images), the same permutation on every process (one seed).
-  std::unique_ptr<detail::GradientAverager> averager;
-  int64_t world = 1, rank = 0;
-  if (options_.process_group()) {
-    const auto& group = *options_.process_group();
-    world = group.world_size();
-    rank = group.rank();
-    averager =
-        detail::GradientAverager::for_model(group, model_->parameters(), model_->moe_layers());
-  }
+  const int64_t world =
+      options_.process_group() ? options_.process_group()->world_size() : int64_t{1};
+  const int64_t rank = options_.process_group() ? options_.process_group()->rank() : int64_t{0};
   const bool progress = options_.progress() && rank == 0;
   // Full batches only, so every step routes groups of the configured size.
   // A training set smaller than one batch is trained on whole.
@@ -96,6 +81,8 @@ std::vector<EpochLog> Trainer::fit(const data::ImageDataset& train,
   if (options_.max_steps() > 0) {
     total = std::min(total, options_.max_steps());
   }
+  OptimizationStep optimize(*optimizer_, model_->parameters(), model_->moe_layers(),
+                            options_.training(), total, "Trainer");
   auto generator = at::detail::createCPUGenerator(options_.seed());
   const auto device = model_->parameters().front().device();
   std::vector<EpochLog> epochs;
@@ -123,42 +110,14 @@ std::vector<EpochLog> Trainer::fit(const data::ImageDataset& train,
       const auto x = data::normalize_batch(images, options_.mean(), options_.std()).to(device);
       const auto y = train.labels.index_select(0, index).to(device);
 
-      lr = lr_at(step, total);
-      for (auto& group : optimizer_->param_groups()) {
-        group.options().set_lr(lr);
-      }
-      optimizer_->zero_grad();
+      lr = optimize.lr_at(step);
       const auto out = model_->forward(x);
       const auto task_loss = model_->loss(out, y);
       auto loss = task_loss + options_.aux_loss_weight() * out.aux_loss;
       if (options_.teacher()) {
         loss = loss + options_.distill_weight() * distillation_loss(out.logits, x);
       }
-      // Checked before the step, so a NaN loss never reaches the weights (on every process at
-      // once: the mean over the processes).
-      const double loss_value =
-          averager ? averager->mean(loss.item<double>()) : loss.item<double>();
-      TORCH_CHECK(std::isfinite(loss_value), "Trainer: the loss became ", loss_value, " at step ",
-                  step, " (learning rate ", lr,
-                  "); the model keeps the weights from before this step");
-      loss.backward();
-      if (averager) {
-        averager->average();
-      }
-      if (options_.after_backward()) {
-        options_.after_backward()(step, total);
-      }
-      if (options_.clip_norm() > 0) {
-        if (averager) {
-          averager->clip(options_.clip_norm());
-        } else {
-          torch::nn::utils::clip_grad_norm_(model_->parameters(), options_.clip_norm());
-        }
-      }
-      optimizer_->step();
-      if (options_.after_step()) {
-        options_.after_step()(step, total);
-      }
+      optimize.apply(step, loss);
 
       const double l = task_loss.item<double>();
       loss_sum += l * static_cast<double>(y.size(0));
@@ -169,10 +128,10 @@ std::vector<EpochLog> Trainer::fit(const data::ImageDataset& train,
                     100.0 * correct / seen, lr);
       bar.update(seen * world, note);  // rank 0's figures; the epoch log has every process's
     }
-    if (averager) {
+    if (world > 1) {
       // The epoch's figures over every process.
       const auto means =
-          averager->mean({loss_sum, static_cast<double>(correct), static_cast<double>(seen)});
+          optimize.mean({loss_sum, static_cast<double>(correct), static_cast<double>(seen)});
       loss_sum = means[0] * static_cast<double>(world);
       correct = std::llround(means[1] * world);
       seen = std::llround(means[2] * world);
@@ -195,20 +154,10 @@ std::vector<EpochLog> Trainer::fit(const data::ImageDataset& train,
     }
     epochs.push_back(log);
     if (rank == 0) {
-      write_log(epochs);
+      write_log(epochs, world);
     }
   }
   return epochs;
-}
-
-torch::Tensor distillation_kl(const torch::Tensor& student_logits,
-                              const torch::Tensor& teacher_logits, double temperature) {
-  TORCH_CHECK(student_logits.sizes() == teacher_logits.sizes(), "distillation_kl: student logits ",
-              student_logits.sizes(), " and teacher logits ", teacher_logits.sizes(), " differ");
-  TORCH_CHECK(temperature > 0, "distillation_kl: temperature should be > 0, got ", temperature);
-  const auto log_student = (student_logits / temperature).log_softmax(-1);
-  const auto log_teacher = (teacher_logits / temperature).log_softmax(-1);
-  return (log_teacher.exp() * (log_teacher - log_student)).sum(-1).mean();
 }
 
 torch::Tensor Trainer::distillation_loss(const torch::Tensor& logits, const torch::Tensor& images) {
@@ -290,24 +239,16 @@ EvalResult Trainer::evaluate(const data::ImageDataset& data) {
   return r;
 }
 
-void Trainer::write_log(const std::vector<EpochLog>& epochs) const {
+void Trainer::write_log(const std::vector<EpochLog>& epochs, int64_t processes) const {
   if (options_.log_path().empty()) {
     return;
   }
-  nlohmann::json log = {
-      {"model", nlohmann::json::parse(model_->config_json())},
-      {"trainer",
-       {{"epochs", options_.epochs()},
-        {"batch_size", options_.batch_size()},
-        {"optimizer", options_.optimizer() == OptimizerKind::kSgd ? "sgd" : "adamw"},
-        {"lr", options_.lr()},
-        {"momentum", options_.momentum()},
-        {"weight_decay", options_.weight_decay()},
-        {"warmup_steps", options_.warmup_steps()},
-        {"clip_norm", options_.clip_norm()},
-        {"aux_loss_weight", options_.aux_loss_weight()},
-        {"seed", options_.seed()}}},
-      {"epochs", nlohmann::json::array()}};
+  nlohmann::json log = {{"model", nlohmann::json::parse(model_->config_json())},
+                        {"trainer", detail::training_json(options_.training(), processes,
+                                                          static_cast<bool>(options_.teacher()))},
+                        {"epochs", nlohmann::json::array()}};
+  log["trainer"]["epochs"] = options_.epochs();
+  log["trainer"]["batch_size"] = options_.batch_size();
   for (const auto& e : epochs) {
     log["epochs"].push_back({{"epoch", e.epoch},
                              {"steps", e.steps},

@@ -37,8 +37,8 @@ struct SparsePruningOptions {
 };
 
 /// Prunes the sparse parts S of a factorised model while it trains. Call after_backward once the
-/// gradients are in (before the optimizer step) and after_step after it, or hand both to
-/// TrainerOptions::after_backward / after_step through hooks().
+/// gradients are in (before the optimizer step) and after_step after it, e.g. as a trainer's
+/// TrainingOptions::after_backward / after_step (optimization.h).
 class SparsePruner {
  public:
   /// Prunes the sparse parts of the factorised experts of `view`'s layers.
