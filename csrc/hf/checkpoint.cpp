@@ -113,9 +113,6 @@ ModelInfo describe_config(const Config& config, const safetensors::Checkpoint& c
   info.model_type = config.text("model_type", "");
   const auto& family = family_of(info.model_type, config.path());
   auto refs = family.describe(config, checkpoint, info);
-  if (!config.contains(family.experts_key()) && config.contains("num_local_experts")) {
-    info.config_experts_key = "num_local_experts";
-  }
   TORCH_CHECK(!refs.empty(), config.path(), ": the model has no MoE layers");
   const auto states = pruned_states(config, refs);
   for (auto& ref : refs) {

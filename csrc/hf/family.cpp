@@ -28,6 +28,10 @@ std::vector<FamilyInfo> supported_families() {
 
 namespace detail {
 
+std::vector<std::string> fused_gated_experts(const MoELayerRef& ref) {
+  return {ref.prefix + ".experts.gate_up_proj", ref.prefix + ".experts.down_proj"};
+}
+
 void expect_shape(const safetensors::Checkpoint& checkpoint, const std::string& name,
                   const std::vector<int64_t>& shape, const std::string& config_path) {
   TORCH_CHECK(checkpoint.contains(name), checkpoint.directory(), ": tensor '", name,

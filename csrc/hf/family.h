@@ -65,6 +65,9 @@ void expect_shape(const safetensors::Checkpoint& checkpoint, const std::string& 
                   const std::vector<int64_t>& shape, const std::string& config_path);
 /// The expert activation a config names (hidden_act, dense_act_fn).
 ExpertActivation activation_of(const std::string& name, const std::string& config_path);
+/// transformers 5.x's fused experts of a SwiGLU layer at `ref.prefix`: {experts.gate_up_proj
+/// [E, 2F, d] (gate rows first), experts.down_proj [E, d, F]}, the same tensors for every expert.
+std::vector<std::string> fused_gated_experts(const MoELayerRef& ref);
 /// Checks a SwiGLU layer's expert tensors against the sizes: per expert {gate, down, up} as
 /// `family` names them, or fused gate_up_proj [E, 2F, d] (gate rows first) / down_proj [E, d, F].
 void expect_gated_experts(const safetensors::Checkpoint& checkpoint, const MoELayerRef& ref,

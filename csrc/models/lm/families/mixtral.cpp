@@ -60,7 +60,7 @@ class Mixtral : public Family {
 
   std::vector<std::string> expert_tensors(const hf::MoELayerRef& ref, int64_t j) const override {
     if (ref.fused) {
-      return {ref.prefix + ".experts.gate_up_proj", ref.prefix + ".experts.down_proj"};
+      return hf::detail::fused_gated_experts(ref);
     }
     const auto e = expert_stem(ref) + std::to_string(j);
     return {e + ".w1.weight", e + ".w2.weight", e + ".w3.weight"};

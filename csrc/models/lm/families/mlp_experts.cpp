@@ -20,7 +20,11 @@ std::vector<hf::MoELayerRef> MlpExpertsFamily::describe(const hf::Config& config
                                                         hf::ModelInfo& info) const {
   info.d_model = config.integer("hidden_size");
   info.hidden_dim = config.integer(width_key());
-  info.num_experts = config.integer(count_key(config));
+  const auto key = count_key(config);
+  info.num_experts = config.integer(key);
+  if (key != experts_key()) {
+    info.config_experts_key = key;  // transformers 5.x writes num_local_experts for every family
+  }
   info.top_k = config.integer("num_experts_per_tok");
   info.norm_topk_prob = config.flag("norm_topk_prob", norm_topk_prob_default());
   info.activation = hf::detail::activation_of(config.text("hidden_act", "silu"), config.path());
@@ -37,7 +41,7 @@ std::vector<hf::MoELayerRef> MlpExpertsFamily::describe(const hf::Config& config
     ref.num_experts = E;
     ref.prefix = "model.layers." + std::to_string(i) + ".mlp";
     ref.router = ref.prefix + ".gate.weight";
-    ref.fused = checkpoint.contains(ref.prefix + ".experts.gate_up_proj");
+    ref.fused = checkpoint.contains(hf::detail::fused_gated_experts(ref).front());
     hf::detail::expect_shape(checkpoint, ref.router, {E, d}, config.path());
     if (router_has_bias()) {
       ref.router_bias = ref.prefix + ".gate.e_score_correction_bias";
@@ -58,7 +62,7 @@ std::string MlpExpertsFamily::count_key(const hf::Config& config) const {
 std::vector<std::string> MlpExpertsFamily::expert_tensors(const hf::MoELayerRef& ref,
                                                           int64_t j) const {
   if (ref.fused) {
-    return {ref.prefix + ".experts.gate_up_proj", ref.prefix + ".experts.down_proj"};
+    return hf::detail::fused_gated_experts(ref);
   }
   const auto e = expert_stem(ref) + std::to_string(j);
   return {e + ".gate_proj.weight", e + ".down_proj.weight", e + ".up_proj.weight"};
