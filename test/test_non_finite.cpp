@@ -250,3 +250,20 @@ TEST_CASE(
     CHECK(unchanged == planted);
   }
 }
+
+TEST_CASE(
+    "the optimisation step refuses a run of no steps, a negative rate and a non-scalar loss") {
+  auto w = torch::ones({3}, torch::requires_grad());
+  REQUIRE_THROWS_WITH(moeprune::make_optimizer({w}, moeprune::TrainingOptions().lr(-1e-3)),
+                      Contains("the learning rate should be >= 0, got -0.001"));
+  const auto options = moeprune::TrainingOptions().lr(0.5);
+  const auto optimizer = moeprune::make_optimizer({w}, options);
+  REQUIRE_THROWS_WITH(moeprune::OptimizationStep(*optimizer, {w}, {}, options, 0, "toy"),
+                      Contains("toy: a run needs at least one step, got 0"));
+  moeprune::OptimizationStep optimize(*optimizer, {w}, {}, options, 1, "toy");
+  REQUIRE_THROWS_WITH(optimize.apply(0, w * 2.0), Contains("toy: the loss should be a scalar"));
+  CHECK(torch::equal(w, torch::ones({3})));
+  // A scalar loss steps: AdamW's first step moves each weight by lr (its update is lr * sign).
+  optimize.apply(0, (w * w).sum());
+  CHECK(torch::allclose(w, torch::full({3}, 0.5), 0.0, 1e-6));
+}
