@@ -24,10 +24,11 @@ void HiddenStateFile::visit_layers(const Source& source, const LoadOptions& load
     const LayerMapView view(
         {{ref.index, ref.prefix, load_moe_layer(source.checkpoint(), info, ref, load)}},
         [&](const auto& tokens) {
-          // A copy in memory, not the file's mapped bytes: BLAS takes other paths for data at
-          // the tensor's 8-byte file alignment, and the router's logits differ in the last bits.
+          // In the layer's dtype, and a copy in memory, not the file's mapped bytes: BLAS takes
+          // other paths for data at the tensor's 8-byte file alignment, and the router's logits
+          // differ in the last bits.
           tokens(ref.index, file.tensor(ref.prefix)
-                                .to(torch::kFloat, /*non_blocking=*/false,
+                                .to(load.dtype(), /*non_blocking=*/false,
                                     /*copy=*/true));
         });
     view.walk(with_inputs, [&](const MoELayerEntry& entry, const LayerCalls& calls) {
@@ -49,7 +50,7 @@ pruning::ExpertScores score_checkpoint(const Source& finetuned, const pruning::C
               "hidden states from a safetensors file; docs/checkpoints.md)");
   const auto load =
       LoadOptions().expert_weights(criterion.needs_expert_weights()).dtype(options.dtype);
-  if (options.pretrained != nullptr && criterion.needs_pretrained()) {
+  if (criterion.needs_pretrained()) {
     const auto& pre = options.pretrained->info();
     TORCH_CHECK(pre.layers.size() == info.layers.size(), options.pretrained->directory(), " has ",
                 pre.layers.size(), " MoE layers, ", finetuned.directory(), " has ",
