@@ -5,8 +5,9 @@
 // compressions (M-SMoE, MC-SMoE, Expert/Layer/Block Drop) at matched budgets, and writes tables,
 // JSON, CSV and PNG plots. --full adds the expert-choice and E3-MoE variants, every pruning ratio
 // and more drop settings.
-#include "compression_compare.h"
 #include "machine_info.h"
+#include "report.h"
+#include "vision_task.h"
 
 #include <cstdlib>
 
@@ -98,36 +99,6 @@ void finetune(const std::string& pretrained, const experiments::Splits& task, co
   moeprune::save_vision_transformer(path, vit, experiments::task_metadata(data.args, task.mapping));
 }
 
-// gnuplot draws accuracy against the fraction of experts pruned, one line per criterion, before
-// and after the post-pruning fine-tune.
-void plot(const std::vector<experiments::SweepCell>& cells, const experiments::SweepConfig& cfg,
-          int64_t num_experts, const std::string& title, const std::string& dir) {
-  const auto data_path = dir + "/plot_" + cfg.model_name + ".dat";
-  std::string data;
-  for (const auto& name : cfg.criteria) {
-    data += "# " + name + "\n";
-    for (const auto n : cfg.counts) {
-      const auto [a, b] = experiments::cell_accuracies(cells, cfg.model_name, name, n);
-      const auto [ma, sa] = experiments::mean_and_spread(a);
-      const auto [mb, sb] = experiments::mean_and_spread(b);
-      data += fmt::format("{} {} {} {} {}\n", static_cast<double>(n) / num_experts, 100 * ma,
-                          100 * sa, 100 * mb, 100 * sb);
-    }
-    data += "\n\n";
-  }
-  experiments::write_text(data_path, data);
-  const auto script_path = dir + "/plot_" + cfg.model_name + ".gp";
-  const auto png = experiments::plot_sweep(
-      dir + "/plot_" + cfg.model_name + ".png",
-      fmt::format("{} on the 4-way {} task", cfg.model_name, title), "test top-1 (%)",
-      "bottom left", data_path, cfg.criteria, cfg.post_steps, script_path);
-  if (!png.empty()) {
-    fmt::print("      plot: {}\n", png);
-  } else {
-    fmt::print("      gnuplot failed; the data and script are {} and {}\n", data_path, script_path);
-  }
-}
-
 int run(int argc, char** argv) {
   CLI::App app{
       "moeprune demo: pre-train a small V-MoE on Fashion-MNIST (or CIFAR-10), fine-tune it on a "
@@ -184,76 +155,77 @@ int run(int argc, char** argv) {
   const std::vector<std::string> presets =
       full ? std::vector<std::string>{"small_vmoe", "small_expert_choice", "small_e3moe"}
            : std::vector<std::string>{"small_vmoe"};
-  std::vector<experiments::SweepConfig> configs;
+  // One task per model (its checkpoints, data and post-pruning fine-tune), swept and compared.
+  std::vector<std::unique_ptr<experiments::VisionClassification>> tasks;
+  std::vector<experiments::SweepConfig> sweeps;
+  const int64_t post = post_steps >= 0 ? post_steps : (full ? 300 : 100);
   for (const auto& preset : presets) {
-    experiments::SweepConfig cfg;
+    experiments::VisionTaskConfig cfg;
     cfg.model_name = preset;
+    cfg.description = "4-way " + data.title + " task";
+    cfg.data_title = data.title;
     cfg.pretrained = cache + "/pretrained_" + data.pretrained_tag + preset + ".pt";
     cfg.finetuned =
         cache + "/finetuned_" + data.pretrained_tag + preset + data.finetuned_tag + ".pt";
+    cfg.post_steps = post;
     pretrain(preset, all, data, cfg.pretrained, pretrain_epochs, fresh);
     finetune(cfg.pretrained, task, data, cfg.finetuned, fresh);
-    cfg.criteria = criteria_names;
     const auto experts = experiments::read_metadata(cfg.finetuned).options.num_experts();
     std::vector<int64_t> wanted;
     for (int64_t n = 0; n < experts; n += full ? 1 : 2) {
       wanted.push_back(n);
     }
-    cfg.counts = experiments::feasible_counts(cfg.finetuned, wanted);
-    cfg.post_steps = post_steps >= 0 ? post_steps : (full ? 300 : 100);
-    configs.push_back(cfg);
+    experiments::SweepConfig sweep;
+    sweep.criteria = criteria_names;
+    sweep.counts = experiments::feasible_counts(cfg.finetuned, wanted);
+    sweeps.push_back(sweep);
+    tasks.push_back(std::make_unique<experiments::VisionClassification>(cfg, task));
   }
 
   // The compression comparison: V-MoE (and expert choice with --full). E3-MoE's members route
   // separately, so its experts are neither merged nor dropped by routing score.
-  std::vector<experiments::CompressionConfig> compressions;
-  for (const auto& cfg : configs) {
-    if (no_compression || cfg.model_name == "small_e3moe") {
+  std::vector<std::pair<const experiments::VisionClassification*, experiments::CompressionConfig>>
+      compressions;
+  for (const auto& t : tasks) {
+    if (no_compression || t->name() == "small_e3moe") {
       continue;
     }
     experiments::CompressionConfig c;
-    c.model_name = cfg.model_name;
-    c.title = "4-way " + data.title + " task";
-    c.pretrained = cfg.pretrained;
-    c.finetuned = cfg.finetuned;
-    c.post_steps = cfg.post_steps;
-    const auto meta = experiments::read_metadata(cfg.finetuned).options;
-    for (int64_t kept = meta.num_experts() - 2; kept >= 1; kept -= 2) {
+    for (int64_t kept = t->shape().experts - 2; kept >= 1; kept -= 2) {
       c.budgets.push_back(kept);
     }
     c.layer_drops = full ? std::vector<int64_t>{1, 2} : std::vector<int64_t>{1};
     c.block_drops = full ? std::vector<int64_t>{1, 2, 3} : std::vector<int64_t>{1, 2};
-    compressions.push_back(c);
+    compressions.emplace_back(t.get(), c);
   }
 
   // Finished runs go to a journal as they end, so an interrupted run resumes where it stopped.
   // Its settings name everything the runs depend on besides their own key.
-  nlohmann::json settings = {{"data", data.title},
-                             {"post_steps", configs.front().post_steps},
-                             {"checkpoints", nlohmann::json::object()}};
-  for (const auto& cfg : configs) {
-    settings["checkpoints"][cfg.model_name] = {experiments::file_fingerprint(cfg.pretrained),
-                                               experiments::file_fingerprint(cfg.finetuned)};
+  nlohmann::json settings = {
+      {"data", data.title}, {"post_steps", post}, {"checkpoints", nlohmann::json::object()}};
+  for (const auto& t : tasks) {
+    settings["checkpoints"][t->name()] = {experiments::file_fingerprint(t->config().pretrained),
+                                          experiments::file_fingerprint(t->config().finetuned)};
   }
   auto journal = experiments::open_run_journal(out + "/runs.jsonl", settings, fresh);
 
   int64_t sweep_total = 0, compression_total = 0;
-  for (const auto& cfg : configs) sweep_total += experiments::sweep_runs(cfg);
-  for (const auto& c : compressions) compression_total += experiments::compression_runs(c);
+  for (const auto& sweep : sweeps) sweep_total += experiments::sweep_runs(sweep);
+  for (const auto& [t, c] : compressions) compression_total += experiments::compression_runs(c);
   fmt::print(
       "[3/4] pruning sweep: {} runs (criteria x experts pruned per layer, random x 3 seeds)\n",
       sweep_total);
   std::fflush(stdout);
   moeprune::ProgressBar bar(sweep_total, "sweep", "runs");
   int64_t done = 0;
-  std::vector<experiments::SweepCell> cells;
-  for (const auto& cfg : configs) {
-    const auto c = experiments::run_sweep(cfg, task, bar, done, &journal);
+  std::vector<experiments::Cell> cells;
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    const auto c = experiments::run_sweep(*tasks[i], sweeps[i], bar, done, &journal);
     cells.insert(cells.end(), c.begin(), c.end());
   }
   bar.finish();
 
-  std::vector<experiments::CompressionCell> compressed;
+  std::vector<experiments::Cell> compressed;
   if (!compressions.empty()) {
     fmt::print(
         "[4/4] compressions compared: {} runs (pruning, M-SMoE, MC-SMoE, Expert Drop at matched "
@@ -262,8 +234,8 @@ int run(int argc, char** argv) {
     std::fflush(stdout);
     moeprune::ProgressBar cbar(compression_total, "compression", "runs");
     int64_t cdone = 0;
-    for (const auto& c : compressions) {
-      const auto rows = experiments::run_compression(c, task, &cbar, &cdone, &journal);
+    for (const auto& [t, c] : compressions) {
+      const auto rows = experiments::run_compression(*t, c, &cbar, &cdone, &journal);
       compressed.insert(compressed.end(), rows.begin(), rows.end());
     }
     cbar.finish();
@@ -273,18 +245,18 @@ int run(int argc, char** argv) {
   const auto resumed = journal.reused();
   const double minutes =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 60.0;
-  for (const auto& cfg : configs) {
-    const auto experts = experiments::read_metadata(cfg.finetuned).options.num_experts();
-    experiments::print_sweep_table(cells, cfg, experts);
-    plot(cells, cfg, experts, data.title, out);
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    experiments::print_sweep_table(cells, *tasks[i], sweeps[i]);
+    const auto png = experiments::plot_sweep(cells, *tasks[i], sweeps[i], out);
+    fmt::print("      {}\n", png.empty() ? "gnuplot failed for the sweep plot" : "plot: " + png);
   }
-  for (const auto& c : compressions) {
-    std::vector<experiments::CompressionCell> rows;
+  for (const auto& [t, c] : compressions) {
+    std::vector<experiments::Cell> rows;
     for (const auto& r : compressed) {
-      if (r.model == c.model_name) rows.push_back(r);
+      if (r.model == t->name()) rows.push_back(r);
     }
-    experiments::print_compression_table(rows, c);
-    const auto png = experiments::plot_compression(rows, c, out);
+    experiments::print_compression_table(rows, *t);
+    const auto png = experiments::plot_compression(rows, *t, out);
     fmt::print("      {}\n",
                png.empty() ? "gnuplot failed for the compression plot" : "plot: " + png);
   }
@@ -296,10 +268,11 @@ int run(int argc, char** argv) {
                                  {"runs_reused_from_journal", resumed},
                                  {"reused_runs_minutes", journal.reused_seconds() / 60.0},
                                  {"reused_runs_untimed", journal.reused_untimed()},
-                                 {"post_steps", configs.front().post_steps}};
-  experiments::write_sweep(cells, out + "/results", header);
+                                 {"post_steps", post}};
+  const auto& metrics = tasks.front()->metrics();
+  experiments::write_sweep(cells, metrics, out + "/results", header);
   if (!compressed.empty()) {
-    experiments::write_compression(compressed, out + "/compression", header);
+    experiments::write_compression(compressed, metrics, out + "/compression", header);
   }
   fmt::print(
       "\nwrote {0}/results.json, {0}/results.csv{1}; took {2:.1f} minutes{3}\n", out,

@@ -5,9 +5,9 @@
 // at 0, 2, 4 and 6 of 8 experts per MoE layer, with and without a short post-pruning fine-tune,
 // and compares pruning with M-SMoE, MC-SMoE and Expert/Layer/Block Drop at matched budgets.
 // docs/reproduction-lm.md describes the setting and the results.
-#include "lm_compare.h"
-#include "lm_sweep.h"
+#include "lm_task.h"
 #include "machine_info.h"
+#include "report.h"
 
 #include <cstdlib>
 
@@ -139,15 +139,18 @@ int run(int argc, char** argv) {
     return 0;
   }
 
-  const int64_t experts = lm::load_causal_lm(finetuned)->options.moe()->num_experts();
-  experiments::LMSweepConfig cfg;
+  experiments::LMTaskConfig cfg;
   cfg.pretrained = pretrained;
   cfg.finetuned = finetuned;
-  cfg.criteria = criteria_names;
-  for (int64_t n = 0; n < experts; n += 2) cfg.counts.push_back(n);
   cfg.context = context;
   cfg.post = trainer(post, context);
-  cfg.drop_router_rows = router == "cut";
+  cfg.cut_router_rows = router == "cut";
+  const experiments::CausalLanguageModeling lm_task(cfg, task);
+  const int64_t experts = lm_task.shape().experts;
+  experiments::SweepConfig sweep;
+  sweep.criteria = criteria_names;
+  for (int64_t n = 0; n < experts; n += 2) sweep.counts.push_back(n);
+  sweep.unpruned_once = true;
 
   // Finished runs go to a journal as they end, so an interrupted run resumes where it stopped.
   const nlohmann::json settings = {
@@ -161,27 +164,24 @@ int run(int argc, char** argv) {
         experiments::file_fingerprint(finetuned + "/model.safetensors")}}};
   auto journal = experiments::open_run_journal(out + "/runs.jsonl", settings, fresh);
 
-  const auto sweep_total = experiments::lm_sweep_runs(cfg);
+  const auto sweep_total = experiments::sweep_runs(sweep);
   fmt::print(
       "[3/4] pruning sweep: {} runs (criteria x experts pruned per layer, random x {} seeds)\n",
-      sweep_total, cfg.seeds);
+      sweep_total, sweep.seeds);
   std::fflush(stdout);
   moeprune::ProgressBar bar(sweep_total, "sweep", "runs");
   int64_t done = 0;
-  const auto cells = experiments::run_lm_sweep(cfg, task, bar, done, &journal);
+  const auto cells = experiments::run_sweep(lm_task, sweep, bar, done, &journal);
   bar.finish();
 
-  std::vector<experiments::CompressionCell> compressed;
-  experiments::LMCompressionConfig ccfg;
-  ccfg.pretrained = pretrained;
-  ccfg.finetuned = finetuned;
-  ccfg.context = context;
-  ccfg.post = cfg.post;
-  ccfg.drop_router_rows = cfg.drop_router_rows;
+  std::vector<experiments::Cell> compressed;
+  experiments::CompressionConfig ccfg;
+  ccfg.layer_drops = {1, 2};
+  ccfg.block_drops = {1, 2};
   ccfg.sweep = cells;
   for (int64_t kept = experts - 2; kept >= 2; kept -= 2) ccfg.budgets.push_back(kept);
   if (!no_compression) {
-    const auto total = experiments::lm_compression_runs(ccfg);
+    const auto total = experiments::compression_runs(ccfg);
     fmt::print(
         "[4/4] compressions compared: {} runs (pruning, Expert Drop, M-SMoE, MC-SMoE at matched "
         "experts per layer; Layer Drop, Block Drop)\n",
@@ -189,7 +189,7 @@ int run(int argc, char** argv) {
     std::fflush(stdout);
     moeprune::ProgressBar cbar(total, "compression", "runs");
     int64_t cdone = 0;
-    compressed = experiments::run_lm_compression(ccfg, task, cbar, cdone, &journal);
+    compressed = experiments::run_compression(lm_task, ccfg, &cbar, &cdone, &journal);
     cbar.finish();
   } else {
     fmt::print("[4/4] compression comparison skipped\n");
@@ -197,18 +197,12 @@ int run(int argc, char** argv) {
 
   const double minutes =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 60.0;
-  experiments::print_lm_sweep_table(cells, cfg, experts, task.language_name);
-  const auto png = experiments::plot_lm_sweep(cells, cfg, experts, task.language_name, out);
+  experiments::print_sweep_table(cells, lm_task, sweep);
+  const auto png = experiments::plot_sweep(cells, lm_task, sweep, out);
   fmt::print("      {}\n", png.empty() ? "gnuplot failed for the sweep plot" : "plot: " + png);
   if (!compressed.empty()) {
-    experiments::print_lm_compression_table(compressed, post.steps, task.language_name);
-    experiments::CompressionConfig plot_cfg;
-    plot_cfg.model_name = "lm";
-    plot_cfg.title = task.language_name + " fortunes";
-    plot_cfg.post_steps = post.steps;
-    const auto cpng = experiments::plot_compression(
-        compressed, plot_cfg, out, "test bits per byte (lower is better)", 1.0,
-        fmt::format("latency of {} x {} test tokens (ms, median of 11)", 4, context));
+    experiments::print_compression_table(compressed, lm_task);
+    const auto cpng = experiments::plot_compression(compressed, lm_task, out);
     fmt::print("      {}\n",
                cpng.empty() ? "gnuplot failed for the compression plot" : "plot: " + cpng);
   }
@@ -225,9 +219,9 @@ int run(int argc, char** argv) {
                                  {"router", router},
                                  {"pretrain_steps", pre.steps},
                                  {"finetune_steps", fine.steps}};
-  experiments::write_lm_sweep(cells, out + "/results", header);
+  experiments::write_sweep(cells, lm_task.metrics(), out + "/results", header);
   if (!compressed.empty()) {
-    experiments::write_lm_compression(compressed, out + "/compression", header);
+    experiments::write_compression(compressed, lm_task.metrics(), out + "/compression", header);
   }
   fmt::print(
       "\nwrote {0}/results.json, {0}/results.csv{1}; took {2:.1f} minutes{3}\n", out,

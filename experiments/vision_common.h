@@ -2,10 +2,11 @@
 
 // What the V-MoE example programs share: choosing and loading the data, the task's labels,
 // the checkpoint metadata, and printing an evaluation.
+#include "program.h"
+
 #include <moeprune/moeprune.h>
 
 #include <fmt/format.h>
-#include <malloc.h>
 
 #include <torch/torch.h>
 #include <CLI/CLI.hpp>
@@ -204,36 +205,6 @@ inline void print_eval(const std::string& title, const moeprune::EvalResult& r) 
     fmt::print("  MoE block {}: load % per expert [{} ]  dropped {:.2f}%  no expert {:.2f}%\n",
                l.block, load, 100.0 * l.dropped_fraction, 100.0 * l.unrouted_fraction);
   }
-}
-
-/// Keeps freed memory in the process: without it glibc returns large blocks to the kernel and
-/// every step re-faults them (about 20% of CPU training time, docs/performance.md).
-inline void keep_freed_memory() {
-  mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
-}
-
-/// What every vision program does first: keep freed memory, and set the torch thread count
-/// (0: torch's default).
-inline void set_up_process(int64_t threads) {
-  keep_freed_memory();
-  if (threads > 0) {
-    torch::set_num_threads(static_cast<int>(threads));
-  }
-}
-
-/// Runs a program's body, printing a bad input's message (without a C++ backtrace) and
-/// returning 1 instead of aborting.
-template <typename Body>
-int guarded(Body body, int argc, char** argv) {
-  try {
-    return body(argc, argv);
-  } catch (const c10::Error& e) {
-    fmt::print(stderr, "error: {}\n", e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "error: {}\n", e.what());
-  }
-  return 1;
 }
 
 }  // namespace experiments

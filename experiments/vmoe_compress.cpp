@@ -3,7 +3,7 @@
 // Drop or Block Drop. Optionally fine-tunes afterwards (distillation from the uncompressed model
 // with routers frozen for the merging methods, as their papers do), prints what the model stores,
 // its FLOPs and its accuracy before and after, and writes the compressed checkpoint.
-#include "compression_compare.h"
+#include "vision_task.h"
 
 namespace {
 

@@ -2,13 +2,15 @@
 // each number of experts pruned per MoE layer, the test accuracy right after pruning and after a
 // short post-pruning fine-tune (random: mean and spread over seeds). Prints a table and writes
 // JSON and CSV.
-#include "prune_sweep.h"
+#include "report.h"
+#include "vision_task.h"
 
 namespace {
 
 int run(int argc, char** argv) {
   CLI::App app{"Sweeps pruning criteria and ratios on a fine-tuned vision MoE checkpoint."};
-  experiments::SweepConfig cfg;
+  experiments::VisionTaskConfig cfg;
+  experiments::SweepConfig sweep;
   std::string criteria_text, prune_text = "0,2,4,6", out = "sweep";
   int64_t threads = 0;
   const auto registry = moeprune::pruning::CriterionRegistry::with_builtins();
@@ -23,7 +25,7 @@ int run(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--post-steps", cfg.post_steps, "Post-pruning fine-tuning steps (0: none)")
       ->capture_default_str();
-  app.add_option("--seeds", cfg.seeds, "Seeds for the random criterion")->capture_default_str();
+  app.add_option("--seeds", sweep.seeds, "Seeds for the random criterion")->capture_default_str();
   app.add_option("--calibration-images", cfg.calibration, "Training images for data criteria")
       ->capture_default_str();
   app.add_option("--threads", threads, "Torch threads (0: torch's default)");
@@ -40,14 +42,14 @@ int run(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
 
   experiments::set_up_process(threads);
-  cfg.criteria = experiments::parse_criteria(registry, criteria_text);
-  cfg.counts = moeprune::data::parse_label_mapping(prune_text);
+  sweep.criteria = experiments::parse_criteria(registry, criteria_text);
+  sweep.counts = moeprune::data::parse_label_mapping(prune_text);
   const auto meta = experiments::read_metadata(cfg.finetuned);
   cfg.model_name = meta.options.moe_preset();
   experiments::DataArgs data;
   data.data = meta.data;
   data.dir = data_dir;
-  const auto splits = experiments::load_splits(data, meta.labels);
+  const experiments::VisionClassification task(cfg, experiments::load_splits(data, meta.labels));
   // What the runs depend on besides their own key (criterion, count, seed).
   const nlohmann::json settings = {{"pretrained", experiments::file_fingerprint(cfg.pretrained)},
                                    {"finetuned", experiments::file_fingerprint(cfg.finetuned)},
@@ -56,12 +58,12 @@ int run(int argc, char** argv) {
                                    {"data_dir", data_dir}};
   auto journal = experiments::open_run_journal(out + ".runs.jsonl", settings, fresh);
   const auto start = std::chrono::steady_clock::now();
-  moeprune::ProgressBar bar(experiments::sweep_runs(cfg), "sweep", "runs");
+  moeprune::ProgressBar bar(experiments::sweep_runs(sweep), "sweep", "runs");
   int64_t done = 0;
-  const auto cells = experiments::run_sweep(cfg, splits, bar, done, &journal);
+  const auto cells = experiments::run_sweep(task, sweep, bar, done, &journal);
   bar.finish();
-  experiments::print_sweep_table(cells, cfg, meta.options.num_experts());
-  experiments::write_sweep(cells, out,
+  experiments::print_sweep_table(cells, task, sweep);
+  experiments::write_sweep(cells, task.metrics(), out,
                            {{"pretrained", cfg.pretrained},
                             {"finetuned", cfg.finetuned},
                             {"post_steps", cfg.post_steps},

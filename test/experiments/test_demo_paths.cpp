@@ -1,7 +1,8 @@
-// The demo's sweep and compression comparison (experiments/prune_sweep.h,
-// experiments/compression_compare.h) on tiny models and data: which experts each run prunes, and
-// what each compression keeps.
-#include "compression_compare.h"
+// The experiment harness (experiments/sweep.h, compression_compare.h, cell.h) on the vision task
+// (experiments/vision_task.h) with tiny models and data: which experts each run prunes, what each
+// compression keeps, and journals resumed, those written before cells had named metrics too.
+#include "report.h"
+#include "vision_task.h"
 
 #include <catch2/catch.hpp>
 
@@ -48,29 +49,28 @@ std::pair<std::string, std::string> checkpoints() {
   return {pre_path, save(ft, "ft")};
 }
 
-// A sweep of the tiny checkpoints, without post-pruning fine-tuning.
-experiments::SweepConfig sweep_config(const std::string& pre, const std::string& ft,
-                                      std::vector<std::string> criteria) {
-  experiments::SweepConfig cfg;
+// The vision task on the tiny checkpoints, without post-pruning fine-tuning.
+experiments::VisionTaskConfig task_config(const std::string& pre, const std::string& ft) {
+  experiments::VisionTaskConfig cfg;
   cfg.model_name = "tiny";
   cfg.pretrained = pre;
   cfg.finetuned = ft;
-  cfg.criteria = std::move(criteria);
-  cfg.counts = {0, 3};
   cfg.post_steps = 0;
   cfg.calibration = 16;
   return cfg;
 }
 
+experiments::SweepConfig sweep_config(std::vector<std::string> criteria) {
+  experiments::SweepConfig cfg;
+  cfg.criteria = std::move(criteria);
+  cfg.counts = {0, 3};
+  return cfg;
+}
+
 // A comparison of the tiny checkpoints: the uncompressed row and one Layer Drop, no budgets.
-experiments::CompressionConfig compression_config(const std::string& pre, const std::string& ft) {
+experiments::CompressionConfig compression_config() {
   experiments::CompressionConfig cfg;
-  cfg.model_name = "tiny";
-  cfg.pretrained = pre;
-  cfg.finetuned = ft;
   cfg.budgets = {};
-  cfg.post_steps = 0;
-  cfg.calibration = 16;
   cfg.layer_drops = {1};
   cfg.block_drops = {};
   return cfg;
@@ -80,15 +80,16 @@ experiments::CompressionConfig compression_config(const std::string& pre, const 
 
 TEST_CASE("the sweep prunes other experts for each seed of the random criterion") {
   const auto [pre, ft] = checkpoints();
-  experiments::Splits splits{random_images(64, 3), random_images(32, 4), {}};
-  const auto cfg = sweep_config(pre, ft, {"random", "router_norm_change"});
+  const experiments::VisionClassification task(task_config(pre, ft),
+                                               {random_images(64, 3), random_images(32, 4), {}});
+  const auto cfg = sweep_config({"random", "router_norm_change"});
   moeprune::ProgressBar bar(experiments::sweep_runs(cfg), "sweep", "runs", false);
   int64_t done = 0;
-  const auto cells = experiments::run_sweep(cfg, splits, bar, done);
+  const auto cells = experiments::run_sweep(task, cfg, bar, done);
   REQUIRE(cells.size() == 3 * 2 + 2);
   std::vector<std::map<int64_t, std::vector<int64_t>>> random_plans;
   for (const auto& c : cells) {
-    if (c.criterion == "random" && c.pruned == 3) {
+    if (c.method == "random" && c.pruned == 3) {
       random_plans.push_back(c.pruned_experts);
       // The plan RandomCriterion gives for this seed.
       pr::CriterionContext ctx;
@@ -113,7 +114,7 @@ TEST_CASE("the sweep prunes other experts for each seed of the random criterion"
   // router_norm_change: the three experts whose router rows grew least, by hand.
   const auto pre_model = experiments::load_model(pre), ft_model = experiments::load_model(ft);
   for (const auto& c : cells) {
-    if (c.criterion != "router_norm_change" || c.pruned != 3) continue;
+    if (c.method != "router_norm_change" || c.pruned != 3) continue;
     for (const int64_t block : {1, 3}) {
       const auto delta = ft_model->blocks[block]->moe->router().router_weight().norm(2, 1) -
                          pre_model->blocks[block]->moe->router().router_weight().norm(2, 1);
@@ -127,42 +128,51 @@ TEST_CASE("the sweep prunes other experts for each seed of the random criterion"
 
 TEST_CASE("the compression comparison matches budgets and keeps what each method promises") {
   const auto [pre, ft] = checkpoints();
-  experiments::Splits splits{random_images(64, 5), random_images(32, 6), {}};
-  auto cfg = compression_config(pre, ft);
+  auto task_cfg = task_config(pre, ft);
+  task_cfg.post_steps = 3;
+  const experiments::VisionClassification task(task_cfg,
+                                               {random_images(64, 5), random_images(32, 6), {}});
+  auto cfg = compression_config();
   cfg.budgets = {4};
-  cfg.post_steps = 3;
   cfg.rank = 2;
   cfg.density = 0.25;
   cfg.layer_drops = {1};
   cfg.block_drops = {1};
-  const auto cells = experiments::run_compression(cfg, splits);
+  const auto cells = experiments::run_compression(task, cfg);
   REQUIRE(static_cast<int64_t>(cells.size()) == experiments::compression_runs(cfg));
-  std::map<std::string, experiments::CompressionCell> by;
+  std::map<std::string, experiments::Cell> by;
+  const auto params = [&](const std::string& method) {
+    return static_cast<int64_t>(by.at(method).value("parameters"));
+  };
   for (const auto& c : cells) {
     by[c.method] = c;
-    CHECK(c.top1 >= 0);
-    CHECK(c.top1_finetuned >= 0);
-    CHECK(c.latency_ms > 0);
-    CHECK(c.flops_per_image > 0);
+    CHECK(c.value("top1") >= 0);
+    CHECK(c.value("top1_finetuned") >= 0);
+    CHECK(c.value("latency_ms") > 0);
+    CHECK(c.value("flops_per_image") > 0);
+    CHECK(c.metrics.at("top1").unit == "fraction");
+    CHECK(c.metrics.at("top1").higher_is_better);
+    CHECK_FALSE(c.metrics.at("latency_ms").higher_is_better);
   }
   const int64_t d = 16, F = 24, E = 8, expert = d * F + F + F * d + d;
-  const int64_t full = by.at("fine-tuned").parameters;
+  const int64_t full = params("fine-tuned");
   // Pruning (router kept) and M-SMoE (router kept, 4 merged experts) store the same; Expert
   // Drop also removes 4 router rows per layer.
-  CHECK(by.at("prune (router_norm_change)").parameters == full - 2 * 4 * expert);
-  CHECK(by.at("M-SMoE").parameters == full - 2 * 4 * expert);
-  CHECK(by.at("Expert Drop").parameters == full - 2 * 4 * (expert + d));
+  CHECK(params("prune (router_norm_change)") == full - 2 * 4 * expert);
+  CHECK(params("M-SMoE") == full - 2 * 4 * expert);
+  CHECK(params("Expert Drop") == full - 2 * 4 * (expert + d));
   // MC-SMoE: 4 experts per layer as L R + 25% of S's output units (floor over all units).
   const int64_t factors = 2 * 4 * 2 * 2 * (d + F), units = 2 * 4 * (F + d);
   const int64_t kept_units = units - units * 3 / 4;
   const int64_t sparse_max = kept_units * F;  // an output unit of S holds d (w1) or F (w2) entries
   const int64_t base = full - 2 * E * expert + 2 * 4 * (F + d);  // biases stay
-  CHECK(by.at("MC-SMoE").parameters >= base + factors + kept_units * d);
-  CHECK(by.at("MC-SMoE").parameters <= base + factors + sparse_max);
-  CHECK(by.at("Layer Drop").parameters == full - (E * expert + E * d + 2 * d));
-  CHECK(by.at("Block Drop").parameters < full);
+  CHECK(params("MC-SMoE") >= base + factors + kept_units * d);
+  CHECK(params("MC-SMoE") <= base + factors + sparse_max);
+  CHECK(params("Layer Drop") == full - (E * expert + E * d + 2 * d));
+  CHECK(params("Block Drop") < full);
   CHECK(by.at("Layer Drop").detail.rfind("blocks ", 0) == 0);
-  CHECK(by.at("fine-tuned").flops_per_image > by.at("Layer Drop").flops_per_image);
+  CHECK(by.at("fine-tuned").value("flops_per_image") >
+        by.at("Layer Drop").value("flops_per_image"));
 }
 
 TEST_CASE("the run journal keeps finished runs across restarts and skips a line cut short") {
@@ -216,64 +226,75 @@ TEST_CASE("the run journal keeps finished runs across restarts and skips a line 
 TEST_CASE(
     "an interrupted sweep resumes: recorded runs are reused, the others run and are recorded") {
   const auto [pre, ft] = checkpoints();
-  experiments::Splits splits{random_images(64, 3), random_images(32, 4), {}};
-  const auto cfg = sweep_config(pre, ft, {"router_norm_change"});
+  const experiments::VisionClassification task(task_config(pre, ft),
+                                               {random_images(64, 3), random_images(32, 4), {}});
+  const auto cfg = sweep_config({"router_norm_change"});
   const auto path = test::scratch_dir("moeprune-demo-test") + "/sweep.jsonl";
   std::filesystem::remove(path);
   {
     // A run that finished before the interruption, with an accuracy no real run gives here.
     experiments::RunJournal journal(path, {});
-    experiments::SweepCell earlier;
+    experiments::Cell earlier;
     earlier.model = "tiny";
-    earlier.criterion = "router_norm_change";
+    earlier.method = "router_norm_change";
     earlier.pruned = 3;
-    earlier.top1 = 0.123;
+    earlier.set(task.metrics().quality, 0.123);
     earlier.pruned_experts[1] = {0, 1, 2};
     journal.record(experiments::sweep_key("tiny", "router_norm_change", 3, 0), earlier, 7.0);
   }
   experiments::RunJournal journal(path, {});
   moeprune::ProgressBar bar(experiments::sweep_runs(cfg), "sweep", "runs", false);
   int64_t done = 0;
-  const auto cells = experiments::run_sweep(cfg, splits, bar, done, &journal);
+  const auto cells = experiments::run_sweep(task, cfg, bar, done, &journal);
   REQUIRE(cells.size() == 2);
   CHECK(done == 2);
   CHECK(journal.reused() == 1);
   CHECK(journal.reused_seconds() == 7.0);
   CHECK(cells[0].pruned == 0);
-  CHECK(cells[0].top1 != 0.123);
-  CHECK(cells[1].top1 == 0.123);
+  CHECK(cells[0].value("top1") != 0.123);
+  CHECK(cells[1].value("top1") == 0.123);
   CHECK(cells[1].pruned_experts.at(1) == std::vector<int64_t>{0, 1, 2});
   // The new run was appended: reopening finds both.
   experiments::RunJournal after(path, {});
   CHECK(after.size() == 2);
   const auto recorded = after.find(experiments::sweep_key("tiny", "router_norm_change", 0, 0));
   REQUIRE(recorded);
-  CHECK(recorded->get<experiments::SweepCell>().top1 == cells[0].top1);
+  CHECK(experiments::read_cell(*recorded, task.metrics()).value("top1") == cells[0].value("top1"));
   CHECK(after.reused_seconds() > 0);  // the new run's time was recorded with it
   CHECK(after.reused_untimed() == 0);
 }
 
-TEST_CASE("the compression comparison resumes from its journal") {
+TEST_CASE("the compression comparison resumes from a journal written before named metrics") {
   const auto [pre, ft] = checkpoints();
-  experiments::Splits splits{random_images(64, 5), random_images(32, 6), {}};
-  const auto cfg = compression_config(pre, ft);
+  const experiments::VisionClassification task(task_config(pre, ft),
+                                               {random_images(64, 5), random_images(32, 6), {}});
+  const auto cfg = compression_config();
   const auto path = test::scratch_dir("moeprune-demo-test") + "/compression.jsonl";
   std::filesystem::remove(path);
   {
+    // A row as the comparison's journal recorded it before cells had named metrics (its fields
+    // fixed, -1 for a fine-tune that did not run).
     experiments::RunJournal journal(path, {});
-    experiments::CompressionCell earlier;
-    earlier.model = "tiny";
-    earlier.method = "Layer Drop";
-    earlier.setting = "1 of 2 MoE layers";
-    earlier.parameters = 42;
-    journal.record("compression/tiny/Layer Drop/1 of 2 MoE layers", earlier, 3.0);
+    journal.record("compression/tiny/Layer Drop/1 of 2 MoE layers",
+                   nlohmann::json::parse(R"({"model": "tiny", "method": "Layer Drop",
+                     "setting": "1 of 2 MoE layers", "budget": 4, "parameters": 42,
+                     "flops_per_image": 1500.0, "latency_ms": 2.5, "top1": 0.75,
+                     "top1_finetuned": -1.0, "detail": "blocks 3"})"),
+                   3.0);
   }
   experiments::RunJournal journal(path, {});
-  const auto cells = experiments::run_compression(cfg, splits, nullptr, nullptr, &journal);
+  const auto cells = experiments::run_compression(task, cfg, nullptr, nullptr, &journal);
   REQUIRE(cells.size() == 2);
   CHECK(cells[0].method == "fine-tuned");
-  CHECK(cells[0].parameters > 42);
+  CHECK(cells[0].value("parameters") > 42);
   CHECK(cells[1].method == "Layer Drop");
-  CHECK(cells[1].parameters == 42);
+  CHECK(cells[1].budget == 4);
+  CHECK(cells[1].value("parameters") == 42);
+  CHECK(cells[1].value("flops_per_image") == 1500.0);
+  CHECK(cells[1].value("latency_ms") == 2.5);
+  CHECK(cells[1].value("top1") == 0.75);
+  CHECK(cells[1].metrics.at("top1").unit == "fraction");
+  CHECK_FALSE(cells[1].has("top1_finetuned"));
+  CHECK(cells[1].detail == "blocks 3");
   CHECK(experiments::RunJournal(path, {}).size() == 2);
 }

@@ -1,8 +1,8 @@
-// The language demo's sweep and compression comparison (experiments/lm_sweep.h,
-// experiments/lm_compare.h) on a tiny Mixtral-style model and random byte streams: which experts
-// each run prunes, that pruning nothing is one run, and what each compression keeps.
-#include "lm_compare.h"
-#include "lm_sweep.h"
+// The experiment harness (experiments/sweep.h, compression_compare.h) on the language task
+// (experiments/lm_task.h) with a tiny Mixtral-style model and random byte streams: which experts
+// each run prunes, that pruning nothing is one run, what each compression keeps, and the language
+// sweep's journal lines written before cells had named metrics.
+#include "lm_task.h"
 
 #include <catch2/catch.hpp>
 
@@ -30,7 +30,7 @@ std::string save(lm::CausalLM& m, const std::string& name) {
 // A pre-trained and a fine-tuned model whose routers differ, and random byte streams.
 struct Fixture {
   std::string pre, ft;
-  experiments::LMTask task;
+  experiments::LMTask texts;
 };
 
 Fixture fixture() {
@@ -40,10 +40,20 @@ Fixture fixture() {
   f.pre = save(pre, "pre");
   f.ft = save(ft, "ft");
   torch::manual_seed(3);
-  f.task.language = "xx";
-  f.task.train = torch::randint(257, {2000}, torch::kLong);
-  f.task.test = torch::randint(257, {300}, torch::kLong);
+  f.texts.language = "xx";
+  f.texts.train = torch::randint(257, {2000}, torch::kLong);
+  f.texts.test = torch::randint(257, {300}, torch::kLong);
   return f;
+}
+
+experiments::LMTaskConfig task_config(const Fixture& f, int64_t post_steps) {
+  experiments::LMTaskConfig cfg;
+  cfg.pretrained = f.pre;
+  cfg.finetuned = f.ft;
+  cfg.calibration_windows = 4;
+  cfg.context = 16;
+  cfg.post.steps(post_steps).batch_size(2).context(16);
+  return cfg;
 }
 
 // The experts of `layer` with the lowest change of router-row norm, computed here.
@@ -65,20 +75,17 @@ std::vector<int64_t> lowest_norm_change(const std::string& pre, const std::strin
 
 TEST_CASE("the language sweep runs pruning nothing once and prunes the lowest-scored experts") {
   const auto f = fixture();
-  experiments::LMSweepConfig cfg;
-  cfg.pretrained = f.pre;
-  cfg.finetuned = f.ft;
+  const experiments::CausalLanguageModeling task(task_config(f, 0), f.texts);
+  experiments::SweepConfig cfg;
   cfg.criteria = {"router_norm_change", "random"};
   cfg.counts = {0, 2};
-  cfg.calibration_windows = 4;
-  cfg.context = 16;
-  cfg.post.steps(0);
+  cfg.unpruned_once = true;
   // n = 0 once, router_norm_change at n = 2 once, random at n = 2 for 3 seeds.
-  REQUIRE(experiments::lm_sweep_runs(cfg) == 1 + 1 + 3);
-  moeprune::ProgressBar bar(experiments::lm_sweep_runs(cfg), "sweep", "runs", false);
+  REQUIRE(experiments::sweep_runs(cfg) == 1 + 1 + 3);
+  moeprune::ProgressBar bar(experiments::sweep_runs(cfg), "sweep", "runs", false);
   int64_t done = 0;
   experiments::RunJournal journal("", {});
-  const auto cells = experiments::run_lm_sweep(cfg, f.task, bar, done, &journal);
+  const auto cells = experiments::run_sweep(task, cfg, bar, done, &journal);
   CHECK(done == 5);
   // A cell per criterion, seed and count: router_norm_change 2, random 3 x 2.
   REQUIRE(cells.size() == 2 + 3 * 2);
@@ -87,9 +94,10 @@ TEST_CASE("the language sweep runs pruning nothing once and prunes the lowest-sc
   for (const auto& c : cells) {
     if (c.pruned == 0) {
       CHECK(c.pruned_experts.empty());
-      if (unpruned < 0) unpruned = c.bpb;
-      CHECK(c.bpb == unpruned);
-    } else if (c.criterion == "router_norm_change") {
+      if (unpruned < 0) unpruned = c.value("bits_per_byte");
+      CHECK(c.value("bits_per_byte") == unpruned);
+      CHECK_FALSE(c.has("bits_per_byte_finetuned"));  // no post-pruning fine-tune
+    } else if (c.method == "router_norm_change") {
       for (const int64_t layer : {0, 1}) {
         CHECK(c.pruned_experts.at(layer) == lowest_norm_change(f.pre, f.ft, layer, 2));
       }
@@ -105,64 +113,109 @@ TEST_CASE("the language sweep runs pruning nothing once and prunes the lowest-sc
 
 TEST_CASE("the language compression comparison keeps what each method promises") {
   const auto f = fixture();
-  experiments::LMCompressionConfig cfg;
-  cfg.pretrained = f.pre;
-  cfg.finetuned = f.ft;
+  const experiments::CausalLanguageModeling task(task_config(f, 2), f.texts);
+  experiments::CompressionConfig cfg;
   cfg.budgets = {2};
   cfg.layer_drops = {1};
   cfg.block_drops = {1};
-  cfg.calibration_windows = 4;
-  cfg.context = 16;
   cfg.rank = 2;
   cfg.density = 0.25;
-  cfg.post.steps(2).batch_size(2).context(16);
-  moeprune::ProgressBar bar(experiments::lm_compression_runs(cfg), "compression", "runs", false);
+  moeprune::ProgressBar bar(experiments::compression_runs(cfg), "compression", "runs", false);
   int64_t done = 0;
   experiments::RunJournal journal("", {});
-  const auto cells = experiments::run_lm_compression(cfg, f.task, bar, done, &journal);
-  REQUIRE(static_cast<int64_t>(cells.size()) == experiments::lm_compression_runs(cfg));
-  std::map<std::string, experiments::CompressionCell> by;
+  const auto cells = experiments::run_compression(task, cfg, &bar, &done, &journal);
+  REQUIRE(static_cast<int64_t>(cells.size()) == experiments::compression_runs(cfg));
+  std::map<std::string, experiments::Cell> by;
+  const auto params = [&](const std::string& method) {
+    return static_cast<int64_t>(by.at(method).value("parameters"));
+  };
   for (const auto& c : cells) {
     by[c.method] = c;
-    CHECK(c.top1 > 0);  // bits per byte
-    CHECK(c.top1_finetuned > 0);
-    CHECK(c.latency_ms > 0);
+    CHECK(c.value("bits_per_byte") > 0);
+    CHECK(c.value("bits_per_byte_finetuned") > 0);
+    CHECK(c.value("latency_ms") > 0);
+    CHECK(c.metrics.at("bits_per_byte").unit == "bits/byte");
+    CHECK_FALSE(c.metrics.at("bits_per_byte").higher_is_better);
+    CHECK_FALSE(c.has("top1"));
   }
   const int64_t d = 16, F = 24, E = 4, expert = 3 * d * F;
-  const int64_t full = by.at("fine-tuned").parameters;
+  const int64_t full = params("fine-tuned");
   // 2 of 4 experts removed per layer: pruning and Expert Drop remove their router rows too (the
   // demo's default, drop_router_rows); M-SMoE keeps the router (2 merged experts serve 4 ids).
-  CHECK(by.at("prune (router_norm_change)").parameters == full - 2 * 2 * (expert + d));
-  CHECK(by.at("Expert Drop").parameters == full - 2 * 2 * (expert + d));
-  CHECK(by.at("M-SMoE").parameters == full - 2 * 2 * expert);
+  CHECK(params("prune (router_norm_change)") == full - 2 * 2 * (expert + d));
+  CHECK(params("Expert Drop") == full - 2 * 2 * (expert + d));
+  CHECK(params("M-SMoE") == full - 2 * 2 * expert);
   // Layer Drop: one MoE block (4 experts, the router, the norm before it).
-  CHECK(by.at("Layer Drop").parameters == full - (E * expert + E * d + d));
+  CHECK(params("Layer Drop") == full - (E * expert + E * d + d));
   // Block Drop: one whole decoder layer (attention 4 * 16 * 16 too, and its first norm).
-  CHECK(by.at("Block Drop").parameters == full - (E * expert + E * d + 2 * d + 4 * d * d));
-  CHECK(by.at("MC-SMoE").parameters < by.at("M-SMoE").parameters);
+  CHECK(params("Block Drop") == full - (E * expert + E * d + 2 * d + 4 * d * d));
+  CHECK(params("MC-SMoE") < params("M-SMoE"));
   // A sweep run of the same pruning is taken, not run again (values no run could give).
-  experiments::LMSweepCell same;
-  same.criterion = "router_norm_change";
+  experiments::Cell same;
+  same.method = "router_norm_change";
   same.pruned = 2;
-  same.bpb = 0.25;
-  same.bpb_finetuned = 0.125;
+  same.set(task.metrics().quality, 0.25);
+  same.set(task.metrics().quality.finetuned(), 0.125);
   cfg.sweep = {same};
   cfg.budgets = {2};
   cfg.layer_drops = {};
   cfg.block_drops = {};
-  moeprune::ProgressBar again(experiments::lm_compression_runs(cfg), "compression", "", false);
   experiments::RunJournal empty("", {});  // `journal` remembers the runs above
-  const auto reused = experiments::run_lm_compression(cfg, f.task, again, done, &empty);
+  const auto reused = experiments::run_compression(task, cfg, nullptr, nullptr, &empty);
   for (const auto& c : reused) {
     if (c.method == "prune (router_norm_change)") {
-      CHECK(c.top1 == 0.25);
-      CHECK(c.top1_finetuned == 0.125);
-      CHECK(c.parameters == by.at("prune (router_norm_change)").parameters);
+      CHECK(c.value("bits_per_byte") == 0.25);
+      CHECK(c.value("bits_per_byte_finetuned") == 0.125);
+      CHECK(c.value("parameters") == params("prune (router_norm_change)"));
+      CHECK(c.detail == "bits per byte: the sweep's run");
     } else if (c.method == "fine-tuned") {
-      CHECK(c.top1 == by.at("fine-tuned").top1);  // no unpruned run in this sweep: run here
+      // No unpruned run in this sweep: run here.
+      CHECK(c.value("bits_per_byte") == by.at("fine-tuned").value("bits_per_byte"));
     }
   }
   // FLOPs per token: the uncompressed model computes 2 expert rows per token in both layers.
-  CHECK(by.at("fine-tuned").flops_per_image - by.at("Layer Drop").flops_per_image ==
+  CHECK(by.at("fine-tuned").value("flops_per_token") -
+            by.at("Layer Drop").value("flops_per_token") ==
         Approx(2.0 * d * E + 2 * 2.0 * expert));
+}
+
+TEST_CASE("journal lines of the language sweep and comparison from before named metrics are read") {
+  // As the language demo's journal recorded them: the sweep's runs named bits per byte; the
+  // comparison's rows used the vision row's fields, `top1` holding bits per byte and
+  // `flops_per_image` FLOPs per token.
+  experiments::TaskMetrics metrics;
+  metrics.quality = {"bits_per_byte", "bits/byte", false};
+  metrics.flops = {"flops_per_token", "FLOPs/token", false};
+  metrics.parameters = {"parameters", "parameters", false};
+  metrics.latency = {"latency_ms", "ms", false};
+  const auto run = experiments::read_cell(nlohmann::json::parse(R"({"criterion": "random",
+      "pruned_per_layer": 4, "seed": 2, "bits_per_byte": 2.5, "bits_per_byte_finetuned": 2.25,
+      "pruned_experts": {"0": [1, 5], "3": [0, 2]}})"),
+                                          metrics);
+  CHECK(run.model == "lm");
+  CHECK(run.method == "random");
+  CHECK(run.pruned == 4);
+  CHECK(run.seed == 2);
+  CHECK(run.value("bits_per_byte") == 2.5);
+  CHECK(run.value("bits_per_byte_finetuned") == 2.25);
+  CHECK_FALSE(run.metrics.at("bits_per_byte").higher_is_better);
+  CHECK(run.pruned_experts.at(3) == std::vector<int64_t>{0, 2});
+  const auto row = experiments::read_cell(nlohmann::json::parse(R"json({"model": "lm",
+      "method": "M-SMoE", "setting": "4 groups per layer (global)", "budget": 4,
+      "parameters": 123456, "flops_per_image": 2000000.0, "latency_ms": 12.5, "top1": 2.75,
+      "top1_finetuned": 2.5, "detail": "layer 0: 4"})json"),
+                                          metrics);
+  CHECK(row.method == "M-SMoE");
+  CHECK(row.budget == 4);
+  CHECK(row.value("bits_per_byte") == 2.75);
+  CHECK(row.value("bits_per_byte_finetuned") == 2.5);
+  CHECK(row.value("flops_per_token") == 2000000.0);
+  CHECK(row.value("parameters") == 123456);
+  CHECK_FALSE(row.has("top1"));
+  CHECK_FALSE(row.has("flops_per_image"));
+  // Written again, a cell reads back whole in the new form.
+  const auto again = experiments::read_cell(nlohmann::json(row), metrics);
+  CHECK(again.value("flops_per_token") == 2000000.0);
+  CHECK(again.metrics.at("flops_per_token").unit == "FLOPs/token");
+  CHECK(again.detail == "layer 0: 4");
 }
