@@ -108,7 +108,8 @@ inline void to_json(nlohmann::json& j, const Cell& c) {
 /// A cell from its JSON, or from a run journal written before cells had named metrics: the
 /// vision sweep's runs (top1), the language sweep's (bits_per_byte) and the comparisons' rows,
 /// whose `top1` and `flops_per_image` held the language task's bits per byte and FLOPs per token.
-/// `metrics` names what those fields were; a value of -1 there meant "not measured".
+/// `metrics` names what those fields were; a value of -1 there meant "not measured". A cell
+/// with no model (the old language sweep's) is left without one: run_sweep fills in the task.
 inline Cell read_cell(const nlohmann::json& j, const TaskMetrics& metrics) {
   Cell c;
   if (j.contains("metrics")) {
@@ -124,7 +125,8 @@ inline Cell read_cell(const nlohmann::json& j, const TaskMetrics& metrics) {
                          m.at("better").get<std::string>() == "higher"};
     }
   } else {
-    c.model = j.value("model", "lm");  // the language sweep's runs had no model
+    c.model =
+        j.value("model", "");  // the language sweep's runs had none: the journal's key names it
     c.method = j.contains("criterion") ? j.at("criterion").get<std::string>()
                                        : j.at("method").get<std::string>();
     c.setting = j.value("setting", "");

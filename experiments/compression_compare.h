@@ -271,8 +271,8 @@ inline std::vector<Cell> run_compression(const ExperimentTask& task, const Compr
         method.sweep_pruned >= 0 ? detail::find_sweep_run(cfg.sweep, method.sweep_pruned) : nullptr;
     cells.push_back(detail::journaled(
         journal, fmt::format("compression/{}/{}/{}", task.name(), method.method, method.setting),
-        fmt::format("{} {} {}", task.name(), method.method, method.setting), task.metrics(), bar,
-        done, [&] { return measure_compressed(task, method, same); }));
+        fmt::format("{} {} {}", task.name(), method.method, method.setting), task, bar, done,
+        [&] { return measure_compressed(task, method, same); }));
   }
   return cells;
 }

@@ -86,10 +86,12 @@ namespace detail {
 
 /// A run of `journal` under `key`, or `make()` run, recorded and reported.
 inline Cell journaled(RunJournal* journal, const std::string& key, const std::string& label,
-                      const TaskMetrics& metrics, moeprune::ProgressBar* bar, int64_t* done,
+                      const ExperimentTask& task, moeprune::ProgressBar* bar, int64_t* done,
                       const std::function<Cell()>& make) {
+  const auto& metrics = task.metrics();
   if (const auto found = journal != nullptr ? journal->find(key) : std::nullopt) {
     auto cell = read_cell(*found, metrics);
+    if (cell.model.empty()) cell.model = task.name();  // the key named it
     if (bar != nullptr && done != nullptr) {
       bar->skip(1);
       bar->update(++*done,
@@ -147,7 +149,6 @@ inline std::vector<Cell> run_sweep(const ExperimentTask& task, const SweepConfig
                                    RunJournal* journal = nullptr) {
   namespace pr = moeprune::pruning;
   const auto registry = pr::CriterionRegistry::with_builtins();
-  const auto& metrics = task.metrics();
   std::vector<Cell> cells;
   std::optional<Cell> unpruned;
   for (const auto& name : cfg.criteria) {
@@ -158,7 +159,7 @@ inline std::vector<Cell> run_sweep(const ExperimentTask& task, const SweepConfig
         if (n == 0 && cfg.unpruned_once) {
           if (!unpruned) {
             unpruned = detail::journaled(journal, sweep_key(task.name(), "none", 0, 0),
-                                         task.name() + " unpruned", metrics, &bar, &done,
+                                         task.name() + " unpruned", task, &bar, &done,
                                          [&] { return measure_pruned(task, {}, 0); });
           }
           auto cell = *unpruned;
@@ -167,26 +168,26 @@ inline std::vector<Cell> run_sweep(const ExperimentTask& task, const SweepConfig
           cells.push_back(cell);
           continue;
         }
+        const auto prune_n = [&] {
+          if (!scores) {
+            pr::CriterionContext ctx;
+            ctx.finetuned = task.load_finetuned()->view(true);
+            ctx.pretrained = task.pretrained_view();
+            ctx.seed = seed;
+            scores = pr::score_experts(*criterion, ctx);
+          }
+          auto c = measure_pruned(
+              task,
+              [&](const moeprune::MoEView& view) {
+                return pr::PruningPlan::same_count(*scores, view, n, {}, name);
+              },
+              seed);
+          c.pruned = n;
+          return c;
+        };
         auto cell = detail::journaled(journal, sweep_key(task.name(), name, n, seed),
                                       fmt::format("{} {} n={} seed={}", task.name(), name, n, seed),
-                                      metrics, &bar, &done, [&] {
-                                        if (!scores) {
-                                          pr::CriterionContext ctx;
-                                          ctx.finetuned = task.load_finetuned()->view(true);
-                                          ctx.pretrained = task.pretrained_view();
-                                          ctx.seed = seed;
-                                          scores = pr::score_experts(*criterion, ctx);
-                                        }
-                                        auto c = measure_pruned(
-                                            task,
-                                            [&](const moeprune::MoEView& view) {
-                                              return pr::PruningPlan::same_count(*scores, view, n,
-                                                                                 {}, name);
-                                            },
-                                            seed);
-                                        c.pruned = n;
-                                        return c;
-                                      });
+                                      task, &bar, &done, prune_n);
         cell.method = name;
         cells.push_back(cell);
       }
