@@ -109,7 +109,8 @@ inline void to_json(nlohmann::json& j, const Cell& c) {
 /// vision sweep's runs (top1), the language sweep's (bits_per_byte) and the comparisons' rows,
 /// whose `top1` and `flops_per_image` held the language task's bits per byte and FLOPs per token.
 /// `metrics` names what those fields were; a value of -1 there meant "not measured". A cell
-/// with no model (the old language sweep's) is left without one: run_sweep fills in the task.
+/// with no model (the old language sweep's) is left without one: the harness, which found it
+/// under a key that names the model, fills it in.
 inline Cell read_cell(const nlohmann::json& j, const TaskMetrics& metrics) {
   Cell c;
   if (j.contains("metrics")) {

@@ -5,6 +5,7 @@
 // Block Drop) on one fine-tuned model, at matched budgets of experts kept per MoE layer. Every
 // row records what the compressed model stores, its FLOPs per example, its measured latency and
 // the task's quality metric before and after the same short fine-tune.
+#include "latency.h"
 #include "sweep.h"
 
 #include <moeprune/compression/expert_drop.h>
@@ -32,26 +33,6 @@ struct CompressionConfig {
   /// costs are measured here.
   std::vector<Cell> sweep;
 };
-
-/// Median time of a forward pass of `model` (a ViT or a CausalLM) over `inputs` (evaluation mode,
-/// no grad), in milliseconds, after one warm-up pass. On the 2-core build machine medians of 5
-/// passes differed by up to 10% between runs; 11 steady it.
-template <typename Model>
-double latency_ms(Model& model, const torch::Tensor& inputs, int reps = 11) {
-  torch::NoGradGuard no_grad;
-  model->eval();
-  model->forward(inputs);  // warm-up
-  std::vector<double> times;
-  for (int r = 0; r < reps; ++r) {
-    const auto start = std::chrono::steady_clock::now();
-    model->forward(inputs);
-    times.push_back(
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
-            .count());
-  }
-  std::sort(times.begin(), times.end());
-  return times[times.size() / 2];
-}
 
 /// M-SMoE's merge as the comparisons run it: `total_groups` groups over all of `view`'s layers
 /// (global), experts grouped and merged frequency-weighted. Returns the groups of each layer.
@@ -128,9 +109,12 @@ inline std::string describe_groups(const std::map<int64_t, int64_t>& counts,
   return out;
 }
 
-inline const Cell* find_sweep_run(const std::vector<Cell>& cells, int64_t pruned) {
+inline const Cell* find_sweep_run(const std::vector<Cell>& cells, const std::string& model,
+                                  int64_t pruned) {
   for (const auto& c : cells) {
-    if (c.method == "router_norm_change" && c.pruned == pruned && c.seed == 0) return &c;
+    if (c.model == model && c.method == "router_norm_change" && c.pruned == pruned && c.seed == 0) {
+      return &c;
+    }
   }
   return nullptr;
 }
@@ -138,23 +122,27 @@ inline const Cell* find_sweep_run(const std::vector<Cell>& cells, int64_t pruned
 inline std::vector<Method> methods(const ExperimentTask& task, const CompressionConfig& cfg) {
   namespace cm = moeprune::compression;
   namespace pr = moeprune::pruning;
+  // The methods outlive this call: they capture values, not the task or `cfg`.
   const auto shape = task.shape();
   const int64_t experts = shape.experts, layers = shape.moe_layers;
+  const auto pretrained = task.pretrained_view();
+  const bool cut_rows = task.cut_router_rows();
+  const int64_t rank = cfg.rank, warmup = std::max<int64_t>(1, task.post_steps() / 10);
+  const double density = cfg.density;
   std::vector<Method> out;
   out.push_back(
       {"fine-tuned", "no compression", experts, [](TaskModel&) { return Prepared{}; }, 0});
   for (const int64_t kept : cfg.budgets) {
     const auto setting = fmt::format("{} of {} experts", kept, experts);
     out.push_back({"prune (router_norm_change)", setting, kept,
-                   [&task, experts, kept](TaskModel& m) {
+                   [pretrained, cut_rows, experts, kept](TaskModel& m) {
                      const auto view = m.view(false);
-                     const auto pretrained = task.pretrained_view();
                      const auto scores =
                          pr::score_experts(pr::RouterNormChange(), *view, pretrained.get());
                      pr::apply_plan(*view,
                                     pr::PruningPlan::same_count(scores, *view, experts - kept, {},
                                                                 "router_norm_change"),
-                                    task.cut_router_rows());
+                                    cut_rows);
                      return Prepared{};
                    },
                    experts - kept});
@@ -174,18 +162,16 @@ inline std::vector<Method> methods(const ExperimentTask& task, const Compression
     out.push_back(
         {"MC-SMoE",
          fmt::format("{} groups, rank {}, S {:.0f}% dense", kept, cfg.rank, 100 * cfg.density),
-         kept, [&task, &cfg, layers, kept, shape](TaskModel& m) {
+         kept, [rank, density, warmup, layers, kept, shape](TaskModel& m) {
            const auto view = m.view(true);
            Prepared p;
            p.distill = true;
            p.detail = describe_groups(merge_globally(*view, kept * layers), shape.layer);
-           cm::factorize_experts(*view, cfg.rank);
+           cm::factorize_experts(*view, rank);
            p.before_finetune = sparse_part_restorer(view);
-           prune_sparse_once(m, *view, cfg.density);
+           prune_sparse_once(m, *view, density);
            p.pruner = std::make_shared<cm::SparsePruner>(
-               *view, cm::SparsePruningOptions()
-                          .final_density(cfg.density)
-                          .warmup_steps(std::max<int64_t>(1, task.post_steps() / 10)));
+               *view, cm::SparsePruningOptions().final_density(density).warmup_steps(warmup));
            return p;
          }});
   }
@@ -267,12 +253,16 @@ inline std::vector<Cell> run_compression(const ExperimentTask& task, const Compr
                                          int64_t* done = nullptr, RunJournal* journal = nullptr) {
   std::vector<Cell> cells;
   for (const auto& method : detail::methods(task, cfg)) {
-    const auto* same =
-        method.sweep_pruned >= 0 ? detail::find_sweep_run(cfg.sweep, method.sweep_pruned) : nullptr;
+    const auto* same = method.sweep_pruned >= 0
+                           ? detail::find_sweep_run(cfg.sweep, task.name(), method.sweep_pruned)
+                           : nullptr;
+    const auto& m = task.metrics();
+    auto required = quality_metrics(task);
+    required.insert(required.end(), {m.parameters.name, m.flops.name, m.latency.name});
     cells.push_back(detail::journaled(
         journal, fmt::format("compression/{}/{}/{}", task.name(), method.method, method.setting),
-        fmt::format("{} {} {}", task.name(), method.method, method.setting), task, bar, done,
-        [&] { return measure_compressed(task, method, same); }));
+        fmt::format("{} {} {}", task.name(), method.method, method.setting), task, required, bar,
+        done, [&] { return measure_compressed(task, method, same); }));
   }
   return cells;
 }

@@ -163,7 +163,6 @@ int run(int argc, char** argv) {
     experiments::VisionTaskConfig cfg;
     cfg.model_name = preset;
     cfg.description = "4-way " + data.title + " task";
-    cfg.data_title = data.title;
     cfg.pretrained = cache + "/pretrained_" + data.pretrained_tag + preset + ".pt";
     cfg.finetuned =
         cache + "/finetuned_" + data.pretrained_tag + preset + data.finetuned_tag + ".pt";

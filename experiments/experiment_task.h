@@ -75,6 +75,10 @@ inline MetricInfo latency_metric() {
 /// A model, its data and what is measured on it.
 class ExperimentTask {
  public:
+  ExperimentTask() = default;
+  // Its TaskModels refer to it: a task stays where it was made.
+  ExperimentTask(const ExperimentTask&) = delete;
+  ExperimentTask& operator=(const ExperimentTask&) = delete;
   virtual ~ExperimentTask() = default;
   /// Names the model in results and journal keys ("small_vmoe", "lm").
   virtual std::string name() const = 0;

@@ -7,6 +7,7 @@
 // docs/reproduction-lm.md describes the setting and the results.
 #include "lm_task.h"
 #include "machine_info.h"
+#include "program.h"
 #include "report.h"
 
 #include <cstdlib>
@@ -40,7 +41,7 @@ moeprune::LMTrainerOptions trainer(const Schedule& s, int64_t context) {
       .weight_decay(0.01);
 }
 
-void pretrain(const experiments::LMTask& task, const std::string& dir, const Schedule& s,
+void pretrain(const experiments::FortuneTexts& task, const std::string& dir, const Schedule& s,
               int64_t context, bool fresh) {
   if (!fresh && has_checkpoint(dir)) {
     fmt::print("[1/4] pre-trained model: reusing {} (--fresh retrains)\n", dir);
@@ -56,7 +57,7 @@ void pretrain(const experiments::LMTask& task, const std::string& dir, const Sch
   lm::save_causal_lm(model, dir, lm::SaveOptions().overwrite(true));
 }
 
-void finetune(const experiments::LMTask& task, const std::string& pretrained,
+void finetune(const experiments::FortuneTexts& task, const std::string& pretrained,
               const std::string& dir, const Schedule& s, int64_t context, bool fresh) {
   if (!fresh && has_checkpoint(dir)) {
     fmt::print("[2/4] fine-tuned model: reusing {}\n", dir);
@@ -116,7 +117,7 @@ int run(int argc, char** argv) {
   experiments::set_up_process(threads);
   std::filesystem::create_directories(cache);
   std::filesystem::create_directories(out);
-  const auto task = experiments::load_lm_task(language);
+  const auto task = experiments::load_fortune_texts(language);
   fmt::print("fortunes (training splits): {}\n", fmt::join(task.summary, ", "));
   fmt::print("task: {}, {} / {} / {} training / validation / test tokens\n", task.language_name,
              task.train.size(0), task.validation.size(0), task.test.size(0));

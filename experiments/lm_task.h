@@ -1,112 +1,18 @@
 #pragma once
 
-// What the language demo's programs share: the fortune texts as token streams (every language for
-// pre-training, one language as the downstream task), the small Mixtral-style model, bits per
-// byte, calibration windows, and causal language modelling as an experiment task
-// (experiment_task.h) measured by bits per byte.
-#include "compression_compare.h"
-#include "program.h"
+// Causal language modelling as an experiment task (experiment_task.h): a Mixtral-style Hugging
+// Face folder, measured by bits per byte on one language's test split, fine-tuned with train_lm.
+#include "experiment_task.h"
+#include "latency.h"
+#include "lm_data.h"
 
 #include <moeprune/models/lm/checkpoint.h>
-#include <moeprune/models/lm/evaluation.h>
 #include <moeprune/models/lm/model_cost.h>
 #include <moeprune/models/lm/moe_view.h>
 #include <moeprune/models/lm/trimming.h>
 #include <moeprune/train/lm_trainer.h>
-#include <moeprune/train/text_corpus.h>
-
-#include <algorithm>
-#include <string>
-#include <vector>
 
 namespace experiments {
-
-struct LMTask {
-  std::string language;  // the downstream language's code
-  std::string language_name;
-  /// Every language's training fortunes, language after language (pre-training).
-  torch::Tensor pretrain;
-  /// The downstream language's training, validation and test streams.
-  torch::Tensor train, validation, test;
-  /// Fortunes and bytes of each language's training split, for the log.
-  std::vector<std::string> summary;
-};
-
-inline int64_t byte_count(const std::vector<std::string>& docs) {
-  int64_t n = 0;
-  for (const auto& d : docs) n += static_cast<int64_t>(d.size());
-  return n;
-}
-
-/// The fortunes of every language (split by position, 10% validation and 10% test from the end
-/// of every file) with `language` as the downstream task.
-inline LMTask load_lm_task(const std::string& language) {
-  namespace data = moeprune::data;
-  LMTask task;
-  task.language = language;
-  std::vector<std::string> all;
-  for (const auto& l : data::fortune_languages()) {
-    const auto s = data::load_fortunes(l.code);
-    all.insert(all.end(), s.train.begin(), s.train.end());
-    task.summary.push_back(fmt::format("{} {} fortunes ({:.2f} MB)", l.name, s.train.size(),
-                                       static_cast<double>(byte_count(s.train)) / 1e6));
-    if (l.code == language) {
-      task.language_name = l.name;
-      task.train = data::byte_tokens(s.train);
-      task.validation = data::byte_tokens(s.validation);
-      task.test = data::byte_tokens(s.test);
-    }
-  }
-  TORCH_CHECK(task.train.defined(), "unknown language '", language, "'");
-  task.pretrain = data::byte_tokens(all);
-  return task;
-}
-
-/// The demo's model: Mixtral's architecture at a size that pre-trains in minutes on two cores.
-/// 4 decoder layers of width 128 (4 query heads and 2 key/value heads of 32), each with a MoE
-/// block of 8 SwiGLU experts of width 256, top-2 renormalised, dropless; byte vocabulary.
-/// The load-balancing loss weight is 0.01 (Mixtral's config has 0.001 for 8 experts at scale;
-/// on this little data 0.001 let a few experts take most tokens).
-inline moeprune::lm::CausalLMOptions lm_demo_options() {
-  auto moe = moeprune::MoELayerOptions::preset("top_k_gated", 128, 256, 8);
-  moe.aux_loss_weights(moeprune::functional::AuxLossWeights().load_balance(0.01));
-  return moeprune::lm::CausalLMOptions(moeprune::data::kByteVocabSize, 128, 4,
-                                       moeprune::lm::AttentionOptions(128, 4, 2, 32))
-      .model_type("mixtral")
-      .max_position_embeddings(1024)
-      .moe_layers(std::vector<bool>(4, true))
-      .moe(moe);
-}
-
-/// Bits per byte of `stream` under `model`: windows of `context` tokens, each token scored once
-/// (lm::perplexity), end-of-text marks' bits included, over the bytes scored.
-inline double bits_per_byte(moeprune::lm::CausalLM& model, const torch::Tensor& stream,
-                            int64_t context) {
-  const auto r =
-      moeprune::lm::perplexity(model, stream, moeprune::lm::PerplexityOptions().context(context));
-  return moeprune::data::bits_per_byte(r.nll_sum, stream.slice(0, 1));
-}
-
-/// `windows` windows of `context` tokens spread evenly over `stream`, [windows, context].
-inline torch::Tensor even_windows(const torch::Tensor& stream, int64_t windows, int64_t context) {
-  TORCH_CHECK(stream.size(0) >= windows * context, "even_windows: ", stream.size(0),
-              " tokens are too few for ", windows, " windows of ", context);
-  const int64_t step = (stream.size(0) - context) / std::max<int64_t>(1, windows - 1);
-  const auto offsets = torch::arange(windows, torch::kLong) * step;
-  const auto index = offsets.unsqueeze(1) + torch::arange(context, torch::kLong);
-  return stream.index_select(0, index.reshape({-1})).view({windows, context});
-}
-
-/// Calibration data for the MoE view: `windows` evenly spread over `stream`, batches of 8.
-inline moeprune::CalibrationData lm_calibration(const torch::Tensor& stream, int64_t windows,
-                                                int64_t context) {
-  const auto all = even_windows(stream, windows, context);
-  return [all](const std::function<void(const torch::Tensor&)>& visit) {
-    for (int64_t b = 0; b < all.size(0); b += 8) {
-      visit(all.narrow(0, b, std::min<int64_t>(8, all.size(0) - b)));
-    }
-  };
-}
 
 struct LMTaskConfig {
   std::string pretrained, finetuned;  // checkpoint folders
@@ -124,7 +30,7 @@ struct LMTaskConfig {
 /// compressing it.
 class CausalLanguageModeling : public ExperimentTask {
  public:
-  CausalLanguageModeling(LMTaskConfig cfg, LMTask texts)
+  CausalLanguageModeling(LMTaskConfig cfg, FortuneTexts texts)
       : cfg_(std::move(cfg)),
         texts_(std::move(texts)),
         calibration_(lm_calibration(texts_.train, cfg_.calibration_windows, cfg_.context)),
@@ -181,7 +87,7 @@ class CausalLanguageModeling : public ExperimentTask {
   }
 
   const LMTaskConfig& config() const { return cfg_; }
-  const LMTask& texts() const { return texts_; }
+  const FortuneTexts& texts() const { return texts_; }
   const moeprune::CalibrationData& calibration() const { return calibration_; }
   /// [windows, context + 1] training windows for the next-token loss.
   const torch::Tensor& loss_windows() const { return loss_windows_; }
@@ -191,7 +97,7 @@ class CausalLanguageModeling : public ExperimentTask {
 
  private:
   LMTaskConfig cfg_;
-  LMTask texts_;
+  FortuneTexts texts_;
   moeprune::CalibrationData calibration_;
   torch::Tensor loss_windows_, cost_ids_;
   moeprune::lm::CausalLM pretrained_, teacher_;

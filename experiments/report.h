@@ -25,8 +25,9 @@ inline std::string format_pruned(const std::map<int64_t, std::vector<int64_t>>& 
   return out;
 }
 
-/// "80.97±0.50" (several runs) or "80.97" (one).
+/// "80.97±0.50" (several runs), "80.97" (one) or "-" (none).
 inline std::string mean_spread(const std::vector<double>& v, const MetricInfo& metric) {
+  if (v.empty()) return "-";
   const auto [mean, spread] = mean_and_spread(v);
   return v.size() > 1 ? metric.format(mean) + "±" + metric.format(spread) : metric.format(mean);
 }
@@ -131,11 +132,16 @@ inline std::string plot_sweep(const std::vector<Cell>& cells, const ExperimentTa
   for (const auto& name : cfg.criteria) {
     data += "# " + name + "\n";
     for (const auto n : cfg.counts) {
-      const auto [ma, sa] = mean_and_spread(sweep_values(cells, task.name(), name, n, q.name));
-      const auto [mb, sb] =
-          mean_and_spread(sweep_values(cells, task.name(), name, n, q.finetuned().name));
-      data += fmt::format("{} {} {} {} {}\n", static_cast<double>(n) / experts, q.shown(ma),
-                          q.shown(sa), q.shown(mb), q.shown(sb));
+      // Mean and spread as the table shows them; "?" (gnuplot's missing value) where no run
+      // measured it (no post-pruning fine-tune).
+      const auto columns = [&](const std::string& metric) {
+        const auto values = sweep_values(cells, task.name(), name, n, metric);
+        if (values.empty()) return std::string("? ?");
+        const auto [mean, spread] = mean_and_spread(values);
+        return fmt::format("{} {}", q.shown(mean), q.shown(spread));
+      };
+      data += fmt::format("{} {} {}\n", static_cast<double>(n) / experts, columns(q.name),
+                          columns(q.finetuned().name));
     }
     data += "\n\n";
   }
@@ -188,9 +194,11 @@ inline std::string plot_compression(const std::vector<Cell>& cells, const Experi
     for (const auto& c : cells) {
       if (c.method == method) rows.push_back(c);
     }
-    std::sort(rows.begin(), rows.end(), [&](const Cell& a, const Cell& b) {
-      return a.value(m.parameters.name) < b.value(m.parameters.name);
-    });
+    const auto stored = [&](const Cell& c) {
+      return c.has(m.parameters.name) ? c.value(m.parameters.name) : 0.0;
+    };
+    std::sort(rows.begin(), rows.end(),
+              [&](const Cell& a, const Cell& b) { return stored(a) < stored(b); });
     for (const auto& c : rows) {
       data += fmt::format("{} {} {} {}\n", shown(c, m.parameters, 1e3), shown(c, q, q.divisor),
                           shown(c, q.finetuned(), q.divisor), shown(c, m.latency, 1));

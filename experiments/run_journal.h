@@ -58,7 +58,14 @@ class RunJournal {
     }
   }
 
-  /// The recorded run named `key`, if this journal has one under the current settings.
+  /// The recorded run named `key`, without counting it as reused (to check it before use).
+  std::optional<nlohmann::json> peek(const std::string& key) const {
+    const auto it = runs_.find(key);
+    return it == runs_.end() ? std::nullopt : std::optional<nlohmann::json>(it->second.run);
+  }
+
+  /// The recorded run named `key`, if this journal has one under the current settings; counted
+  /// as reused.
   std::optional<nlohmann::json> find(const std::string& key) const {
     const auto it = runs_.find(key);
     if (it == runs_.end()) {

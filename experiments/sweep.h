@@ -11,6 +11,7 @@
 #include <moeprune/pruning/pruning_plan.h>
 #include <moeprune/train/progress_bar.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <functional>
@@ -82,22 +83,37 @@ inline std::string describe_quality(const Cell& cell, const TaskMetrics& metrics
   return cell.has(after.name) ? shown(q) + " -> " + shown(after) : shown(q);
 }
 
+/// The metrics every run of `task` reports: the quality, and after the fine-tune when it runs.
+inline std::vector<std::string> quality_metrics(const ExperimentTask& task) {
+  std::vector<std::string> out = {task.metrics().quality.name};
+  if (task.post_steps() > 0) out.push_back(task.metrics().quality.finetuned().name);
+  return out;
+}
+
 namespace detail {
 
-/// A run of `journal` under `key`, or `make()` run, recorded and reported.
+/// A run of `journal` under `key`, or `make()` run, recorded and reported. A recorded run that
+/// lacks one of the `required` metrics (a line from an older or a broken writer) is run again.
 inline Cell journaled(RunJournal* journal, const std::string& key, const std::string& label,
-                      const ExperimentTask& task, moeprune::ProgressBar* bar, int64_t* done,
+                      const ExperimentTask& task, const std::vector<std::string>& required,
+                      moeprune::ProgressBar* bar, int64_t* done,
                       const std::function<Cell()>& make) {
   const auto& metrics = task.metrics();
-  if (const auto found = journal != nullptr ? journal->find(key) : std::nullopt) {
+  if (const auto found = journal != nullptr ? journal->peek(key) : std::nullopt) {
     auto cell = read_cell(*found, metrics);
     if (cell.model.empty()) cell.model = task.name();  // the key named it
-    if (bar != nullptr && done != nullptr) {
-      bar->skip(1);
-      bar->update(++*done,
-                  fmt::format("{}: {} (from the journal)", label, describe_quality(cell, metrics)));
+    const auto missing = std::find_if(required.begin(), required.end(),
+                                      [&](const std::string& m) { return !cell.has(m); });
+    if (missing == required.end()) {
+      journal->find(key);  // counted as reused
+      if (bar != nullptr && done != nullptr) {
+        bar->skip(1);
+        bar->update(++*done, fmt::format("{}: {} (from the journal)", label,
+                                         describe_quality(cell, metrics)));
+      }
+      return cell;
     }
-    return cell;
+    fmt::print("      {}: the journal's run has no {}; running it again\n", key, *missing);
   }
   const auto started = std::chrono::steady_clock::now();
   auto cell = make();
@@ -159,8 +175,8 @@ inline std::vector<Cell> run_sweep(const ExperimentTask& task, const SweepConfig
         if (n == 0 && cfg.unpruned_once) {
           if (!unpruned) {
             unpruned = detail::journaled(journal, sweep_key(task.name(), "none", 0, 0),
-                                         task.name() + " unpruned", task, &bar, &done,
-                                         [&] { return measure_pruned(task, {}, 0); });
+                                         task.name() + " unpruned", task, quality_metrics(task),
+                                         &bar, &done, [&] { return measure_pruned(task, {}, 0); });
           }
           auto cell = *unpruned;
           cell.method = name;
@@ -171,6 +187,7 @@ inline std::vector<Cell> run_sweep(const ExperimentTask& task, const SweepConfig
         const auto prune_n = [&] {
           if (!scores) {
             pr::CriterionContext ctx;
+            // The view holds the model and its calibration data: it outlives the TaskModel.
             ctx.finetuned = task.load_finetuned()->view(true);
             ctx.pretrained = task.pretrained_view();
             ctx.seed = seed;
@@ -187,7 +204,7 @@ inline std::vector<Cell> run_sweep(const ExperimentTask& task, const SweepConfig
         };
         auto cell = detail::journaled(journal, sweep_key(task.name(), name, n, seed),
                                       fmt::format("{} {} n={} seed={}", task.name(), name, n, seed),
-                                      task, &bar, &done, prune_n);
+                                      task, quality_metrics(task), &bar, &done, prune_n);
         cell.method = name;
         cells.push_back(cell);
       }

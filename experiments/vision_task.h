@@ -3,8 +3,11 @@
 // Image classification with a vision MoE as an experiment task (experiment_task.h): the demo's and
 // vmoe_prune_sweep's model, measured by test top-1, fine-tuned with the pruning paper's short
 // recipe (post_training_options).
-#include "compression_compare.h"
+#include "experiment_task.h"
+#include "latency.h"
 #include "vision_common.h"
+
+#include <moeprune/compression/low_rank.h>
 
 #include <moeprune/models/vision/moe_view.h>
 #include <moeprune/models/vision/trimming.h>
@@ -50,8 +53,8 @@ inline void classification_loss_backward(moeprune::VisionTransformer& model,
 
 /// MC-SMoE without a fine-tune to prune during (vmoe_compress): the importance of S from one pass
 /// of the classification loss over the calibration images, then S pruned to `density` at once.
-inline void prune_sparse_once(moeprune::VisionTransformer& model, const Calibration& calibration,
-                              double density) {
+inline void prune_sparse_once_on_calibration(moeprune::VisionTransformer& model,
+                                             const Calibration& calibration, double density) {
   model->train();
   model->zero_grad();
   moeprune::compression::prune_sparse_once(
@@ -62,8 +65,7 @@ inline void prune_sparse_once(moeprune::VisionTransformer& model, const Calibrat
 
 struct VisionTaskConfig {
   std::string model_name;                  // names the model in results ("small_vmoe")
-  std::string description = "4-way task";  // in the comparison plot's title
-  std::string data_title = "4-way task";   // in the sweep plot's: "MODEL on the 4-way ... task"
+  std::string description = "4-way task";  // in the plots' titles: "MODEL on the 4-way task"
   std::string pretrained, finetuned;       // checkpoints
   int64_t post_steps = 100;                // post-pruning fine-tuning steps
   int64_t calibration = 512;               // training images data criteria and compressions read
@@ -109,7 +111,7 @@ class VisionClassification : public ExperimentTask {
   }
   std::string sweep_title() const override { return cfg_.model_name + ": test top-1 (%)"; }
   std::string sweep_plot_title() const override {
-    return fmt::format("{} on the 4-way {} task", cfg_.model_name, cfg_.data_title);
+    return fmt::format("{} on the {}", cfg_.model_name, cfg_.description);
   }
   std::string compression_title() const override {
     return fmt::format(
@@ -150,11 +152,14 @@ class VisionTaskModel : public TaskModel {
     return moeprune::moe_view(model_,
                               calibrated ? task_.calibration().data : moeprune::CalibrationData{});
   }
-  Measurement measure(bool, bool) override {
-    // The evaluation counts each expert's rows, which FLOPs per image read: both come together.
+  Measurement measure(bool, bool flops) override {
+    // One evaluation gives top-1 and the rows each expert computed, which FLOPs per image read.
     moeprune::Trainer evaluator(model_, task_.post_options());
     const auto eval = evaluator.evaluate(task_.splits().test);
-    return {eval.top1, moeprune::compression::flops_per_image(model_, eval)};
+    Measurement m;
+    m.quality = eval.top1;
+    if (flops) m.flops = moeprune::compression::flops_per_image(model_, eval);
+    return m;
   }
   double latency_ms() override { return experiments::latency_ms(model_, task_.latency_batch()); }
   int64_t stored_parameters() override { return moeprune::compression::stored_parameters(model_); }

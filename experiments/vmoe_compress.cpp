@@ -123,7 +123,7 @@ int run(int argc, char** argv) {
           *view, cm::SparsePruningOptions().final_density(density).warmup_steps(
                      std::max<int64_t>(1, post_steps / 10)));
       if (post_steps == 0) {
-        experiments::prune_sparse_once(model, calibration, density);
+        experiments::prune_sparse_once_on_calibration(model, calibration, density);
       }
     }
     options.teacher(teacher);

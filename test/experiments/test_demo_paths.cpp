@@ -224,7 +224,8 @@ TEST_CASE("the run journal keeps finished runs across restarts and skips a line 
 }
 
 TEST_CASE(
-    "an interrupted sweep resumes: recorded runs are reused, the others run and are recorded") {
+    "an interrupted sweep resumes: recorded runs are reused, the others and incomplete ones run "
+    "and are recorded") {
   const auto [pre, ft] = checkpoints();
   const experiments::VisionClassification task(task_config(pre, ft),
                                                {random_images(64, 3), random_images(32, 4), {}});
@@ -241,6 +242,11 @@ TEST_CASE(
     earlier.set(task.metrics().quality, 0.123);
     earlier.pruned_experts[1] = {0, 1, 2};
     journal.record(experiments::sweep_key("tiny", "router_norm_change", 3, 0), earlier, 7.0);
+    // A line with no accuracy (as a broken writer might leave): run again, not reused as 0.
+    journal.record(experiments::sweep_key("tiny", "router_norm_change", 0, 0),
+                   nlohmann::json::parse(R"({"model": "tiny", "criterion": "router_norm_change",
+                     "pruned_per_layer": 0, "seed": 0, "pruned_experts": {}})"),
+                   5.0);
   }
   experiments::RunJournal journal(path, {});
   moeprune::ProgressBar bar(experiments::sweep_runs(cfg), "sweep", "runs", false);

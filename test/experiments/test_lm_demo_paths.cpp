@@ -3,6 +3,7 @@
 // each run prunes, that pruning nothing is one run, what each compression keeps, and the language
 // sweep's journal lines written before cells had named metrics.
 #include "lm_task.h"
+#include "report.h"
 
 #include <catch2/catch.hpp>
 
@@ -30,7 +31,7 @@ std::string save(lm::CausalLM& m, const std::string& name) {
 // A pre-trained and a fine-tuned model whose routers differ, and random byte streams.
 struct Fixture {
   std::string pre, ft;
-  experiments::LMTask texts;
+  experiments::FortuneTexts texts;
 };
 
 Fixture fixture() {
@@ -152,6 +153,7 @@ TEST_CASE("the language compression comparison keeps what each method promises")
   CHECK(params("MC-SMoE") < params("M-SMoE"));
   // A sweep run of the same pruning is taken, not run again (values no run could give).
   experiments::Cell same;
+  same.model = task.name();  // another model's run of the same name is not taken
   same.method = "router_norm_change";
   same.pruned = 2;
   same.set(task.metrics().quality, 0.25);
