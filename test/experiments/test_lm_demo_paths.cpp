@@ -175,6 +175,16 @@ TEST_CASE("the language compression comparison keeps what each method promises")
       CHECK(c.value("bits_per_byte") == by.at("fine-tuned").value("bits_per_byte"));
     }
   }
+  // Another model's run of the same criterion and count is not taken: the row is run here.
+  same.model = "another";
+  cfg.sweep = {same};
+  cfg.budgets = {2};
+  const auto not_taken = experiments::run_compression(task, cfg);
+  REQUIRE(not_taken.size() == 5);
+  CHECK(not_taken[1].method == "prune (router_norm_change)");
+  CHECK(not_taken[1].value("bits_per_byte") ==
+        by.at("prune (router_norm_change)").value("bits_per_byte"));
+  CHECK(not_taken[1].detail.empty());
   // FLOPs per token: the uncompressed model computes 2 expert rows per token in both layers.
   CHECK(by.at("fine-tuned").value("flops_per_token") -
             by.at("Layer Drop").value("flops_per_token") ==
