@@ -225,6 +225,9 @@ TEST_CASE("journal lines of the language sweep and comparison from before named 
   CHECK(row.value("parameters") == 123456);
   CHECK_FALSE(row.has("top1"));
   CHECK_FALSE(row.has("flops_per_image"));
+  CHECK_THROWS_WITH(row.value("top1"),
+                    Catch::Contains("the result of lm M-SMoE 4 groups per layer (global) has no "
+                                    "metric 'top1'"));
   // Written again, a cell reads back whole in the new form.
   const auto again = experiments::read_cell(nlohmann::json(row), metrics);
   CHECK(again.value("flops_per_token") == 2000000.0);
