@@ -97,7 +97,8 @@ nlohmann::json run_shape(const Shape& s) {
   // Dropless top-k routing, so both implementations run exactly the same GEMMs.
   auto options =
       moeprune::MoELayerOptions(s.d, s.hidden, s.experts)
-          .routing(fn::TopKRoutingOptions(s.k).renormalize(s.gated))
+          .router(moeprune::TopKRouterConfig().routing(
+              fn::TopKRoutingOptions(s.k).renormalize(s.gated)))
           .expert_kind(s.gated ? moeprune::ExpertKind::kGated : moeprune::ExpertKind::kMlp)
           .activation(s.gated ? moeprune::ExpertActivation::kSilu
                               : moeprune::ExpertActivation::kGeluTanh)

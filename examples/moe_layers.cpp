@@ -56,9 +56,10 @@ int main(int argc, char** argv) {
              "aux loss", "z-loss", "fwd ms", "bwd ms");
   for (const auto& name : presets) {
     auto options = moeprune::MoELayerOptions::preset(name, d_model, hidden, experts);
-    if (name == "e3moe" && sequences % options.ensemble_size() != 0) {
+    const auto* ensemble = std::get_if<moeprune::EnsembleRouterConfig>(&options.router());
+    if (ensemble != nullptr && sequences % ensemble->members() != 0) {
       fmt::print("{:<14} skipped: --sequences must be a multiple of {} members\n", name,
-                 options.ensemble_size());
+                 ensemble->members());
       continue;
     }
     moeprune::MoELayer layer(options);

@@ -42,10 +42,14 @@ inline moeprune::MoELayerOptions layer_options(const std::string& name, int64_t 
     return options;
   }
   if (variant == "groups") {
-    TORCH_CHECK(options.router() == moeprune::RouterKind::kGroupLimited, "layer variant '", name,
-                "': +groups needs a group-limited preset");
+    TORCH_CHECK(std::holds_alternative<moeprune::GroupLimitedRouterConfig>(options.router()),
+                "layer variant '", name, "': +groups needs a group-limited preset");
     TORCH_CHECK(num_experts == 8, "layer variant '", name, "': +groups is made for 8 experts");
-    options.groups().num_groups(2).groups_kept(1).scaling(2.5);
+    options.router_as<moeprune::GroupLimitedRouterConfig>()
+        .groups()
+        .num_groups(2)
+        .groups_kept(1)
+        .scaling(2.5);
   } else if (variant == "drops" && preset == "switch") {
     options.routing().expert_capacity(1);
   } else if (variant == "drops" && preset == "vmoe") {

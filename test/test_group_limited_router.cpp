@@ -110,7 +110,7 @@ MoELayer deepseek_layer(const std::string& preset, int64_t E, int64_t k,
   torch::manual_seed(static_cast<int64_t>(seed));
   auto o = MoELayerOptions::preset(preset, 8, 6, E);
   o.routing().k(k);
-  o.groups(g);
+  o.router_as<moeprune::GroupLimitedRouterConfig>().groups(g);
   MoELayer layer(o);
   layer->eval();
   auto& router = dynamic_cast<moeprune::GroupLimitedRouterImpl&>(layer->router());

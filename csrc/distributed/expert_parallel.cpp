@@ -49,7 +49,7 @@ void shard_experts(MoELayer& layer, const ProcessGroup& group, const ExpertPlace
     TORCH_CHECK(r >= 0 && r < W, who, ": the placement names rank ", r, ", outside [0, ", W, ")");
   }
   // The ensemble router joins its members' plans in member order: positions must follow the bank.
-  TORCH_CHECK(layer->options.router() != RouterKind::kEnsemble ||
+  TORCH_CHECK(!std::holds_alternative<EnsembleRouterConfig>(layer->options.router()) ||
                   std::is_sorted(p.rank_of.begin(), p.rank_of.end()),
               who, ": an ensemble (E3-MoE) layer needs contiguous blocks of experts per rank");
   torch::Tensor router_to_bank;

@@ -32,29 +32,35 @@ MoELayerOptions MoELayerOptions::preset(const std::string& name, int64_t d_model
   if (name == "vmoe") {
     // Riquelme et al. 2021: top-2 of a softmax over E, noise std 1/E, capacity factor 1.05 at
     // pre-training (1.5 for fine-tuning/evaluation), importance + load losses at 0.005 each.
-    o.routing(TopKRoutingOptions(2).capacity_mode(CapacityMode::kFactor).capacity_factor(1.05))
-        .noise_std(1.0)
+    o.router(
+         TopKRouterConfig()
+             .routing(
+                 TopKRoutingOptions(2).capacity_mode(CapacityMode::kFactor).capacity_factor(1.05))
+             .noise_std(1.0))
         .activation(ExpertActivation::kGeluTanh)
         .aux_loss_weights(AuxLossWeights().importance(0.005).load(0.005));
   } else if (name == "e3moe") {
     // Allingham et al. 2021: 2 members, top-1 within a member, V-MoE's noise and losses.
-    o.router(RouterKind::kEnsemble)
-        .ensemble_size(2)
-        .routing(TopKRoutingOptions(1).capacity_mode(CapacityMode::kFactor).capacity_factor(1.05))
-        .noise_std(1.0)
+    o.router(
+         EnsembleRouterConfig()
+             .members(2)
+             .routing(
+                 TopKRoutingOptions(1).capacity_mode(CapacityMode::kFactor).capacity_factor(1.05))
+             .noise_std(1.0))
         .activation(ExpertActivation::kGeluTanh)
         .aux_loss_weights(AuxLossWeights().importance(0.005).load(0.005));
   } else if (name == "expert_choice") {
     // Zhou et al. 2022, EC-CF2: each expert takes 2T/E tokens; no auxiliary loss.
-    o.router(RouterKind::kExpertChoice)
-        .routing(TopKRoutingOptions(1).capacity_mode(CapacityMode::kFactor).capacity_factor(2.0))
+    o.router(ExpertChoiceRouterConfig().capacity_factor(2.0).capacity_multiple(4))
         .activation(ExpertActivation::kGeluTanh);
   } else if (name == "switch") {
     // HF SwitchTransformers (4.x): top-1, expert_capacity 64 per sequence, jitter 0.01, ReLU
     // experts without bias, z-loss and load balance at 0.001.
-    o.routing(TopKRoutingOptions(1).capacity_mode(CapacityMode::kFixed).expert_capacity(64))
-        .group_per_item(true)
-        .jitter(0.01)
+    o.router(
+         TopKRouterConfig()
+             .routing(TopKRoutingOptions(1).capacity_mode(CapacityMode::kFixed).expert_capacity(64))
+             .group_per_item(true)
+             .jitter(0.01))
         .activation(ExpertActivation::kRelu)
         .expert_bias(false)
         .aux_loss_weights(AuxLossWeights().load_balance(0.001).z_loss(0.001));
@@ -62,7 +68,8 @@ MoELayerOptions MoELayerOptions::preset(const std::string& name, int64_t d_model
     // Mixtral's layer (transformers' MixtralSparseMoeBlock), which the Qwen-MoE, OLMoE and
     // DeepSeek-MoE records reuse: softmax in fp32, top-2 renormalised, dropless, SwiGLU experts,
     // load-balancing loss 0.001.
-    o.routing(TopKRoutingOptions(2).capacity_mode(CapacityMode::kDropless).renormalize(true))
+    o.router(TopKRouterConfig().routing(
+                 TopKRoutingOptions(2).capacity_mode(CapacityMode::kDropless).renormalize(true)))
         .expert_kind(ExpertKind::kGated)
         .activation(ExpertActivation::kSilu)
         .expert_bias(false)
@@ -71,12 +78,12 @@ MoELayerOptions MoELayerOptions::preset(const std::string& name, int64_t d_model
     // transformers' DeepseekV2MoEGate (topk_method group_limited_greedy): softmax scores,
     // groups ranked by their best expert, no renormalisation; n_group, topk_group, k and
     // routed_scaling_factor come from the config (one group here, i.e. greedy top-k).
-    o.router(RouterKind::kGroupLimited)
-        .routing(TopKRoutingOptions(2).capacity_mode(CapacityMode::kDropless))
-        .groups(GroupLimitedRoutingOptions()
-                    .score_function(ScoreFunction::kSoftmax)
-                    .group_score(GroupScore::kMax)
-                    .correction_bias(false))
+    o.router(GroupLimitedRouterConfig()
+                 .routing(TopKRoutingOptions(2).capacity_mode(CapacityMode::kDropless))
+                 .groups(GroupLimitedRoutingOptions()
+                             .score_function(ScoreFunction::kSoftmax)
+                             .group_score(GroupScore::kMax)
+                             .correction_bias(false)))
         .expert_kind(ExpertKind::kGated)
         .activation(ExpertActivation::kSilu)
         .expert_bias(false);
@@ -85,12 +92,13 @@ MoELayerOptions MoELayerOptions::preset(const std::string& name, int64_t d_model
     // e_score_correction_bias for selection, groups ranked by the sum of their top two, weights
     // renormalised (norm_topk_prob); k (8 in the released V3), groups and scaling come from
     // the config.
-    o.router(RouterKind::kGroupLimited)
-        .routing(TopKRoutingOptions(2).capacity_mode(CapacityMode::kDropless).renormalize(true))
-        .groups(GroupLimitedRoutingOptions()
-                    .score_function(ScoreFunction::kSigmoid)
-                    .group_score(GroupScore::kTopTwoSum)
-                    .correction_bias(true))
+    o.router(GroupLimitedRouterConfig()
+                 .routing(
+                     TopKRoutingOptions(2).capacity_mode(CapacityMode::kDropless).renormalize(true))
+                 .groups(GroupLimitedRoutingOptions()
+                             .score_function(ScoreFunction::kSigmoid)
+                             .group_score(GroupScore::kTopTwoSum)
+                             .correction_bias(true)))
         .expert_kind(ExpertKind::kGated)
         .activation(ExpertActivation::kSilu)
         .expert_bias(false);
@@ -104,57 +112,64 @@ MoELayerOptions MoELayerOptions::preset(const std::string& name, int64_t d_model
   return o;
 }
 
-RouterHandle make_router(const MoELayerOptions& o) {
+functional::TopKRoutingOptions& MoELayerOptions::routing() {
+  auto* routing = token_routing(router_);
+  TORCH_CHECK(routing != nullptr, "MoELayerOptions: the ", router_name(router_),
+              " router has no token-choice routing (k, capacity mode); set its "
+              "ExpertChoiceRouterConfig through router_as");
+  return *routing;
+}
+
+const functional::TopKRoutingOptions& MoELayerOptions::routing() const {
+  return const_cast<MoELayerOptions*>(this)->routing();
+}
+
+namespace {
+
+// Each router module from its config, with the layer's sizes and switches.
+template <class Impl, class ModuleOptions>
+RouterHandle handle_of(ModuleOptions options) {
+  auto router = std::make_shared<Impl>(std::move(options));
   RouterHandle h;
-  const auto routing = functional::TopKRoutingOptions(o.routing()).fixed_rows(o.sync_free());
-  switch (o.router()) {
-    case RouterKind::kTopK: {
-      auto r = std::make_shared<TopKRouterImpl>(TopKRouterOptions(o.d_model(), o.num_experts())
-                                                    .routing(routing)
-                                                    .noise_std(o.noise_std())
-                                                    .jitter(o.jitter())
-                                                    .group_per_item(o.group_per_item())
-                                                    .check_finite(o.check_finite()));
-      h.router = r.get();
-      h.module = r;
-      break;
-    }
-    case RouterKind::kExpertChoice: {
-      auto r = std::make_shared<ExpertChoiceRouterImpl>(
-          ExpertChoiceRouterOptions(o.d_model(), o.num_experts())
-              .capacity_factor(o.routing().capacity_factor())
-              .capacity_multiple(o.routing().capacity_multiple())
-              .group_size(o.routing().group_size())
-              .noise_std(o.noise_std())
-              .check_finite(o.check_finite())
-              .fixed_rows(o.sync_free()));
-      h.router = r.get();
-      h.module = r;
-      break;
-    }
-    case RouterKind::kEnsemble: {
-      auto r = std::make_shared<EnsembleRouterImpl>(
-          EnsembleRouterOptions(o.d_model(), o.num_experts(), o.ensemble_size())
-              .routing(o.routing())
-              .noise_std(o.noise_std())
-              .check_finite(o.check_finite()));
-      h.router = r.get();
-      h.module = r;
-      break;
-    }
-    case RouterKind::kGroupLimited: {
-      auto r = std::make_shared<GroupLimitedRouterImpl>(
-          GroupLimitedRouterOptions(o.d_model(), o.num_experts())
-              .routing(routing)
-              .groups(o.groups())
-              .check_finite(o.check_finite()));
-      h.router = r.get();
-      h.module = r;
-      break;
-    }
-  }
-  TORCH_CHECK(h.router != nullptr, "make_router: unknown router kind");
+  h.router = router.get();
+  h.module = router;
   return h;
+}
+
+}  // namespace
+
+RouterHandle make_router(const MoELayerOptions& o) {
+  const int64_t d = o.d_model(), E = o.num_experts();
+  if (const auto* c = std::get_if<TopKRouterConfig>(&o.router())) {
+    return handle_of<TopKRouterImpl>(
+        TopKRouterOptions(d, E)
+            .routing(TopKRoutingOptions(c->routing()).fixed_rows(o.sync_free()))
+            .noise_std(c->noise_std())
+            .jitter(c->jitter())
+            .group_per_item(c->group_per_item())
+            .check_finite(o.check_finite()));
+  }
+  if (const auto* c = std::get_if<ExpertChoiceRouterConfig>(&o.router())) {
+    return handle_of<ExpertChoiceRouterImpl>(ExpertChoiceRouterOptions(d, E)
+                                                 .capacity_factor(c->capacity_factor())
+                                                 .capacity_multiple(c->capacity_multiple())
+                                                 .group_size(c->group_size())
+                                                 .noise_std(c->noise_std())
+                                                 .check_finite(o.check_finite())
+                                                 .fixed_rows(o.sync_free()));
+  }
+  if (const auto* c = std::get_if<EnsembleRouterConfig>(&o.router())) {
+    return handle_of<EnsembleRouterImpl>(EnsembleRouterOptions(d, E, c->members())
+                                             .routing(c->routing())
+                                             .noise_std(c->noise_std())
+                                             .check_finite(o.check_finite()));
+  }
+  const auto& c = std::get<GroupLimitedRouterConfig>(o.router());
+  return handle_of<GroupLimitedRouterImpl>(
+      GroupLimitedRouterOptions(d, E)
+          .routing(TopKRoutingOptions(c.routing()).fixed_rows(o.sync_free()))
+          .groups(c.groups())
+          .check_finite(o.check_finite()));
 }
 
 MoELayerImpl::MoELayerImpl(MoELayerOptions options_) : options(std::move(options_)) {
@@ -165,9 +180,10 @@ void MoELayerImpl::reset() {
   TORCH_CHECK(!options.sync_free() || !options.check_finite(),
               "MoELayer: sync_free needs check_finite(false) (the finite checks read a flag back "
               "from the device)");
-  TORCH_CHECK(!options.sync_free() || options.router() != RouterKind::kEnsemble,
-              "MoELayer: sync_free is not available with the ensemble router (E3-MoE joins its "
-              "members' plans by their row counts, read from the device)");
+  TORCH_CHECK(
+      !options.sync_free() || !std::holds_alternative<EnsembleRouterConfig>(options.router()),
+      "MoELayer: sync_free is not available with the ensemble router (E3-MoE joins its "
+      "members' plans by their row counts, read from the device)");
   // A clone re-runs reset(): rebuild the pruning, merging and factorising the original had.
   const auto previous = experts_ ? std::optional<MoELayerState>(local_state()) : std::nullopt;
   capture_ = nullptr;
@@ -362,13 +378,13 @@ void MoELayerImpl::keep_experts(const std::vector<int64_t>& experts, bool drop_r
 void MoELayerImpl::set_capacity_factor(double capacity_factor) {
   TORCH_CHECK(capacity_factor > 0.0, "MoELayer: capacity_factor should be > 0, got ",
               capacity_factor);
-  options.routing().capacity_factor(capacity_factor);
+  moeprune::set_capacity_factor(options.router(), capacity_factor);
   router_->set_capacity_factor(capacity_factor);
 }
 
 void MoELayerImpl::set_group_size(int64_t group_size) {
   TORCH_CHECK(group_size >= 0, "MoELayer: group_size should be >= 0, got ", group_size);
-  options.routing().group_size(group_size);
+  moeprune::set_group_size(options.router(), group_size);
   router_->set_group_size(group_size);
 }
 

@@ -49,8 +49,6 @@ Reconstruction prepare(const LayerScoringContext& context, int64_t dropped) {
   const auto& entry = context.finetuned;
   MoELayer layer = entry.layer;
   const auto& o = layer->options;
-  TORCH_CHECK(o.router() == RouterKind::kTopK, "naee: MoE layer ", entry.name,
-              " does not route token-choice top-k; the reconstruction is defined for it only");
   TORCH_CHECK(o.routing().capacity_mode() == functional::CapacityMode::kDropless,
               "naee: MoE layer ", entry.name,
               " drops tokens at a capacity; the reconstruction assumes dropless routing");
@@ -120,6 +118,10 @@ std::string Naee::description() const {
 }
 
 torch::Tensor Naee::score_layer(const LayerScoringContext& context) const {
+  const auto& router = context.finetuned.layer->options.router();
+  TORCH_CHECK(std::holds_alternative<TopKRouterConfig>(router), "naee: MoE layer ",
+              context.finetuned.name, " does not route token-choice top-k (its router is ",
+              router_name(router), "); the reconstruction is defined for it only");
   const int64_t E = context.finetuned.layer->router().num_experts();
   const int64_t k = context.finetuned.layer->options.routing().k();
   TORCH_CHECK(prune_count_ >= 0 && prune_count_ <= E - k, "naee: cannot prune ", prune_count_,

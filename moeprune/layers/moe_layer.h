@@ -3,24 +3,23 @@
 #include <moeprune/layers/expert_bank.h>
 #include <moeprune/layers/expert_bank_state.h>
 #include <moeprune/layers/expert_exchange.h>
+#include <moeprune/layers/router_config.h>
 #include <moeprune/routing/functional/aux_losses.h>
 #include <moeprune/routing/functional/routing.h>
 #include <moeprune/routing/group_limited_router.h>
 #include <moeprune/routing/router.h>
 
+#include <c10/util/Exception.h>
 #include <torch/arg.h>
 #include <torch/nn/cloneable.h>
 #include <torch/nn/pimpl.h>
 
 #include <memory>
 #include <string>
+#include <variant>
 #include <vector>
 
 namespace moeprune {
-
-/// kGroupLimited: DeepSeek-V2/V3-style routing within the best groups of experts
-/// (group_limited_router.h), configured by MoELayerOptions::groups.
-enum class RouterKind { kTopK, kExpertChoice, kEnsemble, kGroupLimited };
 
 struct MoELayerOptions {
   MoELayerOptions(int64_t d_model, int64_t hidden_dim, int64_t num_experts)
@@ -38,20 +37,8 @@ struct MoELayerOptions {
   TORCH_ARG(int64_t, d_model);
   TORCH_ARG(int64_t, hidden_dim);
   TORCH_ARG(int64_t, num_experts);
-  TORCH_ARG(RouterKind, router) = RouterKind::kTopK;
-  /// Token-choice routing (kTopK, and per member for kEnsemble): k, capacity, BPR, groups.
-  /// Expert choice reads capacity_factor, capacity_multiple and group_size from here too.
-  TORCH_ARG(functional::TopKRoutingOptions, routing) = functional::TopKRoutingOptions(2);
-  /// Scores, expert groups, correction bias and scaling of a kGroupLimited router.
-  TORCH_ARG(GroupLimitedRoutingOptions, groups);
-  /// Logit noise while training, in units of 1/E (V-MoE: 1).
-  TORCH_ARG(double, noise_std) = 0.0;
-  /// Multiplicative router-input jitter while training (Switch).
-  TORCH_ARG(double, jitter) = 0.0;
-  /// Route each item of a [B, S, d] input as its own group (Switch: capacity per sequence).
-  TORCH_ARG(bool, group_per_item) = false;
-  /// Ensemble members (kEnsemble).
-  TORCH_ARG(int64_t, ensemble_size) = 1;
+  /// The router and how it routes: one of the per-router configs (router_config.h).
+  TORCH_ARG(RouterConfig, router) = TopKRouterConfig();
   TORCH_ARG(ExpertKind, expert_kind) = ExpertKind::kMlp;
   TORCH_ARG(ExpertActivation, activation) = ExpertActivation::kGelu;
   TORCH_ARG(bool, expert_bias) = true;
@@ -69,6 +56,24 @@ struct MoELayerOptions {
   /// checks read flags back) and a router other than the ensemble (E3-MoE concatenates its
   /// members' plans by their sizes). The output is the same routing and the same function.
   TORCH_ARG(bool, sync_free) = false;
+
+ public:
+  /// The router's config, refused (naming both routers) when the layer has another router.
+  template <class Config>
+  Config& router_as() {
+    auto* config = std::get_if<Config>(&router_);
+    TORCH_CHECK(config != nullptr, "MoELayerOptions: the layer's router is ", router_name(router_),
+                ", not ", router_name<Config>());
+    return *config;
+  }
+  template <class Config>
+  const Config& router_as() const {
+    return const_cast<MoELayerOptions*>(this)->router_as<Config>();
+  }
+  /// The token-choice routing (k, capacity, renormalisation, routing groups) of a top-k,
+  /// ensemble or group-limited router; refused for expert choice, which has none.
+  functional::TopKRoutingOptions& routing();
+  const functional::TopKRoutingOptions& routing() const;
 };
 
 /// The router module a layer with these options holds: the module (to register) and its Router
@@ -77,7 +82,7 @@ struct RouterHandle {
   std::shared_ptr<torch::nn::Module> module;
   Router* router = nullptr;
 };
-/// Builds the router `options.router()` names, from the layer's routing options.
+/// Builds the router `options.router()` configures, with the layer's sizes and switches.
 RouterHandle make_router(const MoELayerOptions& options);
 
 /// One forward call of a MoE layer as a capture scope records it (layers/moe_view.h): the tokens

@@ -83,7 +83,8 @@ class SwitchTransformers : public Family {
                                 int64_t hidden_dim) const override {
     auto o = MoELayerOptions::preset("switch", info.d_model, hidden_dim, ref.num_experts);
     o.routing().k(info.top_k).expert_capacity(info.expert_capacity);
-    o.jitter(info.router_jitter).activation(info.activation);
+    o.router_as<TopKRouterConfig>().jitter(info.router_jitter);
+    o.activation(info.activation);
     return o;
   }
 

@@ -136,7 +136,7 @@ std::vector<std::pair<int64_t, MoELayer>> CausalLMImpl::moe_layers() const {
 void CausalLMImpl::set_gradient_checkpointing(bool enabled) {
   if (enabled) {
     for (const auto& [index, moe] : moe_layers()) {
-      TORCH_CHECK(moe->options.noise_std() == 0.0 && moe->options.jitter() == 0.0,
+      TORCH_CHECK(!adds_training_noise(moe->options.router()),
                   "CausalLM: gradient checkpointing needs deterministic routing; layer ", index,
                   " adds routing noise or jitter while training");
     }

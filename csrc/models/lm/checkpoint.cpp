@@ -234,8 +234,8 @@ void save_causal_lm(CausalLM& model, const std::string& directory, const SaveOpt
       const int64_t d = o.hidden_size(), width = o.moe()->hidden_dim();
       writer.add(prefix + ".gate.weight", torch::zeros({written_experts, d}, opts));
       const auto& moe_options = *o.moe();
-      if (moe_options.router() == RouterKind::kGroupLimited &&
-          moe_options.groups().correction_bias()) {
+      const auto* group_limited = std::get_if<GroupLimitedRouterConfig>(&moe_options.router());
+      if (group_limited != nullptr && group_limited->groups().correction_bias()) {
         writer.add(prefix + ".gate.e_score_correction_bias",
                    torch::zeros({written_experts}, opts.dtype(torch::kFloat)));
       }

@@ -140,7 +140,7 @@ SwitchTransformerOptions switch_options_of(const hf::Config& config) {
   auto moe =
       MoELayerOptions::preset("switch", o.d_model(), o.d_ff(), config.integer("num_experts"));
   moe.routing().expert_capacity(config.integer("expert_capacity"));
-  moe.jitter(config.number("router_jitter_noise", 0.0));
+  moe.router_as<TopKRouterConfig>().jitter(config.number("router_jitter_noise", 0.0));
   o.moe(moe);
   o.validate();
   return o;
@@ -282,7 +282,7 @@ void save_switch_transformer(SwitchTransformer& model, const std::string& direct
     config["num_experts"] = moe.num_experts();
     config["expert_capacity"] = moe.routing().expert_capacity();
     config["router_bias"] = false;
-    config["router_jitter_noise"] = moe.jitter();
+    config["router_jitter_noise"] = moe.router_as<TopKRouterConfig>().jitter();
     config["router_dtype"] = "float32";
     config["router_ignore_padding_tokens"] = false;
     config["router_z_loss_coef"] = o.router_z_loss_coef();

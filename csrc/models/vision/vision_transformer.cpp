@@ -355,12 +355,12 @@ void VisionTransformerImpl::reset() {
     std::optional<MoELayerOptions> moe;
     if (std::find(o.moe_blocks().begin(), o.moe_blocks().end(), i) != o.moe_blocks().end()) {
       auto m = MoELayerOptions::preset(o.moe_preset(), o.d_model(), o.mlp_dim(), o.num_experts());
-      m.routing().capacity_factor(o.capacity_factor()).batch_priority(o.batch_priority());
-      if (o.moe_preset() != "expert_choice") {
-        m.routing().k(o.k());
+      moeprune::set_capacity_factor(m.router(), o.capacity_factor());
+      if (auto* routing = token_routing(m.router())) {  // expert choice has no k or priority
+        routing->k(o.k()).batch_priority(o.batch_priority());
       }
-      if (o.moe_preset() == "e3moe") {
-        m.ensemble_size(o.ensemble_size());
+      if (auto* ensemble = std::get_if<EnsembleRouterConfig>(&m.router())) {
+        ensemble->members(o.ensemble_size());
       }
       moe = m;
     }

@@ -84,7 +84,7 @@ void DeepSeekV2::read_model(const hf::Config& config, CausalLMOptions& o) const 
 }
 
 void DeepSeekV2::write_groups(const MoELayerOptions& moe, nlohmann::ordered_json& c) {
-  const auto& g = moe.groups();
+  const auto& g = moe.router_as<GroupLimitedRouterConfig>().groups();
   c["n_group"] = g.num_groups();
   c["topk_group"] = g.groups_kept();
   c["routed_scaling_factor"] = g.scaling();
@@ -92,11 +92,12 @@ void DeepSeekV2::write_groups(const MoELayerOptions& moe, nlohmann::ordered_json
 
 void DeepSeekV2::write_routing(const MoELayerOptions& moe, nlohmann::ordered_json& c) const {
   DeepSeek::write_routing(moe, c);
-  if (moe.router() != RouterKind::kGroupLimited) {
+  const auto* group_limited = std::get_if<GroupLimitedRouterConfig>(&moe.router());
+  if (group_limited == nullptr) {
     return;
   }
   write_groups(moe, c);
-  const auto& g = moe.groups();
+  const auto& g = group_limited->groups();
   if (!c.contains("topk_method") || g.num_groups() > 1) {
     c["topk_method"] = g.num_groups() > 1 ? "group_limited_greedy" : "greedy";
   }

@@ -43,7 +43,7 @@ void DeepSeekV3::write_rotary(const AttentionOptions& a, nlohmann::ordered_json&
 
 void DeepSeekV3::write_routing(const MoELayerOptions& moe, nlohmann::ordered_json& c) const {
   DeepSeek::write_routing(moe, c);
-  if (moe.router() == RouterKind::kGroupLimited) {
+  if (std::holds_alternative<GroupLimitedRouterConfig>(moe.router())) {
     write_groups(moe, c);
   }
 }

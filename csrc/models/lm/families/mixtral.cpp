@@ -74,7 +74,8 @@ class Mixtral : public Family {
                                 int64_t hidden_dim) const override {
     auto o = MoELayerOptions::preset("top_k_gated", info.d_model, hidden_dim, ref.num_experts);
     o.routing().k(info.top_k).renormalize(true);
-    o.jitter(info.router_jitter).activation(info.activation);
+    o.router_as<TopKRouterConfig>().jitter(info.router_jitter);
+    o.activation(info.activation);
     return o;
   }
 

@@ -80,7 +80,7 @@ MoELayerOptions MlpExpertsFamily::layer_options(const hf::ModelInfo& info,
     auto o = MoELayerOptions::preset(sigmoid ? "group_limited_sigmoid" : "group_limited_softmax",
                                      info.d_model, hidden_dim, ref.num_experts);
     o.routing().k(info.top_k).renormalize(info.norm_topk_prob);
-    o.groups(*info.group_routing);
+    o.router_as<GroupLimitedRouterConfig>().groups(*info.group_routing);
     o.activation(info.activation);
     return o;
   }
