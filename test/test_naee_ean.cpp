@@ -135,4 +135,10 @@ TEST_CASE("naee refuses what its reconstruction does not cover") {
       LayerMapView::of({{0, switch_layer}}, [tokens](const auto& visit) { visit(0, tokens); });
   REQUIRE_THROWS_WITH(pr::score_experts(pr::Naee(1), *view),
                       Catch::Contains("drops tokens at a capacity"));
+  MoELayer expert_choice(MoELayerOptions::preset("expert_choice", 6, 5, 4));
+  const auto ec_view =
+      LayerMapView::of({{0, expert_choice}}, [tokens](const auto& visit) { visit(0, tokens); });
+  REQUIRE_THROWS_WITH(pr::score_experts(pr::Naee(1), *ec_view),
+                      Catch::Contains("does not route token-choice top-k") &&
+                          Catch::Contains("its router is expert choice"));
 }

@@ -366,3 +366,14 @@ TEST_CASE("bad arguments to the language-model API are refused with the problem 
                     Catch::Contains("factorised"));
   CHECK(!test::path_exists(test::scratch_dir() + "/factorised"));
 }
+
+TEST_CASE("gradient checkpointing refuses a layer whose routing is noisy while training", "[lm]") {
+  auto model = moeprune::lm::load_causal_lm(kFixtures + "/mixtral");  // router_jitter_noise 0
+  model->set_gradient_checkpointing(true);
+  model->set_gradient_checkpointing(false);
+  auto [index, moe] = model->moe_layers().back();
+  moe->options.router_as<moeprune::TopKRouterConfig>().jitter(0.01);  // Switch's jitter
+  REQUIRE_THROWS_WITH(model->set_gradient_checkpointing(true),
+                      Catch::Contains("layer " + std::to_string(index)) &&
+                          Catch::Contains("adds routing noise or jitter"));
+}
