@@ -22,10 +22,19 @@ namespace lm_test {
 
 inline const std::string kFixtures = MOEPRUNE_TEST_FIXTURES "/lm";
 
+/// Every family's fixture (the DeepSeek-V2 one twice: group-limited and greedy routing).
+inline const char* const kFamilies[] = {
+    "mixtral",     "qwen2_moe",          "qwen3_moe",   "olmoe",   "deepseek",
+    "deepseek_v2", "deepseek_v2_greedy", "deepseek_v3", "glm4_moe"};
+
+/// What transformers computed on fixture `family`: input ids, logits, per-token NLL, ...
+inline std::map<std::string, torch::Tensor> reference(const std::string& family) {
+  return moeprune::safetensors::load_file(kFixtures + "/" + family + "_reference.safetensors");
+}
+
 /// The token ids transformers' reference logits of fixture `family` were computed on.
 inline torch::Tensor input_ids(const std::string& family) {
-  return moeprune::safetensors::load_file(kFixtures + "/" + family + "_reference.safetensors")
-      .at("input_ids");
+  return reference(family).at("input_ids");
 }
 
 inline torch::Tensor logits_of(moeprune::lm::CausalLM& model, const torch::Tensor& ids) {

@@ -5,6 +5,8 @@
 // (partial rotary, q/k norm) models made by scripts/make_lm_fixtures.py (transformers 4.57.6; the
 // DeepSeek-MoE reference is assembled from transformers' Llama attention and DeepSeek-V2 MoE
 // modules there).
+#include "lm_test_helpers.h"
+
 #include <moeprune/io/safetensors.h>
 #include <moeprune/models/lm/checkpoint.h>
 #include <moeprune/models/lm/evaluation.h>
@@ -17,24 +19,7 @@
 #include <map>
 #include <string>
 
-namespace {
-
-const std::string kFixtures = MOEPRUNE_TEST_FIXTURES "/lm";
-
-std::map<std::string, torch::Tensor> reference(const std::string& name) {
-  return moeprune::safetensors::load_file(kFixtures + "/" + name + "_reference.safetensors");
-}
-
-double max_diff(const torch::Tensor& a, const torch::Tensor& b) {
-  REQUIRE(a.sizes() == b.sizes());
-  return (a.to(torch::kDouble) - b.to(torch::kDouble)).abs().max().item<double>();
-}
-
-const char* const kFamilies[] = {"mixtral",  "qwen2_moe",   "qwen3_moe",          "olmoe",
-                                 "deepseek", "deepseek_v2", "deepseek_v2_greedy", "deepseek_v3",
-                                 "glm4_moe"};
-
-}  // namespace
+using namespace lm_test;
 
 TEST_CASE("fp32 logits and per-token NLL equal transformers' for every family", "[lm]") {
   for (const std::string family : kFamilies) {

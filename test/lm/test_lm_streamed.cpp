@@ -2,6 +2,8 @@
 // (the fixtures of scripts/make_lm_fixtures.py) and against the same work on the model loaded
 // whole: the same batches go through the same operations, so the numbers must be equal, not
 // close.
+#include "lm_test_helpers.h"
+
 #include <moeprune/hf/scoring.h>
 #include <moeprune/io/safetensors.h>
 #include <moeprune/models/lm/checkpoint.h>
@@ -11,24 +13,15 @@
 #include <torch/torch.h>
 #include <catch2/catch.hpp>
 
-#include "../scratch_dir.h"
-
 #include <map>
 #include <string>
+
+using namespace lm_test;
 
 namespace {
 
 namespace lm = moeprune::lm;
 namespace pruning = moeprune::pruning;
-
-const std::string kFixtures = MOEPRUNE_TEST_FIXTURES "/lm";
-const char* const kFamilies[] = {"mixtral",  "qwen2_moe",   "qwen3_moe",          "olmoe",
-                                 "deepseek", "deepseek_v2", "deepseek_v2_greedy", "deepseek_v3",
-                                 "glm4_moe"};
-
-std::map<std::string, torch::Tensor> reference(const std::string& name) {
-  return moeprune::safetensors::load_file(kFixtures + "/" + name + "_reference.safetensors");
-}
 
 torch::Tensor random_tokens(std::vector<int64_t> shape, int64_t vocab, uint64_t seed) {
   auto gen = at::detail::createCPUGenerator(seed);

@@ -277,12 +277,12 @@ TEST_CASE("saving removed experts writes zeros that compute the same; other stat
 
   auto cut = load_switch_transformer(kModel);
   cut->moe_layers().back().second->keep_experts({0, 1, 2, 3}, /*drop_router_columns=*/true);
-  CHECK_THROWS_WITH(save_switch_transformer(cut, test::scratch_dir() + "/switch_cut"),
+  CHECK_THROWS_WITH(save_switch_transformer(cut, test::scratch_dir() + "/switch_cut_refused"),
                     Contains("decoder.block.1.layer.2.mlp") && Contains("router columns"));
   auto factorised = load_switch_transformer(kModel);
   moeprune::compression::factorize_experts(*moe_view(factorised), 2);
-  CHECK_THROWS_WITH(save_switch_transformer(factorised, test::scratch_dir() + "/switch_lr"),
+  CHECK_THROWS_WITH(save_switch_transformer(factorised, test::scratch_dir() + "/switch_lr_refused"),
                     Contains("factorised"));
-  CHECK_FALSE(test::path_exists(test::scratch_dir() + "/switch_cut"));
-  CHECK_FALSE(test::path_exists(test::scratch_dir() + "/switch_lr"));
+  CHECK_FALSE(test::path_exists(test::scratch_dir() + "/switch_cut_refused"));
+  CHECK_FALSE(test::path_exists(test::scratch_dir() + "/switch_lr_refused"));
 }
