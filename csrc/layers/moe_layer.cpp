@@ -164,6 +164,8 @@ RouterHandle make_router(const MoELayerOptions& o) {
                                              .noise_std(c->noise_std())
                                              .check_finite(o.check_finite()));
   }
+  static_assert(std::variant_size_v<RouterConfig> == 4,
+                "make_router: a router config it cannot build");
   const auto& c = std::get<GroupLimitedRouterConfig>(o.router());
   return handle_of<GroupLimitedRouterImpl>(
       GroupLimitedRouterOptions(d, E)
