@@ -16,8 +16,11 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <map>
+#include <set>
 #include <string>
+#include <vector>
 
 using namespace lm_test;
 
@@ -159,6 +162,82 @@ TEST_CASE("sampling with temperature and top-p draws from the nucleus and is rep
   options.max_new_tokens(8);
   const auto first = moeprune::lm::generate(model, prompt, options);
   CHECK(torch::equal(moeprune::lm::generate(model, prompt, options), first));
+}
+
+// Sampling draws from the right distribution: the tokens of 600 seeds against the nucleus of
+// softmax(logits / temperature), renormalised (computed here in fp64 from the full forward pass),
+// by Pearson's chi-square test. The seeds are fixed, so the outcome is too; the bound is the
+// 1 - 1e-4 quantile (Wilson-Hilferty's approximation), so a correct sampler passes with room.
+// Ignoring the sampling (argmax), the temperature or the nucleus fails it.
+TEST_CASE("sampled tokens follow the tempered nucleus distribution, and seeds differ", "[lm]") {
+  auto model = moeprune::lm::load_causal_lm(kFixtures + "/olmoe");
+  const auto prompt = reference("olmoe").at("prompt");
+  const double temperature = 1.5, top_p = 0.9;
+  torch::Tensor probs;
+  {
+    torch::NoGradGuard no_grad;
+    model->eval();
+    probs = (model->forward(prompt).logits[0][-1].to(torch::kDouble) / temperature).softmax(-1);
+  }
+  auto [sorted, order] = probs.sort(-1, true);
+  // The nucleus: each token whose more probable tokens hold less than top_p.
+  std::map<int64_t, double> nucleus;
+  double before = 0.0;
+  for (int64_t i = 0; i < sorted.size(0) && before < top_p; ++i) {
+    nucleus[order[i].item<int64_t>()] = sorted[i].item<double>();
+    before += sorted[i].item<double>();
+  }
+  const double mass = before;  // the nucleus' share, which sampling renormalises to 1
+  const int draws = 600;
+  std::map<int64_t, int> counts;
+  auto options =
+      moeprune::lm::GenerationOptions().max_new_tokens(1).temperature(temperature).top_p(top_p);
+  for (int seed = 0; seed < draws; ++seed) {
+    const auto out = moeprune::lm::generate(model, prompt, options.seed(seed));
+    ++counts[out[0][-1].item<int64_t>()];
+  }
+  for (const auto& [token, count] : counts) {
+    INFO("token " << token << " drawn " << count << " times");
+    CHECK(nucleus.count(token) == 1);
+  }
+  // Bins: every token expected at least 5 times on its own, the rest of the nucleus together.
+  std::vector<std::pair<double, int>> bins;  // expected, observed
+  double rest_expected = 0.0;
+  int rest_observed = 0;
+  for (const auto& [token, p] : nucleus) {
+    const double expected = draws * p / mass;
+    const int observed = counts.count(token) ? counts.at(token) : 0;
+    if (expected >= 5.0) {
+      bins.emplace_back(expected, observed);
+    } else {
+      rest_expected += expected;
+      rest_observed += observed;
+    }
+  }
+  if (rest_expected > 0.0) {
+    bins.emplace_back(rest_expected, rest_observed);
+  }
+  REQUIRE(bins.size() >= 3);  // a distribution worth testing
+  double chi2 = 0.0;
+  for (const auto& [expected, observed] : bins) {
+    chi2 += (observed - expected) * (observed - expected) / expected;
+  }
+  const double df = static_cast<double>(bins.size() - 1), z = 3.719;  // P(Z > z) = 1e-4
+  const double a = 2.0 / (9.0 * df);
+  const double bound = df * std::pow(1.0 - a + z * std::sqrt(a), 3);
+  INFO(bins.size() << " bins, nucleus of " << nucleus.size() << " tokens, chi-square " << chi2
+                   << ", bound " << bound);
+  CHECK(chi2 < bound);
+
+  // Different seeds give different continuations; the same seed the same one.
+  options.max_new_tokens(8);
+  std::set<std::vector<int64_t>> continuations;
+  for (int seed = 0; seed < 10; ++seed) {
+    const auto out = moeprune::lm::generate(model, prompt, options.seed(seed));
+    continuations.insert(
+        std::vector<int64_t>(out.data_ptr<int64_t>(), out.data_ptr<int64_t>() + out.numel()));
+  }
+  CHECK(continuations.size() >= 8);
 }
 
 TEST_CASE("sliding-window perplexity scores every token once as token_nll does", "[lm]") {
