@@ -9,9 +9,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <numeric>
+#include <string>
 
 #include "compression_helpers.h"
+#include "layer_variants.h"
 
 namespace cm = moeprune::compression;
 using moeprune::ExpertBank;
@@ -316,6 +319,68 @@ TEST_CASE("a merged layer sends every slot to its group's expert with the slot's
     INFO("token " << t);
     CHECK(torch::allclose(out.output[t], expected, 1e-5, 1e-6));
   }
+}
+
+TEST_CASE("a merged group-limited layer routes as before, across groups and with its bias") {
+  // DeepSeek-V3's gate: 8 experts in 2 routing groups of 4, one group per token, sigmoid scores
+  // with a non-zero correction bias. Merging keeps the router's 8 columns and its bias, so every
+  // member still belongs to its own routing group and is chosen exactly as before, even when its
+  // merge partners sit in the other group ({0, 4}, {1, 2, 7}); only the weights are shared. The
+  // reference is an unmerged layer whose members each hold their group's weights.
+  const std::string variant = "group_limited_sigmoid+groups";
+  const int64_t d = 16, F = 24, E = 8;
+  torch::manual_seed(3);
+  moeprune::MoELayer merged(test::layer_options(variant, d, F, E));
+  moeprune::MoELayer reference(test::layer_options(variant, d, F, E));
+  test::init_variant(merged, variant);
+  torch::NoGradGuard no_grad;
+  {
+    auto to = reference->named_parameters();
+    for (const auto& p : merged->named_parameters()) {
+      to[p.key()].copy_(p.value());
+    }
+    auto buffers = reference->named_buffers();
+    for (const auto& b : merged->named_buffers()) {
+      buffers[b.key()].copy_(b.value());
+    }
+  }
+  merged->eval();
+  reference->eval();
+  const auto tokens = torch::randn({64, d});
+  const auto before = merged->forward(tokens).plan;
+  const auto bias = merged->named_buffers()["router.e_score_correction_bias"].clone();
+
+  const std::vector<std::vector<int64_t>> groups = {{0, 4}, {1, 2, 7}, {3}, {5, 6}};
+  std::map<std::string, std::vector<torch::Tensor>> means;
+  auto to = reference->experts()->named_parameters();
+  for (const auto& p : merged->experts()->named_parameters()) {
+    REQUIRE(p.value().size(0) == E);
+    for (const auto& g : groups) {
+      const auto mean = p.value().index_select(0, torch::tensor(g)).mean(0);
+      means[p.key()].push_back(mean);
+      for (const int64_t member : g) {
+        to[p.key()][member].copy_(mean);
+      }
+    }
+  }
+  merged->merge_experts(groups);
+  for (const auto& p : merged->experts()->named_parameters()) {
+    REQUIRE(p.value().size(0) == static_cast<int64_t>(groups.size()));
+    for (size_t g = 0; g < groups.size(); ++g) {
+      p.value()[static_cast<int64_t>(g)].copy_(means[p.key()][g]);
+    }
+  }
+  const auto out = merged->forward(tokens);
+  CHECK(torch::equal(out.plan.expert_index, before.expert_index));
+  CHECK(torch::equal(out.plan.combine_weight, before.combine_weight));
+  CHECK(torch::equal(merged->named_buffers()["router.e_score_correction_bias"], bias));
+  CHECK(torch::allclose(out.output, reference->forward(tokens).output, 1e-5, 1e-6));
+  // The case is what it claims: each token's experts lie in one routing group of 4, and both
+  // members of the cross-group merge {0, 4} are chosen by some token.
+  const auto routing_group = before.expert_index.div(4, "floor");
+  CHECK(torch::equal(routing_group.amin(1), routing_group.amax(1)));
+  CHECK(before.expert_index.eq(0).any().item<bool>());
+  CHECK(before.expert_index.eq(4).any().item<bool>());
 }
 
 TEST_CASE("a merged model trains with frozen routers and its checkpoint reloads") {

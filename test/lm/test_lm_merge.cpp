@@ -29,8 +29,10 @@ torch::Tensor random_tokens(std::vector<int64_t> shape, int64_t vocab, uint64_t 
 
 TEST_CASE("a streamed merge of a checkpoint equals the in-memory M-SMoE merge", "[lm][merge]") {
   // Mixtral (every layer MoE), Qwen2-MoE (shared experts beside the merged ones), DeepSeek
-  // (a dense first layer: MoE keys differ from decoder-layer keys).
-  for (const std::string family : {"mixtral", "qwen2_moe", "deepseek"}) {
+  // (a dense first layer: MoE keys differ from decoder-layer keys), DeepSeek-V3 and GLM-4.5
+  // (group-limited routers with a correction bias: merge groups cross routing groups, the router
+  // keeps its columns and bias).
+  for (const std::string family : {"mixtral", "qwen2_moe", "deepseek", "deepseek_v3", "glm4_moe"}) {
     for (const bool global : {false, true}) {
       INFO(family << (global ? " global budget" : " same count"));
       const std::string dir = lm_test::kFixtures + "/" + family;
