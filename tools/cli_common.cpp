@@ -3,6 +3,8 @@
 #include <moeprune/text/token_file.h>
 
 #include <c10/util/Exception.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -15,6 +17,55 @@
 #include <vector>
 
 namespace cli {
+
+namespace {
+
+// `path` with symbolic links and `..` resolved, even where its last parts do not exist yet: the
+// deepest existing ancestor goes through realpath(3), the rest is appended. POSIX rather than
+// std::filesystem, which libtorch.so also exports (csrc/io/posix_file.h).
+std::string resolved(const std::string& path) {
+  std::string head = path.empty() ? "." : path, tail;
+  while (true) {
+    char buffer[PATH_MAX];
+    if (::realpath(head.c_str(), buffer) != nullptr) {
+      return tail.empty() ? std::string(buffer) : std::string(buffer) + "/" + tail;
+    }
+    const auto slash = head.find_last_of('/');
+    const std::string name = slash == std::string::npos ? head : head.substr(slash + 1);
+    if (name != "." && !name.empty()) {
+      tail = tail.empty() ? name : name + "/" + tail;
+    }
+    const std::string parent = slash == std::string::npos ? "."
+                               : slash == 0               ? "/"
+                                                          : head.substr(0, slash);
+    if (parent == head) return path;  // not even "." or "/" resolves
+    head = parent;
+  }
+}
+
+bool is_directory(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+}  // namespace
+
+void check_result_path(const std::string& option, const std::string& path,
+                       const std::vector<std::string>& inputs) {
+  if (path.empty()) return;
+  TORCH_CHECK(!is_directory(path), option, " ", path,
+              ": is a folder; give a file name (nothing was written)");
+  const auto out = resolved(path);
+  for (const auto& input : inputs) {
+    if (input.empty()) continue;
+    const auto in = resolved(input);
+    TORCH_CHECK(out != in, option, " ", path, ": is the input ", input,
+                "; write the result elsewhere (nothing was written)");
+    TORCH_CHECK(!is_directory(in) || out.compare(0, in.size() + 1, in + "/") != 0, option, " ",
+                path, ": is inside the input folder ", input,
+                "; write the result elsewhere (nothing was written)");
+  }
+}
 
 std::function<void(int64_t, int64_t)> LazyBar::callback() {
   return [this](int64_t done, int64_t total) {

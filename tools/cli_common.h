@@ -13,6 +13,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace cli {
 
@@ -60,6 +61,13 @@ torch::Tensor read_token_stream(const TokenSource& source, const std::string& ch
 /// Refuses a stream that is too short, saying how many tokens it has and needs.
 torch::Tensor calibration_sequences(const torch::Tensor& stream, int64_t samples, int64_t seq_len,
                                     const std::string& what);
+
+/// Refuses a result file (`option`'s `path`) that would replace one of the command's inputs: a
+/// path inside an input checkpoint folder or equal to an input file (each of `inputs`; empty ones
+/// are skipped), or an existing folder. Other existing files are replaced, as a re-run expects.
+/// Called before any work, so a refusal writes nothing.
+void check_result_path(const std::string& option, const std::string& path,
+                       const std::vector<std::string>& inputs);
 
 /// Writes a whole file through a temporary renamed into place (the library's helper).
 using moeprune::io::write_file_atomically;

@@ -24,6 +24,7 @@ struct EvalArgs {
 };
 
 int run_eval(const EvalArgs& args) {
+  check_result_path("--json", args.json, {args.dir, args.source.path, args.source.tokenizer});
   int64_t text_bytes = 0;
   auto stream = read_token_stream(args.source, args.dir, &text_bytes);
   TORCH_CHECK(args.max_tokens == 0 || args.max_tokens >= 2,

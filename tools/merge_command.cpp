@@ -26,6 +26,8 @@ struct MergeArgs {
 };
 
 int run_merge(const MergeArgs& args) {
+  check_result_path("--json", args.json,
+                    {args.checkpoint, args.calibration.path, args.calibration.tokenizer});
   TORCH_CHECK((args.groups_per_layer >= 1) != (args.total_groups >= 1),
               "give --groups-per-layer N (merged experts in every MoE layer) or --total-groups T "
               "(over all MoE layers, by usage frequency)");

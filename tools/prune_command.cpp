@@ -24,6 +24,10 @@ struct PruneArgs {
 int run_prune(const PruneArgs& args, const moeprune::pruning::CriterionRegistry& registry) {
   TORCH_CHECK(!args.out.empty() || !args.plan_only.empty(),
               "give --out (a new folder) or --plan-only FILE");
+  const auto& s = args.score;
+  check_result_path(
+      "--plan-only", args.plan_only,
+      {s.finetuned, s.pretrained, s.calibration.path, s.calibration.tokenizer, s.moe_inputs});
   TORCH_CHECK((args.per_layer >= 0) != (args.budget >= 0),
               "give --experts-per-layer N (the same in every layer) or --budget TOTAL (over all "
               "layers, at least --floor kept per layer)");

@@ -97,6 +97,10 @@ Runner add_score(CLI::App& app, const moeprune::pruning::CriterionRegistry& regi
   command->add_option("--out", *out, "Write the scores to this JSON file");
   return [command, args, out, &registry]() -> int {
     if (!*command) return -1;
+    const auto& s = *args;
+    check_result_path(
+        "--out", *out,
+        {s.finetuned, s.pretrained, s.calibration.path, s.calibration.tokenizer, s.moe_inputs});
     const auto start = std::chrono::steady_clock::now();
     const moeprune::hf::Source finetuned(args->finetuned);
     const auto scores = compute_scores(*args, finetuned, registry);
