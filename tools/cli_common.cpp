@@ -113,8 +113,7 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 
 moeprune::text::Tokenizer load_tokenizer(const std::string& where) {
   if (is_dir(where)) return moeprune::text::Tokenizer::from_folder(where);
-  if (ends_with(where, ".model")) return moeprune::text::Tokenizer::from_sentencepiece(where);
-  return moeprune::text::Tokenizer::from_json_file(where);
+  return moeprune::text::Tokenizer::from_file(where);
 }
 
 torch::Tensor read_token_stream(const TokenSource& source, const std::string& checkpoint,

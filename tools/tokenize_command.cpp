@@ -21,7 +21,9 @@ Runner add_tokenize(CLI::App& app) {
   auto args = std::make_shared<TokenizeArgs>();
   auto* command = app.add_subcommand("tokenize", "Token ids of a text");
   command
-      ->add_option("tokenizer", args->tokenizer, "Model folder, tokenizer.json or tokenizer.model")
+      ->add_option(
+          "tokenizer", args->tokenizer,
+          "Model folder, or a tokenizer.json or SentencePiece model file (told apart by content)")
       ->required();
   auto* text = command->add_option("--text", args->text, "The text");
   auto* file = command->add_option("--file", args->file, "Or a UTF-8 file");

@@ -34,6 +34,37 @@ Tokenizer Tokenizer::from_sentencepiece(const std::string& model_path, bool add_
   return Tokenizer(detail::load_sentencepiece(model_path, add_bos, add_eos));
 }
 
+Tokenizer Tokenizer::from_file(const std::string& path) {
+  TORCH_CHECK(is_file(path), path, ": no such file (a tokenizer.json or SentencePiece model)");
+  std::ifstream in(path, std::ios::binary);
+  TORCH_CHECK(in.good(), path, ": cannot open");
+  char head[4096];
+  in.read(head, sizeof(head));
+  const auto n = static_cast<size_t>(in.gcount());
+  size_t i = n >= 3 && std::string_view(head, 3) == "\xEF\xBB\xBF" ? 3 : 0;
+  while (i < n && (head[i] == ' ' || head[i] == '\t' || head[i] == '\n' || head[i] == '\r')) ++i;
+  TORCH_CHECK(i < n, path, ": empty; expected a tokenizer.json or a SentencePiece model");
+  // A serialized ModelProto starts with its repeated field 1 (pieces), length-delimited: tag 0x0a,
+  // which is also '\n'. Only a first piece of 123 bytes would read as "\n{": then JSON is tried
+  // first and SentencePiece if that fails.
+  const bool json = head[i] == '{';
+  const bool proto = static_cast<unsigned char>(head[0]) == 0x0a;
+  if (json && proto) {
+    try {
+      return from_json_file(path);
+    } catch (const c10::Error&) {
+      return from_sentencepiece(path);
+    }
+  }
+  if (json) return from_json_file(path);
+  TORCH_CHECK(proto, path,
+              ": neither a tokenizer.json (which starts with '{') nor a SentencePiece model (whose "
+              "first byte is 0x0a); its first byte is 0x",
+              "0123456789abcdef"[static_cast<unsigned char>(head[i]) >> 4],
+              "0123456789abcdef"[static_cast<unsigned char>(head[i]) & 15]);
+  return from_sentencepiece(path);
+}
+
 Tokenizer Tokenizer::from_folder(const std::string& folder) {
   const std::string json_path = folder + "/tokenizer.json";
   if (is_file(json_path)) return from_json_file(json_path);

@@ -40,6 +40,11 @@ class Tokenizer {
   /// puts the model's bos / eos id around the text (Llama's defaults: bos only).
   static Tokenizer from_sentencepiece(const std::string& model_path, bool add_bos = true,
                                       bool add_eos = false);
+  /// A tokenizer.json or a SentencePiece model, told apart by content, not name (Mistral ships
+  /// SentencePiece models as tokenizer.model.v1 / .v3): JSON starts with '{' (after a byte-order
+  /// mark or whitespace), a SentencePiece ModelProto with byte 0x0a (its first piece). Anything
+  /// else is refused, naming the file and its first byte. SentencePiece with Llama's defaults.
+  static Tokenizer from_file(const std::string& path);
   /// A model folder: its tokenizer.json, else its tokenizer.model with add_bos_token /
   /// add_eos_token from tokenizer_config.json when present. Refuses a folder with neither.
   static Tokenizer from_folder(const std::string& folder);

@@ -154,6 +154,33 @@ TEST_CASE("Tokenizer::from_folder takes tokenizer.json, else tokenizer.model wit
                       Catch::Contains("no tokenizer.json or tokenizer.model"));
 }
 
+TEST_CASE("Tokenizer::from_file tells tokenizer.json from SentencePiece by content, not name",
+          "[tokenizer]") {
+  // Mistral's releases name SentencePiece models tokenizer.model.v1 / .v3; a JSON file may be
+  // called anything; each must load as what it is.
+  const std::string root = test::scratch_dir() + "/by_content";
+  REQUIRE(::mkdir(root.c_str(), 0755) == 0);
+  std::ofstream(root + "/tokenizer.model.v3", std::ios::binary) << read_file(kDir + "/spm.model");
+  std::ofstream(root + "/named.model", std::ios::binary)
+      << "\xEF\xBB\xBF\n  " << read_file(kDir + "/llama.json");
+  std::ofstream(root + "/other.bin", std::ios::binary) << "GGUF\x03";
+  std::ofstream(root + "/empty.json", std::ios::binary) << " \n";
+
+  const auto spm = Tokenizer::from_file(root + "/tokenizer.model.v3");
+  auto with_bos = ids_of(reference().at("spm")[0].at("ids"));
+  with_bos.insert(with_bos.begin(), 1);  // Llama's default: bos, as from_sentencepiece
+  CHECK(spm.encode("Hello world") == with_bos);
+  const auto json = Tokenizer::from_file(root + "/named.model");
+  CHECK(json.encode("Hello world") ==
+        ids_of(reference().at("tokenizers").at("llama")[0].at("ids")));
+  CHECK_THROWS_WITH(Tokenizer::from_file(root + "/other.bin"),
+                    Catch::Contains("other.bin: neither a tokenizer.json") &&
+                        Catch::Contains("its first byte is 0x47"));
+  CHECK_THROWS_WITH(Tokenizer::from_file(root + "/empty.json"),
+                    Catch::Contains("empty.json: empty"));
+  CHECK_THROWS_WITH(Tokenizer::from_file(root + "/missing.json"), Catch::Contains("no such file"));
+}
+
 TEST_CASE("BPE merges apply lowest rank first on a hand-made vocabulary", "[tokenizer]") {
   // merges a+b (rank 0), ab+c (rank 1): "abc" -> ab c -> abc.
   const auto first = Tokenizer::from_json_file(
