@@ -276,9 +276,11 @@ TEST_CASE("plans that would break a group-limited router's groups are refused") 
   // Not a multiple of the group count.
   CHECK_THROWS_WITH(pr::PruningPlan::same_count({{0, scores}}, *view, 6),
                     Catch::Contains("4 equal expert groups") && Catch::Contains("multiple of 4"));
-  // Leaving one expert per group: groups are scored by their top two.
+  // Leaving one expert per group: groups are scored by their top two. The refusal says why 8.
   CHECK_THROWS_WITH(pr::PruningPlan::same_count({{0, scores}}, *view, 12),
-                    Catch::Contains("fewer than the 8 its router needs"));
+                    Catch::Contains("fewer than the 8 its router needs (k = 3 within topk_group = "
+                                    "2 of its 4 groups needs 2 per group (a group is scored by "
+                                    "its two best experts), and its groups stay equal: 2 x 4)"));
   // A hand-written plan pruning two from group 0 and none elsewhere.
   auto plan = pr::PruningPlan::same_count({{0, scores}}, *view, 4);
   plan.layers[0].pruned = {0, 1, 4, 5};

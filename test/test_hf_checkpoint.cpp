@@ -3,6 +3,7 @@
 
 #include <torch/torch.h>
 #include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
 
 #include "scratch_dir.h"
 
@@ -11,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <string>
 
 namespace hf = moeprune::hf;
@@ -118,6 +120,33 @@ TEST_CASE("describe refuses a config and tensors that disagree, and missing expe
   REQUIRE_THROWS_WITH(
       hf::describe(missing, partial),
       Contains("model.layers.1.block_sparse_moe.experts.3.w2.weight") && Contains("missing"));
+}
+
+TEST_CASE("describe names config.json and its keys for a top-k the experts cannot meet") {
+  // The router modules would say only "k should be in [1, E = 6]"; describe names the file and
+  // keys: the expert count's key differs per family, and group-limited routers add their groups.
+  const auto with_config = [](const std::string& fixture, const std::string& name,
+                              const std::function<void(nlohmann::json&)>& change) {
+    const auto dir = scratch() + "/" + name;
+    REQUIRE(std::system(("cp -r " + kFixtures + "/" + fixture + " " + dir).c_str()) == 0);
+    auto config = nlohmann::json::parse(std::ifstream(dir + "/config.json"));
+    change(config);
+    std::ofstream(dir + "/config.json") << config.dump(1);
+    return dir;
+  };
+  const auto check = [](const std::string& dir, const std::string& message) {
+    st::Checkpoint checkpoint(dir);
+    REQUIRE_THROWS_WITH(hf::describe(dir, checkpoint),
+                        Contains(dir + "/config.json: ") && Contains(message));
+  };
+  check(with_config("mixtral_ft", "k_too_large", [](auto& c) { c["num_experts_per_tok"] = 7; }),
+        "num_experts_per_tok = 7 should be in [1, num_local_experts = 6]");
+  check(with_config("mixtral_ft", "k_zero", [](auto& c) { c["num_experts_per_tok"] = 0; }),
+        "num_experts_per_tok = 0 should be in [1, num_local_experts = 6]");
+  // DeepSeek-V3 fixture: 8 experts in n_group = 4 groups of 2, topk_group = 2: at most 4.
+  check(with_config("deepseek_v3", "k_groups", [](auto& c) { c["num_experts_per_tok"] = 5; }),
+        "num_experts_per_tok = 5 experts do not fit in topk_group = 2 groups of 2 "
+        "(n_routed_experts = 8 in n_group = 4 groups)");
 }
 
 TEST_CASE("router_norm_change scores a checkpoint pair as ||W_ft[s]|| - ||W_pre[s]||") {

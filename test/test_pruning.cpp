@@ -230,7 +230,8 @@ TEST_CASE("E3-MoE prunes within members and keeps every member") {
   CHECK(plan.layers[0].pruned == std::vector<int64_t>{0, 1, 2, 4});
   // 4 experts per member, k = 1: at most 3 per member, 6 in all.
   REQUIRE_THROWS_WITH(pr::PruningPlan::same_count({{1, scores}}, *view(m), 7),
-                      Catch::Contains("fewer than the 2 its router needs"));
+                      Catch::Contains("fewer than the 2 its router needs (k = 1 in each of its 2 "
+                                      "ensemble members)"));
   pr::apply_plan(*view(m), plan);
   const auto out = m(torch::randn({2, 1, 28, 28}));
   CHECK(out.member_logits.size(1) == 2);
@@ -247,7 +248,7 @@ TEST_CASE("bad pruning plans are refused with a clear message") {
   REQUIRE_THROWS_WITH(pr::PruningPlan::same_count(scores, *m, 8),
                       Catch::Contains("pruning 8 leaves 0"));
   REQUIRE_THROWS_WITH(pr::PruningPlan::same_count(scores, *m, 7),
-                      Catch::Contains("fewer than the 2 its router needs"));
+                      Catch::Contains("fewer than the 2 its router needs (k = 2)"));
   REQUIRE_THROWS_WITH(pr::PruningPlan::per_layer(scores, *m, {{0, 1}}),
                       Catch::Contains("no MoE layer keyed 0"));
   auto plan = pr::PruningPlan::same_count(scores, *m, 2);

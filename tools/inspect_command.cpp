@@ -1,5 +1,7 @@
 // moeprune inspect: a checkpoint's MoE layers, or (--families) the model families it reads.
 #include <moeprune/hf/checkpoint.h>
+#include <moeprune/models/lm/checkpoint.h>
+#include <moeprune/models/seq2seq/checkpoint.h>
 
 #include <c10/util/Exception.h>
 #include <fmt/core.h>
@@ -13,11 +15,15 @@ namespace cli {
 Runner add_inspect(CLI::App& app) {
   auto dir = std::make_shared<std::string>();
   auto families = std::make_shared<bool>(false);
+  auto check = std::make_shared<bool>(false);
   auto* command = app.add_subcommand("inspect", "List a checkpoint's MoE layers");
   command->add_option("dir", *dir, "Checkpoint folder");
   command->add_flag("--families", *families,
                     "List the model families (config.json model_type) moeprune reads");
-  return [command, dir, families]() -> int {
+  command->add_flag("--check", *check,
+                    "Also load the whole model as the other commands do: every tensor's name and "
+                    "shape, the config's attention, rope and vocabulary keys, no extra tensors");
+  return [command, dir, families, check]() -> int {
     if (!*command) return -1;
     if (*families) {
       for (const auto& family : moeprune::hf::supported_families()) {
@@ -47,6 +53,30 @@ Runner add_inspect(CLI::App& app) {
       fmt::print("  [{}] {}{}{}\n", ref.index, ref.prefix, ref.fused ? " (fused experts)" : "",
                  state);
     }
+    if (!*check) {
+      fmt::print(
+          "checked: config.json's MoE keys and the MoE layers' tensors; --check loads the "
+          "whole model\n");
+      return 0;
+    }
+    // In the dtype of the checkpoint's own embedding, so its tensors stay memory-mapped rather
+    // than copied (lm::LoadOptions): the check costs reading the file, not the model's size again.
+    auto dtype = torch::kFloat;
+    for (const char* name : {"model.embed_tokens.weight", "shared.weight"}) {
+      if (checkpoint.contains(name)) {
+        dtype = moeprune::safetensors::scalar_type(checkpoint.info(name).dtype);
+        break;
+      }
+    }
+    const auto start = std::chrono::steady_clock::now();
+    if (info.model_type == "switch_transformers") {
+      moeprune::seq2seq::load_switch_transformer(*dir,
+                                                 moeprune::seq2seq::LoadOptions().dtype(dtype));
+    } else {
+      moeprune::lm::load_causal_lm(*dir, moeprune::lm::LoadOptions().dtype(dtype));
+    }
+    fmt::print("checked: the whole model loads ({} tensors, {}) in {:.1f} s\n",
+               checkpoint.names().size(), c10::toString(dtype), seconds_since(start));
     return 0;
   };
 }

@@ -114,6 +114,20 @@ ModelInfo describe_config(const Config& config, const safetensors::Checkpoint& c
   const auto& family = family_of(info.model_type, config.path());
   auto refs = family.describe(config, checkpoint, info);
   TORCH_CHECK(!refs.empty(), config.path(), ": the model has no MoE layers");
+  // The router modules check k too, but name only k and E; here the file and its keys.
+  const auto experts_key = info.experts_key();
+  TORCH_CHECK(info.top_k >= 1 && info.top_k <= info.num_experts, config.path(),
+              ": num_experts_per_tok = ", info.top_k, " should be in [1, ", experts_key, " = ",
+              info.num_experts, "]");
+  if (info.group_routing) {
+    const auto& g = *info.group_routing;
+    const int64_t per_group = info.num_experts / g.num_groups();
+    TORCH_CHECK(info.top_k <= g.groups_kept() * per_group, config.path(),
+                ": num_experts_per_tok = ", info.top_k,
+                " experts do not fit in topk_group = ", g.groups_kept(), " groups of ", per_group,
+                " (", experts_key, " = ", info.num_experts, " in n_group = ", g.num_groups(),
+                " groups)");
+  }
   const auto states = pruned_states(config, refs);
   for (auto& ref : refs) {
     ref.index = static_cast<int64_t>(info.layers.size());

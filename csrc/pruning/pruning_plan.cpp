@@ -20,7 +20,30 @@ struct LayerLimits {
   int64_t members = 1;
   int64_t min_per_member = 0;
   bool equal_members = false;  // a group-limited router: every group loses the same number
+  std::string why;             // why min_keep, for refusals: "k = 2", the groups' arithmetic
 };
+
+// Why a layer's router needs min_keep experts, as a user reads it in a refusal.
+std::string why_keep(const MoELayer& layer, const KeepConstraint& keep) {
+  const auto& router = layer->options.router();
+  std::ostringstream s;
+  if (const auto* g = std::get_if<GroupLimitedRouterConfig>(&router)) {
+    const auto& o = g->groups();
+    s << "k = " << g->routing().k() << " within topk_group = " << o.groups_kept() << " of its "
+      << o.num_groups() << " groups needs " << keep.min_per_member << " per group";
+    if (o.num_groups() > 1 && o.group_score() == GroupScore::kTopTwoSum) {
+      s << " (a group is scored by its two best experts)";
+    }
+    s << ", and its groups stay equal: " << keep.min_per_member << " x " << keep.members;
+  } else if (std::holds_alternative<ExpertChoiceRouterConfig>(router)) {
+    s << "expert choice needs one expert";
+  } else if (keep.members > 1) {
+    s << "k = " << keep.min_per_member << " in each of its " << keep.members << " ensemble members";
+  } else {
+    s << "k = " << keep.min_per_member;
+  }
+  return s.str();
+}
 
 LayerLimits limits_of(const MoELayer& layer) {
   const auto& router = layer->router();
@@ -31,6 +54,7 @@ LayerLimits limits_of(const MoELayer& layer) {
   l.min_per_member = keep.members > 1 ? keep.min_per_member : 0;
   l.min_keep = keep.min_total();
   l.equal_members = keep.equal_members && keep.members > 1;
+  l.why = why_keep(layer, keep);
   return l;
 }
 
@@ -42,7 +66,7 @@ std::vector<int64_t> lowest(const torch::Tensor& scores, int64_t n, const LayerL
               " has ", l.num_experts, " experts but ", scores.sizes(), " scores");
   TORCH_CHECK(l.num_experts - n >= l.min_keep, "pruning plan: ", layer, " has ", l.num_experts,
               " experts; pruning ", n, " leaves ", l.num_experts - n, ", fewer than the ",
-              l.min_keep, " its router needs");
+              l.min_keep, " its router needs (", l.why, ")");
   const auto s = scores.contiguous();
   std::vector<int64_t> order(static_cast<size_t>(l.num_experts));
   std::iota(order.begin(), order.end(), 0);
@@ -356,7 +380,7 @@ void PruningPlan::validate(const MoEView& view) const {
     const int64_t left = l.num_experts - static_cast<int64_t>(ids.size());
     TORCH_CHECK(left > 0, "pruning plan: MoE layer ", name, " would prune every expert");
     TORCH_CHECK(left >= l.min_keep, "pruning plan: MoE layer ", name, " would keep ", left,
-                " experts, fewer than the ", l.min_keep, " its router needs (k)");
+                " experts, fewer than the ", l.min_keep, " its router needs (", l.why, ")");
     const int64_t per_member = l.num_experts / l.members;
     const char* block = l.equal_members ? "expert group " : "ensemble member ";
     int64_t first_gone = -1;

@@ -138,7 +138,8 @@ CausalLM load_causal_lm(const std::string& directory, const LoadOptions& options
       unexpected.push_back(name);
     }
   }
-  TORCH_CHECK(unexpected.empty(), directory, ": ", unexpected.size(), " tensors are not part of a ",
+  TORCH_CHECK(unexpected.empty(), directory, ": ", unexpected.size(),
+              unexpected.size() == 1 ? " tensor is" : " tensors are", " not part of a ",
               o.model_type(), " with this config.json (first: '", unexpected.front(), "')");
   for (const int64_t index : recorded_layer_drop(config, o)) {
     model->drop_mlp(index);
