@@ -1,8 +1,10 @@
 // The process the crash-safety test kills: saves version SEED of one kind of file to TARGET
 // (replacing what is there) and exits 0; with --fsize N the process may write files of at most N
 // bytes (RLIMIT_FSIZE, SIGXFSZ ignored, so writes fail with EFBIG as on a full disk) and exits 1
-// with the library's error on stderr.
-//   crash_writer safetensors|switch|vit TARGET SEED [--fsize N]
+// with the library's error on stderr. With --die-at N the limit is the same but SIGXFSZ keeps its
+// default action: the process is killed by the kernel inside the write that reaches byte N of a
+// file, a crash at a chosen offset (no handler, no cleanup, no core file).
+//   crash_writer safetensors|switch|vit TARGET SEED [--fsize N | --die-at N]
 #include "crash_content.h"
 
 #include <moeprune/io/safetensors.h>
@@ -18,7 +20,9 @@
 
 int main(int argc, char** argv) {
   if (argc != 4 && argc != 6) {
-    std::fprintf(stderr, "usage: crash_writer safetensors|switch|vit TARGET SEED [--fsize N]\n");
+    std::fprintf(stderr,
+                 "usage: crash_writer safetensors|switch|vit TARGET SEED [--fsize N | --die-at "
+                 "N]\n");
     return 2;
   }
   const std::string kind = argv[1], target = argv[2];
@@ -38,8 +42,19 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "crash_writer: unknown kind %s\n", kind.c_str());
       return 2;
     }
-    if (argc == 6 && std::strcmp(argv[4], "--fsize") == 0) {
-      std::signal(SIGXFSZ, SIG_IGN);
+    const bool fail = argc == 6 && std::strcmp(argv[4], "--fsize") == 0;
+    const bool die = argc == 6 && std::strcmp(argv[4], "--die-at") == 0;
+    if (argc == 6 && !fail && !die) {
+      std::fprintf(stderr, "crash_writer: unknown option %s\n", argv[4]);
+      return 2;
+    }
+    if (die) {
+      std::signal(SIGXFSZ, SIG_DFL);
+      const rlimit no_core{0, 0};
+      ::setrlimit(RLIMIT_CORE, &no_core);
+    }
+    if (fail || die) {
+      if (fail) std::signal(SIGXFSZ, SIG_IGN);
       const rlimit limit{static_cast<rlim_t>(std::stoll(argv[5])),
                          static_cast<rlim_t>(std::stoll(argv[5]))};
       if (::setrlimit(RLIMIT_FSIZE, &limit) != 0) {

@@ -19,6 +19,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -182,6 +183,65 @@ TEST_CASE("a writer killed at random points leaves the old version or the new on
           c.kind.c_str(), kKills, whole, kept_old, got_new, finished, left.size());
       CHECK(kept_old + got_new == kKills);
       // A later save succeeds beside whatever the killed writers left.
+      status = wait_for(start_writer({c.kind, target, "999"}, log));
+      REQUIRE((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+      CHECK(same(read_target(c.kind, target), expected(c.kind, 999)));
+    }
+  }
+}
+
+// The largest file of `target` (a file, or a folder of files): where a kill at a byte offset lands.
+int64_t largest_file(const std::string& target) {
+  struct stat st {};
+  REQUIRE(::stat(target.c_str(), &st) == 0);
+  if (!S_ISDIR(st.st_mode)) {
+    return static_cast<int64_t>(st.st_size);
+  }
+  int64_t largest = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(target)) {
+    largest = std::max<int64_t>(largest, static_cast<int64_t>(entry.file_size()));
+  }
+  return largest;
+}
+
+TEST_CASE("a writer killed inside its write, at offsets across the file, keeps the old version",
+          "[crash]") {
+  // The random kills above may land before or after the write; these land inside it. The
+  // writer's file-size limit is the offset and SIGXFSZ keeps its default action, so the kernel
+  // kills the writer in the write that reaches that byte (crash_writer --die-at).
+  for (const auto& c : kCases) {
+    SECTION(c.kind) {
+      const auto dir = test::scratch_dir() + "/die_at_" + c.kind;
+      REQUIRE(::mkdir(dir.c_str(), 0755) == 0);
+      const auto target = dir + "/" + c.file;
+      const auto log = test::scratch_dir() + "/die_at_" + c.kind + ".log";
+      int status = wait_for(start_writer({c.kind, target, "1"}, log));
+      REQUIRE((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+      const int64_t size = largest_file(target);
+      std::vector<int64_t> offsets = {1, 8, 4096};
+      for (int i = 1; i <= 9; ++i) {
+        offsets.push_back(size * i / 10);
+      }
+      offsets.push_back(size - 1);
+      int mid_write = 0, kept_old = 0;
+      for (size_t i = 0; i < offsets.size(); ++i) {
+        INFO("kill at byte " << offsets[i] << " of " << size);
+        status = wait_for(start_writer(
+            {c.kind, target, std::to_string(200 + i), "--die-at", std::to_string(offsets[i])},
+            log));
+        INFO(read_text(log));
+        const bool inside = WIFSIGNALED(status) && WTERMSIG(status) == SIGXFSZ;
+        mid_write += inside ? 1 : 0;
+        CHECK(inside);
+        const bool kept = same(read_target(c.kind, target), expected(c.kind, 1));
+        kept_old += kept ? 1 : 0;
+        CHECK(kept);
+      }
+      std::printf(
+          "crash safety %s: %d of %zu kills landed inside the write (bytes 1 to %lld of "
+          "%lld); %d kept the old version; %zu temporaries left beside it\n",
+          c.kind.c_str(), mid_write, offsets.size(), static_cast<long long>(size - 1),
+          static_cast<long long>(size), kept_old, test::temporaries_in(dir).size());
       status = wait_for(start_writer({c.kind, target, "999"}, log));
       REQUIRE((WIFEXITED(status) && WEXITSTATUS(status) == 0));
       CHECK(same(read_target(c.kind, target), expected(c.kind, 999)));
