@@ -3,11 +3,13 @@
 #include <moeprune/text/token_file.h>
 
 #include <c10/util/Exception.h>
+#include <dirent.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -49,6 +51,42 @@ bool is_directory(const std::string& path) {
 }
 
 }  // namespace
+
+std::string run_fingerprint(const std::vector<std::string>& parts, const torch::Tensor& tokens,
+                            const std::vector<std::string>& checkpoints) {
+  uint64_t h = 1469598103934665603ULL;
+  const auto mix = [&h](const void* data, size_t n) {
+    const auto* p = static_cast<const unsigned char*>(data);
+    for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ULL;
+  };
+  const auto mix_text = [&](const std::string& s) { mix(s.data(), s.size() + 1); };
+  for (const auto& p : parts) mix_text(p);
+  const auto ids = tokens.to(torch::kLong).contiguous();
+  mix(ids.data_ptr(), static_cast<size_t>(ids.numel()) * sizeof(int64_t));
+  for (const auto& s : ids.sizes()) mix(&s, sizeof(s));
+  for (const auto& dir : checkpoints) {
+    if (dir.empty()) continue;
+    mix_text(resolved(dir));
+    std::vector<std::string> names;
+    if (DIR* d = ::opendir(dir.c_str())) {
+      while (const dirent* e = ::readdir(d)) names.emplace_back(e->d_name);
+      ::closedir(d);
+    }
+    std::sort(names.begin(), names.end());
+    for (const auto& name : names) {
+      struct stat st {};
+      if (name == "." || name == ".." || ::stat((dir + "/" + name).c_str(), &st) != 0) continue;
+      mix_text(name);
+      const int64_t size = st.st_size, mtime = st.st_mtim.tv_sec, nsec = st.st_mtim.tv_nsec;
+      mix(&size, sizeof(size));
+      mix(&mtime, sizeof(mtime));
+      mix(&nsec, sizeof(nsec));
+    }
+  }
+  char text[17];
+  std::snprintf(text, sizeof(text), "%016llx", static_cast<unsigned long long>(h));
+  return text;
+}
 
 void check_result_path(const std::string& option, const std::string& path,
                        const std::vector<std::string>& inputs) {

@@ -69,6 +69,12 @@ torch::Tensor calibration_sequences(const torch::Tensor& stream, int64_t samples
 void check_result_path(const std::string& option, const std::string& path,
                        const std::vector<std::string>& inputs);
 
+/// What a resumable run computes, for its journal (moeprune::lm::StreamJournal): `parts` (the
+/// command and its options), the token ids, and each checkpoint folder's files (names, sizes,
+/// modification times), hashed (FNV-1a). A change to any of them starts the run over.
+std::string run_fingerprint(const std::vector<std::string>& parts, const torch::Tensor& tokens,
+                            const std::vector<std::string>& checkpoints);
+
 /// Writes a whole file through a temporary renamed into place (the library's helper).
 using moeprune::io::write_file_atomically;
 

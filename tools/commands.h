@@ -3,6 +3,7 @@
 // The moeprune subcommands. Each add_* registers its options on the application and returns
 // what runs it once the command line is parsed.
 #include <moeprune/hf/source.h>
+#include <moeprune/models/lm/stream_journal.h>
 #include <moeprune/pruning/criterion.h>
 #include <moeprune/pruning/pruning_plan.h>
 
@@ -11,6 +12,7 @@
 #include "cli_common.h"
 
 #include <functional>
+#include <memory>
 #include <string>
 
 namespace cli {
@@ -37,14 +39,26 @@ struct ScoreArgs {
   uint64_t seed = 0;
   /// Experts the plan prunes per layer, when known before scoring (naee searches that size).
   int64_t prune_count = 0;
+  /// Set by the command to "<its output>.journal": calibration streamed through the model is
+  /// journaled there after every decoder layer, and a rerun resumes from it. Empty: none.
+  std::string journal_dir;
 
   void add_options(CLI::App* command, const moeprune::pruning::CriterionRegistry& registry);
 };
 
+struct ScoreResult {
+  moeprune::pruning::ExpertScores scores;
+  /// The run's journal, when it had one: remove() it once the command's output is written.
+  std::shared_ptr<moeprune::lm::StreamJournal> journal;
+  void finish() {
+    if (journal) journal->remove();
+  }
+};
+
 /// Scores every MoE layer of `finetuned` (args.finetuned, opened once by the command; keyed by
-/// MoE-layer position) with hf::score_checkpoint, with a progress bar.
-moeprune::pruning::ExpertScores compute_scores(
-    const ScoreArgs& args, const moeprune::hf::Source& finetuned,
-    const moeprune::pruning::CriterionRegistry& registry);
+/// MoE-layer position) with hf::score_checkpoint, with a progress bar; resumes from
+/// args.journal_dir when it holds a journal of the same run.
+ScoreResult compute_scores(const ScoreArgs& args, const moeprune::hf::Source& finetuned,
+                           const moeprune::pruning::CriterionRegistry& registry);
 
 }  // namespace cli

@@ -40,6 +40,7 @@ int run_eval(const EvalArgs& args) {
   const auto dtype = parse_dtype(args.dtype);
   const auto start = std::chrono::steady_clock::now();
   moeprune::lm::PerplexityResult result;
+  std::shared_ptr<moeprune::lm::StreamJournal> journal;
   if (args.in_memory) {
     auto model = moeprune::lm::load_causal_lm(args.dir, moeprune::lm::LoadOptions().dtype(dtype));
     LazyBar bar("perplexity", "tokens");
@@ -48,8 +49,23 @@ int run_eval(const EvalArgs& args) {
   } else {
     const moeprune::lm::CheckpointLayers checkpoint(args.dir,
                                                     moeprune::lm::LoadOptions().dtype(dtype));
+    // With --json the run is resumable: a journal beside it after every decoder layer.
+    moeprune::lm::StreamOptions stream_options;
+    if (!args.json.empty()) {
+      const auto fingerprint =
+          run_fingerprint({"eval", args.dtype, std::to_string(args.context),
+                           std::to_string(args.stride), std::to_string(args.batch_size)},
+                          stream, {args.dir});
+      journal = std::make_shared<moeprune::lm::StreamJournal>(args.json + ".journal", fingerprint);
+      if (journal->layers_done() > 0) {
+        fmt::print("resuming after decoder layer {} of {} from {}\n", journal->layers_done(),
+                   checkpoint.num_layers(), journal->directory());
+      }
+      stream_options.journal(journal);
+    }
     LazyBar bar("layers", "layers");
-    result = moeprune::lm::streamed_perplexity(checkpoint, stream, options, {}, bar.callback());
+    result = moeprune::lm::streamed_perplexity(checkpoint, stream, options, stream_options,
+                                               bar.callback());
     bar.finish();
   }
   const double seconds = seconds_since(start);
@@ -81,6 +97,7 @@ int run_eval(const EvalArgs& args) {
       j["bits_per_byte"] = bits_per_byte;
     }
     write_file_atomically(args.json, j.dump(1) + "\n");
+    if (journal) journal->remove();
   }
   return 0;
 }

@@ -37,7 +37,9 @@ int run_prune(const PruneArgs& args, const moeprune::pruning::CriterionRegistry&
   // The folder is opened once: scoring, planning and writing read the same config and tensors.
   const moeprune::hf::Source source(args.score.finetuned);
   const auto& info = source.info();
-  const auto scores = compute_scores(score_args, source, registry);
+  score_args.journal_dir = (args.plan_only.empty() ? args.out : args.plan_only) + ".journal";
+  auto scored = compute_scores(score_args, source, registry);
+  const auto& scores = scored.scores;
   const auto view = moeprune::hf::router_view(source);
   moeprune::pruning::PruningPlan plan;
   if (args.per_layer >= 0) {
@@ -54,6 +56,7 @@ int run_prune(const PruneArgs& args, const moeprune::pruning::CriterionRegistry&
   std::cout << plan.table();
   if (!args.plan_only.empty()) {
     write_file_atomically(args.plan_only, plan.to_json() + "\n");
+    scored.finish();
     fmt::print("plan written to {}\n", args.plan_only);
     return 0;
   }
@@ -67,6 +70,7 @@ int run_prune(const PruneArgs& args, const moeprune::pruning::CriterionRegistry&
   };
   const auto report = moeprune::hf::write_pruned_checkpoint(source, plan, args.out, wo);
   write_bar.finish();
+  scored.finish();
   const double seconds = seconds_since(start);
   fmt::print(
       "wrote {}: {:.1f} MB in {:.1f} s ({:.0f} MB/s); tensors copied {}, sliced {}, dropped {}, "

@@ -49,9 +49,10 @@ void ScoreArgs::add_options(CLI::App* command,
   command->add_option("--seed", seed, "Seed of the random criterion")->capture_default_str();
 }
 
-moeprune::pruning::ExpertScores compute_scores(
-    const ScoreArgs& args, const moeprune::hf::Source& finetuned,
-    const moeprune::pruning::CriterionRegistry& registry) {
+ScoreResult compute_scores(const ScoreArgs& args, const moeprune::hf::Source& finetuned,
+                           const moeprune::pruning::CriterionRegistry& registry) {
+  ScoreResult result;
+  nlohmann::json journal_scores = nlohmann::json::object();
   const auto criterion = registry.create(args.criterion);
   if (args.prune_count > 0) criterion->set_prune_count(args.prune_count);
   std::optional<moeprune::hf::Source> pretrained;
@@ -71,8 +72,34 @@ moeprune::pruning::ExpertScores compute_scores(
                args.calibration.path);
     // The model runs in --dtype; layers read besides (the pre-trained ones) too.
     options.dtype = parse_dtype(args.dtype);
+    moeprune::lm::StreamOptions streaming;
+    if (!args.journal_dir.empty()) {
+      const auto fingerprint =
+          run_fingerprint({"score", args.criterion, args.dtype, std::to_string(args.batch_size),
+                           std::to_string(args.seed), std::to_string(args.prune_count)},
+                          sequences, {args.finetuned, args.pretrained});
+      result.journal = std::make_shared<moeprune::lm::StreamJournal>(args.journal_dir, fingerprint);
+      if (result.journal->layers_done() > 0) {
+        // The scores of the MoE layers before the saved activations, as they were computed.
+        journal_scores = nlohmann::json::parse(result.journal->state());
+        for (const auto& [index, values] : journal_scores.items()) {
+          options.done[std::stoll(index)] =
+              torch::tensor(values.get<std::vector<double>>(), torch::kDouble);
+        }
+        fmt::print("resuming after decoder layer {} ({} MoE layers scored) from {}\n",
+                   result.journal->layers_done(), options.done.size(), args.journal_dir);
+      }
+      streaming.journal(result.journal).journal_state([&journal_scores] {
+        return journal_scores.dump();
+      });
+      options.on_scored = [&journal_scores](int64_t index, const torch::Tensor& s) {
+        const auto d = s.to(torch::kDouble).contiguous();
+        journal_scores[std::to_string(index)] =
+            std::vector<double>(d.data_ptr<double>(), d.data_ptr<double>() + d.numel());
+      };
+    }
     inputs = std::make_unique<moeprune::lm::StreamedCalibration>(sequences, args.batch_size,
-                                                                 options.dtype);
+                                                                 options.dtype, streaming);
   } else if (criterion->needs_data()) {
     TORCH_CHECK(!args.moe_inputs.empty(), "criterion ", args.criterion,
                 " needs calibration data: give --calibration FILE (text, or token ids in a .ids "
@@ -84,9 +111,9 @@ moeprune::pruning::ExpertScores compute_scores(
   options.inputs = inputs.get();
   options.seed = args.seed;
   options.progress = bar.callback();
-  auto scores = moeprune::hf::score_checkpoint(finetuned, *criterion, options);
+  result.scores = moeprune::hf::score_checkpoint(finetuned, *criterion, options);
   bar.finish();
-  return scores;
+  return result;
 }
 
 Runner add_score(CLI::App& app, const moeprune::pruning::CriterionRegistry& registry) {
@@ -103,7 +130,10 @@ Runner add_score(CLI::App& app, const moeprune::pruning::CriterionRegistry& regi
         {s.finetuned, s.pretrained, s.calibration.path, s.calibration.tokenizer, s.moe_inputs});
     const auto start = std::chrono::steady_clock::now();
     const moeprune::hf::Source finetuned(args->finetuned);
-    const auto scores = compute_scores(*args, finetuned, registry);
+    auto score_args = *args;
+    if (!out->empty()) score_args.journal_dir = *out + ".journal";
+    auto result = compute_scores(score_args, finetuned, registry);
+    const auto& scores = result.scores;
     const auto& info = finetuned.info();
     nlohmann::json layers = nlohmann::json::array();
     fmt::print("{:<36} {:>7} {:>12} {:>12}  lowest first\n", "MoE layer", "experts", "min", "max");
@@ -137,6 +167,7 @@ Runner add_score(CLI::App& app, const moeprune::pruning::CriterionRegistry& regi
                             {"seq_len", args->seq_len}};
       }
       write_file_atomically(*out, j.dump(1) + "\n");
+      result.finish();
       fmt::print("scores written to {}\n", *out);
     }
     return 0;

@@ -68,9 +68,9 @@ pruning::ExpertScores score_checkpoint(const Source& finetuned, const pruning::C
     return MoELayerEntry{ref.index, pre_ref.prefix,
                          load_moe_layer(options.pretrained->checkpoint(), pre_info, pre_ref, load)};
   };
-  pruning::ExpertScores scores;
+  pruning::ExpertScores scores = options.done;
   const auto total = static_cast<int64_t>(info.layers.size());
-  int64_t done = 0;
+  auto done = static_cast<int64_t>(scores.size());
   // One layer at a time, so memory holds at most one layer (two with a pre-trained model).
   const auto score = [&](const MoELayerRef& ref, const MoELayerEntry& entry,
                          const LayerCalls& calls) {
@@ -78,6 +78,7 @@ pruning::ExpertScores score_checkpoint(const Source& finetuned, const pruning::C
     if (criterion.needs_pretrained()) pre = pretrained_entry(ref);
     scores[ref.index] = pruning::score_layer(
         criterion, {entry, criterion.needs_pretrained() ? &pre : nullptr, calls, options.seed});
+    if (options.on_scored) options.on_scored(ref.index, scores[ref.index]);
     if (options.progress) options.progress(++done, total);
   };
   if (data) {

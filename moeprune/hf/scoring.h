@@ -58,6 +58,11 @@ struct ScoringOptions {
   torch::Dtype dtype = torch::kFloat;
   /// Called after each layer is scored (layers done, layers).
   std::function<void(int64_t, int64_t)> progress;
+  /// Scores of the MoE layers a resumed run already has (lm/stream_journal.h), kept as given;
+  /// the inputs then visit only the layers after them.
+  pruning::ExpertScores done;
+  /// Called with each layer's index and scores as soon as it is scored (a journal keeps them).
+  std::function<void(int64_t, const torch::Tensor&)> on_scored;
 };
 
 /// Scores every expert of every MoE layer of `finetuned`, keyed by MoELayerRef::index. Refuses,

@@ -73,7 +73,25 @@ std::vector<torch::Tensor> streamed_hidden_states(
                 b.sizes());
   }
   ActivationStore store(batches, o.hidden_size(), checkpoint.dtype(), options);
-  for (size_t b = 0; b < batches.size(); ++b) store.slot(b).copy_(checkpoint.embed(batches[b]));
+  const auto& journal = options.journal();
+  const int64_t start = journal != nullptr ? journal->layers_done() : 0;
+  if (start > 0) {
+    // A resumed run: the hidden states after `start` layers, bit for bit as they were.
+    TORCH_CHECK(start <= checkpoint.num_layers(), journal->directory(), ": the journal has ", start,
+                " decoder layers done, the model has ", checkpoint.num_layers());
+    const auto saved = journal->activations();
+    TORCH_CHECK(saved.size() == batches.size(), journal->directory(), ": the journal holds ",
+                saved.size(), " batches, this run has ", batches.size());
+    for (size_t b = 0; b < batches.size(); ++b) {
+      auto slot = store.slot(b);
+      TORCH_CHECK(saved[b].sizes() == slot.sizes() && saved[b].scalar_type() == slot.scalar_type(),
+                  journal->directory(), ": the journal's batch ", b, " is ", saved[b].sizes(), " ",
+                  saved[b].scalar_type(), ", this run's ", slot.sizes(), " ", slot.scalar_type());
+      slot.copy_(saved[b]);
+    }
+  } else {
+    for (size_t b = 0; b < batches.size(); ++b) store.slot(b).copy_(checkpoint.embed(batches[b]));
+  }
   checkpoint.release_embedding();
   // Rotary angles per sequence length, as CausalLM computes them for a forward from position 0.
   std::map<int64_t, RotaryAngles> angles;
@@ -83,7 +101,7 @@ std::vector<torch::Tensor> streamed_hidden_states(
           rotary_angles(o.attention(), 0, b.size(1), checkpoint.dtype(), torch::kCPU);
     }
   }
-  for (int64_t i = 0; i < checkpoint.num_layers(); ++i) {
+  for (int64_t i = start; i < checkpoint.num_layers(); ++i) {
     auto layer = checkpoint.layer(i);
     const auto run = [&] {
       for (size_t b = 0; b < batches.size(); ++b) {
@@ -99,6 +117,11 @@ std::vector<torch::Tensor> streamed_hidden_states(
     }
     layer = nullptr;  // free the layer's own memory, then its mapped pages
     checkpoint.release_layer(i);
+    if (journal != nullptr) {
+      std::vector<torch::Tensor> slots;
+      for (size_t b = 0; b < batches.size(); ++b) slots.push_back(store.slot(b));
+      journal->save(i + 1, slots, options.journal_state() ? options.journal_state()() : "");
+    }
     if (progress) progress(i + 1, checkpoint.num_layers());
   }
   std::vector<torch::Tensor> out;

@@ -9,11 +9,13 @@
 #include <moeprune/hf/scoring.h>
 #include <moeprune/models/lm/checkpoint_layers.h>
 #include <moeprune/models/lm/evaluation.h>
+#include <moeprune/models/lm/stream_journal.h>
 
 #include <torch/arg.h>
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -25,6 +27,11 @@ struct StreamOptions {
   TORCH_ARG(int64_t, activation_budget_bytes) = int64_t{1} << 30;
   /// Folder for that scratch file.
   TORCH_ARG(std::string, scratch_dir) = "/tmp";
+  /// A resumable run (stream_journal.h): the activations and journal_state() are saved after
+  /// every decoder layer, and a journal with layers done resumes after them. Null: off.
+  TORCH_ARG(std::shared_ptr<StreamJournal>, journal) = nullptr;
+  /// The caller's state saved beside each layer's activations (e.g. the scores so far).
+  TORCH_ARG(std::function<std::string()>, journal_state) = nullptr;
 };
 
 /// Called once per decoder layer with the loaded layer and `run`, which pushes every batch's

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# ctest: resumable long jobs. `moeprune score`, `prune --plan-only` (REAP on calibration ids) and
+# `eval --json`, each killed with SIGKILL right after decoder layer K was journaled
+# (MOEPRUNE_JOURNAL_KILL_AFTER, stream_journal.h) and started again with the same arguments,
+# resume from "<output>.journal" and write exactly what an uninterrupted run writes (score and
+# plan byte for byte; eval's numbers, its timing fields aside), leaving no journal behind. A
+# journal of another run (other arguments) is refused and kept.
+#   cli_resume.sh MOEPRUNE FIXTURE_DIR IDS
+set -euo pipefail
+cli="$1" fixture="$2" ids="$3"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+work="$(mktemp -d /tmp/moeprune-resume-XXXXXX)"
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+calibration=(--calibration "$ids" --samples 2 --seq-len 5 --batch-size 1)
+killed_then_resumed() {  # killed_then_resumed K OUTPUT COMMAND...
+  local k="$1" out="$2"
+  shift 2
+  if MOEPRUNE_JOURNAL_KILL_AFTER="$k" "$@" > killed.log 2>&1; then
+    echo "the run was not killed after layer $k" >&2
+    exit 1
+  fi
+  test ! -e "$out"
+  grep -q "\"layers_done\": $k" "$out.journal/journal.json"
+  "$@" > resumed.log 2>&1 || { cat resumed.log >&2; exit 1; }
+  grep -q "resuming after decoder layer $k" resumed.log
+  test ! -e "$out.journal"
+}
+# The fixture has 3 decoder layers (a dense one, then two MoE layers).
+for k in 1 2; do
+  "$cli" score --finetuned "$fixture" --criterion reap "${calibration[@]}" --out full.json \
+    > /dev/null
+  killed_then_resumed "$k" resumed.json \
+    "$cli" score --finetuned "$fixture" --criterion reap "${calibration[@]}" --out resumed.json
+  cmp full.json resumed.json
+  "$cli" prune --finetuned "$fixture" --criterion reap "${calibration[@]}" \
+    --experts-per-layer 2 --plan-only plan-full.json > /dev/null
+  killed_then_resumed "$k" plan-resumed.json \
+    "$cli" prune --finetuned "$fixture" --criterion reap "${calibration[@]}" \
+    --experts-per-layer 2 --plan-only plan-resumed.json
+  cmp plan-full.json plan-resumed.json
+  "$cli" eval "$fixture" "$ids" --context 4 --json eval-full.json > /dev/null
+  killed_then_resumed "$k" eval-resumed.json \
+    "$cli" eval "$fixture" "$ids" --context 4 --json eval-resumed.json
+  python3 - eval-full.json eval-resumed.json <<'PY'
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+for timing in ("seconds", "peak_rss_mb"):
+    a.pop(timing), b.pop(timing)
+if a != b:
+    sys.exit(f"resumed eval differs: {a} vs {b}")
+PY
+  rm -f ./*.json
+done
+# A journal of another run is refused, named, and left as it was.
+MOEPRUNE_JOURNAL_KILL_AFTER=1 "$cli" score --finetuned "$fixture" --criterion reap \
+  "${calibration[@]}" --out "$work/other.json" > /dev/null 2>&1 || true
+"$here/expect_refusal.sh" --untouched "$work/other.json.journal/journal.json" \
+  "other.json.journal: a journal of another run" -- \
+  "$cli" score --finetuned "$fixture" --criterion frequency "${calibration[@]}" \
+  --out "$work/other.json"
+echo "score, prune and eval resumed after decoder layers 1 and 2 with identical output"
