@@ -12,17 +12,71 @@ struct Regex::Compiled {
   pcre2_code* code = nullptr;
 };
 
-Regex::Regex(const std::string& pattern, const std::string& what)
+namespace {
+
+// Unicode's White_Space property, what \s means to Oniguruma (tokenizers' regex engine) and to
+// Rust's regex. PCRE2's \s with UCP adds U+180E MONGOLIAN VOWEL SEPARATOR (in its \h list, a
+// space before Unicode 6.3), so "  \u180e" split differently from tokenizers'.
+constexpr const char* kWhiteSpace =
+    "\\t\\n\\x0B\\f\\r\\x20\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}"
+    "\\x{202F}\\x{205F}\\x{3000}";
+
+// `pattern` with \s and \S spelled as White_Space classes: [...] / [^...] outside a character
+// class, the members inside one ([^\s\p{L}] keeps its meaning). \S inside a class stays as PCRE2
+// has it (no tokenizer pattern uses it).
+std::string with_unicode_white_space(const std::string& pattern) {
+  std::string out;
+  bool in_class = false;
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    const char c = pattern[i];
+    if (c == '\\' && i + 1 < pattern.size()) {
+      const char next = pattern[++i];
+      if (next == 's') {
+        out += in_class ? std::string(kWhiteSpace) : "[" + std::string(kWhiteSpace) + "]";
+      } else if (next == 'S' && !in_class) {
+        out += "[^" + std::string(kWhiteSpace) + "]";
+      } else {
+        out += c;
+        out += next;
+      }
+      continue;
+    }
+    if (!in_class && c == '[') {
+      in_class = true;
+      out += c;
+      // A ']' first in the class (after an optional '^') is a member, not its end.
+      if (i + 1 < pattern.size() && pattern[i + 1] == '^') out += pattern[++i];
+      if (i + 1 < pattern.size() && pattern[i + 1] == ']') out += pattern[++i];
+      continue;
+    }
+    if (in_class && c == '[' && i + 1 < pattern.size() && pattern[i + 1] == ':') {
+      const auto end = pattern.find(":]", i + 2);  // a POSIX class such as [:alpha:]
+      if (end != std::string::npos) {
+        out += pattern.substr(i, end + 2 - i);
+        i = end + 1;
+        continue;
+      }
+    }
+    if (in_class && c == ']') in_class = false;
+    out += c;
+  }
+  return out;
+}
+
+}  // namespace
+
+Regex::Regex(const std::string& pattern_text, const std::string& what)
     : compiled_(std::make_unique<Compiled>()) {
   int error = 0;
   PCRE2_SIZE offset = 0;
+  const auto pattern = with_unicode_white_space(pattern_text);
   compiled_->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
                                   PCRE2_UTF | PCRE2_UCP, &error, &offset, nullptr);
   if (compiled_->code == nullptr) {
     PCRE2_UCHAR message[256];
     pcre2_get_error_message(error, message, sizeof(message));
-    TORCH_CHECK(false, what, ": the pattern \"", pattern, "\" does not compile at offset ", offset,
-                ": ", reinterpret_cast<const char*>(message));
+    TORCH_CHECK(false, what, ": the pattern \"", pattern_text, "\" does not compile at offset ",
+                offset, ": ", reinterpret_cast<const char*>(message));
   }
   // JIT is an optimisation: without it (e.g. a platform PCRE2 was built without), matching
   // still works through the interpreter.
