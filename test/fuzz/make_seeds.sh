@@ -6,7 +6,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 fixtures="$here/../fixtures"
 corpus="$here/corpus"
 rm -rf "$corpus"
-mkdir -p "$corpus"/{safetensors_file,safetensors_index,hf_config,idx_reader,cifar_reader}
+mkdir -p "$corpus"/{safetensors_file,safetensors_index,hf_config,idx_reader,cifar_reader,tokenizer_json}
 
 # safetensors files: every dtype, and two small real checkpoints' tensors.
 cp "$fixtures/hf/dtypes.safetensors" "$corpus/safetensors_file/dtypes.safetensors"
@@ -20,6 +20,7 @@ cp "$fixtures/hf/mixtral_ft_sharded/model.safetensors.index.json" "$corpus/safet
 i=0
 for f in hf/mixtral_ft hf/mixtral_ft_fused hf/switch_ft lm/qwen2_moe lm/qwen3_moe lm/olmoe \
          lm/deepseek lm/deepseek_v2 lm/deepseek_v3 lm/glm4_moe seq2seq/switch_transformers; do
+  # shellcheck disable=SC2059  # the format is the byte to write
   { printf "\\x$(printf %02x $i)"; cat "$fixtures/$f/config.json"; } > "$corpus/hf_config/$(printf %02d $i)-${f//\//_}.json"
   i=$((i + 1))
 done
@@ -37,5 +38,16 @@ labels() { printf '\x00\x00\x08\x01\x00\x00\x00\x03'; printf '\x00\x05\x09'; }
 pixels() { head -c 3072 /dev/zero | tr '\0' "\\$(printf %03o "$1")"; }
 { printf '\x00'; printf '\x03'; pixels 7; printf '\x09'; pixels 200; } > "$corpus/cifar_reader/cifar10"
 { printf '\x01'; printf '\x04\x63'; pixels 33; } > "$corpus/cifar_reader/cifar100"
+# tokenizer.json: each fixture tokenizer after a text (its length byte, then the text).
+printf 'Hello world! 12 345 <|endoftext|> caf\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac  x' > "$corpus/text"
+length=$(wc -c < "$corpus/text")
+for f in "$fixtures"/tokenizers/*.json; do
+  [ "$(basename "$f")" = reference.json ] && continue
+  # shellcheck disable=SC2059  # the format is the byte to write
+  { printf "\\$(printf %03o "$length")"; cat "$corpus/text" "$f"; } \
+    > "$corpus/tokenizer_json/$(basename "$f")"
+done
+rm "$corpus/text"
+
 echo "seed corpora in $corpus:"
 du -sh "$corpus"/*
