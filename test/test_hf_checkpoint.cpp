@@ -122,6 +122,28 @@ TEST_CASE("describe refuses a config and tensors that disagree, and missing expe
       Contains("model.layers.1.block_sparse_moe.experts.3.w2.weight") && Contains("missing"));
 }
 
+TEST_CASE("a bf16 layer keeps the router's correction bias in fp32, as transformers does") {
+  // transformers registers e_score_correction_bias as an fp32 buffer and keeps it there in a bf16
+  // model; rounded to bf16 it moves the choice scores by up to 2^-9 of itself, more than some
+  // tokens' margins (lm_bf16_layers found a GLM-4.5 token routed to another group).
+  for (const std::string fixture : {"deepseek_v3", "glm4_moe"}) {
+    INFO(fixture);
+    const auto dir = kFixtures + "/" + fixture;
+    st::Checkpoint checkpoint(dir);
+    const auto info = hf::describe(dir, checkpoint);
+    const auto& ref = info.layers.front();
+    REQUIRE_FALSE(ref.router_bias.empty());
+    const auto layer =
+        hf::load_moe_layer(checkpoint, info, ref, hf::LoadOptions().dtype(torch::kBFloat16));
+    const auto bias = layer->router().router_bias();
+    CHECK(bias.scalar_type() == torch::kFloat);
+    CHECK(torch::equal(bias, checkpoint.tensor(ref.router_bias).to(torch::kFloat)));
+    CHECK_FALSE(
+        torch::equal(bias, bias.to(torch::kBFloat16).to(torch::kFloat)));  // not bf16 values
+    CHECK(layer->router().router_weight().scalar_type() == torch::kBFloat16);
+  }
+}
+
 TEST_CASE("describe names config.json and its keys for a top-k the experts cannot meet") {
   // The router modules would say only "k should be in [1, E = 6]"; describe names the file and
   // keys: the expert count's key differs per family, and group-limited routers add their groups.

@@ -171,8 +171,11 @@ MoELayer load_moe_layer(const safetensors::Checkpoint& checkpoint, const ModelIn
   if (!ref.router_bias.empty()) {
     auto bias = layer->router().router_bias();
     TORCH_CHECK(bias.defined(), ref.prefix, " has a router bias but its layer's router takes none");
-    // The bias stays fp32, as transformers keeps it.
-    bias.copy_(checkpoint.tensor(ref.router_bias).to(torch::kFloat));
+    // The bias stays fp32, as transformers keeps it (a registered fp32 buffer): layer->to()
+    // above made it `options.dtype()`, and copying into that would round it. Rounded to bf16 it
+    // moves the choice scores by up to 2^-9 of itself, more than the margin of some tokens' group
+    // or expert choice, which then differs from transformers' (lm_bf16_layers, glm4_moe).
+    bias.set_data(checkpoint.tensor(ref.router_bias).to(torch::kFloat).clone());
   }
   auto& bank = layer->experts();
   if (!options.expert_weights()) {
