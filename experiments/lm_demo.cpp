@@ -10,7 +10,13 @@
 #include "program.h"
 #include "report.h"
 
+#include <moeprune/io/atomic_write.h>
+
+#include <fmt/core.h>
+#include <nlohmann/json.hpp>
+
 #include <cstdlib>
+#include <fstream>
 
 namespace {
 
@@ -21,15 +27,59 @@ std::string home_cache() {
   return std::string(home ? home : ".") + "/.cache/moeprune/demo";
 }
 
-bool has_checkpoint(const std::string& dir) {
-  return std::filesystem::exists(dir + "/config.json") &&
-         std::filesystem::exists(dir + "/model.safetensors");
-}
-
 struct Schedule {
   int64_t steps, batch, warmup;
   double lr;
 };
+
+// Bump when the training code changes what a schedule produces (the optimizer, the loss, the data
+// order): checkpoints cached by older code are then retrained rather than reused. The docs' numbers
+// once came from such a cache, and a fresh machine did not reproduce them.
+constexpr int kRecipeVersion = 2;
+
+// What a cached checkpoint was trained with: the schedule, the data and, for the fine-tuned one,
+// the pre-trained checkpoint it started from. Written beside the weights; a cache whose recipe
+// differs from the run's (or has none) is retrained, saying why.
+nlohmann::json recipe(const Schedule& s, int64_t context, const torch::Tensor& tokens,
+                      const std::string& start = "") {
+  const auto ids = tokens.contiguous();
+  uint64_t hash = 14695981039346656037ull;
+  const auto* bytes = static_cast<const unsigned char*>(ids.data_ptr());
+  for (size_t i = 0; i < static_cast<size_t>(ids.nbytes()); ++i) {
+    hash = (hash ^ bytes[i]) * 1099511628211ull;
+  }
+  nlohmann::json r = {{"version", kRecipeVersion},
+                      {"steps", s.steps},
+                      {"batch", s.batch},
+                      {"warmup", s.warmup},
+                      {"lr", s.lr},
+                      {"context", context},
+                      {"data", fmt::format("{:016x}", hash)}};
+  if (!start.empty()) r["start"] = experiments::file_fingerprint(start + "/model.safetensors");
+  return r;
+}
+
+const char* kRecipeFile = "/moeprune_demo_recipe.json";
+
+// True when `dir` holds a checkpoint trained with `wanted`; otherwise says what differs.
+bool reusable(const std::string& dir, const nlohmann::json& wanted) {
+  if (!std::filesystem::exists(dir + "/config.json") ||
+      !std::filesystem::exists(dir + "/model.safetensors")) {
+    return false;
+  }
+  std::ifstream in(dir + kRecipeFile);
+  nlohmann::json found = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (found == wanted) return true;
+  std::string differs;
+  for (const auto& [key, value] : wanted.items()) {
+    if (!found.is_object() || !found.contains(key) || found[key] != value) {
+      differs += fmt::format("{}{} {} (cached: {})", differs.empty() ? "" : ", ", key, value.dump(),
+                             found.is_object() && found.contains(key) ? found[key].dump() : "none");
+    }
+  }
+  fmt::print("      the cached {} was trained otherwise ({}): retraining\n", dir, differs);
+  return false;
+}
 
 moeprune::LMTrainerOptions trainer(const Schedule& s, int64_t context) {
   return moeprune::LMTrainerOptions()
@@ -43,7 +93,8 @@ moeprune::LMTrainerOptions trainer(const Schedule& s, int64_t context) {
 
 void pretrain(const experiments::FortuneTexts& task, const std::string& dir, const Schedule& s,
               int64_t context, bool fresh) {
-  if (!fresh && has_checkpoint(dir)) {
+  const auto wanted = recipe(s, context, task.pretrain);
+  if (!fresh && reusable(dir, wanted)) {
     fmt::print("[1/4] pre-trained model: reusing {} (--fresh retrains)\n", dir);
     return;
   }
@@ -55,11 +106,13 @@ void pretrain(const experiments::FortuneTexts& task, const std::string& dir, con
   const auto r = moeprune::train_lm(model, task.pretrain, {}, trainer(s, context));
   fmt::print("      {:.1f} minutes, {:.0f} tokens/s\n", r.seconds / 60, r.tokens_per_second);
   lm::save_causal_lm(model, dir, lm::SaveOptions().overwrite(true));
+  moeprune::io::write_file_atomically(dir + kRecipeFile, wanted.dump(1) + "\n");
 }
 
 void finetune(const experiments::FortuneTexts& task, const std::string& pretrained,
               const std::string& dir, const Schedule& s, int64_t context, bool fresh) {
-  if (!fresh && has_checkpoint(dir)) {
+  const auto wanted = recipe(s, context, task.train, pretrained);
+  if (!fresh && reusable(dir, wanted)) {
     fmt::print("[2/4] fine-tuned model: reusing {}\n", dir);
     return;
   }
@@ -70,6 +123,7 @@ void finetune(const experiments::FortuneTexts& task, const std::string& pretrain
   auto model = lm::load_causal_lm(pretrained);
   moeprune::train_lm(model, task.train, {}, trainer(s, context));
   lm::save_causal_lm(model, dir, lm::SaveOptions().overwrite(true));
+  moeprune::io::write_file_atomically(dir + kRecipeFile, wanted.dump(1) + "\n");
 }
 
 int run(int argc, char** argv) {
