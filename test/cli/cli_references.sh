@@ -4,9 +4,9 @@
 # tensors, budget plans from a naive greedy over those scores (by hand for budget 8, floor 0 on
 # these fixtures: experts 1-4 of both layers, since layer 1 reaches its top-k floor of 2 kept
 # before its expert 5 comes up, so layer 0's expert 3 goes instead), and transformers' NLL over the
-# same windows; a budget no plan meets is refused with no plan written. REAP's scores on the
-# language fixture (calibration ids) are uneven enough across its two layers that the floor
-# changes the plan (budget 6: floor 3 gives 3 + 3, floor 0 gives 2 + 4).
+# same windows (fp32 and bf16); a budget no plan meets is refused with no plan written. REAP's
+# scores on the language fixture (calibration ids) are uneven enough across its two layers that
+# the floor changes the plan (budget 6: floor 3 gives 3 + 3, floor 0 gives 2 + 4).
 #   cli_references.sh MOEPRUNE FINETUNED PRETRAINED LM_FIXTURE IDS TRANSFORMERS_VERSION
 set -euo pipefail
 cli="$1" finetuned="$2" pretrained="$3" lm="$4" ids="$5" version="$6"
@@ -40,3 +40,11 @@ awk 'BEGIN { for (i = 0; i < 300; ++i) printf "%d ", (i * 37 + (i * i) % 11) % 9
   > "$work/tokens.ids"
 "$cli" eval "$lm" "$work/tokens.ids" --context 64 --json "$work/eval.json" > /dev/null
 "${check[@]}" eval "$lm" "$work/tokens.ids" "$work/eval.json" 64
+# --dtype bf16: near transformers' bf16 NLL, not moeprune's fp32 one, and the streamed run (the
+# default) the same to the bit as the in-memory model, which lm_bf16_layers checks op by op.
+"$cli" eval "$lm" "$work/tokens.ids" --context 64 --dtype bf16 --json "$work/eval-bf16.json" \
+  > /dev/null
+"${check[@]}" eval "$lm" "$work/tokens.ids" "$work/eval-bf16.json" 64 bf16 "$work/eval.json"
+"$cli" eval "$lm" "$work/tokens.ids" --context 64 --dtype bf16 --in-memory \
+  --json "$work/eval-bf16-memory.json" > /dev/null
+"${check[@]}" same_nll "$work/eval-bf16.json" "$work/eval-bf16-memory.json"
