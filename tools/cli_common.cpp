@@ -105,6 +105,12 @@ void check_result_path(const std::string& option, const std::string& path,
   }
 }
 
+void check_new_folder(const std::string& option, const std::string& path) {
+  struct stat st {};
+  TORCH_CHECK(path.empty() || ::lstat(path.c_str(), &st) != 0, option, " ", path,
+              ": already exists; choose a new output folder (nothing was written)");
+}
+
 std::function<void(int64_t, int64_t)> LazyBar::callback() {
   return [this](int64_t done, int64_t total) {
     if (!bar_) bar_ = std::make_unique<moeprune::ProgressBar>(total, label_, unit_);

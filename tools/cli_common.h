@@ -69,6 +69,10 @@ torch::Tensor calibration_sequences(const torch::Tensor& stream, int64_t samples
 void check_result_path(const std::string& option, const std::string& path,
                        const std::vector<std::string>& inputs);
 
+/// Refuses an output folder `path` (given as `option`) that already exists, before any work
+/// (the writers refuse it too, but only after the scoring or merging).
+void check_new_folder(const std::string& option, const std::string& path);
+
 /// What a resumable run computes, for its journal (moeprune::lm::StreamJournal): `parts` (the
 /// command and its options), the token ids, and each checkpoint folder's files (names, sizes,
 /// modification times), hashed (FNV-1a). A change to any of them starts the run over.

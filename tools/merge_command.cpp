@@ -26,6 +26,7 @@ struct MergeArgs {
 };
 
 int run_merge(const MergeArgs& args) {
+  check_new_folder("--out", args.out);
   check_result_path("--json", args.json,
                     {args.checkpoint, args.calibration.path, args.calibration.tokenizer});
   TORCH_CHECK((args.groups_per_layer >= 1) != (args.total_groups >= 1),
@@ -39,10 +40,24 @@ int run_merge(const MergeArgs& args) {
       calibration_sequences(stream, args.samples, args.seq_len, args.calibration.path);
   fmt::print("calibration: {} sequences of {} tokens from {}\n", args.samples, args.seq_len,
              args.calibration.path);
+  // Resumable: a journal beside the output folder keeps the calibration pass after every decoder
+  // layer and every merged MoE layer; a run started again with the same arguments goes on there.
+  const auto fingerprint = run_fingerprint(
+      {"merge", std::to_string(args.groups_per_layer), std::to_string(args.total_groups),
+       args.similarity, args.no_align ? "no-align" : "align", args.dtype,
+       std::to_string(args.batch_size)},
+      sequences, {args.checkpoint});
+  const auto journal =
+      std::make_shared<moeprune::lm::StreamJournal>(args.out + ".journal", fingerprint);
+  if (journal->layers_done() > 0) {
+    fmt::print("resuming after decoder layer {} of {} from {}\n", journal->layers_done(),
+               model.num_layers(), journal->directory());
+  }
   LazyBar usage_bar("routing usage", "layers");
   const auto usage = moeprune::lm::streamed_expert_usage(
       model, sequences, args.batch_size,
-      moeprune::lm::StreamOptions().scratch_dir(args.scratch_dir), usage_bar.callback());
+      moeprune::lm::StreamOptions().scratch_dir(args.scratch_dir).journal(journal),
+      usage_bar.callback());
   usage_bar.finish();
 
   moeprune::lm::MergeCheckpointOptions options;
@@ -52,7 +67,8 @@ int run_merge(const MergeArgs& args) {
                       ? moeprune::compression::MergeSimilarity::kWeights
                       : moeprune::compression::MergeSimilarity::kRouterLogits)
       .align(!args.no_align)
-      .scratch_dir(args.scratch_dir);
+      .scratch_dir(args.scratch_dir)
+      .journal(journal);
   LazyBar merge_bar("merging", "layers");
   LazyBar write_bar("writing", "MB");
   const auto write_progress = write_bar.callback();
@@ -65,6 +81,11 @@ int run_merge(const MergeArgs& args) {
       moeprune::lm::merge_checkpoint(model, usage, args.out, options, wo, merge_bar.callback());
   merge_bar.finish();
   write_bar.finish();
+  journal->remove();
+  if (result.layers_from_journal > 0) {
+    fmt::print("{} MoE layers merged by the interrupted run, taken from its journal\n",
+               result.layers_from_journal);
+  }
 
   fmt::print("{:<36} {:>7} {:>6} {:>8} {:>10}\n", "MoE layer", "experts", "groups", "largest",
              "dominant%");

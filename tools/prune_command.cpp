@@ -25,6 +25,7 @@ int run_prune(const PruneArgs& args, const moeprune::pruning::CriterionRegistry&
   TORCH_CHECK(!args.out.empty() || !args.plan_only.empty(),
               "give --out (a new folder) or --plan-only FILE");
   const auto& s = args.score;
+  if (args.plan_only.empty()) check_new_folder("--out", args.out);
   check_result_path(
       "--plan-only", args.plan_only,
       {s.finetuned, s.pretrained, s.calibration.path, s.calibration.tokenizer, s.moe_inputs});

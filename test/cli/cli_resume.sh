@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# ctest: resumable long jobs. `moeprune score`, `prune --plan-only` (REAP on calibration ids) and
-# `eval --json`, each killed with SIGKILL right after decoder layer K was journaled
+# ctest: resumable long jobs. `moeprune score`, `prune --plan-only` (REAP on calibration ids),
+# `eval --json` and `merge`, each killed with SIGKILL right after decoder layer K was journaled
 # (MOEPRUNE_JOURNAL_KILL_AFTER, stream_journal.h) and started again with the same arguments,
 # resume from "<output>.journal" and write exactly what an uninterrupted run writes (score and
 # plan byte for byte; eval's numbers, its timing fields aside), leaving no journal behind. A
@@ -52,6 +52,37 @@ if a != b:
 PY
   rm -f ./*.json
 done
+# merge: its journal keeps the calibration pass (killed after decoder layer 1, 2 or 3, the whole
+# pass) and then each merged MoE layer (killed after the first of the two); the folder resumed
+# equals, file for file and byte for byte, an uninterrupted run's.
+merge=(merge "$fixture" "${calibration[@]}" --groups-per-layer 2 --scratch-dir "$work")
+"$cli" "${merge[@]}" --out merged-full > /dev/null
+for k in 1 2 3; do
+  killed_then_resumed "$k" merged-resumed "$cli" "${merge[@]}" --out merged-resumed
+  diff -r merged-full merged-resumed
+  rm -rf merged-resumed
+done
+if MOEPRUNE_JOURNAL_KILL_AFTER_MERGED=1 "$cli" "${merge[@]}" --out merged-resumed \
+  > killed.log 2>&1; then
+  echo "the merge was not killed after its first merged layer" >&2
+  exit 1
+fi
+test ! -e merged-resumed
+kept=(merged-resumed.journal/merged-*.safetensors)
+((${#kept[@]} == 1))
+"$cli" "${merge[@]}" --out merged-resumed > resumed.log 2>&1 || { cat resumed.log >&2; exit 1; }
+grep -q "1 MoE layers merged by the interrupted run" resumed.log
+test ! -e merged-resumed.journal
+diff -r merged-full merged-resumed
+# An existing output folder is refused before any work: no journal is started beside it.
+mkdir "$work/existing"
+"$here/expect_refusal.sh" "already exists; choose a new output folder" -- \
+  "$cli" "${merge[@]}" --out "$work/existing"
+test ! -e "$work/existing.journal"
+if ls "$work"/moeprune-merged-* > /dev/null 2>&1; then
+  echo "scratch files were left behind" >&2
+  exit 1
+fi
 # A journal of another run is refused, named, and left as it was.
 MOEPRUNE_JOURNAL_KILL_AFTER=1 "$cli" score --finetuned "$fixture" --criterion reap \
   "${calibration[@]}" --out "$work/other.json" > /dev/null 2>&1 || true
@@ -59,4 +90,5 @@ MOEPRUNE_JOURNAL_KILL_AFTER=1 "$cli" score --finetuned "$fixture" --criterion re
   "other.json.journal: a journal of another run" -- \
   "$cli" score --finetuned "$fixture" --criterion frequency "${calibration[@]}" \
   --out "$work/other.json"
-echo "score, prune and eval resumed after decoder layers 1 and 2 with identical output"
+echo "score, prune and eval resumed after decoder layers 1 and 2, merge after 1, 2, 3 and a" \
+  "merged layer, with identical output"

@@ -1,16 +1,20 @@
 #include <moeprune/models/lm/streamed_merge.h>
 
+#include "io/json.h"
 #include "models/lm/streamed_moe_layers.h"
 
 #include <moeprune/hf/checkpoint.h>
 #include <moeprune/io/safetensors.h>
 #include <moeprune/layers/moe_view.h>
 
+#include <sys/stat.h>
 #include <torch/torch.h>
-
 #include <unistd.h>
+#include <nlohmann/json.hpp>
 
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <string>
 #include <vector>
@@ -41,6 +45,30 @@ class ScratchFiles {
   std::vector<std::string> paths_;
 };
 
+bool exists(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+// A resumable run's files in the journal's folder, one per MoE layer (hf::MoELayerRef::index).
+std::string usage_path(const StreamJournal& journal, int64_t index) {
+  return journal.directory() + "/usage-" + std::to_string(index) + ".safetensors";
+}
+std::string merged_path(const StreamJournal& journal, int64_t index) {
+  return journal.directory() + "/merged-" + std::to_string(index) + ".safetensors";
+}
+
+// For tests of resumption, as MOEPRUNE_JOURNAL_KILL_AFTER (stream_journal.h) for the calibration
+// pass: MOEPRUNE_JOURNAL_KILL_AFTER_MERGED=N kills the process (SIGKILL, as a crash) once N MoE
+// layers' merged experts are in the journal.
+void kill_after_merged(int64_t merged) {
+  const char* value = std::getenv("MOEPRUNE_JOURNAL_KILL_AFTER_MERGED");
+  if (value != nullptr && std::atoll(value) == merged) {
+    std::fflush(nullptr);
+    std::raise(SIGKILL);
+  }
+}
+
 }  // namespace
 
 compression::ExpertUsage streamed_expert_usage(
@@ -49,6 +77,21 @@ compression::ExpertUsage streamed_expert_usage(
   compression::ExpertUsage usage;
   const auto total = static_cast<int64_t>(checkpoint.info().layers.size());
   int64_t done = 0;
+  const auto& journal = options.journal();
+  if (journal != nullptr) {
+    // A resumed run skips the decoder layers the journal holds: their MoE layers' usage as saved.
+    for (const auto& ref : checkpoint.info().layers) {
+      if (ref.decoder_layer >= journal->layers_done()) continue;
+      const auto path = usage_path(*journal, ref.index);
+      TORCH_CHECK(exists(path), journal->directory(), ": the journal has decoder layer ",
+                  ref.decoder_layer, " done but not its routing usage (", path,
+                  "); remove the journal to start again");
+      const auto saved = safetensors::load_file(path);
+      usage.frequency[ref.index] = saved.at("frequency");
+      usage.router_logits[ref.index] = saved.at("router_logits");
+      ++done;
+    }
+  }
   detail::stream_moe_layers(
       checkpoint, calibration, batch_size, options,
       [&](const hf::MoELayerRef& ref, const MoELayerEntry& entry,
@@ -56,6 +99,11 @@ compression::ExpertUsage streamed_expert_usage(
         MoECapture capture({entry}, /*with_inputs=*/false);
         run();
         compression::add_expert_usage(usage, entry, capture.calls(ref.index));
+        if (journal != nullptr) {  // before the journal commits this decoder layer
+          safetensors::save_file(usage_path(*journal, ref.index),
+                                 {{"frequency", usage.frequency.at(ref.index)},
+                                  {"router_logits", usage.router_logits.at(ref.index)}});
+        }
         if (progress) progress(++done, total);
       },
       "merging");
@@ -91,7 +139,35 @@ MergeCheckpointResult merge_checkpoint(const CheckpointLayers& checkpoint,
   std::map<int64_t, hf::MergedLayer> merged;
   ScratchFiles scratch(options.scratch_dir());
   const auto total = static_cast<int64_t>(info.layers.size());
+  const auto& journal = options.journal();
+  int64_t in_journal = 0;
   for (const auto& ref : info.layers) {
+    if (journal != nullptr && exists(merged_path(*journal, ref.index))) {
+      // Merged by an earlier run of this journal: the file (written whole, then renamed) holds
+      // the merged experts, and its metadata the groups and the layer's state.
+      hf::MergedLayer m;
+      m.weights = merged_path(*journal, ref.index);
+      const safetensors::File file(m.weights);
+      const auto& meta = file.metadata();
+      TORCH_CHECK(meta.count("state") == 1 && meta.count("groups") == 1, m.weights,
+                  ": a merged layer in the journal without its state and groups");
+      m.state = MoELayerState::from_json(meta.at("state"));
+      const auto groups = io::parse_json(meta.at("groups"), m.weights + " (groups)");
+      TORCH_CHECK(groups.is_array(), m.weights, ": the groups should be a JSON array");
+      for (const auto& g : groups) {
+        TORCH_CHECK(g.is_array() && !g.empty(), m.weights, ": every group should be a list of ids");
+        auto& members = result.groups[ref.index].emplace_back();
+        for (const auto& id : g) {
+          TORCH_CHECK(id.is_number_integer(), m.weights, ": expert ids should be integers");
+          members.push_back(id.get<int64_t>());
+        }
+      }
+      merged.emplace(ref.index, std::move(m));
+      ++result.layers_from_journal;
+      ++in_journal;
+      if (progress) progress(ref.index + 1, total);
+      continue;
+    }
     torch::NoGradGuard no_grad;
     auto layer = hf::load_moe_layer(source, info, ref, hf::LoadOptions().dtype(torch::kFloat));
     const auto view = LayerMapView::of({{ref.index, layer}});
@@ -104,8 +180,10 @@ MergeCheckpointResult merge_checkpoint(const CheckpointLayers& checkpoint,
     // expert: [out, in] in the tensor's own dtype, under the group's first expert's names.
     hf::MergedLayer m;
     m.state = layer->state();
-    m.weights = scratch.next(ref.index);
+    m.weights = journal != nullptr ? merged_path(*journal, ref.index) : scratch.next(ref.index);
     safetensors::Writer writer(m.weights);
+    writer.set_metadata({{"state", m.state.to_json()},
+                         {"groups", nlohmann::json(result.groups.at(ref.index)).dump()}});
     const auto& bank = layer->experts();
     const std::vector<torch::Tensor> weights{bank->w1, bank->w2, bank->w3};
     for (size_t i = 0; i < m.state.bank.groups.size(); ++i) {
@@ -119,6 +197,7 @@ MergeCheckpointResult merge_checkpoint(const CheckpointLayers& checkpoint,
     }
     writer.finish();
     merged.emplace(ref.index, std::move(m));
+    if (journal != nullptr) kill_after_merged(++in_journal);
     if (progress) progress(ref.index + 1, total);
   }
   result.report = hf::write_merged_checkpoint(checkpoint.source(), merged, out, "m-smoe", write);

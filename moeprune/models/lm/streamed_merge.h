@@ -16,6 +16,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 
 namespace moeprune::lm {
@@ -23,6 +24,10 @@ namespace moeprune::lm {
 /// The routing usage of every MoE layer of `checkpoint` on `calibration` ([N, S] token ids, run
 /// `batch_size` sequences at a time), keyed by hf::MoELayerRef::index; what
 /// compression::collect_expert_usage gives for the model in memory.
+///
+/// Resumable with options.journal(): each MoE layer's usage is kept in the journal's folder
+/// (usage-<index>.safetensors) before its decoder layer is journaled, and read back for the
+/// layers a resumed run skips.
 compression::ExpertUsage streamed_expert_usage(
     const CheckpointLayers& checkpoint, const torch::Tensor& calibration, int64_t batch_size,
     const StreamOptions& options = {}, const std::function<void(int64_t, int64_t)>& progress = {});
@@ -37,12 +42,19 @@ struct MergeCheckpointOptions {
   TORCH_ARG(bool, align) = true;
   /// Folder for the merged experts' scratch files (removed when done).
   TORCH_ARG(std::string, scratch_dir) = "/tmp";
+  /// A resumable merge: each MoE layer's merged experts are kept in the journal's folder
+  /// (merged-<index>.safetensors, with its groups and state) instead of a scratch file, and a
+  /// layer found there is not merged again. The caller removes the journal once the output is
+  /// written. Null: scratch files.
+  TORCH_ARG(std::shared_ptr<StreamJournal>, journal) = nullptr;
 };
 
 struct MergeCheckpointResult {
   compression::ExpertUsage usage;
   compression::MergeGroups groups;
   hf::WriteReport report;
+  /// MoE layers whose merged experts came from the journal (a resumed run).
+  int64_t layers_from_journal = 0;
 };
 
 /// Merges every MoE layer of `checkpoint` given its `usage` and writes the result to the new
