@@ -4,7 +4,8 @@
 # (MOEPRUNE_JOURNAL_KILL_AFTER, stream_journal.h) and started again with the same arguments,
 # resume from "<output>.journal" and write exactly what an uninterrupted run writes (score and
 # plan byte for byte; eval's numbers, its timing fields aside), leaving no journal behind. A
-# journal of another run (other arguments) is refused and kept.
+# journal of another run (other arguments), or one whose usage or activations files are gone, is
+# refused and kept.
 #   cli_resume.sh MOEPRUNE FIXTURE_DIR IDS
 set -euo pipefail
 cli="$1" fixture="$2" ids="$3"
@@ -74,6 +75,16 @@ kept=(merged-resumed.journal/merged-*.safetensors)
 grep -q "1 MoE layers merged by the interrupted run" resumed.log
 test ! -e merged-resumed.journal
 diff -r merged-full merged-resumed
+# A journal with files gone is refused, naming what is missing, and kept as it is.
+MOEPRUNE_JOURNAL_KILL_AFTER=2 "$cli" "${merge[@]}" --out "$work/broken" > /dev/null 2>&1 || true
+rm "$work"/broken.journal/usage-*.safetensors
+"$here/expect_refusal.sh" --untouched "$work/broken.journal/journal.json" \
+  "broken.journal: the journal has decoder layer 1 done but not its routing usage" -- \
+  "$cli" "${merge[@]}" --out "$work/broken"
+rm "$work/broken.journal/activations-2.safetensors"
+"$here/expect_refusal.sh" --untouched "$work/broken.journal/journal.json" \
+  "broken.journal: the journal names layer 2 but its activations are missing" -- \
+  "$cli" "${merge[@]}" --out "$work/broken"
 # An existing output folder is refused before any work: no journal is started beside it.
 mkdir "$work/existing"
 "$here/expect_refusal.sh" "already exists; choose a new output folder" -- \
