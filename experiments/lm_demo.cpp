@@ -11,6 +11,7 @@
 #include "report.h"
 
 #include <moeprune/io/atomic_write.h>
+#include <moeprune/io/fingerprint.h>
 
 #include <fmt/core.h>
 #include <nlohmann/json.hpp>
@@ -43,18 +44,14 @@ constexpr int kRecipeVersion = 2;
 nlohmann::json recipe(const Schedule& s, int64_t context, const torch::Tensor& tokens,
                       const std::string& start = "") {
   const auto ids = tokens.contiguous();
-  uint64_t hash = 14695981039346656037ull;
-  const auto* bytes = static_cast<const unsigned char*>(ids.data_ptr());
-  for (size_t i = 0; i < static_cast<size_t>(ids.nbytes()); ++i) {
-    hash = (hash ^ bytes[i]) * 1099511628211ull;
-  }
+  const auto data = moeprune::io::Fingerprint().add(ids.data_ptr(), ids.nbytes()).hex();
   nlohmann::json r = {{"version", kRecipeVersion},
                       {"steps", s.steps},
                       {"batch", s.batch},
                       {"warmup", s.warmup},
                       {"lr", s.lr},
                       {"context", context},
-                      {"data", fmt::format("{:016x}", hash)}};
+                      {"data", data}};
   if (!start.empty()) r["start"] = experiments::file_fingerprint(start + "/model.safetensors");
   return r;
 }

@@ -5,6 +5,8 @@
 // one JSON line appended to the file and flushed at once; a line cut short by a crash is skipped
 // on reading. Lines belong to the settings they were run with (the checkpoints' contents, the
 // number of fine-tuning steps, ...): a run whose settings changed is run again.
+#include <moeprune/io/fingerprint.h>
+
 #include <c10/util/Exception.h>
 
 #include <fmt/format.h>
@@ -22,16 +24,7 @@ namespace experiments {
 /// FNV-1a of a file's bytes: names a checkpoint's contents in a journal's settings, so that a
 /// retrained checkpoint (--fresh) does not resume runs made with the old one.
 inline std::string file_fingerprint(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  TORCH_CHECK(in, "cannot read '", path, "' to fingerprint it");
-  uint64_t hash = 14695981039346656037ull;
-  char buffer[1 << 16];
-  while (in.read(buffer, sizeof buffer) || in.gcount() > 0) {
-    for (std::streamsize i = 0; i < in.gcount(); ++i) {
-      hash = (hash ^ static_cast<unsigned char>(buffer[i])) * 1099511628211ull;
-    }
-  }
-  return fmt::format("{:016x}", hash);
+  return moeprune::io::Fingerprint().add_file(path).hex();
 }
 
 class RunJournal {

@@ -1,5 +1,6 @@
 #include "cli_common.h"
 
+#include <moeprune/io/fingerprint.h>
 #include <moeprune/text/token_file.h>
 
 #include <c10/util/Exception.h>
@@ -54,12 +55,9 @@ bool is_directory(const std::string& path) {
 
 std::string run_fingerprint(const std::vector<std::string>& parts, const torch::Tensor& tokens,
                             const std::vector<std::string>& checkpoints) {
-  uint64_t h = 1469598103934665603ULL;
-  const auto mix = [&h](const void* data, size_t n) {
-    const auto* p = static_cast<const unsigned char*>(data);
-    for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ULL;
-  };
-  const auto mix_text = [&](const std::string& s) { mix(s.data(), s.size() + 1); };
+  moeprune::io::Fingerprint f;
+  const auto mix = [&f](const void* data, size_t n) { f.add(data, n); };
+  const auto mix_text = [&f](const std::string& s) { f.add_text(s); };
   for (const auto& p : parts) mix_text(p);
   const auto ids = tokens.to(torch::kLong).contiguous();
   mix(ids.data_ptr(), static_cast<size_t>(ids.numel()) * sizeof(int64_t));
@@ -83,9 +81,7 @@ std::string run_fingerprint(const std::vector<std::string>& parts, const torch::
       mix(&nsec, sizeof(nsec));
     }
   }
-  char text[17];
-  std::snprintf(text, sizeof(text), "%016llx", static_cast<unsigned long long>(h));
-  return text;
+  return f.hex();
 }
 
 void check_result_path(const std::string& option, const std::string& path,
