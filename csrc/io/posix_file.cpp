@@ -200,6 +200,11 @@ std::vector<std::string> list_folder(const std::string& dir) {
   return names;
 }
 
+bool exists(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0;
+}
+
 void remove_flat_folder(const std::string& dir) {
   if (DIR* d = ::opendir(dir.c_str())) {
     while (const dirent* e = ::readdir(d)) {

@@ -114,6 +114,8 @@ class FolderReplacement {
 void write_text_file(const std::string& path, const std::string& text);
 /// Copies `from` to the new file `to` (in the kernel where it can) and syncs it.
 void copy_file(const std::string& from, const std::string& to);
+/// Whether anything (file, folder, link target) is at `path`.
+bool exists(const std::string& path);
 /// The names in folder `dir` (no "." or ".."), sorted.
 std::vector<std::string> list_folder(const std::string& dir);
 /// Removes a folder of plain files (our temporary output). Not std::filesystem::remove_all:

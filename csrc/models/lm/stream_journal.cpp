@@ -33,11 +33,6 @@ std::string batch_name(size_t b) {
   return name;
 }
 
-bool exists(const std::string& path) {
-  struct stat st {};
-  return ::stat(path.c_str(), &st) == 0;
-}
-
 }  // namespace
 
 StreamJournal::StreamJournal(std::string dir, std::string fingerprint)
@@ -50,14 +45,14 @@ StreamJournal::StreamJournal(std::string dir, std::string fingerprint)
                 ": cannot create the journal folder: ", std::strerror(errno));
   }
   const auto entry = dir_ + "/" + kEntry;
-  if (!exists(entry)) return;
+  if (!io::exists(entry)) return;
   const auto j = io::read_json_file(entry, "a moeprune journal");
   TORCH_CHECK(j.is_object() && j.value("fingerprint", std::string()) == fingerprint_, dir_,
               ": a journal of another run (different checkpoint, inputs or options); remove the "
               "folder to start over, or rerun with the arguments it was made with");
   layers_done_ = j.at("layers_done").get<int64_t>();
   state_ = j.value("state", std::string());
-  TORCH_CHECK(layers_done_ >= 0 && exists(dir_ + "/" + activations_name(layers_done_)), dir_,
+  TORCH_CHECK(layers_done_ >= 0 && io::exists(dir_ + "/" + activations_name(layers_done_)), dir_,
               ": the journal names layer ", layers_done_, " but its activations are missing");
 }
 

@@ -7,10 +7,10 @@
 #include <moeprune/io/safetensors.h>
 #include <moeprune/layers/moe_view.h>
 
-#include <sys/stat.h>
 #include <torch/torch.h>
 #include <unistd.h>
 #include <nlohmann/json.hpp>
+#include "io/posix_file.h"
 
 #include <csignal>
 #include <cstdio>
@@ -45,11 +45,6 @@ class ScratchFiles {
   std::vector<std::string> paths_;
 };
 
-bool exists(const std::string& path) {
-  struct stat st {};
-  return ::stat(path.c_str(), &st) == 0;
-}
-
 // A resumable run's files in the journal's folder, one per MoE layer (hf::MoELayerRef::index).
 std::string usage_path(const StreamJournal& journal, int64_t index) {
   return journal.directory() + "/usage-" + std::to_string(index) + ".safetensors";
@@ -83,7 +78,7 @@ compression::ExpertUsage streamed_expert_usage(
     for (const auto& ref : checkpoint.info().layers) {
       if (ref.decoder_layer >= journal->layers_done()) continue;
       const auto path = usage_path(*journal, ref.index);
-      TORCH_CHECK(exists(path), journal->directory(), ": the journal has decoder layer ",
+      TORCH_CHECK(io::exists(path), journal->directory(), ": the journal has decoder layer ",
                   ref.decoder_layer, " done but not its routing usage (", path,
                   "); remove the journal to start again");
       const auto saved = safetensors::load_file(path);
@@ -142,7 +137,7 @@ MergeCheckpointResult merge_checkpoint(const CheckpointLayers& checkpoint,
   const auto& journal = options.journal();
   int64_t in_journal = 0;
   for (const auto& ref : info.layers) {
-    if (journal != nullptr && exists(merged_path(*journal, ref.index))) {
+    if (journal != nullptr && io::exists(merged_path(*journal, ref.index))) {
       // Merged by an earlier run of this journal: the file (written whole, then renamed) holds
       // the merged experts, and its metadata the groups and the layer's state.
       hf::MergedLayer m;
