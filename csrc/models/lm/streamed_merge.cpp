@@ -1,6 +1,7 @@
 #include <moeprune/models/lm/streamed_merge.h>
 
 #include "io/json.h"
+#include "io/posix_file.h"
 #include "models/lm/streamed_moe_layers.h"
 
 #include <moeprune/hf/checkpoint.h>
@@ -10,7 +11,6 @@
 #include <torch/torch.h>
 #include <unistd.h>
 #include <nlohmann/json.hpp>
-#include "io/posix_file.h"
 
 #include <csignal>
 #include <cstdio>
