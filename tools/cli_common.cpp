@@ -56,15 +56,13 @@ bool is_directory(const std::string& path) {
 std::string run_fingerprint(const std::vector<std::string>& parts, const torch::Tensor& tokens,
                             const std::vector<std::string>& checkpoints) {
   moeprune::io::Fingerprint f;
-  const auto mix = [&f](const void* data, size_t n) { f.add(data, n); };
-  const auto mix_text = [&f](const std::string& s) { f.add_text(s); };
-  for (const auto& p : parts) mix_text(p);
+  for (const auto& p : parts) f.add_text(p);
   const auto ids = tokens.to(torch::kLong).contiguous();
-  mix(ids.data_ptr(), static_cast<size_t>(ids.numel()) * sizeof(int64_t));
-  for (const auto& s : ids.sizes()) mix(&s, sizeof(s));
+  f.add(ids.data_ptr(), static_cast<size_t>(ids.numel()) * sizeof(int64_t));
+  for (const auto& s : ids.sizes()) f.add(&s, sizeof(s));
   for (const auto& dir : checkpoints) {
     if (dir.empty()) continue;
-    mix_text(resolved(dir));
+    f.add_text(resolved(dir));
     std::vector<std::string> names;
     if (DIR* d = ::opendir(dir.c_str())) {
       while (const dirent* e = ::readdir(d)) names.emplace_back(e->d_name);
@@ -74,11 +72,11 @@ std::string run_fingerprint(const std::vector<std::string>& parts, const torch::
     for (const auto& name : names) {
       struct stat st {};
       if (name == "." || name == ".." || ::stat((dir + "/" + name).c_str(), &st) != 0) continue;
-      mix_text(name);
+      f.add_text(name);
       const int64_t size = st.st_size, mtime = st.st_mtim.tv_sec, nsec = st.st_mtim.tv_nsec;
-      mix(&size, sizeof(size));
-      mix(&mtime, sizeof(mtime));
-      mix(&nsec, sizeof(nsec));
+      f.add(&size, sizeof(size));
+      f.add(&mtime, sizeof(mtime));
+      f.add(&nsec, sizeof(nsec));
     }
   }
   return f.hex();
