@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include <set>
+
 namespace moeprune {
 
 std::map<int64_t, MoELayerEntry> MoEView::layer_map() const {
@@ -11,6 +13,35 @@ std::map<int64_t, MoELayerEntry> MoEView::layer_map() const {
     TORCH_CHECK(out.emplace(key, std::move(entry)).second, "MoE view: two layers share the key ",
                 key);
   }
+  return out;
+}
+
+void MoEView::walk_layers(const std::vector<int64_t>& keys, bool with_inputs,
+                          const LayerVisitor& visit) const {
+  std::set<int64_t> wanted;
+  for (const auto& entry : select_layers(layers(), keys)) {
+    wanted.insert(entry.key);
+  }
+  walk(with_inputs, [&](const MoELayerEntry& entry, const LayerCalls& calls) {
+    if (wanted.count(entry.key) > 0) {
+      visit(entry, calls);
+    }
+  });
+}
+
+std::vector<MoELayerEntry> select_layers(const std::vector<MoELayerEntry>& layers,
+                                         const std::vector<int64_t>& keys) {
+  std::set<int64_t> wanted;
+  for (const auto key : keys) {
+    TORCH_CHECK(wanted.insert(key).second, "MoE view: layer ", key, " is asked for twice");
+  }
+  std::vector<MoELayerEntry> out;
+  for (const auto& entry : layers) {
+    if (wanted.erase(entry.key) > 0) {
+      out.push_back(entry);
+    }
+  }
+  TORCH_CHECK(wanted.empty(), "MoE view: the model has no MoE layer keyed ", *wanted.begin());
   return out;
 }
 

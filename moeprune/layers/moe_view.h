@@ -51,6 +51,12 @@ class MoEView {
   /// in order, with the calls that reached it; `with_inputs` keeps each call's input tokens.
   /// Throws when the view has no calibration data.
   virtual void walk(bool with_inputs, const LayerVisitor& visit) const = 0;
+  /// walk() visiting only the layers keyed `keys` (in the model's order, each key once). A view
+  /// that captures by layer records nothing of the others, so a caller that walks one layer at a
+  /// time (sequential compression: layer i calibrated on the outputs of the already compressed
+  /// layers before it) holds one layer's inputs. The default walks everything and filters.
+  virtual void walk_layers(const std::vector<int64_t>& keys, bool with_inputs,
+                           const LayerVisitor& visit) const;
   /// The architecture a plan made on this view fits (JSON text; empty: not recorded).
   virtual std::string signature() const { return {}; }
 
@@ -81,6 +87,11 @@ class MoECapture {
 void walk_by_capture(torch::nn::Module& model, const std::vector<MoELayerEntry>& layers,
                      bool with_inputs, const std::function<void()>& run_forward_passes,
                      const LayerVisitor& visit);
+
+/// The entries of `layers` keyed `keys`, in the order of `layers`; an error names a key that is
+/// not there or comes twice.
+std::vector<MoELayerEntry> select_layers(const std::vector<MoELayerEntry>& layers,
+                                         const std::vector<int64_t>& keys);
 
 /// Calibration tokens fed to MoE layers directly: calls `visit(key, tokens)` with input tokens
 /// [..., d] of the layer keyed `key`, once or more per layer.

@@ -22,10 +22,19 @@ std::vector<MoELayerEntry> CausalLMMoEView::layers() const {
 }
 
 void CausalLMMoEView::walk(bool with_inputs, const LayerVisitor& visit) const {
+  std::vector<int64_t> keys;
+  for (const auto& entry : layers()) {
+    keys.push_back(entry.key);
+  }
+  walk_layers(keys, with_inputs, visit);
+}
+
+void CausalLMMoEView::walk_layers(const std::vector<int64_t>& keys, bool with_inputs,
+                                  const LayerVisitor& visit) const {
   TORCH_CHECK(has_calibration(), "CausalLMMoEView: no calibration tokens to walk");
   auto model = model_;
   walk_by_capture(
-      *model, layers(), with_inputs,
+      *model, select_layers(layers(), keys), with_inputs,
       [&] { tokens_([&](const torch::Tensor& batch) { model->hidden_states(batch); }); }, visit);
 }
 

@@ -20,10 +20,19 @@ std::vector<MoELayerEntry> SwitchMoEView::layers() const {
 }
 
 void SwitchMoEView::walk(bool with_inputs, const LayerVisitor& visit) const {
+  std::vector<int64_t> keys;
+  for (const auto& entry : layers()) {
+    keys.push_back(entry.key);
+  }
+  walk_layers(keys, with_inputs, visit);
+}
+
+void SwitchMoEView::walk_layers(const std::vector<int64_t>& keys, bool with_inputs,
+                                const LayerVisitor& visit) const {
   TORCH_CHECK(has_calibration(), "SwitchMoEView: no calibration batches to walk");
   auto model = model_;
   walk_by_capture(
-      *model, layers(), with_inputs,
+      *model, select_layers(layers(), keys), with_inputs,
       [&] {
         batches_([&](const Seq2SeqBatch& batch) {
           const auto memory = model->encode(batch.input_ids, batch.attention_mask);

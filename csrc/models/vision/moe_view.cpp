@@ -19,10 +19,19 @@ std::vector<MoELayerEntry> VisionTransformerMoEView::layers() const {
 }
 
 void VisionTransformerMoEView::walk(bool with_inputs, const LayerVisitor& visit) const {
+  std::vector<int64_t> keys;
+  for (const auto& entry : layers()) {
+    keys.push_back(entry.key);
+  }
+  walk_layers(keys, with_inputs, visit);
+}
+
+void VisionTransformerMoEView::walk_layers(const std::vector<int64_t>& keys, bool with_inputs,
+                                           const LayerVisitor& visit) const {
   TORCH_CHECK(has_calibration(), "VisionTransformerMoEView: no calibration images to walk");
   auto model = model_;
   walk_by_capture(
-      *model, layers(), with_inputs,
+      *model, select_layers(layers(), keys), with_inputs,
       [&] { images_([&](const torch::Tensor& batch) { model->forward(batch); }); }, visit);
 }
 

@@ -24,6 +24,9 @@ class CausalLMMoEView : public MoEView {
   std::vector<MoELayerEntry> layers() const override;
   bool has_calibration() const override { return static_cast<bool>(tokens_); }
   void walk(bool with_inputs, const LayerVisitor& visit) const override;
+  /// Runs the whole model, capturing only the layers keyed `keys`.
+  void walk_layers(const std::vector<int64_t>& keys, bool with_inputs,
+                   const LayerVisitor& visit) const override;
   /// The architecture: model_type, sizes and which layers are MoE.
   std::string signature() const override;
 

@@ -32,6 +32,9 @@ class SwitchMoEView : public MoEView {
   std::vector<MoELayerEntry> layers() const override;
   bool has_calibration() const override { return static_cast<bool>(batches_); }
   void walk(bool with_inputs, const LayerVisitor& visit) const override;
+  /// Runs the whole model, capturing only the layers keyed `keys`.
+  void walk_layers(const std::vector<int64_t>& keys, bool with_inputs,
+                   const LayerVisitor& visit) const override;
   /// model_type, sizes and the sparse blocks.
   std::string signature() const override;
 

@@ -20,6 +20,9 @@ class VisionTransformerMoEView : public MoEView {
   std::vector<MoELayerEntry> layers() const override;
   bool has_calibration() const override { return static_cast<bool>(images_); }
   void walk(bool with_inputs, const LayerVisitor& visit) const override;
+  /// Runs the whole model, capturing only the layers keyed `keys`.
+  void walk_layers(const std::vector<int64_t>& keys, bool with_inputs,
+                   const LayerVisitor& visit) const override;
   /// The options JSON without the head's class count and the capacity factor, which may change
   /// between pre-training, fine-tuning and pruning.
   std::string signature() const override;
