@@ -3,10 +3,12 @@
 // Everything moeprune offers, in one include.
 #include <moeprune/compression/expert_alignment.h>
 #include <moeprune/compression/expert_drop.h>
+#include <moeprune/compression/expert_sparsity.h>
 #include <moeprune/compression/linear_assignment.h>
 #include <moeprune/compression/low_rank.h>
 #include <moeprune/compression/merging.h>
 #include <moeprune/compression/residual_similarity.h>
+#include <moeprune/compression/weight_sparsity.h>
 #include <moeprune/distributed/expert_parallel.h>
 #include <moeprune/distributed/process_group.h>
 #include <moeprune/hf/checkpoint.h>

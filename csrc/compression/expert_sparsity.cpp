@@ -1,0 +1,296 @@
+#include <moeprune/compression/expert_sparsity.h>
+
+#include "layers/activation.h"
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <limits>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace moeprune::compression {
+namespace expert_sparsity_detail {
+
+// The calibration tokens of one layer, and for each bank expert the rows of them it serves.
+struct LayerTokensByExpert {
+  torch::Tensor tokens;                   // [T, d], every call's input in order
+  std::vector<torch::Tensor> token_ids;   // per bank expert: [n] int64 into `tokens`
+  std::vector<torch::Tensor> gate_value;  // per bank expert: [n] its combine weights
+};
+
+LayerTokensByExpert tokens_by_expert(const LayerCalls& calls, int64_t num_held) {
+  LayerTokensByExpert out;
+  std::vector<torch::Tensor> inputs;
+  std::vector<std::vector<torch::Tensor>> ids(static_cast<size_t>(num_held));
+  std::vector<std::vector<torch::Tensor>> gates(static_cast<size_t>(num_held));
+  int64_t first = 0;
+  for (const auto& call : calls) {
+    const auto& plan = call.plan;
+    TORCH_CHECK(call.input.defined(), "sparsify_experts: the walk kept no input tokens");
+    TORCH_CHECK(plan.num_bank_experts() == num_held, "sparsify_experts: a routing plan names ",
+                plan.num_bank_experts(), " bank experts, the bank holds ", num_held);
+    const auto x = call.input.reshape({-1, call.input.size(-1)});
+    const int64_t K = plan.slots_per_token();
+    const auto offsets = plan.expert_offsets.cpu();
+    const auto row_slot = plan.row_slot.cpu();
+    const auto weights = plan.combine_weight.detach().reshape({-1}).cpu();
+    const auto o = offsets.accessor<int64_t, 1>();
+    for (int64_t b = 0; b < num_held; ++b) {
+      const auto slots = row_slot.slice(0, o[b], o[b + 1]);
+      const auto real = slots.masked_select(slots.ge(0));
+      ids[static_cast<size_t>(b)].push_back(real.div(K, "floor") + first);
+      gates[static_cast<size_t>(b)].push_back(weights.index_select(0, real));
+    }
+    inputs.push_back(x);
+    first += x.size(0);
+  }
+  out.tokens = torch::cat(inputs);
+  for (int64_t b = 0; b < num_held; ++b) {
+    out.token_ids.push_back(torch::cat(ids[static_cast<size_t>(b)]));
+    out.gate_value.push_back(torch::cat(gates[static_cast<size_t>(b)]));
+  }
+  return out;
+}
+
+// The pruned weight [out, in] of one linear (W in the usual orientation) and what it adds to the
+// layer's relative error (numerator, denominator: tr(dW G dW^T), tr(W G W^T)).
+struct PrunedLinear {
+  torch::Tensor weight;
+  double error = 0.0, reference = 0.0;
+};
+
+PrunedLinear prune_linear(const torch::Tensor& w, const InputStatistics* stats,
+                          const ExpertSparsityOptions& options) {
+  PrunedLinear out;
+  switch (options.method()) {
+    case SparsityMethod::kMagnitude:
+      out.weight = w * magnitude_mask(w, options.pattern()).to(w.scalar_type());
+      break;
+    case SparsityMethod::kWanda:
+      out.weight = w * wanda_mask(w, stats->column_norms(), options.pattern()).to(w.scalar_type());
+      break;
+    case SparsityMethod::kSparseGPT:
+      out.weight = sparsegpt(w, stats->gram(), options.pattern(), options.sparsegpt()).weight;
+      break;
+  }
+  if (stats == nullptr) {
+    out.error = out.reference = std::numeric_limits<double>::quiet_NaN();
+    return out;
+  }
+  const auto before = w.to(torch::kDouble);
+  const auto delta = before - out.weight.to(torch::kDouble);
+  const auto& g = stats->gram();
+  out.error = delta.mm(g).mul(delta).sum().item<double>();
+  out.reference = before.mm(g).mul(before).sum().item<double>();
+  return out;
+}
+
+void check_layer(const MoELayerEntry& entry) {
+  MoELayer layer = entry.layer;
+  TORCH_CHECK(layer->experts()->options.rank() == 0, "sparsify_experts: MoE layer ", entry.name,
+              " is factorised (low rank plus sparse, MC-SMoE); sparsify before factorising");
+  TORCH_CHECK(layer->expert_exchange() == nullptr, "sparsify_experts: MoE layer ", entry.name,
+              " serves its experts over processes; sparsify the whole model before sharding it");
+  TORCH_CHECK(layer->experts()->w1.is_floating_point(), "sparsify_experts: MoE layer ", entry.name,
+              " has ", layer->experts()->w1.scalar_type(), " expert weights");
+}
+
+// Prunes every expert of one layer from its calibration calls (`calls` null: no calibration).
+LayerSparsityReport sparsify_layer(const MoELayerEntry& entry, const LayerCalls* calls,
+                                   const ExpertSparsityOptions& options) {
+  const auto start = std::chrono::steady_clock::now();
+  check_layer(entry);
+  MoELayer layer = entry.layer;
+  auto bank = layer->experts();
+  const int64_t held = bank->num_held();
+  const bool gated = bank->options.kind() == ExpertKind::kGated;
+  const bool bias = bank->options.kind() == ExpertKind::kMlp && bank->options.bias();
+
+  LayerSparsityReport report;
+  report.key = entry.key;
+  report.name = entry.name;
+  report.experts = bank->expert_ids();
+
+  LayerTokensByExpert tokens;
+  const bool calibrated = calls != nullptr;
+  if (calibrated) {
+    TORCH_CHECK(!calls->empty(), "sparsify_experts: no calibration tokens reached MoE layer ",
+                entry.name);
+    tokens = tokens_by_expert(*calls, held);
+    report.layer_tokens = tokens.tokens.size(0);
+  }
+
+  torch::NoGradGuard no_grad;
+  double error = 0.0, reference = 0.0;
+  for (int64_t b = 0; b < held; ++b) {
+    const auto w1 = bank->w1[b].t();  // [F, d]
+    const auto w2 = bank->w2[b].t();  // [d, F]
+    const auto w3 = gated ? bank->w3[b].t() : torch::Tensor();
+    std::optional<InputStatistics> input_stats, hidden_stats;
+    if (calibrated) {
+      const auto& ids = tokens.token_ids[static_cast<size_t>(b)];
+      const int64_t routed = ids.size(0);
+      const bool all = options.calibration() == ExpertCalibration::kAllTokens;
+      const bool fall_back = !all && routed < options.min_tokens();
+      report.routed_tokens.push_back(routed);
+      report.fell_back.push_back(fall_back);
+      const auto x = (all || fall_back)
+                         ? tokens.tokens
+                         : tokens.tokens.index_select(0, ids.to(tokens.tokens.device()));
+      torch::Tensor weight;
+      if (options.router_weighted() && !fall_back) {
+        weight = tokens.gate_value[static_cast<size_t>(b)];
+      }
+      const auto xw = x.to(bank->w1.scalar_type());
+      auto h = xw.mm(bank->w1[b]);
+      if (bias) {
+        h = h + bank->b1[b];
+      }
+      h = detail::activate(h, bank->options.activation());
+      if (gated) {
+        h = h * xw.mm(bank->w3[b]);
+      }
+      input_stats.emplace(x.size(1));
+      input_stats->add(x, weight);
+      hidden_stats.emplace(h.size(1));
+      hidden_stats->add(h, weight);
+    }
+    const auto* in = input_stats ? &*input_stats : nullptr;
+    const auto* hid = hidden_stats ? &*hidden_stats : nullptr;
+    std::vector<std::pair<torch::Tensor, PrunedLinear>> done;
+    done.emplace_back(bank->w1, prune_linear(w1, in, options));
+    if (gated) {
+      done.emplace_back(bank->w3, prune_linear(w3, in, options));
+    }
+    done.emplace_back(bank->w2, prune_linear(w2, hid, options));
+    for (auto& [param, pruned] : done) {
+      param[b].copy_(pruned.weight.t());
+      error += pruned.error;
+      reference += pruned.reference;
+      report.weights += pruned.weight.numel();
+      report.zeros += pruned.weight.numel() - pruned.weight.count_nonzero().item<int64_t>();
+    }
+  }
+  report.relative_error = calibrated ? (reference > 0.0 ? error / reference : 0.0)
+                                     : std::numeric_limits<double>::quiet_NaN();
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return report;
+}
+
+}  // namespace expert_sparsity_detail
+
+SparsityMethod parse_sparsity_method(const std::string& name) {
+  if (name == "magnitude") {
+    return SparsityMethod::kMagnitude;
+  }
+  if (name == "wanda") {
+    return SparsityMethod::kWanda;
+  }
+  if (name == "sparsegpt") {
+    return SparsityMethod::kSparseGPT;
+  }
+  TORCH_CHECK(false, "unknown sparsity method '", name, "': magnitude, wanda or sparsegpt");
+}
+
+std::string to_string(SparsityMethod method) {
+  switch (method) {
+    case SparsityMethod::kMagnitude:
+      return "magnitude";
+    case SparsityMethod::kWanda:
+      return "wanda";
+    case SparsityMethod::kSparseGPT:
+      return "sparsegpt";
+  }
+  TORCH_CHECK(false, "unknown sparsity method");
+}
+
+ExpertCalibration parse_expert_calibration(const std::string& name) {
+  if (name == "routed") {
+    return ExpertCalibration::kRouted;
+  }
+  if (name == "all") {
+    return ExpertCalibration::kAllTokens;
+  }
+  TORCH_CHECK(false, "unknown expert calibration '", name, "': routed or all");
+}
+
+std::string to_string(ExpertCalibration calibration) {
+  return calibration == ExpertCalibration::kRouted ? "routed" : "all";
+}
+
+void check_sparsity_options(const ExpertSparsityOptions& options) {
+  // Builds the pattern again so its checks run (a default-constructed one is 0% sparse).
+  const auto& p = options.pattern();
+  if (p.is_n_of_m()) {
+    SparsityPattern::n_of_m(p.n, p.m);
+  } else {
+    SparsityPattern::unstructured(p.ratio);
+  }
+  TORCH_CHECK(options.min_tokens() >= 1, "sparsify_experts: min_tokens should be at least 1, got ",
+              options.min_tokens());
+  TORCH_CHECK(
+      !(options.router_weighted() && options.calibration() == ExpertCalibration::kAllTokens),
+      "sparsify_experts: router weighting needs routed calibration (every token through "
+      "every expert has no routed weight for most of them)");
+}
+
+LayerSparsityReport sparsify_moe_layer(const MoELayerEntry& layer, const LayerCalls* calls,
+                                       const ExpertSparsityOptions& options) {
+  check_sparsity_options(options);
+  TORCH_CHECK(calls != nullptr || options.method() == SparsityMethod::kMagnitude,
+              "sparsify_experts: ", to_string(options.method()), " needs calibration data for ",
+              layer.name);
+  return expert_sparsity_detail::sparsify_layer(layer, calls, options);
+}
+
+std::vector<LayerSparsityReport> sparsify_experts(const MoEView& view,
+                                                  const ExpertSparsityOptions& options,
+                                                  const LayerSparsityCallback& on_layer) {
+  using expert_sparsity_detail::sparsify_layer;
+  check_sparsity_options(options);
+  const bool needs_data = options.method() != SparsityMethod::kMagnitude;
+  TORCH_CHECK(!needs_data || view.has_calibration(),
+              "sparsify_experts: ", to_string(options.method()),
+              " needs calibration data and the MoE view has none");
+
+  std::vector<MoELayerEntry> layers = view.layers();
+  TORCH_CHECK(!layers.empty(), "sparsify_experts: the model has no MoE layers");
+  if (!options.layers().empty()) {
+    layers = select_layers(layers, options.layers());
+  }
+  for (const auto& entry : layers) {
+    expert_sparsity_detail::check_layer(entry);
+  }
+  std::vector<int64_t> keys;
+  for (const auto& entry : layers) {
+    keys.push_back(entry.key);
+  }
+
+  std::vector<LayerSparsityReport> reports;
+  const auto visit = [&](const MoELayerEntry& entry, const LayerCalls& calls) {
+    reports.push_back(sparsify_layer(entry, &calls, options));
+    if (on_layer) {
+      on_layer(reports.back());
+    }
+  };
+  if (!view.has_calibration()) {
+    for (const auto& entry : layers) {
+      reports.push_back(sparsify_layer(entry, nullptr, options));
+      if (on_layer) {
+        on_layer(reports.back());
+      }
+    }
+  } else if (options.sequential()) {
+    for (const auto key : keys) {
+      view.walk_layers({key}, /*with_inputs=*/true, visit);
+    }
+  } else {
+    view.walk_layers(keys, /*with_inputs=*/true, visit);
+  }
+  return reports;
+}
+
+}  // namespace moeprune::compression
