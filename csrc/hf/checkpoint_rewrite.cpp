@@ -67,6 +67,9 @@ TensorPlan plan_layer_tensor(const std::string& name, const safetensors::File& f
     }
     const auto rest = name.substr(stem.size());
     const int64_t j = std::stoll(rest.substr(0, rest.find('.')));
+    if (layer.front[static_cast<size_t>(j)] < 0) {
+      return p;  // an expert the layer does not hold (zeroed by pruning): copied
+    }
     const auto own = family.expert_tensors(ref, j);
     const auto at = std::find(own.begin(), own.end(), name) - own.begin();
     TORCH_CHECK(at < static_cast<std::ptrdiff_t>(own.size()), name,
@@ -189,6 +192,13 @@ void keep_dropped_mlp_layers(const nlohmann::ordered_json& config, nlohmann::ord
   if (config.contains("moeprune") && config["moeprune"].is_object() &&
       config["moeprune"].contains("dropped_mlp_layers")) {
     record["dropped_mlp_layers"] = config["moeprune"]["dropped_mlp_layers"];
+  }
+}
+
+void keep_sparsity_record(const nlohmann::ordered_json& config, nlohmann::ordered_json& record) {
+  if (config.contains("moeprune") && config["moeprune"].is_object() &&
+      config["moeprune"].contains("sparsity")) {
+    record["sparsity"] = config["moeprune"]["sparsity"];
   }
 }
 

@@ -14,8 +14,8 @@
 namespace moeprune::hf::detail {
 
 // What happens to one MoE layer of the source: pruned experts (`gone`, dropped or zeroed), or,
-// when `merged` is set, every expert j written with the weights of its group's first expert
-// front[j] as the file `merged` holds them.
+// when `merged` is set, every expert j written with the weights of expert front[j] as the file
+// `merged` holds them (its group's first expert; j itself for a sparsified expert; -1: copied).
 struct PrunedLayer {
   const MoELayerRef* ref = nullptr;
   std::vector<int64_t> gone;  // pruned expert ids, increasing
@@ -35,5 +35,9 @@ WriteReport write_folder(const Source& source, const std::map<std::string, Prune
 /// Carries a Layer-Dropped source's "dropped_mlp_layers" (lm::save_causal_lm) into `record`, so
 /// its zero MoE blocks stay dropped on reload.
 void keep_dropped_mlp_layers(const nlohmann::ordered_json& config, nlohmann::ordered_json& record);
+
+/// Carries the source's "sparsity" list (write_sparsified_checkpoint) into `record`: pruning
+/// experts out keeps the others' zeros (merging averages them away, so it does not carry it).
+void keep_sparsity_record(const nlohmann::ordered_json& config, nlohmann::ordered_json& record);
 
 }  // namespace moeprune::hf::detail

@@ -116,6 +116,7 @@ std::string pruned_config(const Source& source, const ModelInfo& info,
     record["layer_states"] = states;
   }
   detail::keep_dropped_mlp_layers(config, record);
+  detail::keep_sparsity_record(config, record);
   config["moeprune"] = record;
   return config.dump(2) + "\n";
 }

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -89,5 +90,18 @@ WriteReport write_merged_checkpoint(const Source& source,
                                     const std::map<int64_t, MergedLayer>& merged,
                                     const std::string& out, const std::string& method = "m-smoe",
                                     const WriteOptions& options = {});
+
+/// Writes `source` with the expert tensors of the MoE layers in `experts` replaced: keyed by
+/// MoELayerRef::index, each value a safetensors file holding every expert the layer's bank holds
+/// (a merged layer: each group's first member) under the checkpoint's names, dtype and [out, in]
+/// layout. A merged group's other members get their first member's tensors; experts the bank
+/// does not hold (zeroed by pruning) and every other tensor are copied byte for byte.
+/// config.json keeps the source's "moeprune" section and appends `record` (a JSON object: what
+/// was done) to its "sparsity" list. Per-expert layouts only. Written like
+/// write_pruned_checkpoint: streamed, into a temporary folder renamed at the end.
+WriteReport write_sparsified_checkpoint(const Source& source,
+                                        const std::map<int64_t, std::string>& experts,
+                                        const std::string& out, const std::string& record,
+                                        const WriteOptions& options = {});
 
 }  // namespace moeprune::hf

@@ -64,6 +64,18 @@ std::vector<torch::Tensor> streamed_hidden_states(
     const CheckpointLayers& checkpoint, const std::vector<torch::Tensor>& batches,
     const StreamOptions& options, const LayerHook& hook,
     const std::function<void(int64_t, int64_t)>& progress) {
+  detail::ProbingLayerHook probing;
+  if (hook) {
+    probing = [&hook](int64_t index, DecoderLayer& layer, const std::function<void()>& run,
+                      const std::function<void()>& /*probe*/) { hook(index, layer, run); };
+  }
+  return detail::streamed_hidden_states_probing(checkpoint, batches, options, probing, progress);
+}
+
+std::vector<torch::Tensor> detail::streamed_hidden_states_probing(
+    const CheckpointLayers& checkpoint, const std::vector<torch::Tensor>& batches,
+    const StreamOptions& options, const ProbingLayerHook& hook,
+    const std::function<void(int64_t, int64_t)>& progress) {
   torch::NoGradGuard no_grad;
   const auto& o = checkpoint.options();
   for (const auto& b : batches) {
@@ -110,8 +122,14 @@ std::vector<torch::Tensor> streamed_hidden_states(
         h.copy_(layer->forward(h, angles.at(h.size(1))).hidden);
       }
     };
+    const auto probe = [&] {
+      for (size_t b = 0; b < batches.size(); ++b) {
+        const auto h = store.slot(b);
+        layer->forward(h, angles.at(h.size(1)));
+      }
+    };
     if (hook) {
-      hook(i, layer, run);
+      hook(i, layer, run, probe);
     } else {
       run();
     }
@@ -158,8 +176,8 @@ void StreamedCalibration::visit_layers(const hf::Source& source, const hf::LoadO
   const CheckpointLayers model(source, LoadOptions().dtype(dtype_));
   detail::stream_moe_layers(
       model, tokens_, batch_size_, options_,
-      [&](const hf::MoELayerRef& ref, const MoELayerEntry& entry,
-          const std::function<void()>& run) {
+      [&](const hf::MoELayerRef& ref, const MoELayerEntry& entry, const std::function<void()>& run,
+          const std::function<void()>& /*probe*/) {
         MoECapture capture({entry}, with_inputs);
         run();
         visit(ref, entry, capture.calls(ref.index));

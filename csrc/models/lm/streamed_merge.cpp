@@ -2,6 +2,7 @@
 
 #include "io/json.h"
 #include "io/posix_file.h"
+#include "models/lm/scratch_files.h"
 #include "models/lm/streamed_moe_layers.h"
 
 #include <moeprune/hf/checkpoint.h>
@@ -9,7 +10,6 @@
 #include <moeprune/layers/moe_view.h>
 
 #include <torch/torch.h>
-#include <unistd.h>
 #include <nlohmann/json.hpp>
 
 #include <csignal>
@@ -21,29 +21,6 @@
 
 namespace moeprune::lm {
 namespace {
-
-// Scratch files removed however the merge ends.
-class ScratchFiles {
- public:
-  explicit ScratchFiles(std::string dir) : dir_(std::move(dir)) {}
-  ~ScratchFiles() {
-    for (const auto& p : paths_) {
-      std::remove(p.c_str());
-    }
-  }
-  ScratchFiles(const ScratchFiles&) = delete;
-  ScratchFiles& operator=(const ScratchFiles&) = delete;
-  std::string next(int64_t index) {
-    paths_.push_back(dir_ + "/moeprune-merged-" + std::to_string(::getpid()) + "-" +
-                     std::to_string(index) + ".safetensors");
-    std::remove(paths_.back().c_str());  // a leftover of a killed run with the same pid
-    return paths_.back();
-  }
-
- private:
-  std::string dir_;
-  std::vector<std::string> paths_;
-};
 
 // A resumable run's files in the journal's folder, one per MoE layer (hf::MoELayerRef::index).
 std::string usage_path(const StreamJournal& journal, int64_t index) {
@@ -89,8 +66,8 @@ compression::ExpertUsage streamed_expert_usage(
   }
   detail::stream_moe_layers(
       checkpoint, calibration, batch_size, options,
-      [&](const hf::MoELayerRef& ref, const MoELayerEntry& entry,
-          const std::function<void()>& run) {
+      [&](const hf::MoELayerRef& ref, const MoELayerEntry& entry, const std::function<void()>& run,
+          const std::function<void()>& /*probe*/) {
         MoECapture capture({entry}, /*with_inputs=*/false);
         run();
         compression::add_expert_usage(usage, entry, capture.calls(ref.index));
@@ -132,7 +109,7 @@ MergeCheckpointResult merge_checkpoint(const CheckpointLayers& checkpoint,
   MergeCheckpointResult result;
   result.usage = usage;
   std::map<int64_t, hf::MergedLayer> merged;
-  ScratchFiles scratch(options.scratch_dir());
+  detail::ScratchFiles scratch(options.scratch_dir(), "merged");
   const auto total = static_cast<int64_t>(info.layers.size());
   const auto& journal = options.journal();
   int64_t in_journal = 0;

@@ -17,10 +17,24 @@
 
 namespace moeprune::lm::detail {
 
-/// Called for each MoE layer with its checkpoint reference, the layer as a view entry, and `run`
-/// (which pushes every batch through the decoder layer; call it exactly once).
-using MoELayerPass = std::function<void(const hf::MoELayerRef& ref, const MoELayerEntry& entry,
-                                        const std::function<void()>& run)>;
+/// streamed_hidden_states (streamed.h) whose hook also gets `probe`, which pushes every batch
+/// through the decoder layer and discards the outputs (the layer's inputs stay): a hook may
+/// probe any number of times (e.g. under a MoECapture, then change the layer) before it calls
+/// run() exactly once.
+using ProbingLayerHook =
+    std::function<void(int64_t index, DecoderLayer& layer, const std::function<void()>& run,
+                       const std::function<void()>& probe)>;
+std::vector<torch::Tensor> streamed_hidden_states_probing(
+    const CheckpointLayers& checkpoint, const std::vector<torch::Tensor>& batches,
+    const StreamOptions& options, const ProbingLayerHook& hook,
+    const std::function<void(int64_t, int64_t)>& progress = {});
+
+/// Called for each MoE layer with its checkpoint reference, the layer as a view entry, `run`
+/// (which pushes every batch through the decoder layer; call it exactly once) and `probe` (as
+/// ProbingLayerHook's).
+using MoELayerPass =
+    std::function<void(const hf::MoELayerRef& ref, const MoELayerEntry& entry,
+                       const std::function<void()>& run, const std::function<void()>& probe)>;
 
 /// Streams `calibration` through `checkpoint`, `batch_size` sequences per forward, calling
 /// `pass` at each MoE layer (other layers just run). `what` names the caller in errors.
@@ -37,15 +51,16 @@ inline void stream_moe_layers(const CheckpointLayers& checkpoint, const torch::T
   }
   std::map<int64_t, const hf::MoELayerRef*> by_decoder_layer;
   for (const auto& ref : checkpoint.info().layers) by_decoder_layer[ref.decoder_layer] = &ref;
-  streamed_hidden_states(
+  streamed_hidden_states_probing(
       checkpoint, batches, options,
-      [&](int64_t index, DecoderLayer& layer, const std::function<void()>& run) {
+      [&](int64_t index, DecoderLayer& layer, const std::function<void()>& run,
+          const std::function<void()>& probe) {
         if (!layer->is_moe()) {
           run();
           return;
         }
         const auto& ref = *by_decoder_layer.at(index);
-        pass(ref, MoELayerEntry{ref.index, ref.prefix, layer->moe_block->moe}, run);
+        pass(ref, MoELayerEntry{ref.index, ref.prefix, layer->moe_block->moe}, run, probe);
       });
 }
 

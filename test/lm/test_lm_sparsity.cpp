@@ -1,0 +1,135 @@
+// Sparsity inside the experts of a checkpoint, streamed (models/lm/streamed_sparsity.h), against
+// the same method run on the model loaded whole through its MoE view
+// (compression/expert_sparsity.h, itself checked against naive loops in test_expert_sparsity):
+// the written checkpoint, reloaded, must hold the in-memory result's expert weights bit for bit
+// and give its logits.
+#include "lm_test_helpers.h"
+
+#include <moeprune/compression/expert_sparsity.h>
+#include <moeprune/models/lm/checkpoint.h>
+#include <moeprune/models/lm/moe_view.h>
+#include <moeprune/models/lm/streamed_sparsity.h>
+
+#include <torch/torch.h>
+#include <catch2/catch.hpp>
+
+#include <string>
+
+namespace lm_sparsity_test {
+
+namespace lm = moeprune::lm;
+namespace cm = moeprune::compression;
+
+// The MoE layer of decoder layer `index`.
+moeprune::MoELayer moe_layer(const lm::CausalLM& model, int64_t index) {
+  for (const auto& [i, layer] : model->moe_layers()) {
+    if (i == index) return layer;
+  }
+  FAIL("no MoE layer in decoder layer " << index);
+  return nullptr;
+}
+
+torch::Tensor calibration_tokens(int64_t vocab) {
+  auto gen = at::detail::createCPUGenerator(7);
+  return torch::randint(vocab, {6, 12}, gen, torch::kLong);
+}
+
+TEST_CASE("a streamed sparsify of a checkpoint equals the in-memory one", "[lm][sparsity]") {
+  // Mixtral (every layer MoE), Qwen2-MoE (a shared expert beside the routed ones, left dense),
+  // DeepSeek (a dense first layer: MoE keys differ from decoder-layer keys).
+  for (const std::string family : {"mixtral", "qwen2_moe", "deepseek"}) {
+    for (const bool sequential : {true, false}) {
+      for (const auto method : {cm::SparsityMethod::kWanda, cm::SparsityMethod::kSparseGPT}) {
+        INFO(family << " " << cm::to_string(method) << (sequential ? " sequential" : ""));
+        const std::string dir = lm_test::kFixtures + "/" + family;
+        auto model = lm::load_causal_lm(dir);
+        const lm::CheckpointLayers checkpoint(dir);
+        const auto calibration = calibration_tokens(model->options.vocab_size());
+        const int64_t batch_size = 4;  // batches of 4 and 2
+        const auto options = cm::ExpertSparsityOptions()
+                                 .method(method)
+                                 .pattern(cm::SparsityPattern::unstructured(0.5))
+                                 .sequential(sequential);
+        auto view = lm::moe_view(model, [&](const auto& visit) {
+          for (int64_t start = 0; start < calibration.size(0); start += batch_size) {
+            visit(calibration.slice(0, start, std::min(start + batch_size, calibration.size(0))));
+          }
+        });
+        const auto in_memory = cm::sparsify_experts(*view, options);
+
+        const auto out = test::scratch_dir() + "/sparse_" + family + "_" + cm::to_string(method) +
+                         (sequential ? "_seq" : "_basic");
+        const auto result = lm::sparsify_checkpoint(
+            checkpoint, calibration, out,
+            lm::SparsifyCheckpointOptions()
+                .sparsity(options)
+                .batch_size(batch_size)
+                .stream(lm::StreamOptions().scratch_dir(test::scratch_dir())));
+        REQUIRE(result.layers.size() == in_memory.size());
+        for (size_t i = 0; i < in_memory.size(); ++i) {
+          CHECK(result.layers[i].routed_tokens == in_memory[i].routed_tokens);
+          CHECK(result.layers[i].zeros == in_memory[i].zeros);
+          CHECK(result.layers[i].relative_error == in_memory[i].relative_error);
+        }
+        auto reloaded = lm::load_causal_lm(out);
+        for (const auto& [index, layer] : reloaded->moe_layers()) {
+          INFO("decoder layer " << index);
+          const auto want = moe_layer(model, index)->experts();
+          CHECK(torch::equal(layer->experts()->w1, want->w1));
+          CHECK(torch::equal(layer->experts()->w2, want->w2));
+          CHECK(torch::equal(layer->experts()->w3, want->w3));
+        }
+        const auto ids = lm_test::input_ids(family);
+        CHECK(lm_test::max_diff(lm_test::logits_of(reloaded, ids),
+                                lm_test::logits_of(model, ids)) == 0.0);
+        const auto config = lm_test::read_json(out + "/config.json");
+        REQUIRE(config["moeprune"]["sparsity"].size() == 1);
+        CHECK(config["moeprune"]["sparsity"][0]["method"] == cm::to_string(method));
+        CHECK(config["moeprune"]["sparsity"][0]["sequential"] == sequential);
+      }
+    }
+  }
+}
+
+TEST_CASE("a streamed sparsify of chosen layers leaves the others as they were", "[lm][sparsity]") {
+  const std::string dir = lm_test::kFixtures + "/mixtral";
+  const lm::CheckpointLayers checkpoint(dir);
+  const auto out = test::scratch_dir() + "/sparse_layer1";
+  const auto result = lm::sparsify_checkpoint(
+      checkpoint, {}, out,
+      lm::SparsifyCheckpointOptions().sparsity(
+          cm::ExpertSparsityOptions().method(cm::SparsityMethod::kMagnitude).layers({1})));
+  REQUIRE(result.layers.size() == 1);
+  auto original = lm::load_causal_lm(dir);
+  auto sparse = lm::load_causal_lm(out);
+  const auto& before = moe_layer(original, 0)->experts();
+  CHECK(torch::equal(moe_layer(sparse, 0)->experts()->w1, before->w1));
+  // Layer 1: every row of every expert linear keeps its larger half by |w|.
+  const auto w = moe_layer(original, 1)->experts()->w2[0].t();
+  const auto kept = moe_layer(sparse, 1)->experts()->w2[0].t().ne(0);
+  const auto half = w.size(1) / 2;
+  const auto threshold = std::get<0>(w.abs().sort(1)).select(1, half - 1).unsqueeze(1);
+  CHECK(torch::equal(kept, w.abs().gt(threshold)));
+}
+
+TEST_CASE("a streamed sparsify refuses bad requests before writing", "[lm][sparsity]") {
+  const lm::CheckpointLayers checkpoint(lm_test::kFixtures + "/mixtral");
+  const auto out = test::scratch_dir() + "/sparse_refused";
+  CHECK_THROWS_WITH(lm::sparsify_checkpoint(checkpoint, {}, out),
+                    Catch::Contains("wanda needs calibration token ids"));
+  CHECK_THROWS_WITH(
+      lm::sparsify_checkpoint(
+          checkpoint, {}, out,
+          lm::SparsifyCheckpointOptions().sparsity(
+              cm::ExpertSparsityOptions().method(cm::SparsityMethod::kMagnitude).layers({5}))),
+      Catch::Contains("MoE layer 5 is asked for"));
+  CHECK_THROWS_WITH(lm::sparsify_checkpoint(checkpoint, {}, out,
+                                            lm::SparsifyCheckpointOptions().sparsity(
+                                                cm::ExpertSparsityOptions()
+                                                    .method(cm::SparsityMethod::kMagnitude)
+                                                    .pattern(cm::SparsityPattern::n_of_m(2, 7)))),
+                    Catch::Contains("whole groups of 7"));
+  CHECK_FALSE(test::path_exists(out));
+}
+
+}  // namespace lm_sparsity_test
