@@ -25,6 +25,7 @@ Runner add_prune(CLI::App& app, const moeprune::pruning::CriterionRegistry& regi
 Runner add_eval(CLI::App& app);
 Runner add_tokenize(CLI::App& app);
 Runner add_merge(CLI::App& app);
+Runner add_sparsify(CLI::App& app);
 
 /// How the experts of a checkpoint are scored: the options `score` and `prune` share.
 struct ScoreArgs {

@@ -6,7 +6,9 @@
 #include <c10/util/Exception.h>
 #include <fmt/core.h>
 
+#include <fstream>
 #include <memory>
+#include <nlohmann/json.hpp>
 
 #include "commands.h"
 
@@ -42,6 +44,24 @@ Runner add_inspect(CLI::App& app) {
                                     : std::string("one file"),
                info.layers.size(), info.num_experts, info.top_k, info.d_model, info.hidden_dim);
     fmt::print("{} tensors, {:.1f} MB\n", checkpoint.names().size(), bytes / 1e6);
+    // What `moeprune sparsify` recorded (config.json "moeprune": {"sparsity": [...]}).
+    // describe() has read config.json already and refused it if it were not JSON.
+    std::ifstream config_file(*dir + "/config.json");
+    const auto config = nlohmann::json::parse(config_file, nullptr, /*allow_exceptions=*/false);
+    if (config.is_object() && config.contains("moeprune") && config["moeprune"].is_object() &&
+        config["moeprune"].contains("sparsity") && config["moeprune"]["sparsity"].is_array()) {
+      for (const auto& r : config["moeprune"]["sparsity"]) {
+        if (!r.is_object()) continue;
+        std::string how;
+        if (r.contains("calibration")) {
+          how = fmt::format(" ({} calibration{}{})", r.value("calibration", std::string("?")),
+                            r.value("router_weighted", false) ? ", router-weighted" : "",
+                            r.value("sequential", true) ? ", sequential" : "");
+        }
+        fmt::print("sparsified: {} {} inside the experts{}\n", r.value("method", std::string("?")),
+                   r.value("pattern", std::string("?")), how);
+      }
+    }
     for (const auto& ref : info.layers) {
       std::string state;
       if (!ref.state.bank.groups.empty()) {

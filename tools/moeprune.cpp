@@ -26,7 +26,8 @@ int main(int argc, char** argv) {
   const auto registry = moeprune::pruning::CriterionRegistry::with_builtins();
   const std::vector<cli::Runner> commands{
       cli::add_inspect(app), cli::add_score(app, registry), cli::add_prune(app, registry),
-      cli::add_eval(app),    cli::add_merge(app),           cli::add_tokenize(app)};
+      cli::add_eval(app),    cli::add_merge(app),           cli::add_sparsify(app),
+      cli::add_tokenize(app)};
   CLI11_PARSE(app, argc, argv);
   try {
     for (const auto& run : commands) {

@@ -1,0 +1,208 @@
+// moeprune sparsify: Wanda, SparseGPT or magnitude pruning inside every expert of a checkpoint
+// (the Unified seed's Expert Slimming). Calibration tokens stream through the model one decoder
+// layer at a time; each expert is pruned on the tokens routed to it (or on all tokens), and the
+// checkpoint is written in its own format with exact zeros, so every tool loads it.
+#include <moeprune/models/lm/streamed_sparsity.h>
+
+#include <fmt/core.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+
+namespace cli {
+namespace {
+
+namespace cm = moeprune::compression;
+
+struct SparsifyArgs {
+  std::string checkpoint, out, json, method = "wanda", sparsity, nm, dtype = "fp32";
+  std::string calibration_mode = "routed", scratch_dir = "/tmp";
+  TokenSource calibration;
+  int64_t samples = 8, seq_len = 512, batch_size = 4, min_tokens = 1;
+  std::vector<int64_t> layers;
+  bool router_weighted = false, not_sequential = false;
+};
+
+cm::SparsityPattern pattern_of(const SparsifyArgs& args) {
+  TORCH_CHECK(args.sparsity.empty() != args.nm.empty(),
+              "give --sparsity F (a fraction of every row, e.g. 0.5) or --nm N:M (e.g. 2:4)");
+  if (!args.nm.empty()) {
+    TORCH_CHECK(args.nm.find(':') != std::string::npos, "--nm ", args.nm, ": give N:M, e.g. 2:4");
+    return cm::SparsityPattern::parse(args.nm);
+  }
+  TORCH_CHECK(args.sparsity.find(':') == std::string::npos, "--sparsity ", args.sparsity,
+              ": give a fraction; N:M patterns go to --nm");
+  return cm::SparsityPattern::parse(args.sparsity);
+}
+
+int run_sparsify(const SparsifyArgs& args) {
+  check_new_folder("--out", args.out);
+  check_result_path("--json", args.json,
+                    {args.checkpoint, args.calibration.path, args.calibration.tokenizer});
+  cm::ExpertSparsityOptions options;
+  options.method(cm::parse_sparsity_method(args.method))
+      .pattern(pattern_of(args))
+      .calibration(cm::parse_expert_calibration(args.calibration_mode))
+      .router_weighted(args.router_weighted)
+      .min_tokens(args.min_tokens)
+      .sequential(!args.not_sequential)
+      .layers(args.layers);
+  const bool magnitude = options.method() == cm::SparsityMethod::kMagnitude;
+  TORCH_CHECK(magnitude || !args.calibration.path.empty(), "--method ", args.method,
+              " needs --calibration (text or token ids)");
+  const auto start = std::chrono::steady_clock::now();
+  const moeprune::lm::CheckpointLayers model(
+      args.checkpoint, moeprune::lm::LoadOptions().dtype(parse_dtype(args.dtype)));
+  torch::Tensor sequences;
+  if (!args.calibration.path.empty()) {
+    const auto stream = read_token_stream(args.calibration, args.checkpoint);
+    sequences = calibration_sequences(stream, args.samples, args.seq_len, args.calibration.path);
+    fmt::print("calibration: {} sequences of {} tokens from {} ({})\n", args.samples, args.seq_len,
+               args.calibration.path,
+               args.calibration_mode == "all" ? "every expert on every token"
+                                              : "each expert on the tokens routed to it");
+  }
+  fmt::print("{} at {} inside the experts of {} MoE layers\n", args.method,
+             options.pattern().describe(),
+             args.layers.empty() ? model.info().layers.size() : args.layers.size());
+
+  // Per layer: the zeros reached, the relative output error on the calibration tokens, the
+  // fewest tokens an expert was routed, and how many experts fell below --min-tokens.
+  fmt::print("{:<36} {:>9} {:>10} {:>11} {:>9} {:>7}\n", "MoE layer", "sparsity", "rel.error",
+             "fewest tok", "fell back", "seconds");
+  nlohmann::json layers = nlohmann::json::array();
+  const auto on_layer = [&](const cm::LayerSparsityReport& r) {
+    int64_t fewest = -1, fell = 0;
+    for (size_t i = 0; i < r.routed_tokens.size(); ++i) {
+      fewest = fewest < 0 ? r.routed_tokens[i] : std::min(fewest, r.routed_tokens[i]);
+      fell += r.fell_back[i] ? 1 : 0;
+    }
+    fmt::print(
+        "{:<36} {:>8.2f}% {:>10} {:>11} {:>9} {:>7.1f}\n", r.name, 100.0 * r.sparsity(),
+        std::isnan(r.relative_error) ? std::string("-") : fmt::format("{:.4f}", r.relative_error),
+        fewest < 0 ? std::string("-") : std::to_string(fewest), fell, r.seconds);
+    std::fflush(stdout);
+    nlohmann::json j{{"index", r.key},
+                     {"prefix", r.name},
+                     {"weights", r.weights},
+                     {"zeros", r.zeros},
+                     {"sparsity", r.sparsity()},
+                     {"experts", r.experts},
+                     {"routed_tokens", r.routed_tokens},
+                     {"fell_back", r.fell_back},
+                     {"layer_tokens", r.layer_tokens},
+                     {"seconds", r.seconds}};
+    // JSON has no NaN: no calibration, no error measured.
+    j["relative_error"] =
+        std::isnan(r.relative_error) ? nlohmann::json() : nlohmann::json(r.relative_error);
+    layers.push_back(std::move(j));
+  };
+  LazyBar write_bar("writing", "MB");
+  const auto write_progress = write_bar.callback();
+  moeprune::hf::WriteOptions wo;
+  wo.progress = [&](uint64_t done, uint64_t total) {
+    write_progress(static_cast<int64_t>(done >> 20), static_cast<int64_t>(total >> 20));
+  };
+  const auto result = moeprune::lm::sparsify_checkpoint(
+      model, sequences, args.out,
+      moeprune::lm::SparsifyCheckpointOptions()
+          .sparsity(options)
+          .batch_size(args.batch_size)
+          .stream(moeprune::lm::StreamOptions().scratch_dir(args.scratch_dir)),
+      wo, on_layer);
+  write_bar.finish();
+  int64_t weights = 0, zeros = 0;
+  for (const auto& r : result.layers) {
+    weights += r.weights;
+    zeros += r.zeros;
+  }
+  const double seconds = seconds_since(start);
+  fmt::print(
+      "wrote {}: {:.1f} MB in {:.1f} s; {:.2f}% of {} expert weights are zero; expert tensors "
+      "rewritten {}, copied {}; peak RSS {:.0f} MB\n",
+      args.out, result.report.bytes_written / 1e6, seconds,
+      weights > 0 ? 100.0 * static_cast<double>(zeros) / static_cast<double>(weights) : 0.0,
+      weights, result.report.tensors_merged, result.report.tensors_copied, peak_rss_mb());
+  if (!args.json.empty()) {
+    nlohmann::json j{{"checkpoint", args.checkpoint},
+                     {"out", args.out},
+                     {"record", nlohmann::json::parse(moeprune::lm::sparsity_record(options))},
+                     {"layers", layers},
+                     {"weights", weights},
+                     {"zeros", zeros},
+                     {"bytes_written", result.report.bytes_written},
+                     {"seconds", seconds},
+                     {"peak_rss_mb", peak_rss_mb()}};
+    if (!args.calibration.path.empty()) {
+      j["calibration"] = {
+          {"path", args.calibration.path}, {"samples", args.samples}, {"seq_len", args.seq_len}};
+    }
+    write_file_atomically(args.json, j.dump(1) + "\n");
+    fmt::print("per-layer figures written to {}\n", args.json);
+  }
+  return 0;
+}
+
+}  // namespace
+
+Runner add_sparsify(CLI::App& app) {
+  auto args = std::make_shared<SparsifyArgs>();
+  auto* command = app.add_subcommand(
+      "sparsify",
+      "Prune weights inside the experts (Wanda, SparseGPT, magnitude; a fraction or N:M) and "
+      "write a new checkpoint folder with exact zeros");
+  command->add_option("checkpoint", args->checkpoint, "Checkpoint folder")->required();
+  command->add_option("--method", args->method, "wanda, sparsegpt or magnitude")
+      ->check(CLI::IsMember({"wanda", "sparsegpt", "magnitude"}))
+      ->capture_default_str();
+  command->add_option("--sparsity", args->sparsity,
+                      "Fraction of every expert row to prune, in (0, 1), e.g. 0.5");
+  command->add_option("--nm", args->nm, "Instead: keep N of every M inputs of a row, e.g. 2:4");
+  command->add_option("--calibration", args->calibration.path,
+                      "Calibration text (UTF-8) or token ids (.ids); not needed for magnitude");
+  command->add_option("--calibration-format", args->calibration.format, "auto, text or ids")
+      ->check(CLI::IsMember({"auto", "text", "ids"}))
+      ->capture_default_str();
+  command->add_option("--tokenizer", args->calibration.tokenizer,
+                      "Tokenizer folder, tokenizer.json or tokenizer.model (default: the "
+                      "checkpoint's)");
+  command->add_option("--samples", args->samples, "Calibration sequences")->capture_default_str();
+  command->add_option("--seq-len", args->seq_len, "Tokens per calibration sequence")
+      ->capture_default_str();
+  command->add_option("--batch-size", args->batch_size, "Sequences per forward pass")
+      ->capture_default_str();
+  command
+      ->add_option("--expert-calibration", args->calibration_mode,
+                   "routed: each expert on the tokens routed to it; all: every expert on every "
+                   "token (expert-balanced)")
+      ->check(CLI::IsMember({"routed", "all"}))
+      ->capture_default_str();
+  command->add_flag("--router-weighted", args->router_weighted,
+                    "Weight each routed token by its router weight for the expert (MoE-Pruner)");
+  command
+      ->add_option("--min-tokens", args->min_tokens,
+                   "An expert routed fewer calibration tokens is calibrated on all of them")
+      ->capture_default_str();
+  command->add_flag("--not-sequential", args->not_sequential,
+                    "Calibrate every layer on the unpruned model (default: each layer on the "
+                    "outputs of the pruned layers before it)");
+  command->add_option("--layers", args->layers, "Only these MoE layers (by index)");
+  command->add_option("--dtype", args->dtype, "fp32 or bf16 (the calibration forward)")
+      ->capture_default_str();
+  command
+      ->add_option("--scratch-dir", args->scratch_dir,
+                   "Folder for spilled activations and the pruned experts")
+      ->capture_default_str();
+  command->add_option("--out", args->out, "Output folder (must not exist)")->required();
+  command->add_option("--json", args->json, "Write the per-layer figures to this file");
+  return [command, args]() -> int {
+    if (!*command) return -1;
+    return run_sparsify(*args);
+  };
+}
+
+}  // namespace cli
