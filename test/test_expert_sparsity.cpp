@@ -172,6 +172,23 @@ TEST_CASE("Wanda in experts: each expert's norms over exactly its routed tokens"
         cm::ExpertSparsityOptions().method(cm::SparsityMethod::kWanda).router_weighted(weighted));
     check_wanda(original, layer, r, /*all=*/false, weighted);
     REQUIRE(reports.size() == 1);
+    // The relative error from the tokens themselves: sum_t g_t ||(W - W') x_t||^2 over every
+    // expert linear, divided by the same for W.
+    double error = 0, reference = 0;
+    for (int64_t e = 0; e < kE; ++e) {
+      const auto n = naive_inputs(r, original, e, false, weighted);
+      const auto add = [&](const torch::Tensor& before, const torch::Tensor& after,
+                           const torch::Tensor& x) {
+        const auto w0 = before.t().to(torch::kDouble), w1 = after.t().to(torch::kDouble);
+        error += (x.mm((w0 - w1).t()).pow(2) * n.weight.unsqueeze(1)).sum().item<double>();
+        reference += (x.mm(w0.t()).pow(2) * n.weight.unsqueeze(1)).sum().item<double>();
+      };
+      add(original->experts()->w1[e], layer->experts()->w1[e], n.x);
+      add(original->experts()->w3[e], layer->experts()->w3[e], n.x);
+      add(original->experts()->w2[e], layer->experts()->w2[e], n.h);
+    }
+    // Computed in fp32 (summed in fp64) by the code: 1e-5 relative.
+    CHECK(reports[0].relative_error == Approx(error / reference).epsilon(1e-5));
     CHECK(reports[0].layer_tokens == kT);
     CHECK(reports[0].routed_tokens == std::vector<int64_t>(kE, kT / 2));
     CHECK(reports[0].zeros == kE * 3 * kF * kD / 2);

@@ -131,10 +131,13 @@ torch::Tensor inputs(int64_t tokens, int64_t in, uint64_t seed) {
 TEST_CASE("InputStatistics sums the (weighted) tokens' outer products") {
   const auto x = inputs(7, 5, 1).to(torch::kFloat);
   const auto w = torch::tensor({0.5, 1.0, 0.0, 2.0, 0.25, 1.0, 3.0}, torch::kDouble);
-  InputStatistics stats(5);
-  stats.add(x.narrow(0, 0, 3), w.narrow(0, 0, 3));
-  stats.add(x.narrow(0, 3, 4), w.narrow(0, 3, 4));
+  InputStatistics stats(5), diagonal(5, /*full=*/false);
+  for (auto* s : {&stats, &diagonal}) {
+    s->add(x.narrow(0, 0, 3), w.narrow(0, 0, 3));
+    s->add(x.narrow(0, 3, 4), w.narrow(0, 3, 4));
+  }
   CHECK(stats.tokens() == 7);
+  CHECK_THROWS_WITH(diagonal.gram(), Catch::Contains("keep the diagonal only"));
   const auto xd = x.to(torch::kDouble);
   for (int64_t a = 0; a < 5; ++a) {
     double norm = 0.0;
@@ -148,9 +151,22 @@ TEST_CASE("InputStatistics sums the (weighted) tokens' outer products") {
     for (int64_t t = 0; t < 7; ++t)
       norm += w[t].item<double>() * std::pow(xd[t][a].item<double>(), 2);
     CHECK(stats.column_norms()[a].item<double>() == Approx(std::sqrt(norm)).epsilon(1e-12));
+    CHECK(diagonal.column_norms()[a].item<double>() == Approx(std::sqrt(norm)).epsilon(1e-12));
   }
   CHECK_THROWS_WITH(stats.add(x.narrow(1, 0, 4)), Catch::Contains("[tokens, 5]"));
   CHECK_THROWS_WITH(stats.add(x, -w), Catch::Contains("finite and >= 0"));
+}
+
+TEST_CASE("ties in a row go by input index, the lower pruned first") {
+  // Half of 8: the 0.5, then three of the five 1s: inputs 0, 1 and 2 (hand-worked).
+  const auto row = torch::tensor({1.0, -1.0, 1.0, 1.0, 2.0, -2.0, 0.5, 1.0}).unsqueeze(0);
+  const auto keep = moeprune::compression::magnitude_mask(row, SparsityPattern::unstructured(0.5));
+  CHECK(torch::equal(
+      keep, torch::tensor({false, false, false, true, true, true, false, true}).unsqueeze(0)));
+  // Every score equal: the first k inputs go.
+  const auto flat = moeprune::compression::magnitude_mask(torch::ones({2, 4}),
+                                                          SparsityPattern::unstructured(0.75));
+  CHECK(torch::equal(flat, torch::tensor({false, false, false, true}).unsqueeze(0).expand({2, 4})));
 }
 
 TEST_CASE("magnitude and Wanda masks keep the largest scores of each row or group") {

@@ -55,14 +55,40 @@ LayerTokensByExpert tokens_by_expert(const LayerCalls& calls, int64_t num_held) 
   return out;
 }
 
+// What one set of inputs (an expert's tokens, or its hidden activations of them) gives the
+// linears they reach: the statistics, SparseGPT's factor of them (computed once for the gate and
+// up projections), and the tokens themselves scaled by sqrt(token weight), kept when there are
+// fewer tokens than inputs (the cheaper way to measure the output error).
+struct Calibration {
+  InputStatistics stats;
+  std::optional<SparseGPTFactor> factor;
+  torch::Tensor scaled;  // [n, in] fp32, or undefined
+
+  Calibration(const torch::Tensor& x, const torch::Tensor& weight,
+              const ExpertSparsityOptions& options)
+      // Wanda and magnitude need the diagonal only; SparseGPT the whole Gram matrix.
+      : stats(x.size(1), options.method() == SparsityMethod::kSparseGPT) {
+    stats.add(x, weight);
+    if (stats.full()) {
+      factor = sparsegpt_factor(stats.gram(), options.sparsegpt());
+    }
+    if (!stats.full() || x.size(0) < x.size(1)) {
+      // fp32 is plenty for a relative error report, and several times faster than fp64.
+      scaled = x.to(torch::kFloat);
+      if (weight.defined()) scaled = scaled * weight.to(torch::kFloat).sqrt().unsqueeze(1);
+    }
+  }
+};
+
 // The pruned weight [out, in] of one linear (W in the usual orientation) and what it adds to the
-// layer's relative error (numerator, denominator: tr(dW G dW^T), tr(W G W^T)).
+// layer's relative error (numerator, denominator: ||(W - W') X^T||^2 and ||W X^T||^2 over the
+// weighted tokens).
 struct PrunedLinear {
   torch::Tensor weight;
   double error = 0.0, reference = 0.0;
 };
 
-PrunedLinear prune_linear(const torch::Tensor& w, const InputStatistics* stats,
+PrunedLinear prune_linear(const torch::Tensor& w, const Calibration* calibration,
                           const ExpertSparsityOptions& options) {
   PrunedLinear out;
   switch (options.method()) {
@@ -70,21 +96,34 @@ PrunedLinear prune_linear(const torch::Tensor& w, const InputStatistics* stats,
       out.weight = w * magnitude_mask(w, options.pattern()).to(w.scalar_type());
       break;
     case SparsityMethod::kWanda:
-      out.weight = w * wanda_mask(w, stats->column_norms(), options.pattern()).to(w.scalar_type());
+      out.weight =
+          w *
+          wanda_mask(w, calibration->stats.column_norms(), options.pattern()).to(w.scalar_type());
       break;
     case SparsityMethod::kSparseGPT:
-      out.weight = sparsegpt(w, stats->gram(), options.pattern(), options.sparsegpt()).weight;
+      out.weight =
+          sparsegpt(w, *calibration->factor, options.pattern(), options.sparsegpt()).weight;
       break;
   }
-  if (stats == nullptr) {
+  if (calibration == nullptr) {
     out.error = out.reference = std::numeric_limits<double>::quiet_NaN();
     return out;
   }
-  const auto before = w.to(torch::kDouble);
-  const auto delta = before - out.weight.to(torch::kDouble);
-  const auto& g = stats->gram();
-  out.error = delta.mm(g).mul(delta).sum().item<double>();
-  out.reference = before.mm(g).mul(before).sum().item<double>();
+  if (calibration->scaled.defined()) {
+    // n x in x out multiply-adds from the tokens (fewer than the Gram matrix's in x in x out when
+    // there are fewer tokens than inputs), summed in fp64.
+    const auto& x = calibration->scaled;
+    const auto before = w.to(torch::kFloat);
+    const auto delta = before - out.weight.to(torch::kFloat);
+    out.error = x.mm(delta.t()).square().sum(torch::kDouble).item<double>();
+    out.reference = x.mm(before.t()).square().sum(torch::kDouble).item<double>();
+  } else {
+    const auto before = w.to(torch::kDouble);
+    const auto delta = before - out.weight.to(torch::kDouble);
+    const auto& g = calibration->stats.gram();
+    out.error = delta.mm(g).mul(delta).sum().item<double>();
+    out.reference = before.mm(g).mul(before).sum().item<double>();
+  }
   return out;
 }
 
@@ -129,7 +168,7 @@ LayerSparsityReport sparsify_layer(const MoELayerEntry& entry, const LayerCalls*
     const auto w1 = bank->w1[b].t();  // [F, d]
     const auto w2 = bank->w2[b].t();  // [d, F]
     const auto w3 = gated ? bank->w3[b].t() : torch::Tensor();
-    std::optional<InputStatistics> input_stats, hidden_stats;
+    std::optional<Calibration> input_calibration, hidden_calibration;
     if (calibrated) {
       const auto& ids = tokens.token_ids[static_cast<size_t>(b)];
       const int64_t routed = ids.size(0);
@@ -144,6 +183,7 @@ LayerSparsityReport sparsify_layer(const MoELayerEntry& entry, const LayerCalls*
       if (options.router_weighted() && !fall_back) {
         weight = tokens.gate_value[static_cast<size_t>(b)];
       }
+      // The expert's hidden activations of these tokens, with its unpruned weights.
       const auto xw = x.to(bank->w1.scalar_type());
       auto h = xw.mm(bank->w1[b]);
       if (bias) {
@@ -153,13 +193,17 @@ LayerSparsityReport sparsify_layer(const MoELayerEntry& entry, const LayerCalls*
       if (gated) {
         h = h * xw.mm(bank->w3[b]);
       }
-      input_stats.emplace(x.size(1));
-      input_stats->add(x, weight);
-      hidden_stats.emplace(h.size(1));
-      hidden_stats->add(h, weight);
+      try {
+        input_calibration.emplace(x, weight, options);
+        hidden_calibration.emplace(h, weight, options);
+      } catch (const c10::Error& e) {
+        TORCH_CHECK(false, "sparsify_experts: MoE layer ", entry.name, ", expert ",
+                    report.experts[static_cast<size_t>(b)], " (", routed, " routed tokens",
+                    fall_back ? ", calibrated on all" : "", "): ", e.what_without_backtrace());
+      }
     }
-    const auto* in = input_stats ? &*input_stats : nullptr;
-    const auto* hid = hidden_stats ? &*hidden_stats : nullptr;
+    const auto* in = input_calibration ? &*input_calibration : nullptr;
+    const auto* hid = hidden_calibration ? &*hidden_calibration : nullptr;
     std::vector<std::pair<torch::Tensor, PrunedLinear>> done;
     done.emplace_back(bank->w1, prune_linear(w1, in, options));
     if (gated) {

@@ -47,9 +47,14 @@ torch::Tensor prune_lowest_per_row(const torch::Tensor& scores, const SparsityPa
   } else {
     // locuslab/wanda: int(W_metric.shape[1] * sparsity_ratio) of each row.
     const auto k = static_cast<int64_t>(static_cast<double>(cols) * pattern.ratio);
-    // std::optional: sort(true, 1) would resolve to sort(dim = 1, descending = true).
-    const auto order = std::get<1>(scores.sort(std::optional<bool>(true), /*dim=*/1));
-    keep.scatter_(1, order.narrow(1, 0, k), false);
+    if (k == 0) return keep;
+    // The first k of a stable ascending sort, without sorting (a row of an expert has thousands
+    // of inputs, and experts hundreds of rows): every score below the row's k-th smallest, then
+    // as many scores equal to it as are still needed, lowest input index first.
+    const auto kth = std::get<0>(scores.kthvalue(k, /*dim=*/1, /*keepdim=*/true));
+    const auto below = scores.lt(kth), tied = scores.eq(kth);
+    const auto needed = k - below.sum(1, /*keepdim=*/true);
+    keep = below.logical_or(tied.logical_and(tied.cumsum(1).le(needed))).logical_not();
   }
   return keep;
 }
@@ -110,9 +115,11 @@ std::string SparsityPattern::describe() const {
   return text;
 }
 
-InputStatistics::InputStatistics(int64_t in_features) {
+InputStatistics::InputStatistics(int64_t in_features, bool full)
+    : in_features_(in_features), full_(full) {
   TORCH_CHECK(in_features >= 1, "InputStatistics: in_features should be >= 1, got ", in_features);
-  gram_ = torch::zeros({in_features, in_features}, torch::kDouble);
+  sums_ = full ? torch::zeros({in_features, in_features}, torch::kDouble)
+               : torch::zeros({in_features}, torch::kDouble);
 }
 
 void InputStatistics::add(const torch::Tensor& x, const torch::Tensor& token_weights) {
@@ -131,12 +138,23 @@ void InputStatistics::add(const torch::Tensor& x, const torch::Tensor& token_wei
     // sum_t w_t x_t x_t^T = (sqrt(w) x)^T (sqrt(w) x).
     xd = xd * w.sqrt().unsqueeze(1);
   }
-  gram_.addmm_(xd.t(), xd);
+  if (full_) {
+    sums_.addmm_(xd.t(), xd);
+  } else {
+    sums_.add_(xd.square().sum(0));
+  }
   tokens_ += x.size(0);
 }
 
+const torch::Tensor& InputStatistics::gram() const {
+  TORCH_CHECK(full_,
+              "InputStatistics: these statistics keep the diagonal only (full = false), "
+              "not the Gram matrix");
+  return sums_;
+}
+
 torch::Tensor InputStatistics::column_norms() const {
-  return gram_.diagonal().clamp_min(0.0).sqrt();
+  return (full_ ? sums_.diagonal() : sums_).clamp_min(0.0).sqrt();
 }
 
 torch::Tensor magnitude_mask(const torch::Tensor& weight, const SparsityPattern& pattern) {
@@ -158,27 +176,29 @@ torch::Tensor wanda_mask(const torch::Tensor& weight, const torch::Tensor& norms
   return weight_sparsity_detail::prune_lowest_per_row(scores, pattern);
 }
 
-SparseGPTResult sparsegpt(const torch::Tensor& weight, const torch::Tensor& gram,
-                          const SparsityPattern& pattern, const SparseGPTOptions& options) {
-  weight_sparsity_detail::check_weight(weight, pattern, "sparsegpt");
-  const int64_t rows = weight.size(0), cols = weight.size(1), bs = options.block_size();
-  TORCH_CHECK(gram.dim() == 2 && gram.size(0) == cols && gram.size(1) == cols,
-              "sparsegpt: the inputs' Gram matrix should be [", cols, ", ", cols, "], got ",
-              gram.sizes());
-  TORCH_CHECK(bs >= 1 && (!pattern.is_n_of_m() || bs % pattern.m == 0),
-              "sparsegpt: block_size should be >= 1 and a multiple of M, got ", bs);
+namespace weight_sparsity_detail {
+
+void check_sparsegpt_options(const SparseGPTOptions& options) {
   TORCH_CHECK(options.percdamp() >= 0.0, "sparsegpt: percdamp should be >= 0, got ",
               options.percdamp());
   const auto type = options.dtype();
   TORCH_CHECK(type == torch::kFloat || type == torch::kDouble,
               "sparsegpt: computes in fp32 or fp64, got ", type);
+}
+
+}  // namespace weight_sparsity_detail
+
+SparseGPTFactor sparsegpt_factor(const torch::Tensor& gram, const SparseGPTOptions& options) {
+  weight_sparsity_detail::check_sparsegpt_options(options);
+  TORCH_CHECK(gram.dim() == 2 && gram.size(0) >= 1 && gram.size(0) == gram.size(1),
+              "sparsegpt: the inputs' Gram matrix should be square, got ", gram.sizes());
+  const int64_t cols = gram.size(0);
   torch::NoGradGuard no_grad;
-  auto W = weight.detach().to(torch::kCPU, type).clone();
-  auto H = gram.detach().to(torch::kCPU, type).clone();
+  auto H = gram.detach().to(torch::kCPU, options.dtype()).clone();
   // Inputs no token reached: pruned, and their Hessian row made harmless (sparsegpt.py "dead").
-  const auto dead = H.diagonal().eq(0);
-  H.diagonal().masked_fill_(dead, 1.0);
-  W.masked_fill_(dead.unsqueeze(0), 0.0);
+  SparseGPTFactor f;
+  f.dead = H.diagonal().eq(0);
+  H.diagonal().masked_fill_(f.dead, 1.0);
   H.diagonal().add_(options.percdamp() * H.diagonal().mean().item<double>());
   // The upper Cholesky factor of H^-1: its row j holds what pruning column j does to the later
   // columns (sparsegpt.py: cholesky, cholesky_inverse, cholesky upper).
@@ -186,9 +206,43 @@ SparseGPTResult sparsegpt(const torch::Tensor& weight, const torch::Tensor& gram
   TORCH_CHECK(info.item<int64_t>() == 0, "sparsegpt: the inputs' Hessian (", cols, " x ", cols,
               ") is not positive definite even with percdamp ", options.percdamp(),
               ": too few calibration tokens, or raise percdamp");
-  const auto U = torch::linalg_cholesky(torch::cholesky_inverse(lower), /*upper=*/true);
+  f.upper = torch::linalg_cholesky(torch::cholesky_inverse(lower), /*upper=*/true);
+  return f;
+}
+
+SparseGPTResult sparsegpt(const torch::Tensor& weight, const torch::Tensor& gram,
+                          const SparsityPattern& pattern, const SparseGPTOptions& options) {
+  weight_sparsity_detail::check_weight(weight, pattern, "sparsegpt");
+  TORCH_CHECK(gram.dim() == 2 && gram.size(0) == weight.size(1) && gram.size(1) == weight.size(1),
+              "sparsegpt: the inputs' Gram matrix should be [", weight.size(1), ", ",
+              weight.size(1), "], got ", gram.sizes());
+  return sparsegpt(weight, sparsegpt_factor(gram, options), pattern, options);
+}
+
+SparseGPTResult sparsegpt(const torch::Tensor& weight, const SparseGPTFactor& factor,
+                          const SparsityPattern& pattern, const SparseGPTOptions& options) {
+  weight_sparsity_detail::check_weight(weight, pattern, "sparsegpt");
+  weight_sparsity_detail::check_sparsegpt_options(options);
+  const int64_t rows = weight.size(0), cols = weight.size(1), bs = options.block_size();
+  TORCH_CHECK(factor.upper.defined() && factor.upper.dim() == 2 && factor.upper.size(0) == cols &&
+                  factor.upper.size(1) == cols && factor.dead.defined() &&
+                  factor.dead.numel() == cols,
+              "sparsegpt: the Hessian factor should be [", cols, ", ", cols,
+              "] (sparsegpt_factor "
+              "of the inputs' Gram matrix)");
+  TORCH_CHECK(bs >= 1 && (!pattern.is_n_of_m() || bs % pattern.m == 0),
+              "sparsegpt: block_size should be >= 1 and a multiple of M, got ", bs);
+  const auto type = options.dtype();
+  torch::NoGradGuard no_grad;
+  auto W = weight.detach().to(torch::kCPU, type).clone();
+  const auto U = factor.upper.to(type);
+  const auto& dead = factor.dead;
+  W.masked_fill_(dead.unsqueeze(0), 0.0);
+  // U's diagonal on the host: one read instead of one per column.
+  const auto diagonal = U.diagonal().to(torch::kDouble).contiguous();
+  const auto* diag = diagonal.data_ptr<double>();
   auto keep = torch::ones({rows, cols}, torch::kBool);
-  double loss = 0.0;
+  auto loss = torch::zeros({}, torch::kDouble);
   for (int64_t i1 = 0; i1 < cols; i1 += bs) {
     const int64_t count = std::min(bs, cols - i1);
     auto W1 = W.narrow(1, i1, count).clone();
@@ -211,11 +265,12 @@ SparseGPTResult sparsegpt(const torch::Tensor& weight, const torch::Tensor& gram
             .scatter_(1, order.narrow(1, 0, pattern.m - pattern.n), true);
       }
       const auto w = W1.select(1, i);
-      const double d = Hinv1[i][i].item<double>();
+      const double d = diag[i1 + i];
       const auto q = w.masked_fill(pruned1.select(1, i), 0.0);
       Q1.select(1, i).copy_(q);
-      loss += (w - q).square().sum().item<double>() / (d * d) / 2.0;
       const auto err = (w - q) / d;
+      // sum (w - q)^2 / d^2 / 2 = sum err^2 / 2
+      loss.add_(err.square().sum(), 0.5);
       W1.narrow(1, i, count - i)
           .sub_(err.unsqueeze(1).mm(Hinv1.select(0, i).narrow(0, i, count - i).unsqueeze(0)));
       Err1.select(1, i).copy_(err);
@@ -228,7 +283,7 @@ SparseGPTResult sparsegpt(const torch::Tensor& weight, const torch::Tensor& gram
     keep.narrow(1, i1, count).copy_(pruned1.logical_not());
   }
   keep.masked_fill_(dead.unsqueeze(0), false);
-  return {W.to(weight.scalar_type()), keep, loss};
+  return {W.to(weight.scalar_type()), keep, loss.item<double>()};
 }
 
 }  // namespace moeprune::compression

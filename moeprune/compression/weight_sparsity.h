@@ -44,20 +44,25 @@ struct SparsityPattern {
 /// weights a token by its router weight for the expert).
 class InputStatistics {
  public:
-  explicit InputStatistics(int64_t in_features);
+  /// `full` = false keeps only the diagonal (sum_t w_t x_tj^2, all Wanda needs): in numbers
+  /// instead of in x in, and T x in work per add instead of T x in x in.
+  explicit InputStatistics(int64_t in_features, bool full = true);
   /// Adds tokens `x` [T, in] (any float dtype), with optional weights [T] (>= 0).
   void add(const torch::Tensor& x, const torch::Tensor& token_weights = {});
 
-  int64_t in_features() const { return gram_.size(0); }
+  int64_t in_features() const { return in_features_; }
+  bool full() const { return full_; }
   /// Tokens added (not weighted).
   int64_t tokens() const { return tokens_; }
-  /// sum_t w_t x_t x_t^T, [in, in] fp64.
-  const torch::Tensor& gram() const { return gram_; }
+  /// sum_t w_t x_t x_t^T, [in, in] fp64; refused for diagonal-only statistics.
+  const torch::Tensor& gram() const;
   /// ||X_j||_2 over the (weighted) tokens, [in] fp64: Wanda's input norms.
   torch::Tensor column_norms() const;
 
  private:
-  torch::Tensor gram_;
+  int64_t in_features_ = 0;
+  bool full_ = true;
+  torch::Tensor sums_;  // [in, in], or [in] when not full
   int64_t tokens_ = 0;
 };
 
@@ -87,6 +92,16 @@ struct SparseGPTResult {
   double loss = 0.0;
 };
 
+/// What SparseGPT derives from the inputs' Gram matrix alone, shared by every weight those inputs
+/// reach (an expert's gate and up projections): the upper Cholesky factor of the damped
+/// Hessian's inverse, [in, in] in options.dtype(), and the inputs no token reached ([in] bool).
+struct SparseGPTFactor {
+  torch::Tensor upper;
+  torch::Tensor dead;
+};
+/// Refuses a Hessian that is not positive definite after damping (too few calibration tokens).
+SparseGPTFactor sparsegpt_factor(const torch::Tensor& gram, const SparseGPTOptions& options = {});
+
 /// SparseGPT on weight [out, in] with the inputs' Gram matrix `gram` [in, in]
 /// (InputStatistics::gram; its scale does not matter). Inputs no token reached (a zero diagonal)
 /// are pruned and take no part. Unstructured masks prune, within each block of columns (all
@@ -94,6 +109,9 @@ struct SparseGPTResult {
 /// k = floor(ratio x the block's size), counting from 0, as the reference does (k + 1 values
 /// without ties); N:M masks prune the M - N smallest of every group of M in each row.
 SparseGPTResult sparsegpt(const torch::Tensor& weight, const torch::Tensor& gram,
+                          const SparsityPattern& pattern, const SparseGPTOptions& options = {});
+/// The same from a factor sparsegpt_factor computed with the same options.
+SparseGPTResult sparsegpt(const torch::Tensor& weight, const SparseGPTFactor& factor,
                           const SparsityPattern& pattern, const SparseGPTOptions& options = {});
 
 }  // namespace moeprune::compression
