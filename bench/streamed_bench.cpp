@@ -1,14 +1,17 @@
-// Data-driven pruning of a checkpoint larger than memory, layer-streamed: REAP scoring on
-// calibration tokens and the pruned write of a Qwen3-30B-A3B-shaped checkpoint, through
-// `moeprune prune --calibration`, with its time per layer and peak resident memory.
+// Data-driven compression of a checkpoint larger than memory, layer-streamed, on a
+// Qwen3-30B-A3B-shaped checkpoint, with the time per layer and peak resident memory:
+// - REAP scoring on calibration tokens and the pruned write (`moeprune prune --calibration`);
+//   results: bench/results/streamed_reap_qwen3_shape.json;
+// - with --sparsify METHOD:PATTERN (e.g. sparsegpt:2:4 wanda:0.5), each a `moeprune sparsify` run
+//   inside the experts instead; results: bench/results/streamed_sparsify_qwen3_shape.json.
 //
 // The checkpoint has Qwen3-30B-A3B's real widths (d 2048, 128 experts of 768, top-8, 32 query /
 // 4 key-value heads of 128, vocabulary 151936) in bf16, with random weights (N(0, 1/fan-in);
 // experts share a few random slabs, which costs the same compute and I/O as distinct ones) and as
-// many decoder layers as the disk allows for it and its pruned copy (--layers to choose). It is
-// written one shard per decoder layer, then the page cache is dropped (when allowed) and the
-// command runs as a child process measured with bench::run. Results:
-// bench/results/streamed_reap_qwen3_shape.json, with the extrapolation to the real 48 layers.
+// many decoder layers as the disk allows for it and its output (--layers to choose). It is
+// written one shard per decoder layer, then the page cache is dropped (when allowed) before each
+// command, which runs as a child process measured with bench::run; the extrapolation to the real
+// 48 layers goes with each result.
 #include "child_process.h"
 #include "machine_info.h"
 
@@ -16,6 +19,7 @@
 #include <moeprune/io/safetensors.h>
 
 #include <fmt/core.h>
+#include <fmt/format.h>
 #include <sys/statvfs.h>
 #include <torch/torch.h>
 #include <CLI/CLI.hpp>
@@ -25,6 +29,7 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -50,6 +55,7 @@ int main(int argc, char** argv) {
   std::string work = "bench-streamed", cli = "build/tools/moeprune",
               json_out = "bench/results/streamed_reap_qwen3_shape.json";
   int64_t layers = 0, samples = 8, seq_len = 512, pruned = 64, slabs = 4;
+  std::vector<std::string> sparsify;
   bool keep = false;
   app.add_option("--work", work, "Scratch folder (removed at the end)")->capture_default_str();
   app.add_option("--cli", cli, "The moeprune command line")->capture_default_str();
@@ -57,9 +63,15 @@ int main(int argc, char** argv) {
   app.add_option("--samples", samples, "Calibration sequences")->capture_default_str();
   app.add_option("--seq-len", seq_len, "Tokens per sequence")->capture_default_str();
   app.add_option("--prune", pruned, "Experts pruned per layer (of 128)")->capture_default_str();
+  app.add_option("--sparsify", sparsify,
+                 "Instead of pruning: `moeprune sparsify` runs, each METHOD:PATTERN "
+                 "(sparsegpt:0.5, wanda:2:4, ...)");
   app.add_option("--json", json_out, "Result file")->capture_default_str();
   app.add_flag("--keep", keep, "Keep the scratch folder");
   CLI11_PARSE(app, argc, argv);
+  if (!sparsify.empty() && app.count("--json") == 0) {
+    json_out = "bench/results/streamed_sparsify_qwen3_shape.json";
+  }
 
   const auto src = work + "/src", out = work + "/pruned";
   if (std::system(("rm -rf '" + work + "' && mkdir -p '" + src + "'").c_str()) != 0) return 1;
@@ -69,9 +81,11 @@ int main(int argc, char** argv) {
   const uint64_t layer_bytes = kExperts * expert_bytes + attention_bytes + kExperts * kHidden * 2;
   const uint64_t fixed_bytes = 2ULL * kVocab * kHidden * 2;  // embedding and LM head
   if (layers == 0) {
-    // The source and its pruned copy (experts kept: 128 - prune), with 3 GB to spare.
+    // The source and its pruned copy (experts kept: 128 - prune) or its sparse copy (as large),
+    // with 3 GB to spare.
     const double per_layer =
-        layer_bytes * (1.0 + static_cast<double>(kExperts - pruned) / kExperts);
+        layer_bytes *
+        (1.0 + (sparsify.empty() ? static_cast<double>(kExperts - pruned) / kExperts : 1.0));
     const double room = static_cast<double>(free_bytes(work)) - 2.0 * fixed_bytes - 3e9;
     layers = std::clamp<int64_t>(static_cast<int64_t>(room / per_layer), 1, kRealLayers);
   }
@@ -166,84 +180,127 @@ int main(int argc, char** argv) {
     for (int64_t i = 0; i < ids.size(0); ++i) f << ids[i].item<int64_t>() << '\n';
   }
 
-  const bool dropped = bench::drop_caches();
-  const auto run = bench::run({cli,
-                               "prune",
-                               "--finetuned",
-                               src,
-                               "--criterion",
-                               "reap",
-                               "--calibration",
-                               work + "/calibration.ids",
-                               "--samples",
-                               std::to_string(samples),
-                               "--seq-len",
-                               std::to_string(seq_len),
-                               "--batch-size",
-                               "4",
-                               "--dtype",
-                               "bf16",
-                               "--experts-per-layer",
-                               std::to_string(pruned),
-                               "--router",
-                               "cut",
-                               "--out",
-                               out});
-  if (run.status != 0) {
-    fmt::print(stderr, "moeprune prune failed (status {})\n", run.status);
-    return 1;
-  }
-  uint64_t written = 0;
-  {
-    moeprune::safetensors::Checkpoint pruned_checkpoint(out);
-    for (const auto& shard : pruned_checkpoint.shard_files()) {
-      written += pruned_checkpoint.file(shard).file_size();
-    }
-  }
-  const double per_layer = run.seconds / static_cast<double>(layers);
   const double checkpoint_gb = (fixed_bytes + layers * layer_bytes) / 1e9;
   const double real_gb = (fixed_bytes + kRealLayers * layer_bytes) / 1e9;
-  nlohmann::json j{
-      {"benchmark", "moeprune prune --criterion reap --calibration (layer-streamed)"},
-      {"machine", bench::machine_info()},
-      {"model",
-       {{"shape", "Qwen3-30B-A3B"},
-        {"d_model", kHidden},
-        {"experts", kExperts},
-        {"expert_width", kExpertWidth},
-        {"top_k", kTopK},
-        {"heads", kHeads},
-        {"kv_heads", kKvHeads},
-        {"vocab", kVocab},
-        {"dtype", "bf16"},
-        {"layers", layers},
-        {"checkpoint_gb", checkpoint_gb}}},
-      {"calibration_tokens", samples * seq_len},
-      {"samples", samples},
-      {"seq_len", seq_len},
-      {"experts_pruned_per_layer", pruned},
-      {"page_cache_dropped", dropped},
-      {"write_source_seconds", make_seconds},
-      {"prune_seconds", run.seconds},
-      {"seconds_per_layer", per_layer},
-      {"peak_rss_mb", run.peak_rss_mb},
-      {"pruned_gb_written", written / 1e9},
-      {"extrapolated_48_layers",
-       {{"checkpoint_gb", real_gb},
-        {"prune_minutes", per_layer * kRealLayers / 60.0},
-        {"note",
-         "time grows with the layers; peak memory is one layer plus the activations, "
-         "so it does not"}}},
-      {"peer",
-       {{"what", "loading the model whole, as REAP's observer and llm-compressor do"},
-        {"weights_gb_bf16", real_gb},
-        {"note", "the bf16 weights alone, before activations; REAP runs on GPUs holding them"}}}};
+  const nlohmann::json model{{"shape", "Qwen3-30B-A3B"},
+                             {"d_model", kHidden},
+                             {"experts", kExperts},
+                             {"expert_width", kExpertWidth},
+                             {"top_k", kTopK},
+                             {"heads", kHeads},
+                             {"kv_heads", kKvHeads},
+                             {"vocab", kVocab},
+                             {"dtype", "bf16"},
+                             {"layers", layers},
+                             {"checkpoint_gb", checkpoint_gb}};
+  // Runs `moeprune ARGS... --out OUT` on the source with a cold page cache: its time, peak RSS
+  // and the bytes it wrote (the output is removed afterwards).
+  struct Measured {
+    bench::RunResult run;
+    bool dropped = false;
+    uint64_t written = 0;
+  };
+  const auto measure = [&](std::vector<std::string> args) -> std::optional<Measured> {
+    Measured m;
+    std::system(("rm -rf '" + out + "'").c_str());
+    m.dropped = bench::drop_caches();
+    args.insert(args.begin(), cli);
+    args.insert(args.end(), {"--calibration", work + "/calibration.ids", "--samples",
+                             std::to_string(samples), "--seq-len", std::to_string(seq_len),
+                             "--batch-size", "4", "--dtype", "bf16", "--out", out});
+    m.run = bench::run(args);
+    if (m.run.status != 0) {
+      fmt::print(stderr, "{} failed (status {})\n", fmt::join(args, " "), m.run.status);
+      return std::nullopt;
+    }
+    moeprune::safetensors::Checkpoint written(out);
+    for (const auto& shard : written.shard_files()) m.written += written.file(shard).file_size();
+    std::system(("rm -rf '" + out + "'").c_str());
+    return m;
+  };
+
+  nlohmann::json j;
+  if (sparsify.empty()) {
+    const auto m = measure({"prune", "--finetuned", src, "--criterion", "reap",
+                            "--experts-per-layer", std::to_string(pruned), "--router", "cut"});
+    if (!m) return 1;
+    const double per_layer = m->run.seconds / static_cast<double>(layers);
+    j = {
+        {"benchmark", "moeprune prune --criterion reap --calibration (layer-streamed)"},
+        {"machine", bench::machine_info()},
+        {"model", model},
+        {"calibration_tokens", samples * seq_len},
+        {"samples", samples},
+        {"seq_len", seq_len},
+        {"experts_pruned_per_layer", pruned},
+        {"page_cache_dropped", m->dropped},
+        {"write_source_seconds", make_seconds},
+        {"prune_seconds", m->run.seconds},
+        {"seconds_per_layer", per_layer},
+        {"peak_rss_mb", m->run.peak_rss_mb},
+        {"pruned_gb_written", m->written / 1e9},
+        {"extrapolated_48_layers",
+         {{"checkpoint_gb", real_gb},
+          {"prune_minutes", per_layer * kRealLayers / 60.0},
+          {"note",
+           "time grows with the layers; peak memory is one layer plus the activations, "
+           "so it does not"}}},
+        {"peer",
+         {{"what", "loading the model whole, as REAP's observer and llm-compressor do"},
+          {"weights_gb_bf16", real_gb},
+          {"note", "the bf16 weights alone, before activations; REAP runs on GPUs holding them"}}}};
+    fmt::print(
+        "{} layers ({:.1f} GB): prune {:.1f} s ({:.1f} s/layer), peak RSS {:.0f} MB, wrote "
+        "{:.1f} GB; 48 layers: ~{:.0f} min at the same peak\n",
+        layers, checkpoint_gb, m->run.seconds, per_layer, m->run.peak_rss_mb, m->written / 1e9,
+        per_layer * kRealLayers / 60.0);
+  } else {
+    nlohmann::json runs = nlohmann::json::array();
+    for (const auto& spec : sparsify) {
+      const auto colon = spec.find(':');
+      if (colon == std::string::npos) {
+        fmt::print(stderr, "--sparsify {}: give METHOD:PATTERN, e.g. sparsegpt:2:4\n", spec);
+        return 2;
+      }
+      const auto method = spec.substr(0, colon), pattern = spec.substr(colon + 1);
+      const bool nm = pattern.find(':') != std::string::npos;
+      const auto m =
+          measure({"sparsify", src, "--method", method, nm ? "--nm" : "--sparsity", pattern});
+      if (!m) return 1;
+      const double per_layer = m->run.seconds / static_cast<double>(layers);
+      runs.push_back({{"method", method},
+                      {"pattern", pattern},
+                      {"page_cache_dropped", m->dropped},
+                      {"seconds", m->run.seconds},
+                      {"seconds_per_layer", per_layer},
+                      {"peak_rss_mb", m->run.peak_rss_mb},
+                      {"gb_written", m->written / 1e9},
+                      {"extrapolated_48_layers_minutes", per_layer * kRealLayers / 60.0}});
+      fmt::print(
+          "{} {} on {} layers ({:.1f} GB): {:.1f} s ({:.1f} s/layer), peak RSS {:.0f} MB; 48 "
+          "layers: ~{:.0f} min at the same peak\n",
+          method, pattern, layers, checkpoint_gb, m->run.seconds, per_layer, m->run.peak_rss_mb,
+          per_layer * kRealLayers / 60.0);
+      std::fflush(stdout);
+    }
+    j = {{"benchmark",
+          "moeprune sparsify inside the experts, each expert calibrated on its routed tokens "
+          "(layer-streamed, sequential)"},
+         {"machine", bench::machine_info()},
+         {"model", model},
+         {"calibration_tokens", samples * seq_len},
+         {"samples", samples},
+         {"seq_len", seq_len},
+         {"write_source_seconds", make_seconds},
+         {"runs", runs},
+         {"note",
+          "time grows with the layers; peak memory is one decoder layer, its captured inputs, "
+          "one expert's Gram matrices and the activations, so it does not"},
+         {"peer",
+          {{"what", "llm-compressor and the Wanda/SparseGPT references load the model whole"},
+           {"weights_gb_bf16", real_gb}}}};
+  }
   moeprune::io::write_file_atomically(json_out, j.dump(2) + "\n");
-  fmt::print(
-      "{} layers ({:.1f} GB): prune {:.1f} s ({:.1f} s/layer), peak RSS {:.0f} MB, wrote "
-      "{:.1f} GB; 48 layers: ~{:.0f} min at the same peak\n",
-      layers, checkpoint_gb, run.seconds, per_layer, run.peak_rss_mb, written / 1e9,
-      per_layer * kRealLayers / 60.0);
   if (!keep && std::system(("rm -rf '" + work + "'").c_str()) != 0) return 1;
   return 0;
 }
