@@ -1,5 +1,7 @@
 #include "cli_common.h"
 
+#include "commands.h"
+
 #include <moeprune/io/fingerprint.h>
 #include <moeprune/text/token_file.h>
 
@@ -183,6 +185,28 @@ torch::Tensor calibration_sequences(const torch::Tensor& stream, int64_t samples
   TORCH_CHECK(stream.size(0) >= need, what, ": ", stream.size(0), " tokens; --samples ", samples,
               " x --seq-len ", seq_len, " needs ", need, " (give more text or fewer samples)");
   return stream.narrow(0, 0, need).view({samples, seq_len}).clone();
+}
+
+CLI::Option* add_calibration_options(CLI::App* command, TokenSource& source, int64_t& samples,
+                                     int64_t& seq_len, int64_t& batch_size,
+                                     const std::string& what) {
+  auto* option = command->add_option(
+      "--calibration", source.path,
+      "Calibration text (UTF-8, tokenized with the checkpoint's tokenizer) or token ids (.ids: "
+      "whitespace-separated), " +
+          what);
+  command->add_option("--calibration-format", source.format, "auto, text or ids")
+      ->check(CLI::IsMember({"auto", "text", "ids"}))
+      ->capture_default_str();
+  command->add_option("--tokenizer", source.tokenizer,
+                      "Tokenizer folder, tokenizer.json or tokenizer.model (default: the "
+                      "checkpoint's)");
+  command->add_option("--samples", samples, "Calibration sequences")->capture_default_str();
+  command->add_option("--seq-len", seq_len, "Tokens per calibration sequence")
+      ->capture_default_str();
+  command->add_option("--batch-size", batch_size, "Sequences per forward pass")
+      ->capture_default_str();
+  return option;
 }
 
 }  // namespace cli

@@ -27,6 +27,13 @@ Runner add_tokenize(CLI::App& app);
 Runner add_merge(CLI::App& app);
 Runner add_sparsify(CLI::App& app);
 
+/// The calibration options score, prune, merge and sparsify share: --calibration (`what` says
+/// what the data is for), --calibration-format, --tokenizer, --samples, --seq-len and
+/// --batch-size. Returns the --calibration option.
+CLI::Option* add_calibration_options(CLI::App* command, TokenSource& source, int64_t& samples,
+                                     int64_t& seq_len, int64_t& batch_size,
+                                     const std::string& what);
+
 /// How the experts of a checkpoint are scored: the options `score` and `prune` share.
 struct ScoreArgs {
   std::string finetuned, pretrained, criterion = "router_norm_change";

@@ -138,21 +138,9 @@ Runner add_merge(CLI::App& app) {
   auto* command = app.add_subcommand(
       "merge", "Merge experts (M-SMoE, frequency-weighted) and write a new checkpoint folder");
   command->add_option("checkpoint", args->checkpoint, "Checkpoint folder")->required();
-  command
-      ->add_option("--calibration", args->calibration.path,
-                   "Calibration text (UTF-8) or token ids (.ids) for the routing usage")
+  add_calibration_options(command, args->calibration, args->samples, args->seq_len,
+                          args->batch_size, "for the routing usage")
       ->required();
-  command->add_option("--calibration-format", args->calibration.format, "auto, text or ids")
-      ->check(CLI::IsMember({"auto", "text", "ids"}))
-      ->capture_default_str();
-  command->add_option("--tokenizer", args->calibration.tokenizer,
-                      "Tokenizer folder, tokenizer.json or tokenizer.model (default: the "
-                      "checkpoint's)");
-  command->add_option("--samples", args->samples, "Calibration sequences")->capture_default_str();
-  command->add_option("--seq-len", args->seq_len, "Tokens per calibration sequence")
-      ->capture_default_str();
-  command->add_option("--batch-size", args->batch_size, "Sequences per forward pass")
-      ->capture_default_str();
   command->add_option("--groups-per-layer", args->groups_per_layer,
                       "Merged experts in every MoE layer");
   command->add_option("--total-groups", args->total_groups,

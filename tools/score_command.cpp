@@ -25,21 +25,10 @@ void ScoreArgs::add_options(CLI::App* command,
                       "Pre-trained checkpoint folder (router_norm_change, "
                       "neuron_magnitude_change)");
   command->add_option("--criterion", criterion, "Criterion: " + names)->capture_default_str();
-  command->add_option("--calibration", calibration.path,
-                      "Calibration text (UTF-8, tokenized with the checkpoint's tokenizer) or "
-                      "token ids (.ids: whitespace-separated), for criteria that need data "
-                      "(importance, frequency, reap); run through the model one layer at a time");
-  command->add_option("--calibration-format", calibration.format, "auto, text or ids")
-      ->check(CLI::IsMember({"auto", "text", "ids"}))
-      ->capture_default_str();
-  command->add_option("--tokenizer", calibration.tokenizer,
-                      "Tokenizer folder, tokenizer.json or tokenizer.model (default: the "
-                      "fine-tuned checkpoint's)");
-  command->add_option("--samples", samples, "Calibration sequences")->capture_default_str();
-  command->add_option("--seq-len", seq_len, "Tokens per calibration sequence")
-      ->capture_default_str();
-  command->add_option("--batch-size", batch_size, "Sequences per forward pass")
-      ->capture_default_str();
+  add_calibration_options(
+      command, calibration, samples, seq_len, batch_size,
+      "for criteria that need data (importance, frequency, reap); run through the model one "
+      "layer at a time");
   command->add_option("--moe-inputs", moe_inputs,
                       "Instead of --calibration, for checkpoints moeprune cannot run whole "
                       "(Switch): safetensors of each MoE layer's input hidden states, one tensor "

@@ -162,19 +162,9 @@ Runner add_sparsify(CLI::App& app) {
   command->add_option("--sparsity", args->sparsity,
                       "Fraction of every expert row to prune, in (0, 1), e.g. 0.5");
   command->add_option("--nm", args->nm, "Instead: keep N of every M inputs of a row, e.g. 2:4");
-  command->add_option("--calibration", args->calibration.path,
-                      "Calibration text (UTF-8) or token ids (.ids); not needed for magnitude");
-  command->add_option("--calibration-format", args->calibration.format, "auto, text or ids")
-      ->check(CLI::IsMember({"auto", "text", "ids"}))
-      ->capture_default_str();
-  command->add_option("--tokenizer", args->calibration.tokenizer,
-                      "Tokenizer folder, tokenizer.json or tokenizer.model (default: the "
-                      "checkpoint's)");
-  command->add_option("--samples", args->samples, "Calibration sequences")->capture_default_str();
-  command->add_option("--seq-len", args->seq_len, "Tokens per calibration sequence")
-      ->capture_default_str();
-  command->add_option("--batch-size", args->batch_size, "Sequences per forward pass")
-      ->capture_default_str();
+  add_calibration_options(command, args->calibration, args->samples, args->seq_len,
+                          args->batch_size,
+                          "for the experts' statistics (not needed for magnitude)");
   command
       ->add_option("--expert-calibration", args->calibration_mode,
                    "routed: each expert on the tokens routed to it; all: every expert on every "
