@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 #include <malloc.h>
+#include <stdlib.h>
 #include <CLI/CLI.hpp>
 
 namespace experiments {
@@ -18,9 +19,19 @@ inline void keep_freed_memory() {
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
 }
 
-/// What every experiment program does first: keep freed memory, and set the torch thread count
-/// (0: torch's default).
+/// Makes MKL's results independent of the thread count (its "strict" conditional numerical
+/// reproducibility), unless MKL_CBWR is set already: on CPUs with AVX-512, MKL's SGEMM splits
+/// its work by thread count and a run with 1 thread and one with 2 trained different bytes
+/// (ctest lm_demo_deterministic, Intel Xeon); with AVX2 (AMD EPYC) they agreed anyway. MKL
+/// reads the variable when it first runs, so this goes before any tensor work.
+inline void reproducible_across_threads() {
+  setenv("MKL_CBWR", "AUTO,STRICT", /*overwrite=*/0);
+}
+
+/// What every experiment program does first: results independent of the thread count, keep
+/// freed memory, and set the torch thread count (0: torch's default).
 inline void set_up_process(int64_t threads) {
+  reproducible_across_threads();
   keep_freed_memory();
   if (threads > 0) {
     torch::set_num_threads(static_cast<int>(threads));
