@@ -129,6 +129,23 @@ TEST_CASE("a streamed sparsify refuses bad requests before writing", "[lm][spars
                                                     .method(cm::SparsityMethod::kMagnitude)
                                                     .pattern(cm::SparsityPattern::n_of_m(2, 7)))),
                     Catch::Contains("whole groups of 7"));
+  // transformers 5.x's fused experts: written per expert only.
+  const lm::CheckpointLayers fused(lm_test::kFixtures + "/mixtral_fused");
+  CHECK_THROWS_WITH(lm::sparsify_checkpoint(
+                        fused, {}, out,
+                        lm::SparsifyCheckpointOptions().sparsity(
+                            cm::ExpertSparsityOptions().method(cm::SparsityMethod::kMagnitude))),
+                    Catch::Contains("stores its experts fused"));
+  // SparseGPT with no damping on an expert that saw fewer tokens than its inputs: the Hessian
+  // is singular, and the error names the layer and the expert.
+  CHECK_THROWS_WITH(lm::sparsify_checkpoint(
+                        checkpoint, calibration_tokens(96).narrow(0, 0, 1).narrow(1, 0, 4), out,
+                        lm::SparsifyCheckpointOptions().sparsity(
+                            cm::ExpertSparsityOptions()
+                                .method(cm::SparsityMethod::kSparseGPT)
+                                .sparsegpt(cm::SparseGPTOptions().percdamp(0.0)))),
+                    Catch::Contains("MoE layer model.layers.0.block_sparse_moe, expert 0") &&
+                        Catch::Contains("not positive definite"));
   CHECK_FALSE(test::path_exists(out));
 }
 
