@@ -305,27 +305,26 @@ std::vector<LayerSparsityReport> sparsify_experts(const MoEView& view,
   if (!options.layers().empty()) {
     layers = select_layers(layers, options.layers());
   }
-  for (const auto& entry : layers) {
-    expert_sparsity_detail::check_layer(entry);
-  }
   std::vector<int64_t> keys;
   for (const auto& entry : layers) {
+    expert_sparsity_detail::check_layer(entry);
     keys.push_back(entry.key);
   }
 
   std::vector<LayerSparsityReport> reports;
-  const auto visit = [&](const MoELayerEntry& entry, const LayerCalls& calls) {
-    reports.push_back(sparsify_layer(entry, &calls, options));
+  // Prunes one layer (`calls` null: no calibration) and reports it.
+  const auto prune = [&](const MoELayerEntry& entry, const LayerCalls* calls) {
+    reports.push_back(sparsify_layer(entry, calls, options));
     if (on_layer) {
       on_layer(reports.back());
     }
   };
+  const auto visit = [&](const MoELayerEntry& entry, const LayerCalls& calls) {
+    prune(entry, &calls);
+  };
   if (!view.has_calibration()) {
     for (const auto& entry : layers) {
-      reports.push_back(sparsify_layer(entry, nullptr, options));
-      if (on_layer) {
-        on_layer(reports.back());
-      }
+      prune(entry, nullptr);
     }
   } else if (options.sequential()) {
     for (const auto key : keys) {
