@@ -146,6 +146,14 @@ TEST_CASE("a streamed sparsify refuses bad requests before writing", "[lm][spars
                                 .sparsegpt(cm::SparseGPTOptions().percdamp(0.0)))),
                     Catch::Contains("MoE layer model.layers.0.block_sparse_moe, expert 0") &&
                         Catch::Contains("not positive definite"));
+  // The writer's own checks: the record must be a JSON object, the layers the checkpoint's.
+  CHECK_THROWS_WITH(moeprune::hf::write_sparsified_checkpoint(checkpoint.source(), {}, out, "{x"),
+                    Catch::Contains("the record is not JSON"));
+  CHECK_THROWS_WITH(moeprune::hf::write_sparsified_checkpoint(checkpoint.source(), {}, out, "[]"),
+                    Catch::Contains("should be a JSON object"));
+  CHECK_THROWS_WITH(moeprune::hf::write_sparsified_checkpoint(checkpoint.source(),
+                                                              {{7, "none.safetensors"}}, out, "{}"),
+                    Catch::Contains("MoE layer 7 was sparsified"));
   CHECK_FALSE(test::path_exists(out));
 }
 
