@@ -20,7 +20,7 @@ namespace cm = moeprune::compression;
 
 struct SparsifyArgs {
   std::string checkpoint, out, json, method = "wanda", sparsity, nm, dtype = "fp32";
-  std::string calibration_mode = "routed", scratch_dir = "/tmp";
+  std::string calibration_mode = "routed", scratch_dir = "/tmp", format = "dense";
   TokenSource calibration;
   int64_t samples = 8, seq_len = 512, batch_size = 4, min_tokens = 1;
   std::vector<int64_t> layers;
@@ -104,6 +104,7 @@ int run_sparsify(const SparsifyArgs& args) {
   LazyBar write_bar("writing", "MB");
   const auto write_progress = write_bar.callback();
   moeprune::hf::WriteOptions wo;
+  wo.sparse_format = moeprune::hf::parse_sparse_format(args.format);
   wo.progress = [&](uint64_t done, uint64_t total) {
     write_progress(static_cast<int64_t>(done >> 20), static_cast<int64_t>(total >> 20));
   };
@@ -127,6 +128,11 @@ int run_sparsify(const SparsifyArgs& args) {
       args.out, result.report.bytes_written / 1e6, seconds,
       weights > 0 ? 100.0 * static_cast<double>(zeros) / static_cast<double>(weights) : 0.0,
       weights, result.report.tensors_merged, result.report.tensors_copied, peak_rss_mb());
+  if (wo.sparse_format == moeprune::hf::SparseFormat::kCompressedTensors24) {
+    fmt::print(
+        "expert weights stored as compressed-tensors sparse-24-bitmask: transformers 4.x with "
+        "compressed-tensors <= 0.14.0.1 loads the folder; moeprune reads dense folders only\n");
+  }
   if (!args.json.empty()) {
     nlohmann::json j{{"checkpoint", args.checkpoint},
                      {"out", args.out},
@@ -134,6 +140,7 @@ int run_sparsify(const SparsifyArgs& args) {
                      {"layers", layers},
                      {"weights", weights},
                      {"zeros", zeros},
+                     {"format", moeprune::hf::to_string(wo.sparse_format)},
                      {"bytes_written", result.report.bytes_written},
                      {"seconds", seconds},
                      {"peak_rss_mb", peak_rss_mb()}};
@@ -186,6 +193,13 @@ Runner add_sparsify(CLI::App& app) {
   command
       ->add_option("--scratch-dir", args->scratch_dir,
                    "Folder for spilled activations and the pruned experts")
+      ->capture_default_str();
+  command
+      ->add_option("--format", args->format,
+                   "dense: the source's format with exact zeros, every tool loads it; "
+                   "compressed-tensors: 2:4 experts as sparse-24-bitmask (about 56% of the bytes; "
+                   "transformers 4.x with compressed-tensors <= 0.14.0.1 loads it)")
+      ->check(CLI::IsMember({"dense", "compressed-tensors"}))
       ->capture_default_str();
   command->add_option("--out", args->out, "Output folder (must not exist)")->required();
   command->add_option("--json", args->json, "Write the per-layer figures to this file");

@@ -111,6 +111,24 @@ namespace {
 ModelInfo describe_config(const Config& config, const safetensors::Checkpoint& checkpoint) {
   ModelInfo info;
   info.model_type = config.text("model_type", "");
+  if (config.is_set("quantization_config")) {
+    // Quantised or compressed weights (GPTQ, AWQ, FP8, compressed-tensors' sparse formats)
+    // are not the dense tensors the families read: say what the file is rather than name a
+    // tensor as missing.
+    const auto& q = config.json().at("quantization_config");
+    std::string what = q.is_object() ? q.value("quant_method", std::string("unknown")) : "unknown";
+    if (q.is_object() && q.contains("sparsity_config") && q["sparsity_config"].is_object()) {
+      what += ", sparsity format " + q["sparsity_config"].value("format", std::string("?"));
+    }
+    if (q.is_object() && q.contains("format") && q["format"].is_string()) {
+      what += ", format " + q["format"].get<std::string>();
+    }
+    TORCH_CHECK(false, config.path(), ": the checkpoint is stored quantised or compressed (",
+                "quantization_config: ", what,
+                "); moeprune reads dense checkpoints only: decompress it first (for "
+                "compressed-tensors: load it in transformers and save_pretrained without "
+                "compression)");
+  }
   const auto& family = family_of(info.model_type, config.path());
   auto refs = family.describe(config, checkpoint, info);
   TORCH_CHECK(!refs.empty(), config.path(), ": the model has no MoE layers");

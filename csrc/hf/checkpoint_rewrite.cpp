@@ -24,7 +24,22 @@ struct TensorPlan {
   bool merged = false;                         // a merged expert's weights
   std::vector<safetensors::ByteRange> ranges;  // empty: copied whole
   std::vector<int64_t> shape;
+  // Written as the three sparse-24-bitmask tensors of module `sparse24_from` of this file.
+  const safetensors::File* sparse24 = nullptr;
+  std::string sparse24_from;
 };
+
+constexpr const char* kSparse24Parts[] = {"compressed", "bitmask", "shape"};
+
+// "X.weight" -> "X"; empty for a name that is not a weight.
+std::string weight_module(const std::string& name) {
+  const std::string suffix = ".weight";
+  if (name.size() <= suffix.size() ||
+      name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0) {
+    return {};
+  }
+  return name.substr(0, name.size() - suffix.size());
+}
 
 // Byte ranges of rows `rows` of a tensor whose first dimension is E (contiguous runs merged);
 // `zero_rows` (sorted) are written as zeros in place instead.
@@ -84,6 +99,12 @@ TensorPlan plan_layer_tensor(const std::string& name, const safetensors::File& f
                 ti.scalar_type, " ", ti.shape);
     p.ranges = {{f_merged.fd(), f_merged.data_offset() + mi.begin, mi.nbytes()}};
     p.merged = true;
+    const auto module = weight_module(from);
+    if (layer.sparse24 != nullptr && !module.empty() &&
+        layer.sparse24->contains(module + ".compressed")) {
+      p.sparse24 = layer.sparse24;
+      p.sparse24_from = module;
+    }
     return p;
   }
   const auto fused = ref.fused ? family.expert_tensors(ref, 0) : std::vector<std::string>{};
@@ -160,6 +181,17 @@ nlohmann::ordered_json write_shards(const safetensors::Checkpoint& checkpoint,
         continue;
       }
       const auto& ti = f.info(name);
+      if (p.sparse24 != nullptr) {
+        const auto module = weight_module(p.out_name);
+        for (const auto* part : kSparse24Parts) {
+          const auto out_name = module + "." + part;
+          writer.add_copy(out_name, *p.sparse24, p.sparse24_from + "." + part);
+          weight_map[out_name] = shard;
+        }
+        ++report.tensors_merged;
+        any = true;
+        continue;
+      }
       if (!p.ranges.empty()) {
         writer.add_ranges(p.out_name, ti.scalar_type, p.shape, p.ranges);
         ++(p.zero     ? report.tensors_zeroed

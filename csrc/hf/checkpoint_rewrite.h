@@ -22,6 +22,10 @@ struct PrunedLayer {
   std::vector<int64_t> kept;  // the others, increasing
   const safetensors::File* merged = nullptr;
   std::vector<int64_t> front;
+  // With `merged`: when set, each expert weight `X.weight` of `merged` that this file holds as
+  // X.compressed, X.bitmask and X.shape is written as those three (compressed-tensors'
+  // sparse-24-bitmask; compressed_tensors_sparse.h), renamed like the weight, instead of dense.
+  const safetensors::File* sparse24 = nullptr;
 };
 
 /// Writes the folder `out` (a temporary folder renamed at the end): every shard of `source`

@@ -43,8 +43,25 @@ std::shared_ptr<LayerMapView> router_view(const Source& source);
 /// ones for a name that is neither.
 std::vector<int64_t> layer_keys(const ModelInfo& info, const std::vector<std::string>& names);
 
+/// How write_sparsified_checkpoint stores the sparse experts.
+enum class SparseFormat {
+  /// The source's format with exact zeros (the default): every tool loads it; the files do not
+  /// shrink.
+  kDense,
+  /// compressed-tensors' "sparse-24-bitmask" (needs 2:4-sparse experts): each expert weight
+  /// stored as its kept half plus a bitmask, about 56% of the bf16 bytes. transformers 4.x with
+  /// compressed-tensors <= 0.14.0.1 loads it (later releases removed the sparse compressors);
+  /// moeprune itself reads dense checkpoints only.
+  kCompressedTensors24,
+};
+/// "dense" or "compressed-tensors".
+SparseFormat parse_sparse_format(const std::string& name);
+std::string to_string(SparseFormat format);
+
 struct WriteOptions {
   RouterRows router = RouterRows::kCut;
+  /// write_sparsified_checkpoint only.
+  SparseFormat sparse_format = SparseFormat::kDense;
   /// Called as bytes are written (done, total).
   std::function<void(uint64_t, uint64_t)> progress;
 };

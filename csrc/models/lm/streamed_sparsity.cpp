@@ -88,6 +88,12 @@ SparsifyCheckpointResult sparsify_checkpoint(const CheckpointLayers& checkpoint,
   const auto& info = checkpoint.info();
   compression::check_sparsity_options(sparsity);
   streamed_sparsity_detail::check_checkpoint(checkpoint);
+  const auto& pattern = sparsity.pattern();
+  TORCH_CHECK(write.sparse_format != hf::SparseFormat::kCompressedTensors24 ||
+                  (pattern.m == 4 && pattern.n <= 2),
+              "sparsify_checkpoint: compressed-tensors stores 2:4-sparse weights only "
+              "(sparse-24-bitmask); the pattern asked for is ",
+              pattern.describe(), ": write it dense (the default) instead");
   std::set<int64_t> wanted;
   for (const auto key : sparsity.layers()) {
     TORCH_CHECK(key >= 0 && key < static_cast<int64_t>(info.layers.size()),

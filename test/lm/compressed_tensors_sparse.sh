@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# ctest: `moeprune sparsify --format compressed-tensors` on a fixture language model (the 96-token
+# Mixtral of scripts/make_lm_fixtures.py), checked with the PyPI compressed-tensors 0.14.0.1 and
+# transformers 4.57.6 (scripts/compressed_tensors_python): the same SparseGPT 2:4 run written
+# dense and as sparse-24-bitmask must hold the same weights (compressed-tensors' decompressor on
+# our files; its compressor on our dense weights gives our bytes), the sparse folder must load in
+# transformers with moeprune's logits of the dense one, be smaller, and be refused by moeprune's
+# readers with a message naming the format.
+#   compressed_tensors_sparse.sh MOEPRUNE LM_LOGITS FIXTURE_DIR REFERENCE TOKENIZER
+set -euo pipefail
+cli="$1" logits="$2" source="$3" reference="$4" tokenizer="$5"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ct_python="$here/../../scripts/compressed_tensors_python"
+work="$(mktemp -d /tmp/moeprune-ct-sparse-XXXXXX)"
+trap 'rm -rf "$work"' EXIT
+cp -r "$source" "$work/model"
+cp "$tokenizer" "$work/model/tokenizer.json"
+text="Mixture-of-experts layers route each token to a few experts; slimming keeps every expert and drops the weights that matter least inside each, while pruning drops whole experts: 0123456789!"
+printf '%s' "${text:0:160}" > "$work/calibration.txt"
+run=(sparsify "$work/model" --method sparsegpt --nm 2:4 --calibration "$work/calibration.txt"
+     --samples 8 --seq-len 20 --batch-size 8 --scratch-dir "$work")
+
+"$cli" "${run[@]}" --out "$work/dense"
+"$cli" "${run[@]}" --format compressed-tensors --out "$work/ct" | tee "$work/ct.log"
+if ls "$work"/moeprune-sparse-* "$work"/*.sparse24 >/dev/null 2>&1; then
+  echo "scratch files were left behind" >&2
+  exit 1
+fi
+"$ct_python" "$here/check_compressed_tensors_sparse.py" "$work/dense" "$work/ct"
+"$logits" "$work/dense" "$reference" "$work/dense.logits.safetensors"
+"$ct_python" "$here/check_lm_transformers_load.py" "$work/ct" "$work/dense.logits.safetensors" \
+  --tol 1e-5
+
+# Experts pruned with the router kept stay dense zeros: the config's targets must leave them out
+# (transformers would otherwise look for their compressed tensors).
+"$cli" prune --finetuned "$work/model" --criterion random --experts-per-layer 2 --router keep \
+  --out "$work/pruned"
+"$cli" "${run[@]/#$work\/model/$work/pruned}" --out "$work/pruned_dense"
+"$cli" "${run[@]/#$work\/model/$work/pruned}" --format compressed-tensors --out "$work/pruned_ct"
+"$ct_python" "$here/check_compressed_tensors_sparse.py" "$work/pruned_dense" "$work/pruned_ct"
+"$logits" "$work/pruned_dense" "$reference" "$work/pruned_dense.logits.safetensors"
+"$ct_python" "$here/check_lm_transformers_load.py" "$work/pruned_ct" \
+  "$work/pruned_dense.logits.safetensors" --tol 1e-5
+
+dense_bytes=$(cat "$work"/dense/*.safetensors | wc -c)
+ct_bytes=$(cat "$work"/ct/*.safetensors | wc -c)
+echo "safetensors bytes: dense $dense_bytes, sparse-24-bitmask $ct_bytes"
+if ((ct_bytes >= dense_bytes)); then
+  echo "the sparse-24-bitmask folder is not smaller" >&2
+  exit 1
+fi
+
+# moeprune reads dense checkpoints only, and says what this one is.
+if "$cli" inspect "$work/ct" > "$work/inspect.log" 2>&1; then
+  echo "moeprune inspect read a sparse-24-bitmask folder" >&2
+  exit 1
+fi
+grep -q 'stored quantised or compressed (quantization_config: compressed-tensors, sparsity format sparse-24-bitmask)' \
+  "$work/inspect.log" || { cat "$work/inspect.log" >&2; exit 1; }
+echo "compressed_tensors_sparse: all checks passed"
