@@ -9,6 +9,7 @@
 #include "sweep.h"
 
 #include <moeprune/compression/expert_drop.h>
+#include <moeprune/compression/expert_sparsity.h>
 #include <moeprune/compression/low_rank.h>
 #include <moeprune/compression/merging.h>
 #include <moeprune/pruning/builtin_criteria.h>
@@ -28,6 +29,14 @@ struct CompressionConfig {
   double density = 0.1;
   /// Layer Drop / Block Drop counts.
   std::vector<int64_t> layer_drops = {1}, block_drops = {1, 2};
+  /// Expert slimming (compression/expert_sparsity.h): weights pruned inside every expert by each
+  /// method at each pattern ("0.5": half of every row; "2:4"), each expert calibrated on the
+  /// tokens routed to it; then Expert Drop of `slim_drop` experts per layer followed by
+  /// `slim_drop_method` at the first pattern (the Unified seed's combined recipe; 0: not run).
+  std::vector<std::string> slimming_methods = {"magnitude", "wanda", "sparsegpt"};
+  std::vector<std::string> slimming_patterns = {"0.5", "2:4"};
+  int64_t slim_drop = 2;
+  std::string slim_drop_method = "wanda";
   /// A sweep run on the same task, if any: the unpruned row and the router-norm-change rows are
   /// the same computation as its runs (seed 0), so their quality is taken from it and only the
   /// costs are measured here.
@@ -84,7 +93,42 @@ struct Prepared {
   bool distill = false;  // M-SMoE / MC-SMoE fine-tune with distillation, routers frozen
   std::function<void()> before_finetune;
   std::shared_ptr<moeprune::compression::SparsePruner> pruner;
+  /// Expert slimming: the fine-tune keeps the pruned weights at zero (`keep_zeros`), and the
+  /// parameters column counts the experts' non-zeros (what a sparse format stores).
+  std::function<void()> keep_zeros;
 };
+
+// The held expert weights of `view` (w1, w3 when gated, w2 of every MoE layer).
+inline std::vector<torch::Tensor> expert_weights(const moeprune::MoEView& view) {
+  std::vector<torch::Tensor> out;
+  for (const auto& entry : view.layers()) {
+    const auto bank = entry.layer->experts();
+    for (const auto& w : {bank->w1, bank->w3, bank->w2}) {
+      if (w.defined()) out.push_back(w);
+    }
+  }
+  return out;
+}
+
+inline int64_t expert_zeros(const moeprune::MoEView& view) {
+  int64_t zeros = 0;
+  for (const auto& w : expert_weights(view)) zeros += (w == 0).sum().item<int64_t>();
+  return zeros;
+}
+
+// Sparsifies `view`'s experts and returns what keeps them so through a fine-tune: the weights
+// that are zero now are set back to zero after every optimiser step (the gradient and Adam's
+// moments would otherwise revive them).
+inline std::function<void()> sparsify_and_mask(
+    const moeprune::MoEView& view, const moeprune::compression::ExpertSparsityOptions& o) {
+  moeprune::compression::sparsify_experts(view, o);
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> masks;
+  for (const auto& w : expert_weights(view)) masks.emplace_back(w, (w != 0).to(w.scalar_type()));
+  return [masks] {
+    torch::NoGradGuard no_grad;
+    for (const auto& [w, keep] : masks) w.mul_(keep);
+  };
+}
 
 struct Method {
   std::string method, setting;
@@ -175,6 +219,46 @@ inline std::vector<Method> methods(const ExperimentTask& task, const Compression
            return p;
          }});
   }
+  const auto slimming = [](const std::string& method, const std::string& pattern) {
+    return cm::ExpertSparsityOptions()
+        .method(cm::parse_sparsity_method(method))
+        .pattern(cm::SparsityPattern::parse(pattern));
+  };
+  const auto method_label = [](cm::SparsityMethod m) {
+    return m == cm::SparsityMethod::kWanda       ? std::string("Wanda")
+           : m == cm::SparsityMethod::kSparseGPT ? std::string("SparseGPT")
+                                                 : std::string("magnitude");
+  };
+  const auto pattern_label = [](const std::string& pattern) {
+    return pattern.find(':') != std::string::npos
+               ? pattern
+               : fmt::format("{:.0f}% of every row", 100 * std::stod(pattern));
+  };
+  for (const auto& method : cfg.slimming_methods) {
+    for (const auto& pattern : cfg.slimming_patterns) {
+      const auto o = slimming(method, pattern);
+      out.push_back({method_label(o.method()) + " (inside experts)", pattern_label(pattern),
+                     experts, [o](TaskModel& m) {
+                       Prepared p;
+                       p.keep_zeros = sparsify_and_mask(*m.view(true), o);
+                       return p;
+                     }});
+    }
+  }
+  if (cfg.slim_drop > 0 && !cfg.slimming_patterns.empty()) {
+    const auto o = slimming(cfg.slim_drop_method, cfg.slimming_patterns.front());
+    const int64_t drop = cfg.slim_drop;
+    out.push_back({"Expert Drop + " + method_label(o.method()),
+                   fmt::format("{} of {} experts, {}", experts - drop, experts,
+                               pattern_label(cfg.slimming_patterns.front())),
+                   experts - drop, [o, drop](TaskModel& m) {
+                     const auto view = m.view(true);
+                     cm::expert_drop(*view, cm::ExpertDropOptions().per_layer(drop));
+                     Prepared p;
+                     p.keep_zeros = sparsify_and_mask(*view, o);
+                     return p;
+                   }});
+  }
   for (const int64_t n : cfg.layer_drops) {
     out.push_back({"Layer Drop", fmt::format("{} of {} MoE layers", n, layers),
                    experts * (layers - n) / layers, [n, shape](TaskModel& m) {
@@ -198,8 +282,11 @@ inline std::vector<Method> methods(const ExperimentTask& task, const Compression
 
 /// Rows run_compression makes for `cfg` (for a progress bar's total).
 inline int64_t compression_runs(const CompressionConfig& cfg) {
+  const bool combined = cfg.slim_drop > 0 && !cfg.slimming_patterns.empty();
   return 1 + 4 * static_cast<int64_t>(cfg.budgets.size()) +
-         static_cast<int64_t>(cfg.layer_drops.size() + cfg.block_drops.size());
+         static_cast<int64_t>(cfg.layer_drops.size() + cfg.block_drops.size() +
+                              cfg.slimming_methods.size() * cfg.slimming_patterns.size()) +
+         (combined ? 1 : 0);
 }
 
 /// Compresses a fresh copy of the fine-tuned model with `method` and measures it before and after
@@ -216,7 +303,13 @@ inline Cell measure_compressed(const ExperimentTask& task, const detail::Method&
   cell.setting = method.setting;
   cell.budget = method.budget;
   cell.detail = prepared.detail;
-  cell.set(metrics.parameters, static_cast<double>(model->stored_parameters()));
+  // Slimmed experts store their non-zeros (in a sparse format; dense, the zeros take space too).
+  const auto stored = [&] {
+    const auto n = model->stored_parameters();
+    return static_cast<double>(prepared.keep_zeros ? n - detail::expert_zeros(*model->view(false))
+                                                   : n);
+  };
+  cell.set(metrics.parameters, stored());
   const auto before = model->measure(same == nullptr, true);
   cell.set(metrics.flops, *before.flops);
   cell.set(metrics.latency, model->latency_ms());
@@ -237,12 +330,15 @@ inline Cell measure_compressed(const ExperimentTask& task, const detail::Method&
       run.after_backward = [pruner](int64_t s, int64_t t) { pruner->after_backward(s, t); };
       run.after_step = [pruner](int64_t s, int64_t t) { pruner->after_step(s, t); };
     }
+    if (prepared.keep_zeros) {
+      run.after_step = [keep = prepared.keep_zeros](int64_t, int64_t) { keep(); };
+    }
     model->finetune(run);
     // Parameters and FLOPs describe the model as it ends (MC-SMoE's fine-tune re-chose the kept
     // units of S).
     const auto after = model->measure(true, true);
     cell.set(metrics.quality.finetuned(), *after.quality);
-    cell.set(metrics.parameters, static_cast<double>(model->stored_parameters()));
+    cell.set(metrics.parameters, stored());
     cell.set(metrics.flops, *after.flops);
   }
   return cell;

@@ -228,7 +228,8 @@ int run(int argc, char** argv) {
   if (!compressions.empty()) {
     fmt::print(
         "[4/4] compressions compared: {} runs (pruning, M-SMoE, MC-SMoE, Expert Drop at matched "
-        "experts per layer; Layer Drop, Block Drop)\n",
+        "experts per layer; Layer Drop, Block Drop; magnitude, Wanda, SparseGPT inside the "
+        "experts at 50% and 2:4, and Expert Drop + Wanda)\n",
         compression_total);
     std::fflush(stdout);
     moeprune::ProgressBar cbar(compression_total, "compression", "runs");

@@ -236,7 +236,8 @@ int run(int argc, char** argv) {
     const auto total = experiments::compression_runs(ccfg);
     fmt::print(
         "[4/4] compressions compared: {} runs (pruning, Expert Drop, M-SMoE, MC-SMoE at matched "
-        "experts per layer; Layer Drop, Block Drop)\n",
+        "experts per layer; Layer Drop, Block Drop; magnitude, Wanda, SparseGPT inside the "
+        "experts at 50% and 2:4, and Expert Drop + Wanda)\n",
         total);
     std::fflush(stdout);
     moeprune::ProgressBar cbar(total, "compression", "runs");

@@ -73,6 +73,8 @@ experiments::CompressionConfig compression_config() {
   cfg.budgets = {};
   cfg.layer_drops = {1};
   cfg.block_drops = {};
+  cfg.slimming_methods = {};
+  cfg.slim_drop = 0;
   return cfg;
 }
 
@@ -138,6 +140,9 @@ TEST_CASE("the compression comparison matches budgets and keeps what each method
   cfg.density = 0.25;
   cfg.layer_drops = {1};
   cfg.block_drops = {1};
+  cfg.slimming_methods = {"wanda"};
+  cfg.slimming_patterns = {"2:4"};
+  cfg.slim_drop = 2;
   const auto cells = experiments::run_compression(task, cfg);
   REQUIRE(static_cast<int64_t>(cells.size()) == experiments::compression_runs(cfg));
   std::map<std::string, experiments::Cell> by;
@@ -170,6 +175,12 @@ TEST_CASE("the compression comparison matches budgets and keeps what each method
   CHECK(params("MC-SMoE") <= base + factors + sparse_max);
   CHECK(params("Layer Drop") == full - (E * expert + E * d + 2 * d));
   CHECK(params("Block Drop") < full);
+  // Wanda 2:4 inside every expert: half of each weight matrix (d x F twice, no gate) is zero and
+  // stays zero through the fine-tune (the parameters are counted after it); biases are kept.
+  CHECK(params("Wanda (inside experts)") == full - 2 * E * (2 * d * F) / 2);
+  CHECK(by.at("Wanda (inside experts)").budget == E);
+  // Expert Drop of 2 per layer (router rows too), then Wanda 2:4 in the 6 experts left.
+  CHECK(params("Expert Drop + Wanda") == full - 2 * 2 * (expert + d) - 2 * 6 * (2 * d * F) / 2);
   CHECK(by.at("Layer Drop").detail.rfind("blocks ", 0) == 0);
   CHECK(by.at("fine-tuned").value("flops_per_image") >
         by.at("Layer Drop").value("flops_per_image"));

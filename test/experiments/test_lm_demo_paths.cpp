@@ -121,6 +121,9 @@ TEST_CASE("the language compression comparison keeps what each method promises")
   cfg.block_drops = {1};
   cfg.rank = 2;
   cfg.density = 0.25;
+  cfg.slimming_methods = {"sparsegpt"};
+  cfg.slimming_patterns = {"0.5"};
+  cfg.slim_drop = 2;
   moeprune::ProgressBar bar(experiments::compression_runs(cfg), "compression", "runs", false);
   int64_t done = 0;
   experiments::RunJournal journal("", {});
@@ -151,6 +154,13 @@ TEST_CASE("the language compression comparison keeps what each method promises")
   // Block Drop: one whole decoder layer (attention 4 * 16 * 16 too, and its first norm).
   CHECK(params("Block Drop") == full - (E * expert + E * d + 2 * d + 4 * d * d));
   CHECK(params("MC-SMoE") < params("M-SMoE"));
+  // SparseGPT at 50% of every row of every expert weight (16 and 24 inputs: exactly half), the
+  // zeros kept through the fine-tune (the parameters are counted after it). A hidden unit no
+  // calibration token activates is zeroed whole (sparsegpt.py's "dead" inputs), so at least half.
+  CHECK(params("SparseGPT (inside experts)") <= full - 2 * E * expert / 2);
+  CHECK(params("SparseGPT (inside experts)") > full - 2 * E * expert / 2 - 2 * E * d * 4);
+  // Expert Drop of 2 of 4 per layer (router rows too), then Wanda at 50% in the 2 left.
+  CHECK(params("Expert Drop + Wanda") == full - 2 * 2 * (expert + d) - 2 * 2 * expert / 2);
   // A sweep run of the same pruning is taken, not run again (values no run could give).
   experiments::Cell same;
   same.model = task.name();  // another model's run of the same name is not taken
@@ -162,6 +172,8 @@ TEST_CASE("the language compression comparison keeps what each method promises")
   cfg.budgets = {2};
   cfg.layer_drops = {};
   cfg.block_drops = {};
+  cfg.slimming_methods = {};
+  cfg.slim_drop = 0;
   experiments::RunJournal empty("", {});  // `journal` remembers the runs above
   const auto reused = experiments::run_compression(task, cfg, nullptr, nullptr, &empty);
   for (const auto& c : reused) {
