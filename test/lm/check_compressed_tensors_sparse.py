@@ -14,7 +14,6 @@ Exits 1 on the first problem, naming the tensor.
 """
 
 import sys
-from pathlib import Path
 
 import torch
 from compressed_tensors.compressors import ModelCompressor
@@ -22,16 +21,11 @@ from compressed_tensors.compressors.sparse_compressors.sparse_24_bitmask import 
     Sparse24BitMaskTensor,
     sparse24_bitmask_compress,
 )
-from safetensors.torch import load_file
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree for the import below
+from check_sparse_experts import tensors  # noqa: E402 (next to this file)
 
 PARTS = ("compressed", "bitmask", "shape")
-
-
-def tensors(folder):
-    out = {}
-    for f in sorted(Path(folder).glob("*.safetensors")):
-        out.update(load_file(str(f)))
-    return out
 
 
 def main():
