@@ -1,5 +1,6 @@
 // moeprune inspect: a checkpoint's MoE layers, or (--families) the model families it reads.
 #include <moeprune/hf/checkpoint.h>
+#include <moeprune/hf/source.h>
 #include <moeprune/models/lm/checkpoint.h>
 #include <moeprune/models/seq2seq/checkpoint.h>
 
@@ -13,6 +14,21 @@
 #include "commands.h"
 
 namespace cli {
+namespace {
+
+// config.json's compressed-tensors sparsity format ("?" where it does not say).
+std::string sparsity_format_of(const std::string& dir) {
+  std::ifstream file(dir + "/config.json");
+  const auto c = nlohmann::json::parse(file, nullptr, /*allow_exceptions=*/false);
+  const auto* at = &c;
+  for (const char* key : {"quantization_config", "sparsity_config", "format"}) {
+    if (!at->is_object() || !at->contains(key)) return "?";
+    at = &(*at)[key];
+  }
+  return at->is_string() ? at->get<std::string>() : "?";
+}
+
+}  // namespace
 
 Runner add_inspect(CLI::App& app) {
   auto dir = std::make_shared<std::string>();
@@ -34,8 +50,10 @@ Runner add_inspect(CLI::App& app) {
       return 0;
     }
     TORCH_CHECK(!dir->empty(), "inspect: give a checkpoint folder (or --families)");
-    moeprune::safetensors::Checkpoint checkpoint(*dir);
-    const auto info = moeprune::hf::describe(*dir, checkpoint);
+    // Through hf::Source, so weights stored in compressed-tensors' sparse formats read as dense.
+    const moeprune::hf::Source source(*dir);
+    const auto& checkpoint = source.checkpoint();
+    const auto& info = source.info();
     uint64_t bytes = 0;
     for (const auto& shard : checkpoint.shard_files()) bytes += checkpoint.file(shard).file_size();
     fmt::print("{}: {} ({}), {} MoE layers, {} experts, top-{}, d_model {}, expert hidden {}\n",
@@ -44,6 +62,10 @@ Runner add_inspect(CLI::App& app) {
                                     : std::string("one file"),
                info.layers.size(), info.num_experts, info.top_k, info.d_model, info.hidden_dim);
     fmt::print("{} tensors, {:.1f} MB\n", checkpoint.names().size(), bytes / 1e6);
+    if (checkpoint.decoded_count() > 0) {
+      fmt::print("{} weights stored in compressed-tensors' {} format (read as dense)\n",
+                 checkpoint.decoded_count(), sparsity_format_of(*dir));
+    }
     // What `moeprune sparsify` recorded (config.json "moeprune": {"sparsity": [...]}).
     // describe() has read config.json already and refused it if it were not JSON.
     std::ifstream config_file(*dir + "/config.json");

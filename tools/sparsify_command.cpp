@@ -131,7 +131,8 @@ int run_sparsify(const SparsifyArgs& args) {
   if (wo.sparse_format == moeprune::hf::SparseFormat::kCompressedTensors24) {
     fmt::print(
         "expert weights stored as compressed-tensors sparse-24-bitmask: transformers 4.x with "
-        "compressed-tensors <= 0.14.0.1 loads the folder; moeprune reads dense folders only\n");
+        "compressed-tensors <= 0.14.0.1 loads the folder; moeprune reads it but writes from dense "
+        "folders only\n");
   }
   if (!args.json.empty()) {
     nlohmann::json j{{"checkpoint", args.checkpoint},

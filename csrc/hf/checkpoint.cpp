@@ -1,5 +1,6 @@
 #include <moeprune/hf/checkpoint.h>
 
+#include "hf/compressed_tensors_sparse.h"
 #include "hf/config.h"
 #include "hf/default_dtype.h"
 #include "hf/describe.h"
@@ -111,7 +112,11 @@ namespace {
 ModelInfo describe_config(const Config& config, const safetensors::Checkpoint& checkpoint) {
   ModelInfo info;
   info.model_type = config.text("model_type", "");
-  if (config.is_set("quantization_config")) {
+  // compressed-tensors' sparse formats are read when hf::Source has added their weights as
+  // decoded tensors (add_compressed_tensors_weights); every other quantisation is refused.
+  const bool decoded_sparse =
+      !detail::compressed_tensors_sparse_format(config).empty() && checkpoint.decoded_count() > 0;
+  if (config.is_set("quantization_config") && !decoded_sparse) {
     // Quantised or compressed weights (GPTQ, AWQ, FP8, compressed-tensors' sparse formats)
     // are not the dense tensors the families read: say what the file is rather than name a
     // tensor as missing.
@@ -224,7 +229,7 @@ MoELayer load_moe_layer(const safetensors::Checkpoint& checkpoint, const ModelIn
   // loaded model is not held twice (once copied, once mapped).
   for (int64_t j = 0; j < (ref.fused ? 1 : ref.num_experts); ++j) {
     for (const auto& name : family.expert_tensors(ref, j)) {
-      checkpoint.file(checkpoint.shard_of(name)).release(name);
+      checkpoint.release(name);
     }
   }
   if (!ref.state.is_plain()) {

@@ -220,6 +220,13 @@ nlohmann::ordered_json write_shards(const safetensors::Checkpoint& checkpoint,
 
 }  // namespace
 
+void check_dense_source(const Source& source) {
+  TORCH_CHECK(source.checkpoint().decoded_count() == 0, source.directory(),
+              " stores its weights in a compressed-tensors sparse format; moeprune reads it but "
+              "writes only from dense checkpoints: write it dense first (moeprune sparsify "
+              "without --format, or transformers' save_pretrained)");
+}
+
 void keep_dropped_mlp_layers(const nlohmann::ordered_json& config, nlohmann::ordered_json& record) {
   if (config.contains("moeprune") && config["moeprune"].is_object() &&
       config["moeprune"].contains("dropped_mlp_layers")) {
@@ -239,6 +246,7 @@ WriteReport write_folder(const Source& source, const std::map<std::string, Prune
                          const std::map<std::string, std::string>& extra,
                          const WriteOptions& options) {
   const auto& checkpoint = source.checkpoint();
+  check_dense_source(source);
   io::AtomicFolder folder(out);
   const auto& dir = folder.path();
   WriteReport report;

@@ -36,6 +36,10 @@ WriteReport write_folder(const Source& source, const std::map<std::string, Prune
                          const std::map<std::string, std::string>& extra,
                          const WriteOptions& options);
 
+/// Refuses a source read through decoded tensors (compressed-tensors' sparse formats): the
+/// writers copy the source's bytes, which are not the dense weights there.
+void check_dense_source(const Source& source);
+
 /// Carries a Layer-Dropped source's "dropped_mlp_layers" (lm::save_causal_lm) into `record`, so
 /// its zero MoE blocks stay dropped on reload.
 void keep_dropped_mlp_layers(const nlohmann::ordered_json& config, nlohmann::ordered_json& record);

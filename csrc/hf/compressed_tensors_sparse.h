@@ -8,6 +8,10 @@
 //                                        significant bit first (numpy.packbits, bitorder=little),
 //   X.shape       int64 [2, 1]           rows and cols,
 // and config.json's "quantization_config" names the format and the modules stored so.
+#include "hf/config.h"
+
+#include <moeprune/io/safetensors.h>
+
 #include <torch/torch.h>
 
 #include <nlohmann/json.hpp>
@@ -31,6 +35,23 @@ Sparse24Bitmask encode_sparse24_bitmask(const torch::Tensor& weight, const std::
 /// The dense [rows, cols] weight that `encoded` stores (checked: shapes agree, two bits in every
 /// group of four).
 torch::Tensor decode_sparse24_bitmask(const Sparse24Bitmask& encoded, const std::string& name);
+
+/// compressed-tensors' unstructured "sparse-bitmask" (sparse_bitmask.py): X.compressed holds the
+/// non-zeros of the whole weight row by row, X.bitmask marks them as above, X.row_offsets
+/// [rows] says where each row starts in X.compressed, X.shape is int64 [2]. The dense weight
+/// (checked: as many marks as values, offsets that agree with the marks).
+torch::Tensor decode_sparse_bitmask(const torch::Tensor& compressed, const torch::Tensor& bitmask,
+                                    const torch::Tensor& row_offsets, const torch::Tensor& shape,
+                                    const std::string& name);
+
+/// The format of a compressed-tensors quantization_config that only sparsifies
+/// ("sparse-bitmask" or "sparse-24-bitmask", no quantisation), else "".
+std::string compressed_tensors_sparse_format(const Config& config);
+
+/// For such a config: adds every weight X.weight that `checkpoint` stores as X.compressed,
+/// X.bitmask and X.shape (and X.row_offsets) as a decoded tensor (Checkpoint::add_decoded), so
+/// the readers see dense weights. Returns how many; 0 for any other config.
+int64_t add_compressed_tensors_weights(const Config& config, safetensors::Checkpoint& checkpoint);
 
 /// config.json's "quantization_config" for a checkpoint whose modules `targets` (compressed-
 /// tensors target strings: module names or "re:" regular expressions matched from the start)

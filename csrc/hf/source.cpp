@@ -1,13 +1,23 @@
 #include <moeprune/hf/source.h>
 
+#include "hf/compressed_tensors_sparse.h"
 #include "hf/config.h"
 #include "hf/describe.h"
 
 namespace moeprune::hf {
+namespace {
+
+// describe() once weights stored in compressed-tensors' sparse formats read as dense ones.
+ModelInfo describe_decoded(const Config& config, safetensors::Checkpoint& checkpoint) {
+  detail::add_compressed_tensors_weights(config, checkpoint);
+  return detail::describe(config, checkpoint);
+}
+
+}  // namespace
 
 struct Source::State {
   explicit State(const std::string& dir)
-      : directory(dir), checkpoint(dir), config(dir), info(detail::describe(config, checkpoint)) {}
+      : directory(dir), checkpoint(dir), config(dir), info(describe_decoded(config, checkpoint)) {}
   std::string directory;
   // The tensors first: a folder that is not a checkpoint is refused as the loaders refuse it.
   safetensors::Checkpoint checkpoint;

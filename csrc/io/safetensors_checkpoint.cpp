@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -82,12 +83,42 @@ std::vector<std::string> Checkpoint::names() const {
   std::vector<std::string> names;
   names.reserve(shard_of_.size());
   for (const auto& [name, shard] : shard_of_) {
+    if (part_of_.count(name) == 0) names.push_back(name);
+  }
+  for (const auto& [name, decoded] : decoded_) {
     names.push_back(name);
   }
+  std::sort(names.begin(), names.end());
   return names;
 }
 
+void Checkpoint::add_decoded(Decoded decoded) {
+  const auto& name = decoded.info.name;
+  TORCH_CHECK(shard_of_.count(name) == 0 && decoded_.count(name) == 0, directory_, ": tensor '",
+              name, "' is stored both as itself and encoded in other tensors");
+  TORCH_CHECK(!decoded.parts.empty() && decoded.decode, directory_, ": decoded tensor '", name,
+              "' needs its parts and a decoder");
+  for (const auto& part : decoded.parts) {
+    TORCH_CHECK(shard_of_.count(part) == 1, directory_, ": '", name, "' is stored encoded but ",
+                part, " is missing");
+    TORCH_CHECK(part_of_.emplace(part, name).second, directory_, ": ", part,
+                " is a part of two encoded tensors");
+  }
+  decoded_.emplace(name, std::move(decoded));
+}
+
+void Checkpoint::release(const std::string& name) const {
+  const auto it = decoded_.find(name);
+  if (it == decoded_.end()) {
+    file(shard_of(name)).release(name);
+    return;
+  }
+  for (const auto& part : it->second.parts) file(shard_of(part)).release(part);
+}
+
 const std::string& Checkpoint::shard_of(const std::string& name) const {
+  const auto decoded = decoded_.find(name);
+  if (decoded != decoded_.end()) return shard_of(decoded->second.parts.front());
   const auto it = shard_of_.find(name);
   TORCH_CHECK(it != shard_of_.end(),
               directory_ + ": checkpoint has no tensor named '" + name + "'");
@@ -101,11 +132,19 @@ const File& Checkpoint::file(const std::string& shard) const {
 }
 
 const TensorInfo& Checkpoint::info(const std::string& name) const {
-  return file(shard_of(name)).info(name);
+  const auto it = decoded_.find(name);
+  return it != decoded_.end() ? it->second.info : file(shard_of(name)).info(name);
 }
 
 torch::Tensor Checkpoint::tensor(const std::string& name) const {
-  return file(shard_of(name)).tensor(name);
+  const auto it = decoded_.find(name);
+  if (it == decoded_.end()) return file(shard_of(name)).tensor(name);
+  auto t = it->second.decode(*this);
+  const auto& i = it->second.info;
+  TORCH_CHECK(t.scalar_type() == i.scalar_type && t.sizes() == torch::IntArrayRef(i.shape),
+              directory_, ": '", name, "' decodes to ", t.scalar_type(), " ", t.sizes(),
+              ", its parts say ", i.scalar_type, " ", i.shape);
+  return t;
 }
 
 }  // namespace moeprune::safetensors

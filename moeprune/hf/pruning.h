@@ -51,7 +51,7 @@ enum class SparseFormat {
   /// compressed-tensors' "sparse-24-bitmask" (needs 2:4-sparse experts): each expert weight
   /// stored as its kept half plus a bitmask, about 56% of the bf16 bytes. transformers 4.x with
   /// compressed-tensors <= 0.14.0.1 loads it (later releases removed the sparse compressors);
-  /// moeprune itself reads dense checkpoints only.
+  /// moeprune's readers decode it, its writers refuse it as a source.
   kCompressedTensors24,
 };
 /// "dense" or "compressed-tensors".

@@ -8,6 +8,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -140,12 +141,30 @@ class Checkpoint {
   const std::vector<std::string>& shard_files() const { return shard_files_; }
   /// All tensor names, sorted.
   std::vector<std::string> names() const;
-  bool contains(const std::string& name) const { return shard_of_.count(name) == 1; }
-  /// The shard file (relative name) holding `name`; throws naming the checkpoint.
+  bool contains(const std::string& name) const {
+    return shard_of_.count(name) == 1 || decoded_.count(name) == 1;
+  }
+  /// The shard file (relative name) holding `name` (a decoded tensor: its first part); throws
+  /// naming the checkpoint.
   const std::string& shard_of(const std::string& name) const;
   const File& file(const std::string& shard) const;
   const TensorInfo& info(const std::string& name) const;
   torch::Tensor tensor(const std::string& name) const;
+  /// Lets the pages of `name` (a decoded tensor: of its parts) go (File::release).
+  void release(const std::string& name) const;
+
+  /// A tensor the files store encoded in other tensors, its `parts` (compressed-tensors' sparse
+  /// formats: hf/compressed_tensors_sparse.h). Once added, names() lists it instead of its
+  /// parts, info() gives `info` (dtype and shape as decoded; no byte range) and tensor() returns
+  /// `decode(*this)`. Readers only: the writers copy bytes, and refuse a checkpoint with any.
+  struct Decoded {
+    TensorInfo info;
+    std::vector<std::string> parts;
+    std::function<torch::Tensor(const Checkpoint&)> decode;
+  };
+  void add_decoded(Decoded decoded);
+  /// Tensors added by add_decoded.
+  size_t decoded_count() const { return decoded_.size(); }
   /// The index's "metadata" object as JSON text ("{}" when not sharded).
   const std::string& index_metadata() const { return index_metadata_; }
 
@@ -156,6 +175,8 @@ class Checkpoint {
   std::map<std::string, std::string> shard_of_;
   std::string index_metadata_ = "{}";
   mutable std::map<std::string, std::unique_ptr<File>> files_;
+  std::map<std::string, Decoded> decoded_;
+  std::map<std::string, std::string> part_of_;  // a decoded tensor's part -> the tensor
 };
 
 }  // namespace moeprune::safetensors

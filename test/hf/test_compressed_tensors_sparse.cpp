@@ -1,15 +1,20 @@
 // compressed-tensors' sparse-24-bitmask encoding (csrc/hf/compressed_tensors_sparse.h) on a
 // hand-computed case: which positions each row keeps, the bytes of its bitmask (least significant
-// bit first, rows padded to whole bytes) and its kept values; and the refusals. That the PyPI
-// package decodes our files to our weights is compressed_tensors_sparse.sh's.
+// bit first, rows padded to whole bytes) and its kept values; the unstructured sparse-bitmask
+// decoded from hand-made parts; and the refusals. That the PyPI package decodes our files to our
+// weights, and that moeprune reads the package's, is compressed_tensors_sparse.sh's.
 #include <torch/torch.h>
 #include <catch2/catch.hpp>
 
+#include "../scratch_dir.h"
 #include "hf/compressed_tensors_sparse.h"
+
+#include <moeprune/io/safetensors.h>
 
 namespace compressed_tensors_sparse_test {
 
 using moeprune::hf::detail::decode_sparse24_bitmask;
+using moeprune::hf::detail::decode_sparse_bitmask;
 using moeprune::hf::detail::encode_sparse24_bitmask;
 
 TEST_CASE("sparse-24-bitmask encodes a 2:4 weight as its kept half and a bitmask",
@@ -57,6 +62,79 @@ TEST_CASE("sparse-24-bitmask refuses what it cannot store and a corrupt mask",
   e.bitmask = torch::zeros({1, 2}, torch::kUInt8);
   CHECK_THROWS_WITH(decode_sparse24_bitmask(e, "x"),
                     Catch::Contains("x.bitmask should be uint8 [1, 1]"));
+}
+
+TEST_CASE("sparse-bitmask (unstructured) decodes a hand-encoded weight and checks its parts",
+          "[compressed-tensors]") {
+  // [[0, 2, 0, 0, 0, 0, 0, 0, 0, 3], [0, ..., 0], [4, 0, ..., 0, 5, 6]]: 10 columns, two bytes
+  // per row; row 0 marks columns 1 and 9 (byte 0 = 2, byte 1 = 2), row 2 columns 0, 8 and 9
+  // (1; 1 + 2 = 3). The values row by row, and where each row starts in them.
+  const auto values = torch::tensor({2.f, 3.f, 4.f, 5.f, 6.f});
+  const auto bits = torch::tensor({{2, 2}, {0, 0}, {1, 3}}, torch::kUInt8);
+  const auto offsets = torch::tensor({0, 2, 2}, torch::kInt64);
+  const auto shape = torch::tensor({3, 10}, torch::kInt64);
+  auto expected = torch::zeros({3, 10});
+  expected[0][1] = 2;
+  expected[0][9] = 3;
+  expected[2][0] = 4;
+  expected[2][8] = 5;
+  expected[2][9] = 6;
+  CHECK(torch::equal(decode_sparse_bitmask(values, bits, offsets, shape, "m"), expected));
+  CHECK_THROWS_WITH(decode_sparse_bitmask(values.narrow(0, 0, 4), bits, offsets, shape, "m"),
+                    Catch::Contains("m.bitmask marks 5 weights, m.compressed holds 4 values"));
+  CHECK_THROWS_WITH(
+      decode_sparse_bitmask(values, bits, torch::tensor({0, 1, 2}, torch::kInt64), shape, "m"),
+      Catch::Contains("m.row_offsets do not agree with the rows' marks"));
+  CHECK_THROWS_WITH(
+      decode_sparse_bitmask(values, bits, offsets, torch::tensor({3, 10, 1}, torch::kInt64), "m"),
+      Catch::Contains("m.shape should hold 2 int64 values"));
+}
+
+TEST_CASE(
+    "a checkpoint reads a tensor stored encoded in others as itself, and refuses a "
+    "confused encoding",
+    "[compressed-tensors]") {
+  namespace st = moeprune::safetensors;
+  const auto dir = test::scratch_dir("moeprune-decoded-test");
+  const auto w = torch::tensor({{1.f, 0.f, 2.f, 0.f}, {0.f, 0.f, 3.f, 4.f}});
+  const auto e = encode_sparse24_bitmask(w, "m.weight");
+  st::save_file(dir + "/model.safetensors", {{"m.compressed", e.compressed},
+                                             {"m.bitmask", e.bitmask},
+                                             {"m.shape", e.shape},
+                                             {"n.weight", torch::ones({2})}});
+  st::Checkpoint c(dir);
+  const auto decoded = [&](const std::string& name, std::vector<std::string> parts) {
+    st::Checkpoint::Decoded d;
+    d.info.name = name;
+    d.info.dtype = "F32";
+    d.info.scalar_type = torch::kFloat;
+    d.info.shape = {2, 4};
+    d.parts = std::move(parts);
+    d.decode = [](const st::Checkpoint& ck) {
+      return decode_sparse24_bitmask(
+          {ck.tensor("m.compressed"), ck.tensor("m.bitmask"), ck.tensor("m.shape")}, "m");
+    };
+    return d;
+  };
+  c.add_decoded(decoded("m.weight", {"m.compressed", "m.bitmask", "m.shape"}));
+  CHECK(c.names() == std::vector<std::string>{"m.weight", "n.weight"});
+  CHECK(c.contains("m.weight"));
+  CHECK(c.info("m.weight").shape == std::vector<int64_t>{2, 4});
+  CHECK(torch::equal(c.tensor("m.weight"), w));
+  CHECK(c.shard_of("m.weight") == "model.safetensors");
+  c.release("m.weight");
+  CHECK(torch::equal(c.tensor("m.weight"), w));
+  CHECK_THROWS_WITH(c.add_decoded(decoded("n.weight", {"m.bitmask"})),
+                    Catch::Contains("tensor 'n.weight' is stored both as itself and encoded"));
+  CHECK_THROWS_WITH(c.add_decoded(decoded("o.weight", {"m.bitmask"})),
+                    Catch::Contains("m.bitmask is a part of two encoded tensors"));
+  CHECK_THROWS_WITH(c.add_decoded(decoded("p.weight", {"p.compressed"})),
+                    Catch::Contains("'p.weight' is stored encoded but p.compressed is missing"));
+  // A decoder that disagrees with the shape its parts gave is caught when read.
+  auto wrong = decoded("q.weight", {"n.weight"});
+  wrong.info.shape = {4, 2};
+  c.add_decoded(std::move(wrong));
+  CHECK_THROWS_WITH(c.tensor("q.weight"), Catch::Contains("'q.weight' decodes to Float [2, 4]"));
 }
 
 }  // namespace compressed_tensors_sparse_test

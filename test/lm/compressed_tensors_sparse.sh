@@ -4,8 +4,9 @@
 # transformers 4.57.6 (scripts/compressed_tensors_python): the same SparseGPT 2:4 run written
 # dense and as sparse-24-bitmask must hold the same weights (compressed-tensors' decompressor on
 # our files; its compressor on our dense weights gives our bytes), the sparse folder must load in
-# transformers with moeprune's logits of the dense one, be smaller, and be refused by moeprune's
-# readers with a message naming the format.
+# transformers with moeprune's logits of the dense one and be smaller; moeprune reads it, and
+# the sparse-bitmask and sparse-24-bitmask folders compressed-tensors itself writes, as the dense
+# weights (the same perplexity), and its writers refuse such a source.
 #   compressed_tensors_sparse.sh MOEPRUNE LM_LOGITS FIXTURE_DIR REFERENCE TOKENIZER
 set -euo pipefail
 cli="$1" logits="$2" source="$3" reference="$4" tokenizer="$5"
@@ -50,11 +51,49 @@ if ((ct_bytes >= dense_bytes)); then
   exit 1
 fi
 
-# moeprune reads dense checkpoints only, and says what this one is.
-if "$cli" inspect "$work/ct" > "$work/inspect.log" 2>&1; then
-  echo "moeprune inspect read a sparse-24-bitmask folder" >&2
+# moeprune reads both formats, what it writes and what compressed-tensors itself writes, as the
+# dense weights: the same perplexity to the last digit.
+eval_line() {
+  "$cli" eval "$1" "$work/calibration.txt" --context 20 2>/dev/null | grep 'tokens scored' |
+    sed "s|^$1: ||"
+}
+same_eval() {
+  local got want
+  got="$(eval_line "$1")" want="$(eval_line "$2")"
+  echo "$1: $got"
+  if [[ -z "$want" || "$got" != "$want" ]]; then
+    echo "moeprune eval of $1 differs from $2's: '$got' vs '$want'" >&2
+    exit 1
+  fi
+}
+same_eval "$work/ct" "$work/dense"
+"$ct_python" "$here/make_compressed_tensors_sparse.py" "$work/dense" "$work/ct_own" \
+  sparse-24-bitmask
+same_eval "$work/ct_own" "$work/dense"
+"$cli" sparsify "$work/model" --method wanda --sparsity 0.5 "${run[@]:6}" --out "$work/dense50"
+"$ct_python" "$here/make_compressed_tensors_sparse.py" "$work/dense50" "$work/bitmask50" \
+  sparse-bitmask
+same_eval "$work/bitmask50" "$work/dense50"
+"$cli" inspect "$work/bitmask50" | grep -q 'sparsified: wanda 50% unstructured'
+
+# The writers copy bytes: a sparse-format source is refused, saying so.
+if "$cli" prune --finetuned "$work/ct" --criterion random --experts-per-layer 2 --router keep \
+  --out "$work/ct_pruned" > "$work/prune.log" 2>&1; then
+  echo "moeprune prune wrote from a sparse-24-bitmask folder" >&2
   exit 1
 fi
-grep -q 'stored quantised or compressed (quantization_config: compressed-tensors, sparsity format sparse-24-bitmask)' \
-  "$work/inspect.log" || { cat "$work/inspect.log" >&2; exit 1; }
+grep -q 'writes only from dense checkpoints' "$work/prune.log" || { cat "$work/prune.log" >&2; exit 1; }
+# Any other quantisation is refused by the readers, naming it, not as a missing tensor.
+cp -r "$work/model" "$work/gptq"
+"$ct_python" -c 'import json, sys
+p = sys.argv[1] + "/config.json"
+c = json.load(open(p))
+c["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+json.dump(c, open(p, "w"))' "$work/gptq"
+if "$cli" inspect "$work/gptq" > "$work/gptq.log" 2>&1; then
+  echo "moeprune inspect read a GPTQ folder" >&2
+  exit 1
+fi
+grep -q 'stored quantised or compressed (quantization_config: gptq); moeprune reads dense' \
+  "$work/gptq.log" || { cat "$work/gptq.log" >&2; exit 1; }
 echo "compressed_tensors_sparse: all checks passed"

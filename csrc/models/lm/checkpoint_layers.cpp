@@ -98,13 +98,13 @@ torch::Tensor CheckpointLayers::logits(const torch::Tensor& hidden) const {
 void CheckpointLayers::release_layer(int64_t index) const {
   const auto prefix = detail::layer_prefix(index);
   for (const auto& name : checkpoint().names()) {
-    if (name.rfind(prefix, 0) == 0) checkpoint().file(checkpoint().shard_of(name)).release(name);
+    if (name.rfind(prefix, 0) == 0) checkpoint().release(name);
   }
 }
 
 void CheckpointLayers::release_embedding() const {
   const std::string name = "model.embed_tokens.weight";
-  checkpoint().file(checkpoint().shard_of(name)).release(name);
+  checkpoint().release(name);
 }
 
 std::string CheckpointLayers::moe_name(int64_t index) const {

@@ -1,5 +1,6 @@
 #include <moeprune/models/lm/streamed_merge.h>
 
+#include "hf/checkpoint_rewrite.h"
 #include "io/json.h"
 #include "io/posix_file.h"
 #include "models/lm/scratch_files.h"
@@ -90,6 +91,7 @@ MergeCheckpointResult merge_checkpoint(const CheckpointLayers& checkpoint,
                                        const std::function<void(int64_t, int64_t)>& progress) {
   TORCH_CHECK((options.groups_per_layer() >= 1) != (options.total_groups() >= 1),
               "merge_checkpoint: give groups_per_layer or total_groups (one of them, >= 1)");
+  hf::detail::check_dense_source(checkpoint.source());
   const auto& info = checkpoint.info();
   const auto& source = checkpoint.checkpoint();
   for (const auto& ref : info.layers) {

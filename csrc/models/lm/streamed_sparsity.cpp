@@ -1,5 +1,6 @@
 #include <moeprune/models/lm/streamed_sparsity.h>
 
+#include "hf/checkpoint_rewrite.h"
 #include "models/lm/scratch_files.h"
 #include "models/lm/streamed_moe_layers.h"
 
@@ -48,6 +49,7 @@ void round_and_spill(const hf::Source& source, const hf::MoELayerRef& ref, const
 }
 
 void check_checkpoint(const CheckpointLayers& checkpoint) {
+  hf::detail::check_dense_source(checkpoint.source());
   for (const auto& ref : checkpoint.info().layers) {
     TORCH_CHECK(!ref.fused, checkpoint.directory(), ": ", ref.prefix,
                 " stores its experts fused (transformers 5.x); sparsifying writes the per-expert "
