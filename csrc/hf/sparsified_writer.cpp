@@ -162,9 +162,7 @@ WriteReport write_sparsified_checkpoint(const Source& source,
     }
     int64_t total = 0;
     for (const auto& name : source.checkpoint().names()) {
-      int64_t n = 1;
-      for (const auto d : source.checkpoint().info(name).shape) n *= d;
-      total += n;
+      total += source.checkpoint().info(name).numel();
     }
     config["quantization_config"] = detail::sparse24_quantization_config(
         targets, total > 0 ? static_cast<double>(zeros) / static_cast<double>(total) : 0.0);

@@ -9,7 +9,10 @@
 #include "../scratch_dir.h"
 #include "hf/compressed_tensors_sparse.h"
 
+#include <moeprune/hf/pruning.h>
 #include <moeprune/io/safetensors.h>
+
+#include <fstream>
 
 namespace compressed_tensors_sparse_test {
 
@@ -62,6 +65,17 @@ TEST_CASE("sparse-24-bitmask refuses what it cannot store and a corrupt mask",
   e.bitmask = torch::zeros({1, 2}, torch::kUInt8);
   CHECK_THROWS_WITH(decode_sparse24_bitmask(e, "x"),
                     Catch::Contains("x.bitmask should be uint8 [1, 1]"));
+  auto f = encode_sparse24_bitmask(torch::zeros({1, 8}), "y");
+  f.compressed = torch::zeros({1, 3});
+  CHECK_THROWS_WITH(decode_sparse24_bitmask(f, "y"),
+                    Catch::Contains("y.compressed should be [1, 4], found [1, 3]"));
+  f.shape = torch::tensor({1, 6}, torch::kInt64);
+  CHECK_THROWS_WITH(decode_sparse24_bitmask(f, "y"),
+                    Catch::Contains("y.shape is [1, 6]: sparse-24-bitmask needs a multiple of 4"));
+  f.shape = torch::tensor({-1, 8}, torch::kInt64);
+  CHECK_THROWS_WITH(decode_sparse24_bitmask(f, "y"), Catch::Contains("y.shape is [-1, 8]"));
+  CHECK_THROWS_WITH(moeprune::hf::parse_sparse_format("bitmask"),
+                    Catch::Contains("unknown sparse format 'bitmask' (dense, compressed-tensors)"));
 }
 
 TEST_CASE("sparse-bitmask (unstructured) decodes a hand-encoded weight and checks its parts",
@@ -130,11 +144,32 @@ TEST_CASE(
                     Catch::Contains("m.bitmask is a part of two encoded tensors"));
   CHECK_THROWS_WITH(c.add_decoded(decoded("p.weight", {"p.compressed"})),
                     Catch::Contains("'p.weight' is stored encoded but p.compressed is missing"));
+  auto no_decoder = decoded("r.weight", {"n.weight"});
+  no_decoder.decode = nullptr;
+  CHECK_THROWS_WITH(c.add_decoded(std::move(no_decoder)),
+                    Catch::Contains("decoded tensor 'r.weight' needs its parts and a decoder"));
   // A decoder that disagrees with the shape its parts gave is caught when read.
   auto wrong = decoded("q.weight", {"n.weight"});
   wrong.info.shape = {4, 2};
   c.add_decoded(std::move(wrong));
   CHECK_THROWS_WITH(c.tensor("q.weight"), Catch::Contains("'q.weight' decodes to Float [2, 4]"));
+}
+
+TEST_CASE("a compressed-tensors folder missing a part of an encoded weight is refused by name",
+          "[compressed-tensors]") {
+  const auto dir = test::scratch_dir("moeprune-ct-missing-part");
+  const auto e = encode_sparse24_bitmask(torch::zeros({2, 4}), "m.weight");
+  moeprune::safetensors::save_file(dir + "/model.safetensors",
+                                   {{"m.compressed", e.compressed}, {"m.shape", e.shape}});
+  std::ofstream(dir + "/config.json") << R"({"quantization_config": {
+      "quant_method": "compressed-tensors",
+      "sparsity_config": {"format": "sparse-24-bitmask", "targets": ["m"]}}})";
+  const moeprune::hf::Config config(dir);
+  CHECK(moeprune::hf::detail::compressed_tensors_sparse_format(config) == "sparse-24-bitmask");
+  moeprune::safetensors::Checkpoint checkpoint(dir);
+  CHECK_THROWS_WITH(moeprune::hf::detail::add_compressed_tensors_weights(config, checkpoint),
+                    Catch::Contains("sparse-24-bitmask stores m.weight as m.compressed and "
+                                    "others, but m.bitmask is missing"));
 }
 
 }  // namespace compressed_tensors_sparse_test

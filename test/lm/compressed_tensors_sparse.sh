@@ -83,6 +83,22 @@ if "$cli" prune --finetuned "$work/ct" --criterion random --experts-per-layer 2 
   exit 1
 fi
 grep -q 'writes only from dense checkpoints' "$work/prune.log" || { cat "$work/prune.log" >&2; exit 1; }
+# sparsify and merge refuse it before calibrating (no layer table printed).
+refuses_sparse_source() {
+  if "$cli" "$@" > "$work/refused.log" 2>&1; then
+    echo "moeprune $1 wrote from a sparse-24-bitmask folder" >&2
+    exit 1
+  fi
+  grep -q 'writes only from dense checkpoints' "$work/refused.log" ||
+    { cat "$work/refused.log" >&2; exit 1; }
+  if grep -q 'block_sparse_moe' "$work/refused.log"; then
+    echo "moeprune $1 calibrated before refusing" >&2
+    exit 1
+  fi
+}
+refuses_sparse_source "${run[@]/#$work\/model/$work/ct}" --out "$work/ct_refused"
+refuses_sparse_source merge "$work/ct" --groups-per-layer 3 --calibration "$work/calibration.txt" \
+  --samples 8 --seq-len 20 --out "$work/ct_refused"
 # Any other quantisation is refused by the readers, naming it, not as a missing tensor.
 cp -r "$work/model" "$work/gptq"
 "$ct_python" -c 'import json, sys
