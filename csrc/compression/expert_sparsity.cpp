@@ -1,5 +1,7 @@
 #include <moeprune/compression/expert_sparsity.h>
+#include <moeprune/compression/model_sparsity.h>
 
+#include "compression/pruned_linear.h"
 #include "layers/activation.h"
 
 #include <torch/torch.h>
@@ -7,12 +9,17 @@
 #include <chrono>
 #include <limits>
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
 namespace moeprune::compression {
 namespace expert_sparsity_detail {
+
+using sparsity_detail::Calibration;
+using sparsity_detail::prune_linear;
+using sparsity_detail::PrunedLinear;
 
 // The calibration tokens of one layer, and for each bank expert the rows of them it serves.
 struct LayerTokensByExpert {
@@ -55,79 +62,9 @@ LayerTokensByExpert tokens_by_expert(const LayerCalls& calls, int64_t num_held) 
   return out;
 }
 
-// What one set of inputs (an expert's tokens, or its hidden activations of them) gives the
-// linears they reach: the statistics, SparseGPT's factor of them (computed once for the gate and
-// up projections), and the tokens themselves scaled by sqrt(token weight), kept when there are
-// fewer tokens than inputs (the cheaper way to measure the output error).
-struct Calibration {
-  InputStatistics stats;
-  std::optional<SparseGPTFactor> factor;
-  torch::Tensor scaled;  // [n, in] fp32, or undefined
+}  // namespace expert_sparsity_detail
 
-  Calibration(const torch::Tensor& x, const torch::Tensor& weight,
-              const ExpertSparsityOptions& options)
-      // Wanda and magnitude need the diagonal only; SparseGPT the whole Gram matrix.
-      : stats(x.size(1), options.method() == SparsityMethod::kSparseGPT) {
-    stats.add(x, weight);
-    if (stats.full()) {
-      factor = sparsegpt_factor(stats.gram(), options.sparsegpt());
-    }
-    if (!stats.full() || x.size(0) < x.size(1)) {
-      // fp32 is plenty for a relative error report, and several times faster than fp64.
-      scaled = x.to(torch::kFloat);
-      if (weight.defined()) scaled = scaled * weight.to(torch::kFloat).sqrt().unsqueeze(1);
-    }
-  }
-};
-
-// The pruned weight [out, in] of one linear (W in the usual orientation) and what it adds to the
-// layer's relative error (numerator, denominator: ||(W - W') X^T||^2 and ||W X^T||^2 over the
-// weighted tokens).
-struct PrunedLinear {
-  torch::Tensor weight;
-  double error = 0.0, reference = 0.0;
-};
-
-PrunedLinear prune_linear(const torch::Tensor& w, const Calibration* calibration,
-                          const ExpertSparsityOptions& options) {
-  PrunedLinear out;
-  switch (options.method()) {
-    case SparsityMethod::kMagnitude:
-      out.weight = w * magnitude_mask(w, options.pattern()).to(w.scalar_type());
-      break;
-    case SparsityMethod::kWanda:
-      out.weight =
-          w *
-          wanda_mask(w, calibration->stats.column_norms(), options.pattern()).to(w.scalar_type());
-      break;
-    case SparsityMethod::kSparseGPT:
-      out.weight =
-          sparsegpt(w, *calibration->factor, options.pattern(), options.sparsegpt()).weight;
-      break;
-  }
-  if (calibration == nullptr) {
-    out.error = out.reference = std::numeric_limits<double>::quiet_NaN();
-    return out;
-  }
-  if (calibration->scaled.defined()) {
-    // n x in x out multiply-adds from the tokens (fewer than the Gram matrix's in x in x out when
-    // there are fewer tokens than inputs), summed in fp64.
-    const auto& x = calibration->scaled;
-    const auto before = w.to(torch::kFloat);
-    const auto delta = before - out.weight.to(torch::kFloat);
-    out.error = x.mm(delta.t()).square().sum(torch::kDouble).item<double>();
-    out.reference = x.mm(before.t()).square().sum(torch::kDouble).item<double>();
-  } else {
-    const auto before = w.to(torch::kDouble);
-    const auto delta = before - out.weight.to(torch::kDouble);
-    const auto& g = calibration->stats.gram();
-    out.error = delta.mm(g).mul(delta).sum().item<double>();
-    out.reference = before.mm(g).mul(before).sum().item<double>();
-  }
-  return out;
-}
-
-void check_layer(const MoELayerEntry& entry) {
+void sparsity_detail::check_expert_layer(const MoELayerEntry& entry) {
   MoELayer layer = entry.layer;
   TORCH_CHECK(layer->experts()->options.rank() == 0, "sparsify_experts: MoE layer ", entry.name,
               " is factorised (low rank plus sparse, MC-SMoE); sparsify before factorising");
@@ -137,11 +74,13 @@ void check_layer(const MoELayerEntry& entry) {
               " has ", layer->experts()->w1.scalar_type(), " expert weights");
 }
 
+namespace expert_sparsity_detail {
+
 // Prunes every expert of one layer from its calibration calls (`calls` null: no calibration).
 LayerSparsityReport sparsify_layer(const MoELayerEntry& entry, const LayerCalls* calls,
                                    const ExpertSparsityOptions& options) {
   const auto start = std::chrono::steady_clock::now();
-  check_layer(entry);
+  sparsity_detail::check_expert_layer(entry);
   MoELayer layer = entry.layer;
   auto bank = layer->experts();
   const int64_t held = bank->num_held();
@@ -293,47 +232,67 @@ LayerSparsityReport sparsify_moe_layer(const MoELayerEntry& layer, const LayerCa
 std::vector<LayerSparsityReport> sparsify_experts(const MoEView& view,
                                                   const ExpertSparsityOptions& options,
                                                   const LayerSparsityCallback& on_layer) {
-  using expert_sparsity_detail::sparsify_layer;
-  check_sparsity_options(options);
-  const bool needs_data = options.method() != SparsityMethod::kMagnitude;
-  TORCH_CHECK(!needs_data || view.has_calibration(),
-              "sparsify_experts: ", to_string(options.method()),
-              " needs calibration data and the MoE view has none");
+  const auto& t = options.targets();
+  TORCH_CHECK(t.experts && !t.beyond_experts(),
+              "sparsify_experts: prunes the experts only; the "
+              "targets asked for are ",
+              t.describe(), " (use sparsify, model_sparsity.h)");
+  return sparsify(view, options, on_layer).layers;
+}
 
-  std::vector<MoELayerEntry> layers = view.layers();
-  TORCH_CHECK(!layers.empty(), "sparsify_experts: the model has no MoE layers");
-  if (!options.layers().empty()) {
-    layers = select_layers(layers, options.layers());
+SparsityTargets SparsityTargets::parse(const std::string& text) {
+  if (text == "all") {
+    return SparsityTargets{true, true, true, true};
   }
-  std::vector<int64_t> keys;
-  for (const auto& entry : layers) {
-    expert_sparsity_detail::check_layer(entry);
-    keys.push_back(entry.key);
+  SparsityTargets t;
+  t.experts = false;
+  std::set<std::string> seen;
+  size_t from = 0;
+  while (true) {
+    const auto comma = text.find(',', from);
+    const auto name =
+        text.substr(from, comma == std::string::npos ? std::string::npos : comma - from);
+    TORCH_CHECK(seen.insert(name).second, "sparsity targets '", text, "' name ", name, " twice");
+    if (name == "experts") {
+      t.experts = true;
+    } else if (name == "attention") {
+      t.attention = true;
+    } else if (name == "shared_experts") {
+      t.shared_experts = true;
+    } else if (name == "dense") {
+      t.dense = true;
+    } else {
+      TORCH_CHECK(false, "unknown sparsity target '", name, "' in '", text,
+                  "': experts, attention, shared_experts, dense (comma-separated), or all");
+    }
+    if (comma == std::string::npos) break;
+    from = comma + 1;
   }
+  return t;
+}
 
-  std::vector<LayerSparsityReport> reports;
-  // Prunes one layer (`calls` null: no calibration) and reports it.
-  const auto prune = [&](const MoELayerEntry& entry, const LayerCalls* calls) {
-    reports.push_back(sparsify_layer(entry, calls, options));
-    if (on_layer) {
-      on_layer(reports.back());
-    }
-  };
-  const auto visit = [&](const MoELayerEntry& entry, const LayerCalls& calls) {
-    prune(entry, &calls);
-  };
-  if (!view.has_calibration()) {
-    for (const auto& entry : layers) {
-      prune(entry, nullptr);
-    }
-  } else if (options.sequential()) {
-    for (const auto key : keys) {
-      view.walk_layers({key}, /*with_inputs=*/true, visit);
-    }
-  } else {
-    view.walk_layers(keys, /*with_inputs=*/true, visit);
+std::string SparsityTargets::describe() const {
+  if (experts && attention && shared_experts && dense) return "all";
+  std::string out;
+  for (const auto& [on, name] : {std::pair<bool, const char*>{experts, "experts"},
+                                 {attention, "attention"},
+                                 {shared_experts, "shared_experts"},
+                                 {dense, "dense"}}) {
+    if (on) out += (out.empty() ? "" : ",") + std::string(name);
   }
-  return reports;
+  return out.empty() ? "nothing" : out;
+}
+
+bool SparsityTargets::wants(LinearRole role) const {
+  switch (role) {
+    case LinearRole::kAttention:
+      return attention;
+    case LinearRole::kSharedExpert:
+      return shared_experts;
+    case LinearRole::kDenseMLP:
+      return dense;
+  }
+  return false;
 }
 
 }  // namespace moeprune::compression

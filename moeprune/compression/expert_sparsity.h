@@ -11,6 +11,7 @@
 // layer is calibrated on the outputs of the layers already pruned before it (SparseGPT's
 // sequential mode), else all on the unpruned model (llm-compressor's "basic" pipeline).
 #include <moeprune/compression/weight_sparsity.h>
+#include <moeprune/layers/linear_capture.h>
 #include <moeprune/layers/moe_view.h>
 
 #include <torch/arg.h>
@@ -40,6 +41,25 @@ enum class ExpertCalibration {
 ExpertCalibration parse_expert_calibration(const std::string& name);
 std::string to_string(ExpertCalibration calibration);
 
+/// Which weights are pruned: the routed experts' and, beyond them, the model's dense linear layers
+/// by role (MoEView::linears: attention, shared experts, dense MLPs). Routers, norms, embeddings
+/// and the output head are never pruned.
+struct SparsityTargets {
+  bool experts = true;
+  bool attention = false;
+  bool shared_experts = false;
+  bool dense = false;
+
+  /// "experts", "attention", "shared_experts", "dense", comma-separated, or "all"; an error names
+  /// an unknown or repeated one.
+  static SparsityTargets parse(const std::string& text);
+  /// The same list ("experts,attention"; "all" when all four).
+  std::string describe() const;
+  bool wants(LinearRole role) const;
+  /// Whether any dense linear layer is targeted.
+  bool beyond_experts() const { return attention || shared_experts || dense; }
+};
+
 struct ExpertSparsityOptions {
   TORCH_ARG(SparsityMethod, method) = SparsityMethod::kWanda;
   TORCH_ARG(SparsityPattern, pattern) = SparsityPattern::unstructured(0.5);
@@ -54,8 +74,11 @@ struct ExpertSparsityOptions {
   /// Calibrate each layer on the outputs of the layers pruned before it (one calibration pass
   /// per layer); false: one pass of the unpruned model for all layers.
   TORCH_ARG(bool, sequential) = true;
-  /// The MoE layers to prune, by key; empty: all of them.
+  /// The blocks to prune, by key (a MoE layer's key, or a dense block's LinearEntry::block);
+  /// empty: all of them.
   TORCH_ARG(std::vector<int64_t>, layers);
+  /// What is pruned (sparsify_experts: the experts only; sparsify, model_sparsity.h: any).
+  TORCH_ARG(SparsityTargets, targets);
   TORCH_ARG(SparseGPTOptions, sparsegpt);
 };
 
@@ -93,7 +116,8 @@ void check_sparsity_options(const ExpertSparsityOptions& options);
 using LayerSparsityCallback = std::function<void(const LayerSparsityReport& report)>;
 
 /// Prunes the weights inside every expert of the view's MoE layers (options.layers() only, when
-/// given), in place: pruned weights become exact zeros, kept ones keep their value (magnitude,
+/// given; options.targets() must be the experts alone: sparsify in model_sparsity.h prunes
+/// more), in place: pruned weights become exact zeros, kept ones keep their value (magnitude,
 /// Wanda) or are updated (SparseGPT). Wanda and SparseGPT need calibration data in the view.
 /// Refuses a factorised bank (its weights are L R + S). Returns one report per pruned layer, in
 /// the model's order.

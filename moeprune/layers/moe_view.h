@@ -5,6 +5,7 @@
 // calibration inputs that reached each one. An in-memory model provides the walk by running its
 // forward passes under one capture scope (MoECapture); layers held on their own (a checkpoint
 // read layer by layer) route their calibration tokens directly (LayerMapView).
+#include <moeprune/layers/linear_capture.h>
 #include <moeprune/layers/moe_layer.h>
 
 #include <torch/types.h>
@@ -57,6 +58,11 @@ class MoEView {
   /// layers before it) holds one layer's inputs. The default walks everything and filters.
   virtual void walk_layers(const std::vector<int64_t>& keys, bool with_inputs,
                            const LayerVisitor& visit) const;
+  /// The model's dense linear layers (attention, shared experts, dense MLPs; not the experts,
+  /// routers or output head), in the order the model runs them; a compression beyond the experts
+  /// captures their inputs (LinearInputCapture) while walk_layers runs the model. Empty: the view
+  /// offers none.
+  virtual std::vector<LinearEntry> linears() const { return {}; }
   /// The architecture a plan made on this view fits (JSON text; empty: not recorded).
   virtual std::string signature() const { return {}; }
 

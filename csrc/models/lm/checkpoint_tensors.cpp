@@ -90,6 +90,41 @@ void add_layer_tensors(NamedTensors& out, const CausalLMOptions& o, DecoderLayer
   }
 }
 
+std::vector<LinearEntry> layer_linears(const CausalLMOptions& o, DecoderLayerImpl& layer,
+                                       int64_t block) {
+  const auto& f = family(o.model_type());
+  const auto p = layer_prefix(layer.index);
+  std::vector<LinearEntry> out;
+  const auto add = [&](const std::string& name, LinearRole role, const torch::nn::Linear& linear) {
+    if (!linear.is_empty()) out.push_back({block, name, role, linear});
+  };
+  const auto& attn = layer.self_attn;
+  for (const auto& [name, linear] :
+       {std::pair<const char*, const torch::nn::Linear*>{"q_proj", &attn->q_proj},
+        {"q_a_proj", &attn->q_a_proj},
+        {"q_b_proj", &attn->q_b_proj},
+        {"kv_a_proj_with_mqa", &attn->kv_a_proj_with_mqa},
+        {"kv_b_proj", &attn->kv_b_proj},
+        {"k_proj", &attn->k_proj},
+        {"v_proj", &attn->v_proj},
+        {"o_proj", &attn->o_proj}}) {
+    add(p + "self_attn." + name, LinearRole::kAttention, *linear);
+  }
+  const auto add_mlp = [&](const std::string& name, LinearRole role, const GatedMLP& mlp) {
+    add(name + ".gate_proj", role, mlp->gate_proj);
+    add(name + ".up_proj", role, mlp->up_proj);
+    add(name + ".down_proj", role, mlp->down_proj);
+  };
+  if (!layer.mlp.is_empty()) {
+    add_mlp(p + "mlp", LinearRole::kDenseMLP, layer.mlp);
+  }
+  if (!layer.moe_block.is_empty() && !layer.moe_block->shared_expert.is_empty()) {
+    add_mlp(p + f.moe_block() + "." + f.shared_expert(), LinearRole::kSharedExpert,
+            layer.moe_block->shared_expert);
+  }
+  return out;
+}
+
 std::vector<int64_t> recorded_layer_drop(const hf::Config& config, const CausalLMOptions& o) {
   if (!config.contains("moeprune")) {
     return {};

@@ -6,6 +6,7 @@
 
 #include <moeprune/hf/checkpoint.h>
 #include <moeprune/io/safetensors.h>
+#include <moeprune/layers/linear_capture.h>
 
 #include "hf/config.h"
 
@@ -26,6 +27,12 @@ std::string layer_prefix(int64_t i);
 /// experts), by Hugging Face name: norms, attention, dense MLP or shared expert. A layer whose
 /// MoE block Layer Drop removed gets the zero block's dense tensors save_causal_lm writes.
 void add_layer_tensors(NamedTensors& out, const CausalLMOptions& o, DecoderLayerImpl& layer);
+
+/// The dense linear layers of decoder layer `layer` (attention projections, a MoE block's shared
+/// expert, a dense layer's MLP; not the shared expert's gate), by Hugging Face module path, with
+/// `block` as their block key.
+std::vector<LinearEntry> layer_linears(const CausalLMOptions& o, DecoderLayerImpl& layer,
+                                       int64_t block);
 
 /// The MoE blocks a moeprune checkpoint records as removed by Layer Drop (config.json's
 /// "moeprune": {"dropped_mlp_layers": [...]}); the checkpoint holds them as zero blocks.

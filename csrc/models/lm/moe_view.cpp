@@ -1,5 +1,6 @@
 #include <moeprune/models/lm/moe_view.h>
 
+#include "models/lm/checkpoint_tensors.h"
 #include "models/lm/families/family.h"
 
 #include <torch/torch.h>
@@ -36,6 +37,16 @@ void CausalLMMoEView::walk_layers(const std::vector<int64_t>& keys, bool with_in
   walk_by_capture(
       *model, select_layers(layers(), keys), with_inputs,
       [&] { tokens_([&](const torch::Tensor& batch) { model->hidden_states(batch); }); }, visit);
+}
+
+std::vector<LinearEntry> CausalLMMoEView::linears() const {
+  std::vector<LinearEntry> out;
+  for (size_t i = 0; i < model_->layers->size(); ++i) {
+    auto layer = model_->layer(static_cast<int64_t>(i));
+    auto own = detail::layer_linears(model_->options, *layer, layer->index);
+    out.insert(out.end(), own.begin(), own.end());
+  }
+  return out;
 }
 
 std::string CausalLMMoEView::signature() const {

@@ -18,6 +18,27 @@ std::vector<MoELayerEntry> VisionTransformerMoEView::layers() const {
   return out;
 }
 
+std::vector<LinearEntry> VisionTransformerMoEView::linears() const {
+  std::vector<LinearEntry> out;
+  for (size_t i = 0; i < model_->blocks.size(); ++i) {
+    const auto& block = model_->blocks[i];
+    const auto key = static_cast<int64_t>(i);
+    const auto name = "block" + std::to_string(i) + ".";
+    const auto add = [&](const char* local, LinearRole role, const torch::nn::Linear& linear) {
+      if (!linear.is_empty()) out.push_back({key, name + local, role, linear});
+    };
+    if (block->has_attention) {
+      add("qkv", LinearRole::kAttention, block->qkv);
+      add("proj", LinearRole::kAttention, block->proj);
+    }
+    if (block->has_mlp && !block->is_moe()) {
+      add("fc1", LinearRole::kDenseMLP, block->fc1);
+      add("fc2", LinearRole::kDenseMLP, block->fc2);
+    }
+  }
+  return out;
+}
+
 void VisionTransformerMoEView::walk(bool with_inputs, const LayerVisitor& visit) const {
   std::vector<int64_t> keys;
   for (const auto& entry : layers()) {

@@ -3,8 +3,9 @@
 // The MoE view (layers/moe_view.h) of a CausalLM: its MoE layers keyed by decoder layer index
 // and named by their Hugging Face module path, walked by running the model over batches of
 // token ids under one capture scope. Every criterion, plan, Expert Drop, merging and low-rank
-// compression then works on the language model; shared experts and dense layers are not in the
-// view, so nothing prunes them.
+// compression then works on the language model. Its dense linear layers (attention, shared
+// experts, dense MLPs) are listed for compressions that go beyond the experts (sparsify's
+// targets); criteria, plans and merging see the MoE layers only.
 #include <moeprune/layers/moe_view.h>
 #include <moeprune/models/lm/causal_lm.h>
 
@@ -27,6 +28,9 @@ class CausalLMMoEView : public MoEView {
   /// Runs the whole model, capturing only the layers keyed `keys`.
   void walk_layers(const std::vector<int64_t>& keys, bool with_inputs,
                    const LayerVisitor& visit) const override;
+  /// Every decoder layer's attention projections, shared expert and dense MLP, keyed by decoder
+  /// layer index and named by their Hugging Face module paths.
+  std::vector<LinearEntry> linears() const override;
   /// The architecture: model_type, sizes and which layers are MoE.
   std::string signature() const override;
 

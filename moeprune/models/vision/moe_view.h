@@ -18,6 +18,9 @@ class VisionTransformerMoEView : public MoEView {
 
   /// Block i's MoE layer, keyed i and named "block<i>.moe" (its module path).
   std::vector<MoELayerEntry> layers() const override;
+  /// Each block's attention projections ("block<i>.qkv", "block<i>.proj") and a dense block's
+  /// MLP ("block<i>.fc1", "block<i>.fc2"), keyed i; not the head.
+  std::vector<LinearEntry> linears() const override;
   bool has_calibration() const override { return static_cast<bool>(images_); }
   void walk(bool with_inputs, const LayerVisitor& visit) const override;
   /// Runs the whole model, capturing only the layers keyed `keys`.
