@@ -1,7 +1,9 @@
 // moeprune sparsify: Wanda, SparseGPT or magnitude pruning inside every expert of a checkpoint
-// (the Unified seed's Expert Slimming). Calibration tokens stream through the model one decoder
-// layer at a time; each expert is pruned on the tokens routed to it (or on all tokens), and the
-// checkpoint is written in its own format with exact zeros, so every tool loads it.
+// (the Unified seed's Expert Slimming), and with --targets in its attention, shared experts and
+// dense MLPs. Calibration tokens stream through the model one decoder layer at a time; each
+// expert is pruned on the tokens routed to it (or on all tokens), each dense layer on its own
+// inputs, and the checkpoint is written in its own format with exact zeros, so every tool loads
+// it.
 #include <moeprune/models/lm/streamed_sparsity.h>
 
 #include <fmt/core.h>
@@ -21,6 +23,7 @@ namespace cm = moeprune::compression;
 struct SparsifyArgs {
   std::string checkpoint, out, json, method = "wanda", sparsity, nm, dtype = "fp32";
   std::string calibration_mode = "routed", scratch_dir = "/tmp", format = "dense";
+  std::string targets = "experts";
   TokenSource calibration;
   int64_t samples = 8, seq_len = 512, batch_size = 4, min_tokens = 1;
   std::vector<int64_t> layers;
@@ -50,7 +53,8 @@ int run_sparsify(const SparsifyArgs& args) {
       .router_weighted(args.router_weighted)
       .min_tokens(args.min_tokens)
       .sequential(!args.not_sequential)
-      .layers(args.layers);
+      .layers(args.layers)
+      .targets(cm::SparsityTargets::parse(args.targets));
   const bool magnitude = options.method() == cm::SparsityMethod::kMagnitude;
   TORCH_CHECK(magnitude || !args.calibration.path.empty(), "--method ", args.method,
               " needs --calibration (text or token ids)");
@@ -66,14 +70,30 @@ int run_sparsify(const SparsifyArgs& args) {
                args.calibration_mode == "all" ? "every expert on every token"
                                               : "each expert on the tokens routed to it");
   }
-  fmt::print("{} at {} inside the experts of {} MoE layers\n", args.method,
-             options.pattern().describe(),
-             args.layers.empty() ? model.info().layers.size() : args.layers.size());
+  const auto& targets = options.targets();
+  if (targets.experts) {
+    fmt::print("{} at {} inside the experts of {} MoE layers\n", args.method,
+               options.pattern().describe(),
+               args.layers.empty() ? model.info().layers.size() : args.layers.size());
+  }
+  if (targets.beyond_experts()) {
+    std::string roles;
+    for (const auto role : {moeprune::LinearRole::kAttention, moeprune::LinearRole::kSharedExpert,
+                            moeprune::LinearRole::kDenseMLP}) {
+      if (targets.wants(role)) roles += (roles.empty() ? "" : ", ") + moeprune::to_string(role);
+    }
+    fmt::print("{} at {} in the {} layers of {} decoder layers\n", args.method,
+               options.pattern().describe(), roles, model.num_layers());
+  }
 
   // Per layer: the zeros reached, the relative output error on the calibration tokens, the
-  // fewest tokens an expert was routed, and how many experts fell below --min-tokens.
-  fmt::print("{:<36} {:>9} {:>10} {:>11} {:>9} {:>7}\n", "MoE layer", "sparsity", "rel.error",
-             "fewest tok", "fell back", "seconds");
+  // fewest tokens an expert was routed, and how many experts fell below --min-tokens (dense
+  // layers: the tokens that reached them).
+  fmt::print("{:<36} {:<14} {:>9} {:>10} {:>11} {:>9} {:>7}\n", "layer", "weights", "sparsity",
+             "rel.error", "fewest tok", "fell back", "seconds");
+  const auto error_text = [](double e) {
+    return std::isnan(e) ? std::string("-") : fmt::format("{:.4f}", e);
+  };
   nlohmann::json layers = nlohmann::json::array();
   const auto on_layer = [&](const cm::LayerSparsityReport& r) {
     int64_t fewest = -1, fell = 0;
@@ -81,10 +101,9 @@ int run_sparsify(const SparsifyArgs& args) {
       fewest = fewest < 0 ? r.routed_tokens[i] : std::min(fewest, r.routed_tokens[i]);
       fell += r.fell_back[i] ? 1 : 0;
     }
-    fmt::print(
-        "{:<36} {:>8.2f}% {:>10} {:>11} {:>9} {:>7.1f}\n", r.name, 100.0 * r.sparsity(),
-        std::isnan(r.relative_error) ? std::string("-") : fmt::format("{:.4f}", r.relative_error),
-        fewest < 0 ? std::string("-") : std::to_string(fewest), fell, r.seconds);
+    fmt::print("{:<36} {:<14} {:>8.2f}% {:>10} {:>11} {:>9} {:>7.1f}\n", r.name, "experts",
+               100.0 * r.sparsity(), error_text(r.relative_error),
+               fewest < 0 ? std::string("-") : std::to_string(fewest), fell, r.seconds);
     std::fflush(stdout);
     nlohmann::json j{{"index", r.key},
                      {"prefix", r.name},
@@ -101,6 +120,20 @@ int run_sparsify(const SparsifyArgs& args) {
         std::isnan(r.relative_error) ? nlohmann::json() : nlohmann::json(r.relative_error);
     layers.push_back(std::move(j));
   };
+  nlohmann::json linears = nlohmann::json::array();
+  const auto on_linears = [&](const cm::LinearSparsityReport& r) {
+    fmt::print("{:<36} {:<14} {:>8.2f}% {:>10} {:>11} {:>9} {:>7.1f}\n", r.name,
+               moeprune::to_string(r.role), 100.0 * r.sparsity(), error_text(r.relative_error),
+               r.tokens > 0 ? std::to_string(r.tokens) : "-", "", r.seconds);
+    std::fflush(stdout);
+    nlohmann::json j{
+        {"decoder_layer", r.block}, {"module", r.name},     {"role", moeprune::to_string(r.role)},
+        {"linears", r.linears},     {"weights", r.weights}, {"zeros", r.zeros},
+        {"sparsity", r.sparsity()}, {"tokens", r.tokens},   {"seconds", r.seconds}};
+    j["relative_error"] =
+        std::isnan(r.relative_error) ? nlohmann::json() : nlohmann::json(r.relative_error);
+    linears.push_back(std::move(j));
+  };
   LazyBar write_bar("writing", "MB");
   const auto write_progress = write_bar.callback();
   moeprune::hf::WriteOptions wo;
@@ -114,23 +147,29 @@ int run_sparsify(const SparsifyArgs& args) {
           .sparsity(options)
           .batch_size(args.batch_size)
           .stream(moeprune::lm::StreamOptions().scratch_dir(args.scratch_dir)),
-      wo, on_layer);
+      wo, on_layer, on_linears);
   write_bar.finish();
   int64_t weights = 0, zeros = 0;
   for (const auto& r : result.layers) {
     weights += r.weights;
     zeros += r.zeros;
   }
+  for (const auto& r : result.linears) {
+    weights += r.weights;
+    zeros += r.zeros;
+  }
   const double seconds = seconds_since(start);
+  const auto what = targets.describe() == "experts" ? std::string("expert")
+                                                    : "targeted (" + targets.describe() + ")";
   fmt::print(
-      "wrote {}: {:.1f} MB in {:.1f} s; {:.2f}% of {} expert weights are zero; expert tensors "
-      "rewritten {}, copied {}; peak RSS {:.0f} MB\n",
+      "wrote {}: {:.1f} MB in {:.1f} s; {:.2f}% of {} {} weights are zero; tensors rewritten {}, "
+      "copied {}; peak RSS {:.0f} MB\n",
       args.out, result.report.bytes_written / 1e6, seconds,
       weights > 0 ? 100.0 * static_cast<double>(zeros) / static_cast<double>(weights) : 0.0,
-      weights, result.report.tensors_merged, result.report.tensors_copied, peak_rss_mb());
+      weights, what, result.report.tensors_merged, result.report.tensors_copied, peak_rss_mb());
   if (wo.sparse_format == moeprune::hf::SparseFormat::kCompressedTensors24) {
     fmt::print(
-        "expert weights stored as compressed-tensors sparse-24-bitmask: transformers 4.x with "
+        "sparse weights stored as compressed-tensors sparse-24-bitmask: transformers 4.x with "
         "compressed-tensors <= 0.14.0.1 loads the folder; moeprune reads it but writes from dense "
         "folders only\n");
   }
@@ -139,6 +178,7 @@ int run_sparsify(const SparsifyArgs& args) {
                      {"out", args.out},
                      {"record", nlohmann::json::parse(moeprune::lm::sparsity_record(options))},
                      {"layers", layers},
+                     {"linears", linears},
                      {"weights", weights},
                      {"zeros", zeros},
                      {"format", moeprune::hf::to_string(wo.sparse_format)},
@@ -161,14 +201,15 @@ Runner add_sparsify(CLI::App& app) {
   auto args = std::make_shared<SparsifyArgs>();
   auto* command = app.add_subcommand(
       "sparsify",
-      "Prune weights inside the experts (Wanda, SparseGPT, magnitude; a fraction or N:M) and "
-      "write a new checkpoint folder with exact zeros");
+      "Prune weights inside the experts (Wanda, SparseGPT, magnitude; a fraction or N:M), and "
+      "with --targets in attention, shared experts and dense MLPs, and write a new checkpoint "
+      "folder with exact zeros");
   command->add_option("checkpoint", args->checkpoint, "Checkpoint folder")->required();
   command->add_option("--method", args->method, "wanda, sparsegpt or magnitude")
       ->check(CLI::IsMember({"wanda", "sparsegpt", "magnitude"}))
       ->capture_default_str();
   command->add_option("--sparsity", args->sparsity,
-                      "Fraction of every expert row to prune, in (0, 1), e.g. 0.5");
+                      "Fraction of every row to prune, in (0, 1), e.g. 0.5");
   command->add_option("--nm", args->nm, "Instead: keep N of every M inputs of a row, e.g. 2:4");
   add_calibration_options(command, args->calibration, args->samples, args->seq_len,
                           args->batch_size,
@@ -188,7 +229,14 @@ Runner add_sparsify(CLI::App& app) {
   command->add_flag("--not-sequential", args->not_sequential,
                     "Calibrate every layer on the unpruned model (default: each layer on the "
                     "outputs of the pruned layers before it)");
-  command->add_option("--layers", args->layers, "Only these MoE layers (by index)");
+  command->add_option("--layers", args->layers,
+                      "Only these MoE layers (by index; with --targets experts only)");
+  command
+      ->add_option("--targets", args->targets,
+                   "What to prune, comma-separated: experts, attention, shared_experts, dense "
+                   "(the dense layers' MLPs), or all; routers, norms, embeddings and the head "
+                   "never")
+      ->capture_default_str();
   command->add_option("--dtype", args->dtype, "fp32 or bf16 (the calibration forward)")
       ->capture_default_str();
   command

@@ -31,16 +31,6 @@ struct TensorPlan {
 
 constexpr const char* kSparse24Parts[] = {"compressed", "bitmask", "shape"};
 
-// "X.weight" -> "X"; empty for a name that is not a weight.
-std::string weight_module(const std::string& name) {
-  const std::string suffix = ".weight";
-  if (name.size() <= suffix.size() ||
-      name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0) {
-    return {};
-  }
-  return name.substr(0, name.size() - suffix.size());
-}
-
 // Byte ranges of rows `rows` of a tensor whose first dimension is E (contiguous runs merged);
 // `zero_rows` (sorted) are written as zeros in place instead.
 std::vector<safetensors::ByteRange> row_ranges(const safetensors::File& f,
@@ -144,7 +134,30 @@ TensorPlan plan_layer_tensor(const std::string& name, const safetensors::File& f
 }
 
 TensorPlan plan_tensor(const std::string& name, const safetensors::File& f,
-                       const std::map<std::string, PrunedLayer>& pruned, bool cut) {
+                       const std::map<std::string, PrunedLayer>& pruned, bool cut,
+                       const Replacements& replaced) {
+  const auto r = replaced.find(name);
+  if (r != replaced.end()) {
+    const auto& ti = f.info(name);
+    const auto& from = *r->second.file;
+    TORCH_CHECK(from.contains(name), from.path(), ": the new weights lack ", name);
+    const auto& ri = from.info(name);
+    TORCH_CHECK(ri.shape == ti.shape && ri.scalar_type == ti.scalar_type, from.path(), ": ", name,
+                " is ", ri.scalar_type, " ", ri.shape, ", the checkpoint's is ", ti.scalar_type,
+                " ", ti.shape);
+    TensorPlan p;
+    p.out_name = name;
+    p.shape = ti.shape;
+    p.ranges = {{from.fd(), from.data_offset() + ri.begin, ri.nbytes()}};
+    p.merged = true;
+    const auto module = weight_module(name);
+    if (r->second.sparse24 != nullptr && !module.empty() &&
+        r->second.sparse24->contains(module + ".compressed")) {
+      p.sparse24 = r->second.sparse24;
+      p.sparse24_from = module;
+    }
+    return p;
+  }
   for (const auto& [prefix, layer] : pruned) {
     if (name.compare(0, prefix.size() + 1, prefix + ".") == 0) {
       return plan_layer_tensor(name, f, layer, cut);
@@ -159,8 +172,9 @@ TensorPlan plan_tensor(const std::string& name, const safetensors::File& f,
 // Every shard under the same name in `dir`; returns the index's weight map and data bytes.
 nlohmann::ordered_json write_shards(const safetensors::Checkpoint& checkpoint,
                                     const std::map<std::string, PrunedLayer>& pruned, bool cut,
-                                    const std::string& dir, const WriteOptions& options,
-                                    WriteReport& report, uint64_t& data_bytes) {
+                                    const Replacements& replaced, const std::string& dir,
+                                    const WriteOptions& options, WriteReport& report,
+                                    uint64_t& data_bytes) {
   uint64_t total = 0;
   for (const auto& shard : checkpoint.shard_files()) {
     total += checkpoint.file(shard).file_size();
@@ -175,7 +189,7 @@ nlohmann::ordered_json write_shards(const safetensors::Checkpoint& checkpoint,
       if (checkpoint.sharded() && checkpoint.shard_of(name) != shard) {
         continue;  // not listed for this shard in the index: not part of the model
       }
-      const auto p = plan_tensor(name, f, pruned, cut);
+      const auto p = plan_tensor(name, f, pruned, cut, replaced);
       if (p.out_name.empty()) {
         ++report.tensors_dropped;
         continue;
@@ -220,6 +234,15 @@ nlohmann::ordered_json write_shards(const safetensors::Checkpoint& checkpoint,
 
 }  // namespace
 
+std::string weight_module(const std::string& name) {
+  const std::string suffix = ".weight";
+  if (name.size() <= suffix.size() ||
+      name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0) {
+    return {};
+  }
+  return name.substr(0, name.size() - suffix.size());
+}
+
 void check_dense_source(const Source& source) {
   TORCH_CHECK(source.checkpoint().decoded_count() == 0, source.directory(),
               " stores its weights in a compressed-tensors sparse format; moeprune reads it but "
@@ -244,14 +267,19 @@ void keep_sparsity_record(const nlohmann::ordered_json& config, nlohmann::ordere
 WriteReport write_folder(const Source& source, const std::map<std::string, PrunedLayer>& layers,
                          bool cut, const std::string& out, const std::string& config_text,
                          const std::map<std::string, std::string>& extra,
-                         const WriteOptions& options) {
+                         const WriteOptions& options, const Replacements& replaced) {
   const auto& checkpoint = source.checkpoint();
   check_dense_source(source);
   io::AtomicFolder folder(out);
   const auto& dir = folder.path();
   WriteReport report;
   uint64_t data_bytes = 0;
-  const auto weight_map = write_shards(checkpoint, layers, cut, dir, options, report, data_bytes);
+  for (const auto& [name, r] : replaced) {
+    TORCH_CHECK(checkpoint.contains(name), source.directory(), ": has no tensor ", name,
+                " to replace");
+  }
+  const auto weight_map =
+      write_shards(checkpoint, layers, cut, replaced, dir, options, report, data_bytes);
   if (checkpoint.sharded()) {
     nlohmann::ordered_json index;
     index["metadata"] = nlohmann::ordered_json::parse(checkpoint.index_metadata());

@@ -28,13 +28,26 @@ struct PrunedLayer {
   const safetensors::File* sparse24 = nullptr;
 };
 
+// A tensor written from another file instead of the source (a sparsified dense layer's weight):
+// `file` holds the new values under the source's name, same shape and dtype; when `sparse24` is
+// set, the weight X.weight is written as the X.compressed, X.bitmask and X.shape it holds.
+struct Replacement {
+  const safetensors::File* file = nullptr;
+  const safetensors::File* sparse24 = nullptr;
+};
+using Replacements = std::map<std::string, Replacement>;
+
 /// Writes the folder `out` (a temporary folder renamed at the end): every shard of `source`
 /// under the same name with `layers` rewritten (router rows cut when `cut`), the index,
-/// `config_text` as config.json, the `extra` files, and the source's other files byte for byte.
+/// `config_text` as config.json, the `extra` files, and the source's other files byte for byte;
+/// the `replaced` tensors from their files.
 WriteReport write_folder(const Source& source, const std::map<std::string, PrunedLayer>& layers,
                          bool cut, const std::string& out, const std::string& config_text,
                          const std::map<std::string, std::string>& extra,
-                         const WriteOptions& options);
+                         const WriteOptions& options, const Replacements& replaced = {});
+
+/// "X.weight" -> "X"; empty for a name that is not a weight.
+std::string weight_module(const std::string& name);
 
 /// Refuses a source read through decoded tensors (compressed-tensors' sparse formats): the
 /// writers copy the source's bytes, which are not the dense weights there.

@@ -92,6 +92,43 @@ class Sparse24File {
   std::unique_ptr<safetensors::File> file_;
 };
 
+// The 2-D weights of a file of sparsified dense layers, in sparse-24-bitmask next to it (`path`,
+// removed with this object); adds their module names to the compressed-tensors targets and counts
+// their zeros.
+class Sparse24Linears {
+ public:
+  Sparse24Linears(const safetensors::File& weights, std::string path,
+                  std::vector<std::string>& modules, int64_t& zeros)
+      : path_(std::move(path)) {
+    safetensors::Writer writer(path_, /*overwrite=*/true);
+    for (const auto& name : weights.names()) {
+      const auto module = detail::weight_module(name);
+      const auto weight = weights.tensor(name);
+      if (module.empty() || weight.dim() != 2) continue;
+      zeros += (weight == 0).sum().item<int64_t>();
+      const auto encoded = detail::encode_sparse24_bitmask(weight, name);
+      writer.add(module + ".compressed", encoded.compressed);
+      writer.add(module + ".bitmask", encoded.bitmask);
+      writer.add(module + ".shape", encoded.shape);
+      modules.push_back(module);
+    }
+    writer.finish();
+    file_ = std::make_unique<safetensors::File>(path_);
+  }
+  ~Sparse24Linears() {
+    file_.reset();
+    std::error_code ignored;
+    std::filesystem::remove(path_, ignored);
+  }
+  Sparse24Linears(const Sparse24Linears&) = delete;
+  Sparse24Linears& operator=(const Sparse24Linears&) = delete;
+  const safetensors::File* file() const { return file_.get(); }
+
+ private:
+  std::string path_;
+  std::unique_ptr<safetensors::File> file_;
+};
+
 }  // namespace
 
 SparseFormat parse_sparse_format(const std::string& name) {
@@ -107,7 +144,8 @@ std::string to_string(SparseFormat format) {
 WriteReport write_sparsified_checkpoint(const Source& source,
                                         const std::map<int64_t, std::string>& experts,
                                         const std::string& out, const std::string& record,
-                                        const WriteOptions& options) {
+                                        const WriteOptions& options,
+                                        const std::vector<std::string>& linears) {
   TORCH_CHECK(!std::filesystem::exists(out), out,
               ": already exists; choose a new output folder (nothing was written)");
   const auto& info = source.info();
@@ -120,7 +158,7 @@ WriteReport write_sparsified_checkpoint(const Source& source,
   }
   TORCH_CHECK(entry.is_object(), "write_sparsified_checkpoint: the record should be a JSON object");
   std::vector<safetensors::File> files;
-  files.reserve(experts.size());
+  files.reserve(experts.size() + linears.size());
   std::map<std::string, detail::PrunedLayer> layers;
   for (const auto& [index, path] : experts) {
     TORCH_CHECK(index >= 0 && index < static_cast<int64_t>(info.layers.size()), "MoE layer ", index,
@@ -148,9 +186,20 @@ WriteReport write_sparsified_checkpoint(const Source& source,
     p.merged = &files.back();
     layers[ref.prefix] = std::move(p);
   }
+  detail::Replacements replaced;
+  for (const auto& path : linears) {
+    files.emplace_back(path);
+    for (const auto& name : files.back().names()) {
+      TORCH_CHECK(source.checkpoint().contains(name), path, " holds ", name, ", which ", dir,
+                  " does not have");
+      TORCH_CHECK(replaced.emplace(name, detail::Replacement{&files.back(), nullptr}).second, name,
+                  " is replaced twice");
+    }
+  }
   auto config = source.config().json();
   // compressed-tensors: each layer's expert weights encoded beside its file, then copied in.
   std::vector<std::unique_ptr<Sparse24File>> encoded;
+  std::vector<std::unique_ptr<Sparse24Linears>> encoded_linears;
   if (options.sparse_format == SparseFormat::kCompressedTensors24) {
     std::vector<std::string> targets;
     int64_t zeros = 0;
@@ -159,6 +208,21 @@ WriteReport write_sparsified_checkpoint(const Source& source,
       encoded.push_back(std::make_unique<Sparse24File>(layer, layer.merged->path() + ".sparse24",
                                                        targets.back(), zeros));
       layer.sparse24 = encoded.back()->file();
+    }
+    std::vector<std::string> modules;
+    for (size_t i = 0; i < linears.size(); ++i) {
+      const auto& file = files[experts.size() + i];
+      encoded_linears.push_back(
+          std::make_unique<Sparse24Linears>(file, file.path() + ".sparse24", modules, zeros));
+      for (const auto& name : file.names()) {
+        replaced.at(name).sparse24 = encoded_linears.back()->file();
+      }
+    }
+    if (!modules.empty()) {
+      std::string alternatives;
+      for (const auto& m : modules)
+        alternatives += (alternatives.empty() ? "" : "|") + regex_literal(m);
+      targets.push_back("re:^(" + alternatives + ")$");
     }
     int64_t total = 0;
     for (const auto& name : source.checkpoint().names()) {
@@ -176,7 +240,7 @@ WriteReport write_sparsified_checkpoint(const Source& source,
   }
   section["sparsity"].push_back(entry);
   return detail::write_folder(source, layers, /*cut=*/false, out, config.dump(2) + "\n", {},
-                              options);
+                              options, replaced);
 }
 
 }  // namespace moeprune::hf

@@ -73,7 +73,7 @@ struct WriteReport {
   uint64_t tensors_sliced = 0;
   uint64_t tensors_dropped = 0;
   uint64_t tensors_zeroed = 0;
-  uint64_t tensors_merged = 0;  ///< expert tensors written with their group's merged weights
+  uint64_t tensors_merged = 0;  ///< tensors written with new weights (merged or sparsified)
 };
 
 /// Writes `source` pruned by `plan` to the new folder `out` (which must not exist): each shard
@@ -114,11 +114,14 @@ WriteReport write_merged_checkpoint(const Source& source,
 /// layout. A merged group's other members get their first member's tensors; experts the bank
 /// does not hold (zeroed by pruning) and every other tensor are copied byte for byte.
 /// config.json keeps the source's "moeprune" section and appends `record` (a JSON object: what
-/// was done) to its "sparsity" list. Per-expert layouts only. Written like
+/// was done) to its "sparsity" list. `linears`: safetensors files of other weights replaced
+/// (sparsified dense layers: attention, shared experts, dense MLPs), each tensor under the
+/// checkpoint's name, dtype and shape. Per-expert layouts only. Written like
 /// write_pruned_checkpoint: streamed, into a temporary folder renamed at the end.
 WriteReport write_sparsified_checkpoint(const Source& source,
                                         const std::map<int64_t, std::string>& experts,
                                         const std::string& out, const std::string& record,
-                                        const WriteOptions& options = {});
+                                        const WriteOptions& options = {},
+                                        const std::vector<std::string>& linears = {});
 
 }  // namespace moeprune::hf

@@ -32,7 +32,7 @@ def main():
         ours.update(load_file(str(f)))
     theirs = load_file(args.theirs)
     if not theirs:
-        sys.exit("no expert weights in " + args.theirs)
+        sys.exit("no weights in " + args.theirs)
     total = mismatched = 0
     worst = 0.0
     for name, t in sorted(theirs.items()):
@@ -54,10 +54,10 @@ def main():
         if both.any():
             worst = max(worst, float((o - t)[both].abs().max()) / scale)
     if args.method == "wanda":
-        print(f"wanda: {total} expert weights, identical to llm-compressor's")
+        print(f"wanda: {total} weights, identical to llm-compressor's")
         return
     share = mismatched / total
-    print(f"sparsegpt: {total} expert weights, zero positions differ at {mismatched} "
+    print(f"sparsegpt: {total} weights, zero positions differ at {mismatched} "
           f"({share:.2e}), largest difference of kept weights {worst:.2e} of the tensor's max")
     if share > args.max_mismatch:
         sys.exit(f"zero positions differ at {share:.2e} of the weights (allowed {args.max_mismatch})")

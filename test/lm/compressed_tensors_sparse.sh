@@ -32,6 +32,24 @@ fi
 "$ct_python" "$here/check_lm_transformers_load.py" "$work/ct" "$work/dense.logits.safetensors" \
   --tol 1e-5
 
+# Beyond the experts: the attention projections 2:4 too, compressed beside the experts (the
+# config's targets name them) and loaded by transformers with the dense run's logits.
+"$cli" "${run[@]}" --targets experts,attention --out "$work/attn_dense"
+"$cli" "${run[@]}" --targets experts,attention --format compressed-tensors --out "$work/attn_ct"
+"$ct_python" "$here/check_compressed_tensors_sparse.py" "$work/attn_dense" "$work/attn_ct"
+"$ct_python" -c 'import re, sys
+from safetensors import safe_open
+names = safe_open(sys.argv[1] + "/model.safetensors", "pt").keys()
+attention = [n for n in names if re.fullmatch(r"model\.layers\.\d+\.self_attn\.[qkvo]_proj\.compressed", n)]
+if len(attention) != 8:  # 2 layers x q, k, v, o
+    sys.exit(f"{len(attention)} attention projections stored as sparse-24-bitmask, expected 8")' \
+  "$work/attn_ct"
+grep -q 'self_attn' "$work/attn_ct/config.json" ||
+  { echo "the quantization_config targets do not name the attention" >&2; exit 1; }
+"$logits" "$work/attn_dense" "$reference" "$work/attn_dense.logits.safetensors"
+"$ct_python" "$here/check_lm_transformers_load.py" "$work/attn_ct" \
+  "$work/attn_dense.logits.safetensors" --tol 1e-5
+
 # Experts pruned with the router kept stay dense zeros: the config's targets must leave them out
 # (transformers would otherwise look for their compressed tensors).
 "$cli" prune --finetuned "$work/model" --criterion random --experts-per-layer 2 --router keep \

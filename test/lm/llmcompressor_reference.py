@@ -2,14 +2,15 @@
 independent reference for moeprune's per-expert pruning.
 
     scripts/llmcompressor_python test/lm/llmcompressor_reference.py MODEL_DIR TOKENS OUT \
-        --method wanda|sparsegpt --pattern 0.5|2:4 --calibration routed|all
+        --method wanda|sparsegpt --pattern 0.5|2:4 --calibration routed|all [--attention]
 
 MODEL_DIR: a Qwen3-MoE checkpoint in the per-expert layout of transformers 4.x
     (model.layers.N.mlp.experts.J.{gate,up,down}_proj.weight, [out, in]).
 TOKENS: a safetensors file with one int64 tensor "input_ids" [N, S]; every sequence is used
     whole (no padding, attention mask all ones), one sequence per forward pass.
 OUT: a safetensors file with every expert weight after pruning, in the per-expert naming and
-    [out, in] orientation, fp32.
+    [out, in] orientation, fp32; with --attention, the attention projections (q, k, v, o) are
+    targets too and written as well.
 
 How llm-compressor 0.14.0.1 handles this model (read from its source):
 - transformers 5.17 fuses the experts on load: Qwen3MoeExperts.gate_up_proj [E, 2I, H] (rows
@@ -46,6 +47,8 @@ from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModif
 EXPERT_LINEAR = r"re:.*\.mlp\.experts\.\d+\.(gate|up|down)_proj$"
 EXPERT_KEY = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight$")
 PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+ATTENTION_LINEAR = r"re:.*\.self_attn\.(q|k|v|o)_proj$"
+ATTENTION_KEY = re.compile(r"model\.layers\.(\d+)\.self_attn\.(q|k|v|o)_proj\.weight$")
 
 
 def fail(message):
@@ -61,6 +64,8 @@ def parse_args():
     parser.add_argument("--method", choices=("wanda", "sparsegpt"), required=True)
     parser.add_argument("--pattern", choices=("0.5", "2:4"), required=True)
     parser.add_argument("--calibration", choices=("routed", "all"), required=True)
+    parser.add_argument("--attention", action="store_true",
+                        help="prune the attention projections too")
     return parser.parse_args()
 
 
@@ -222,8 +227,9 @@ def main():
     sparsity, mask_structure = (0.5, "2:4") if args.pattern == "2:4" else (0.5, "0:0")
     modifier_cls = WandaPruningModifier if args.method == "wanda" else SparseGPTModifier
     # Defaults otherwise: SparseGPT block_size 128, dampening_frac 0.01.
+    targets = [EXPERT_LINEAR] + ([ATTENTION_LINEAR] if args.attention else [])
     recipe = modifier_cls(sparsity=sparsity, mask_structure=mask_structure,
-                          targets=[EXPERT_LINEAR], ignore=[])
+                          targets=targets, ignore=[])
 
     seen, routed, handles = count_tokens(model, linears)
     oneshot(model=model, recipe=recipe, dataset=dataset,
@@ -243,11 +249,12 @@ def main():
                       else [num_sequences * seq_len] * len(counts)):
             fail(f"layer {n}: calibration token counts do not match --calibration")
 
-    # Everything but the expert weights must be untouched.
+    # Everything but the targets must be untouched.
     state = model.state_dict()
     for key, value in checkpoint.items():
-        if not EXPERT_KEY.match(key) and key in state and not torch.equal(state[key], value):
-            fail(f"{key} changed, but only expert weights are targets")
+        targeted = EXPERT_KEY.match(key) or (args.attention and ATTENTION_KEY.match(key))
+        if not targeted and key in state and not torch.equal(state[key], value):
+            fail(f"{key} changed, but it is not a target")
 
     out, fractions = {}, []
     for (n, j, proj), linear in sorted(linears.items()):
@@ -261,8 +268,15 @@ def main():
         out[key] = weight
     if args.method == "wanda":
         check_wanda(captured, checkpoint, out, model.config, args.calibration, args.pattern)
+    if args.attention:
+        for key in sorted(k for k in state if ATTENTION_KEY.match(k)):
+            weight = state[key].detach().to(torch.float32).contiguous().clone()
+            if torch.equal(weight, checkpoint[key]):
+                fail(f"{key} is a target but llm-compressor left it unchanged")
+            fractions.append(check_pattern(key, weight, args.method, args.pattern))
+            out[key] = weight
     save_file(out, args.out)
-    print(f"wrote {len(out)} expert weights to {args.out}; zero fraction per pruned weight "
+    print(f"wrote {len(out)} weights to {args.out}; zero fraction per pruned weight "
           f"min {min(fractions):.4f} max {max(fractions):.4f}")
 
 

@@ -1,9 +1,11 @@
 #include <moeprune/models/lm/streamed_sparsity.h>
 
 #include "hf/checkpoint_rewrite.h"
+#include "models/lm/checkpoint_tensors.h"
 #include "models/lm/scratch_files.h"
 #include "models/lm/streamed_moe_layers.h"
 
+#include <moeprune/compression/linear_sparsity.h>
 #include <moeprune/hf/checkpoint.h>
 #include <moeprune/io/safetensors.h>
 #include <moeprune/layers/moe_view.h>
@@ -12,8 +14,10 @@
 #include <nlohmann/json.hpp>
 
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace moeprune::lm {
@@ -48,6 +52,24 @@ void round_and_spill(const hf::Source& source, const hf::MoELayerRef& ref, const
   writer.finish();
 }
 
+// Rounds the dense layers' weights to their stored dtypes (as round_and_spill does for experts)
+// and writes them under their checkpoint names to `path`.
+void round_and_spill_linears(const hf::Source& source, const std::vector<LinearEntry>& linears,
+                             const std::string& path) {
+  torch::NoGradGuard no_grad;
+  safetensors::Writer writer(path);
+  for (const auto& entry : linears) {
+    const auto name = entry.name + ".weight";
+    const auto type =
+        source.checkpoint().file(source.checkpoint().shard_of(name)).info(name).scalar_type;
+    auto weight = entry.linear->weight.detach();
+    const auto stored = weight.to(type);
+    weight.copy_(stored);
+    writer.add(name, stored.contiguous());
+  }
+  writer.finish();
+}
+
 void check_checkpoint(const CheckpointLayers& checkpoint) {
   hf::detail::check_dense_source(checkpoint.source());
   for (const auto& ref : checkpoint.info().layers) {
@@ -66,7 +88,7 @@ std::string sparsity_record(const compression::ExpertSparsityOptions& options) {
   j["method"] = compression::to_string(options.method());
   j["pattern"] = options.pattern().describe();
   j["fraction"] = options.pattern().pruned_fraction();
-  j["targets"] = "experts";
+  j["targets"] = options.targets().describe();
   if (options.method() != compression::SparsityMethod::kMagnitude) {
     j["calibration"] = compression::to_string(options.calibration());
     j["router_weighted"] = options.router_weighted();
@@ -79,14 +101,15 @@ std::string sparsity_record(const compression::ExpertSparsityOptions& options) {
   return j.dump();
 }
 
-SparsifyCheckpointResult sparsify_checkpoint(const CheckpointLayers& checkpoint,
-                                             const torch::Tensor& calibration,
-                                             const std::string& out,
-                                             const SparsifyCheckpointOptions& options,
-                                             const hf::WriteOptions& write,
-                                             const compression::LayerSparsityCallback& on_layer) {
+SparsifyCheckpointResult sparsify_checkpoint(
+    const CheckpointLayers& checkpoint, const torch::Tensor& calibration, const std::string& out,
+    const SparsifyCheckpointOptions& options, const hf::WriteOptions& write,
+    const compression::LayerSparsityCallback& on_layer,
+    const compression::LinearSparsityCallback& on_linears) {
   using streamed_sparsity_detail::round_and_spill;
+  using streamed_sparsity_detail::round_and_spill_linears;
   const auto& sparsity = options.sparsity();
+  const auto& targets = sparsity.targets();
   const auto& info = checkpoint.info();
   compression::check_sparsity_options(sparsity);
   streamed_sparsity_detail::check_checkpoint(checkpoint);
@@ -96,6 +119,10 @@ SparsifyCheckpointResult sparsify_checkpoint(const CheckpointLayers& checkpoint,
               "sparsify_checkpoint: compressed-tensors stores 2:4-sparse weights only "
               "(sparse-24-bitmask); the pattern asked for is ",
               pattern.describe(), ": write it dense (the default) instead");
+  TORCH_CHECK(targets.experts || targets.beyond_experts(), "sparsify_checkpoint: no targets");
+  TORCH_CHECK(sparsity.layers().empty() || !targets.beyond_experts(),
+              "sparsify_checkpoint: layers select MoE layers; with targets beyond the experts (",
+              targets.describe(), ") every decoder layer is sparsified: leave the layers out");
   std::set<int64_t> wanted;
   for (const auto key : sparsity.layers()) {
     TORCH_CHECK(key >= 0 && key < static_cast<int64_t>(info.layers.size()),
@@ -103,7 +130,25 @@ SparsifyCheckpointResult sparsify_checkpoint(const CheckpointLayers& checkpoint,
                 " has ", info.layers.size(), " (0 to ", info.layers.size() - 1, ")");
     wanted.insert(key);
   }
-  const auto chosen = [&](int64_t index) { return wanted.empty() || wanted.count(index) > 0; };
+  const auto chosen = [&](int64_t index) {
+    return targets.experts && (wanted.empty() || wanted.count(index) > 0);
+  };
+  // Every targeted role must have layers somewhere in the model (decoder layers are built one at
+  // a time below, so this reads the options).
+  const auto& o = checkpoint.options();
+  const bool has_dense = [&] {
+    for (int64_t i = 0; i < o.num_layers(); ++i) {
+      if (!o.moe_layers()[static_cast<size_t>(i)]) return true;
+    }
+    return false;
+  }();
+  for (const auto& [want, has, role] :
+       {std::tuple<bool, bool, const char*>{targets.shared_experts, o.shared_expert_size() > 0,
+                                            "shared_experts"},
+        {targets.dense, has_dense, "dense"}}) {
+    TORCH_CHECK(!want || has, "sparsify_checkpoint: the target ", role, " has no linear layers in ",
+                checkpoint.directory(), " (", o.model_type(), ")");
+  }
   const bool magnitude = sparsity.method() == compression::SparsityMethod::kMagnitude;
   TORCH_CHECK(magnitude || calibration.defined(),
               "sparsify_checkpoint: ", compression::to_string(sparsity.method()),
@@ -112,52 +157,114 @@ SparsifyCheckpointResult sparsify_checkpoint(const CheckpointLayers& checkpoint,
   SparsifyCheckpointResult result;
   detail::ScratchFiles scratch(options.stream().scratch_dir(), "sparse");
   std::map<int64_t, std::string> files;
-  const auto done = [&](const hf::MoELayerRef& ref, compression::LayerSparsityReport report,
-                        const MoELayer& layer) {
-    files[ref.index] = scratch.next(ref.index);
-    round_and_spill(checkpoint.source(), ref, layer, files.at(ref.index));
-    result.layers.push_back(std::move(report));
-    if (on_layer) on_layer(result.layers.back());
+  std::vector<std::string> linear_files;
+  std::map<int64_t, const hf::MoELayerRef*> by_decoder_layer;
+  for (const auto& ref : info.layers) by_decoder_layer[ref.decoder_layer] = &ref;
+  // What decoder layer `index` has to prune: its MoE layer (null: none) and dense layers.
+  const auto targeted = [&](int64_t index, DecoderLayer& layer) {
+    const auto it = by_decoder_layer.find(index);
+    const hf::MoELayerRef* ref =
+        it != by_decoder_layer.end() && layer->is_moe() && chosen(it->second->index) ? it->second
+                                                                                     : nullptr;
+    std::vector<LinearEntry> linears;
+    if (targets.beyond_experts()) {
+      for (auto& entry : detail::layer_linears(o, *layer, index)) {
+        if (targets.wants(entry.role)) linears.push_back(std::move(entry));
+      }
+    }
+    return std::make_pair(ref, compression::group_linears(linears));
   };
+  // Prunes what `targeted` found (calls / stats null: no calibration), spills it, reports it.
+  const auto prune = [&](const hf::MoELayerRef* ref, const MoELayer& moe, const LayerCalls* calls,
+                         const std::vector<std::vector<LinearEntry>>& groups,
+                         const std::vector<compression::InputStatistics>* stats,
+                         int64_t decoder_layer) {
+    if (ref != nullptr) {
+      auto report =
+          compression::sparsify_moe_layer({ref->index, ref->prefix, moe}, calls, sparsity);
+      files[ref->index] = scratch.next(ref->index);
+      round_and_spill(checkpoint.source(), *ref, moe, files.at(ref->index));
+      result.layers.push_back(std::move(report));
+      if (on_layer) on_layer(result.layers.back());
+    }
+    if (groups.empty()) return;
+    size_t at = 0;
+    std::vector<LinearEntry> all;
+    for (const auto& group : groups) {
+      std::optional<std::vector<compression::InputStatistics>> own;
+      if (stats != nullptr) {
+        own.emplace(stats->begin() + static_cast<std::ptrdiff_t>(at),
+                    stats->begin() + static_cast<std::ptrdiff_t>(at + group.size()));
+      }
+      at += group.size();
+      result.linears.push_back(
+          compression::sparsify_linears(group, own ? &*own : nullptr, sparsity));
+      if (on_linears) on_linears(result.linears.back());
+      all.insert(all.end(), group.begin(), group.end());
+    }
+    linear_files.push_back(scratch.next(checkpoint.num_layers() + decoder_layer));
+    round_and_spill_linears(checkpoint.source(), all, linear_files.back());
+  };
+  const auto flatten = [](const std::vector<std::vector<LinearEntry>>& groups) {
+    std::vector<LinearEntry> out;
+    for (const auto& g : groups) out.insert(out.end(), g.begin(), g.end());
+    return out;
+  };
+
   if (magnitude && !calibration.defined()) {
-    // No forward pass: each MoE layer alone, as it is stored.
-    for (const auto& ref : info.layers) {
-      if (!chosen(ref.index)) continue;
-      auto layer = hf::load_moe_layer(checkpoint.checkpoint(), info, ref,
-                                      hf::LoadOptions().dtype(checkpoint.dtype()));
-      done(ref, compression::sparsify_moe_layer({ref.index, ref.prefix, layer}, nullptr, sparsity),
-           layer);
+    // No forward pass: each decoder layer alone, as it is stored.
+    for (int64_t index = 0; index < checkpoint.num_layers(); ++index) {
+      auto layer = checkpoint.layer(index);
+      const auto [ref, groups] = targeted(index, layer);
+      prune(ref, layer->is_moe() ? layer->moe_block->moe : MoELayer{nullptr}, nullptr, groups,
+            nullptr, index);
+      checkpoint.release_layer(index);
     }
   } else {
-    detail::stream_moe_layers(
-        checkpoint, calibration, options.batch_size(), options.stream(),
-        [&](const hf::MoELayerRef& ref, const MoELayerEntry& entry,
-            const std::function<void()>& run, const std::function<void()>& probe) {
-          if (!chosen(ref.index)) {
+    TORCH_CHECK(calibration.dim() == 2 && calibration.size(0) >= 1 && calibration.size(1) >= 1,
+                "sparsify needs calibration data: [N, S] token ids, got ", calibration.sizes());
+    TORCH_CHECK(options.batch_size() >= 1, "sparsify: batch_size should be >= 1, got ",
+                options.batch_size());
+    std::vector<torch::Tensor> batches;
+    for (int64_t start = 0; start < calibration.size(0); start += options.batch_size()) {
+      batches.push_back(
+          calibration.slice(0, start, std::min(start + options.batch_size(), calibration.size(0))));
+    }
+    detail::streamed_hidden_states_probing(
+        checkpoint, batches, options.stream(),
+        [&](int64_t index, DecoderLayer& layer, const std::function<void()>& run,
+            const std::function<void()>& probe) {
+          const auto [ref, groups] = targeted(index, layer);
+          if (ref == nullptr && groups.empty()) {
             run();
             return;
           }
-          compression::LayerSparsityReport report;
+          const auto moe = ref != nullptr ? layer->moe_block->moe : MoELayer{nullptr};
+          const MoELayerEntry entry{ref != nullptr ? ref->index : 0,
+                                    ref != nullptr ? ref->prefix : "", moe};
+          // The block's experts and dense layers from one pass, pruned after it; sequentially,
+          // the pruned layer then makes the next layer's inputs.
+          const auto calibrate_and_prune = [&](const std::function<void()>& pass) {
+            std::optional<MoECapture> capture;
+            if (ref != nullptr) capture.emplace(std::vector<MoELayerEntry>{entry}, true);
+            std::optional<compression::LinearCalibration> inputs;
+            if (!groups.empty()) inputs.emplace(flatten(groups));
+            pass();
+            std::optional<std::vector<compression::InputStatistics>> stats;
+            if (inputs) stats.emplace(inputs->finish());
+            prune(ref, moe, capture ? &capture->calls(ref->index) : nullptr, groups,
+                  stats ? &*stats : nullptr, index);
+          };
           if (sparsity.sequential()) {
-            // The pruned layer makes the next layer's inputs: capture, prune, then run.
-            {
-              MoECapture capture({entry}, /*with_inputs=*/true);
-              probe();
-              report = compression::sparsify_moe_layer(entry, &capture.calls(ref.index), sparsity);
-            }
-            done(ref, std::move(report), entry.layer);
+            calibrate_and_prune(probe);
             run();
           } else {
-            MoECapture capture({entry}, /*with_inputs=*/true);
-            run();
-            report = compression::sparsify_moe_layer(entry, &capture.calls(ref.index), sparsity);
-            done(ref, std::move(report), entry.layer);
+            calibrate_and_prune(run);
           }
-        },
-        "sparsify");
+        });
   }
   result.report = hf::write_sparsified_checkpoint(checkpoint.source(), files, out,
-                                                  sparsity_record(sparsity), write);
+                                                  sparsity_record(sparsity), write, linear_files);
   return result;
 }
 

@@ -9,6 +9,7 @@
 // one decoder layer, its captured inputs and one expert's statistics, plus the activations (which
 // spill to a scratch file above StreamOptions' budget).
 #include <moeprune/compression/expert_sparsity.h>
+#include <moeprune/compression/linear_sparsity.h>
 #include <moeprune/hf/pruning.h>
 #include <moeprune/models/lm/checkpoint_layers.h>
 #include <moeprune/models/lm/streamed.h>
@@ -33,19 +34,24 @@ struct SparsifyCheckpointOptions {
 struct SparsifyCheckpointResult {
   /// One per MoE layer, in the checkpoint's order (hf::MoELayerRef::index).
   std::vector<compression::LayerSparsityReport> layers;
+  /// One per group of dense layers (a decoder layer's layers of one role), in order.
+  std::vector<compression::LinearSparsityReport> linears;
   hf::WriteReport report;
 };
 
 /// Sparsifies the experts of every MoE layer of `checkpoint` (options.sparsity().layers(): only
-/// those, by MoELayerRef::index) and writes the new folder `out` (which must not exist).
+/// those, by MoELayerRef::index), and the dense layers options.sparsity().targets() names in
+/// every decoder layer (then layers() must be empty), and writes the new folder `out` (which must
+/// not exist). A decoder layer's experts and dense layers are calibrated from one pass of it.
 /// `calibration`: [N, S] token ids, needed unless the method is magnitude. The experts are
 /// pruned in the checkpoint's load dtype, then rounded to each tensor's stored dtype, and the
-/// rounded weights are what the next layer's calibration runs through. `on_layer` is called
-/// as each MoE layer is done.
+/// rounded weights are what the next layer's calibration runs through. `on_layer` and
+/// `on_linears` are called as each MoE layer and group of dense layers is done.
 SparsifyCheckpointResult sparsify_checkpoint(
     const CheckpointLayers& checkpoint, const torch::Tensor& calibration, const std::string& out,
     const SparsifyCheckpointOptions& options = {}, const hf::WriteOptions& write = {},
-    const compression::LayerSparsityCallback& on_layer = {});
+    const compression::LayerSparsityCallback& on_layer = {},
+    const compression::LinearSparsityCallback& on_linears = {});
 
 /// The record write_sparsified_checkpoint stores in config.json for `options` (method, pattern,
 /// calibration).
