@@ -216,6 +216,10 @@ TEST_CASE("sparsity targets: parsing and the refusals") {
   auto dense = moeprune::VisionTransformer(test::tiny_vit(2, {}));
   CHECK_THROWS_WITH(cm::sparsify(*test::view(dense, test::one_batch(images)), with("experts")),
                     Catch::Contains("the model has no MoE layers"));
+  // "all" takes what the model has: no shared experts here, and no refusal.
+  const auto all = cm::sparsify(*test::view(m, test::one_batch(images)), with("all"));
+  CHECK(all.layers.size() == 1);
+  CHECK(all.linears.size() == 3);  // attention x 2, block 0's dense MLP
   // A dense ViT's attention alone is fine.
   const auto report =
       cm::sparsify(*test::view(dense, test::one_batch(images)), with("attention").layers({1}));

@@ -80,8 +80,14 @@ Runner add_inspect(CLI::App& app) {
                             r.value("router_weighted", false) ? ", router-weighted" : "",
                             r.value("sequential", true) ? ", sequential" : "");
         }
-        fmt::print("sparsified: {} {} inside the experts{}\n", r.value("method", std::string("?")),
-                   r.value("pattern", std::string("?")), how);
+        // Records before --targets existed pruned the experts only.
+        const auto targets = r.value("targets", std::string("experts"));
+        const auto where = targets == "experts" ? std::string("inside the experts")
+                           : targets == "all"
+                               ? std::string("in every linear layer but the routers and the head")
+                               : "in " + targets;
+        fmt::print("sparsified: {} {} {}{}\n", r.value("method", std::string("?")),
+                   r.value("pattern", std::string("?")), where, how);
       }
     }
     for (const auto& ref : info.layers) {

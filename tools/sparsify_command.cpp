@@ -76,7 +76,12 @@ int run_sparsify(const SparsifyArgs& args) {
                options.pattern().describe(),
                args.layers.empty() ? model.info().layers.size() : args.layers.size());
   }
-  if (targets.beyond_experts()) {
+  if (targets.everything) {
+    fmt::print(
+        "{} at {} in every dense linear layer the model has (attention, shared experts, "
+        "dense MLPs; not the routers or the head) of {} decoder layers\n",
+        args.method, options.pattern().describe(), model.num_layers());
+  } else if (targets.beyond_experts()) {
     std::string roles;
     for (const auto role : {moeprune::LinearRole::kAttention, moeprune::LinearRole::kSharedExpert,
                             moeprune::LinearRole::kDenseMLP}) {

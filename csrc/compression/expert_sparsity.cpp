@@ -242,7 +242,7 @@ std::vector<LayerSparsityReport> sparsify_experts(const MoEView& view,
 
 SparsityTargets SparsityTargets::parse(const std::string& text) {
   if (text == "all") {
-    return SparsityTargets{true, true, true, true};
+    return SparsityTargets{true, true, true, true, true};
   }
   SparsityTargets t;
   t.experts = false;

@@ -41,10 +41,11 @@ std::map<int64_t, Block> targeted_blocks(const MoEView& view,
   TORCH_CHECK(targets.experts || targets.beyond_experts(), "sparsify: no targets");
   const auto moe = view.layers();
   const auto linears = targets.beyond_experts() ? view.linears() : std::vector<LinearEntry>{};
-  TORCH_CHECK(!targets.experts || !moe.empty(), "sparsify: the model has no MoE layers");
+  TORCH_CHECK(!targets.experts || !moe.empty() || targets.everything,
+              "sparsify: the model has no MoE layers");
   for (const auto role :
        {LinearRole::kAttention, LinearRole::kSharedExpert, LinearRole::kDenseMLP}) {
-    if (!targets.wants(role)) continue;
+    if (!targets.wants(role) || targets.everything) continue;
     bool any = false;
     for (const auto& l : linears) any = any || l.role == role;
     TORCH_CHECK(any, "sparsify: the target ", to_string(role),

@@ -49,6 +49,8 @@ struct SparsityTargets {
   bool attention = false;
   bool shared_experts = false;
   bool dense = false;
+  /// "all": every role the model has; a role it lacks is not an error (when named, it is).
+  bool everything = false;
 
   /// "experts", "attention", "shared_experts", "dense", comma-separated, or "all"; an error names
   /// an unknown or repeated one.

@@ -287,6 +287,10 @@ TEST_CASE("sparsify beyond the experts refuses what it cannot do", "[lm][sparsit
                     Catch::Contains("the target shared_experts has no linear layers in"));
   CHECK_THROWS_WITH(lm::sparsify_checkpoint(mixtral, {}, out, magnitude("experts,dense")),
                     Catch::Contains("the target dense has no linear layers in"));
+  // "all" takes what the model has (Mixtral: experts and attention).
+  const auto all = lm::sparsify_checkpoint(mixtral, {}, out + "_all", magnitude("all"));
+  CHECK(all.layers.size() == 2);
+  CHECK(all.linears.size() == 2);
   auto layers = magnitude("attention");
   layers.sparsity().layers({0});
   CHECK_THROWS_WITH(lm::sparsify_checkpoint(mixtral, {}, out, layers),

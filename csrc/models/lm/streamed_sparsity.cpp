@@ -146,8 +146,8 @@ SparsifyCheckpointResult sparsify_checkpoint(
        {std::tuple<bool, bool, const char*>{targets.shared_experts, o.shared_expert_size() > 0,
                                             "shared_experts"},
         {targets.dense, has_dense, "dense"}}) {
-    TORCH_CHECK(!want || has, "sparsify_checkpoint: the target ", role, " has no linear layers in ",
-                checkpoint.directory(), " (", o.model_type(), ")");
+    TORCH_CHECK(!want || has || targets.everything, "sparsify_checkpoint: the target ", role,
+                " has no linear layers in ", checkpoint.directory(), " (", o.model_type(), ")");
   }
   const bool magnitude = sparsity.method() == compression::SparsityMethod::kMagnitude;
   TORCH_CHECK(magnitude || calibration.defined(),
