@@ -3,10 +3,16 @@
 // first in the lowest bits, zero padding; zero points packed down each column).
 #include "hf/compressed_tensors_pack.h"
 
+#include <moeprune/compression/weight_quantization.h>
+#include <moeprune/io/safetensors.h>
+
 #include <torch/torch.h>
 #include <catch2/catch.hpp>
 
 #include <cstdint>
+#include <cstdlib>
+#include <map>
+#include <string>
 #include <vector>
 
 namespace compressed_tensors_pack_test {
@@ -75,6 +81,35 @@ TEST_CASE("pack-quantized weights decode to scale * (q - zero) by group") {
   bad.weight_scale = bad.weight_scale.narrow(0, 0, 1);
   CHECK_THROWS_WITH(d::decode_pack_quantized(bad, 4, false, torch::kFloat, "x"),
                     Catch::Contains("x: weight_scale should be [2, groups]"));
+}
+
+// Not run by default: compressed_tensors_pack.sh runs it to write RTN-quantised samples in
+// pack-quantized for check_compressed_tensors_pack.py to compare with the PyPI package.
+TEST_CASE("write pack-quantized samples for compressed-tensors", "[.ct_pack_export]") {
+  const char* path = std::getenv("MOEPRUNE_CT_PACK_OUT");
+  REQUIRE(path != nullptr);
+  namespace cm = moeprune::compression;
+  torch::manual_seed(3);
+  std::map<std::string, torch::Tensor> out;
+  for (const int64_t bits : {4, 8}) {
+    for (const bool symmetric : {true, false}) {
+      const auto w = torch::randn({24, 64});
+      const auto q =
+          cm::rtn_quantize(w, cm::QuantScheme().bits(bits).group_size(16).symmetric(symmetric));
+      const auto p = d::encode_pack_quantized(q.codes, q.scales, q.zeros, {}, bits, symmetric,
+                                              torch::kFloat, "sample");
+      const std::string k = "w" + std::to_string(bits) + (symmetric ? "_sym." : "_asym.");
+      out[k + "weight"] = w;
+      out[k + "codes"] = q.codes;
+      out[k + "zeros"] = q.zeros;
+      out[k + "dequantized"] = q.dequantize();
+      out[k + "weight_packed"] = p.weight_packed;
+      out[k + "weight_scale"] = p.weight_scale;
+      out[k + "weight_shape"] = p.weight_shape;
+      if (!symmetric) out[k + "weight_zero_point"] = p.weight_zero_point;
+    }
+  }
+  moeprune::safetensors::save_file(path, out);
 }
 
 }  // namespace compressed_tensors_pack_test
