@@ -292,7 +292,7 @@ TEST_CASE("sequential sparsity calibrates each layer on the pruned layers before
                      base->moe_layers().at(0).second->experts()->b1));
 }
 
-TEST_CASE("magnitude needs no calibration; the other methods and bad options are refused") {
+TEST_CASE("magnitude needs no calibration, the other methods and bad options are refused") {
   const auto r = routed_tokens(false);
   const auto original = routed_layer();
   {
@@ -319,9 +319,9 @@ TEST_CASE("magnitude needs no calibration; the other methods and bad options are
   CHECK_THROWS_WITH(cm::sparsify_experts(*v, cm::ExpertSparsityOptions().min_tokens(0)),
                     Catch::Contains("min_tokens should be at least 1"));
   CHECK_THROWS_WITH(cm::sparsify_experts(*v, cm::ExpertSparsityOptions().layers({7})),
-                    Catch::Contains("no MoE layer keyed 7"));
+                    Catch::Contains("no MoE layer or dense block keyed 7"));
   CHECK_THROWS_WITH(cm::sparsify_experts(*v, cm::ExpertSparsityOptions().layers({0, 0})),
-                    Catch::Contains("layer 0 is asked for twice"));
+                    Catch::Contains("block 0 is asked for twice"));
   CHECK_THROWS_WITH(cm::sparsify_experts(*v, cm::ExpertSparsityOptions().pattern({})),
                     Catch::Contains("fraction in (0, 1)"));
   CHECK_THROWS_WITH(cm::parse_sparsity_method("obs"),

@@ -262,7 +262,7 @@ TEST_CASE("switch_transformers trains: the loss falls and routers and experts ge
   CHECK(last < 0.8 * first);
 }
 
-TEST_CASE("saving removed experts writes zeros that compute the same; other states are refused",
+TEST_CASE("saving removed experts writes zeros that compute the same, other states are refused",
           "[seq2seq]") {
   const auto ref = reference();
   auto model = load_switch_transformer(kModel);
