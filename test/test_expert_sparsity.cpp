@@ -2,6 +2,7 @@
 // fp64 loops over a hand-built routing: each expert's statistics come from exactly the tokens
 // routed to it (or all tokens), weighted by the router as MoE-Pruner defines, and layers are
 // calibrated one after the other on the already pruned model when sequential.
+#include <moeprune/compression/expert_quantization.h>
 #include <moeprune/compression/expert_sparsity.h>
 #include <moeprune/layers/moe_layer.h>
 #include <moeprune/layers/moe_view.h>
@@ -330,6 +331,56 @@ TEST_CASE("magnitude needs no calibration, the other methods and bad options are
   CHECK(torch::equal(layer->experts()->w1, original->experts()->w1));
   layer->experts()->factorize(2);
   CHECK_THROWS_WITH(cm::sparsify_experts(*v, {}), Catch::Contains("is factorised"));
+}
+
+TEST_CASE("GPTQ inside the experts quantises each on its routed tokens' Gram matrix") {
+  const auto r = routed_tokens(false);
+  const auto original = routed_layer();
+  // Asymmetric: a symmetric group whose largest |w| is negative codes it at exactly -2^(b-1) + 1/2
+  // before rounding, a tie that the Gram matrix's last bits decide in GPTQ.
+  const auto scheme = cm::QuantScheme().bits(3).group_size(4).symmetric(false);
+  auto layer = copy_of(original);
+  // fp64 on both sides: GPTQ's rounding cascades from any near-tie in the Gram matrix's last bits.
+  const auto fp64 = cm::GPTQOptions().dtype(torch::kDouble);
+  const auto reports = cm::quantize(*view_of(layer, r.tokens),
+                                    cm::QuantizeOptions().scheme(scheme).gptq(fp64).calibration(
+                                        cm::ExpertSparsityOptions().router_weighted(true)));
+  REQUIRE(reports.layers.size() == 1);
+  for (int64_t e = 0; e < kE; ++e) {
+    INFO("expert " << e);
+    const auto n = naive_inputs(r, original, e, false, true);
+    const auto xw = n.x * n.weight.sqrt().unsqueeze(1), hw = n.h * n.weight.sqrt().unsqueeze(1);
+    const auto expect = [&](const torch::Tensor& w, const torch::Tensor& x) {
+      return cm::gptq(w.t().contiguous(), x.t().mm(x), scheme, fp64).weight;
+    };
+    CHECK(torch::allclose(layer->experts()->w1[e].t(), expect(original->experts()->w1[e], xw), 1e-5,
+                          1e-6));
+    CHECK(torch::allclose(layer->experts()->w3[e].t(), expect(original->experts()->w3[e], xw), 1e-5,
+                          1e-6));
+    CHECK(torch::allclose(layer->experts()->w2[e].t(), expect(original->experts()->w2[e], hw), 1e-5,
+                          1e-6));
+  }
+  CHECK(reports.layers[0].relative_error > 0.0);
+  CHECK(reports.layers[0].routed_tokens == std::vector<int64_t>{20, 20, 20, 20});
+
+  // RTN needs no calibration: every expert weight rounded as rtn_quantize rounds it.
+  auto rtn = copy_of(original);
+  const auto rtn_reports =
+      cm::quantize(*moeprune::LayerMapView::of({{0, rtn}}),
+                   cm::QuantizeOptions().method(cm::QuantMethod::kRTN).scheme(scheme));
+  CHECK(std::isnan(rtn_reports.layers[0].relative_error));
+  for (int64_t e = 0; e < kE; ++e) {
+    const auto w = original->experts()->w2[e].t().contiguous();
+    CHECK(torch::equal(rtn->experts()->w2[e].t(), cm::rtn_quantize(w, scheme).dequantize()));
+  }
+  CHECK_THROWS_WITH(
+      cm::quantize(*moeprune::LayerMapView::of({{0, rtn}}), cm::QuantizeOptions().scheme(scheme)),
+      Catch::Contains("gptq needs calibration data"));
+  CHECK_THROWS_WITH(cm::quantize(*view_of(rtn, r.tokens),
+                                 cm::QuantizeOptions().scheme(cm::QuantScheme().group_size(3))),
+                    Catch::Contains("layer 0's expert gate/up projections has 8 inputs, not a "
+                                    "whole number of groups of 3"));
+  CHECK_THROWS_WITH(cm::parse_quant_method("awq"), Catch::Contains("rtn or gptq"));
 }
 
 }  // namespace expert_sparsity_test

@@ -4,6 +4,7 @@
 // and the refusals.
 #include "compression_helpers.h"
 
+#include <moeprune/compression/expert_quantization.h>
 #include <moeprune/compression/model_sparsity.h>
 #include <moeprune/compression/weight_sparsity.h>
 #include <moeprune/layers/linear_capture.h>
@@ -187,6 +188,30 @@ TEST_CASE("magnitude on dense layers needs no calibration") {
   CHECK(std::isnan(report.linears[0].relative_error));
   const auto kept = cm::magnitude_mask(w, cm::SparsityPattern::unstructured(0.5));
   CHECK(torch::equal(m->blocks[0]->fc1->weight, w * kept.to(w.scalar_type())));
+}
+
+TEST_CASE("quantising attention: RTN as rtn_quantize rounds, GPTQ on the layer's inputs") {
+  auto m = moeprune::VisionTransformer(test::tiny_vit(2, {1}));
+  torch::manual_seed(6);
+  const auto images = torch::randn({4, 1, 28, 28});
+  const auto scheme = cm::QuantScheme().bits(4).group_size(8).symmetric(false);
+  const auto qkv = m->blocks[0]->qkv->weight.detach().clone();
+  const auto fc1 = m->blocks[0]->fc1->weight.detach().clone();
+  const auto x = hand_inputs(m, images).at("block0.qkv").to(torch::kDouble);
+  auto gptq_model = test::round_trip(m, "quant_attention");
+  cm::quantize(*test::view(m), cm::QuantizeOptions()
+                                   .method(cm::QuantMethod::kRTN)
+                                   .scheme(scheme)
+                                   .calibration(cm::ExpertSparsityOptions().targets(
+                                       cm::SparsityTargets::parse("attention"))));
+  CHECK(torch::equal(m->blocks[0]->qkv->weight, cm::rtn_quantize(qkv, scheme).dequantize()));
+  CHECK(torch::equal(m->blocks[0]->fc1->weight, fc1));  // dense MLPs not targeted
+  const auto fp64 = cm::GPTQOptions().dtype(torch::kDouble);
+  cm::quantize(*test::view(gptq_model, test::one_batch(images)),
+               cm::QuantizeOptions().scheme(scheme).gptq(fp64).calibration(
+                   cm::ExpertSparsityOptions().targets(cm::SparsityTargets::parse("attention"))));
+  CHECK(torch::allclose(gptq_model->blocks[0]->qkv->weight,
+                        cm::gptq(qkv, x.t().mm(x), scheme, fp64).weight, 1e-5, 1e-6));
 }
 
 TEST_CASE("sparsity targets: parsing and the refusals") {

@@ -78,7 +78,8 @@ namespace expert_sparsity_detail {
 
 // Prunes every expert of one layer from its calibration calls (`calls` null: no calibration).
 LayerSparsityReport sparsify_layer(const MoELayerEntry& entry, const LayerCalls* calls,
-                                   const ExpertSparsityOptions& options) {
+                                   const ExpertSparsityOptions& options,
+                                   const sparsity_detail::LinearTransform& transform) {
   const auto start = std::chrono::steady_clock::now();
   sparsity_detail::check_expert_layer(entry);
   MoELayer layer = entry.layer;
@@ -133,8 +134,9 @@ LayerSparsityReport sparsify_layer(const MoELayerEntry& entry, const LayerCalls*
         h = h * xw.mm(bank->w3[b]);
       }
       try {
-        input_calibration.emplace(x, weight, options);
-        hidden_calibration.emplace(h, weight, options);
+        const bool full = transform || options.method() == SparsityMethod::kSparseGPT;
+        input_calibration.emplace(x, weight, options, full);
+        hidden_calibration.emplace(h, weight, options, full);
       } catch (const c10::Error& e) {
         TORCH_CHECK(false, "sparsify_experts: MoE layer ", entry.name, ", expert ",
                     report.experts[static_cast<size_t>(b)], " (", routed, " routed tokens",
@@ -144,11 +146,11 @@ LayerSparsityReport sparsify_layer(const MoELayerEntry& entry, const LayerCalls*
     const auto* in = input_calibration ? &*input_calibration : nullptr;
     const auto* hid = hidden_calibration ? &*hidden_calibration : nullptr;
     std::vector<std::pair<torch::Tensor, PrunedLinear>> done;
-    done.emplace_back(bank->w1, prune_linear(w1, in, options));
+    done.emplace_back(bank->w1, prune_linear(w1, in, options, transform));
     if (gated) {
-      done.emplace_back(bank->w3, prune_linear(w3, in, options));
+      done.emplace_back(bank->w3, prune_linear(w3, in, options, transform));
     }
-    done.emplace_back(bank->w2, prune_linear(w2, hid, options));
+    done.emplace_back(bank->w2, prune_linear(w2, hid, options, transform));
     for (auto& [param, pruned] : done) {
       param[b].copy_(pruned.weight.t());
       error += pruned.error;
@@ -226,7 +228,7 @@ LayerSparsityReport sparsify_moe_layer(const MoELayerEntry& layer, const LayerCa
   TORCH_CHECK(calls != nullptr || options.method() == SparsityMethod::kMagnitude,
               "sparsify_experts: ", to_string(options.method()), " needs calibration data for ",
               layer.name);
-  return expert_sparsity_detail::sparsify_layer(layer, calls, options);
+  return expert_sparsity_detail::sparsify_layer(layer, calls, options, {});
 }
 
 std::vector<LayerSparsityReport> sparsify_experts(const MoEView& view,
@@ -238,6 +240,13 @@ std::vector<LayerSparsityReport> sparsify_experts(const MoEView& view,
               "targets asked for are ",
               t.describe(), " (use sparsify, model_sparsity.h)");
   return sparsify(view, options, on_layer).layers;
+}
+
+LayerSparsityReport sparsity_detail::slim_moe_layer(const MoELayerEntry& entry,
+                                                    const LayerCalls* calls,
+                                                    const ExpertSparsityOptions& options,
+                                                    const LinearTransform& transform) {
+  return expert_sparsity_detail::sparsify_layer(entry, calls, options, transform);
 }
 
 SparsityTargets SparsityTargets::parse(const std::string& text) {

@@ -66,12 +66,19 @@ std::vector<InputStatistics> LinearCalibration::finish() {
 LinearSparsityReport sparsify_linears(const std::vector<LinearEntry>& linears,
                                       const std::vector<InputStatistics>* inputs,
                                       const ExpertSparsityOptions& options) {
-  const auto start = std::chrono::steady_clock::now();
   check_sparsity_options(options);
-  TORCH_CHECK(!linears.empty(), "sparsify_linears: no layers");
   TORCH_CHECK(inputs != nullptr || options.method() == SparsityMethod::kMagnitude,
               "sparsify: ", to_string(options.method()), " needs calibration data for ",
-              linears.front().name);
+              linears.empty() ? std::string("the layers") : linears.front().name);
+  return sparsity_detail::slim_linears(linears, inputs, options, {});
+}
+
+LinearSparsityReport sparsity_detail::slim_linears(const std::vector<LinearEntry>& linears,
+                                                   const std::vector<InputStatistics>* inputs,
+                                                   const ExpertSparsityOptions& options,
+                                                   const LinearTransform& transform) {
+  const auto start = std::chrono::steady_clock::now();
+  TORCH_CHECK(!linears.empty(), "sparsify_linears: no layers");
   TORCH_CHECK(inputs == nullptr || inputs->size() == linears.size(),
               "sparsify_linears: ", linears.size(), " layers, ",
               inputs == nullptr ? 0 : inputs->size(), " statistics");
@@ -98,14 +105,15 @@ LinearSparsityReport sparsify_linears(const std::vector<LinearEntry>& linears,
                   " has ", weight.size(1), " inputs; its statistics are for ", s.in_features(),
                   s.full() ? "" : " (diagonal only)");
       try {
-        calibration.emplace(s, options);
+        calibration.emplace(s, options,
+                            !transform && options.method() == SparsityMethod::kSparseGPT);
       } catch (const c10::Error& e) {
         TORCH_CHECK(false, "sparsify: ", entry.name, " (", s.tokens(),
                     " calibration tokens): ", e.what_without_backtrace());
       }
     }
-    auto pruned = sparsity_detail::prune_linear(weight.detach(),
-                                                calibration ? &*calibration : nullptr, options);
+    auto pruned = sparsity_detail::prune_linear(
+        weight.detach(), calibration ? &*calibration : nullptr, options, transform);
     weight.detach().copy_(pruned.weight);
     error += pruned.error;
     reference += pruned.reference;

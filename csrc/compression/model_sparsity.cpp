@@ -88,11 +88,18 @@ SparsityReport sparsify(const MoEView& view, const ExpertSparsityOptions& option
   const bool needs_data = options.method() != SparsityMethod::kMagnitude;
   TORCH_CHECK(!needs_data || view.has_calibration(), "sparsify: ", to_string(options.method()),
               " needs calibration data and the MoE view has none");
+  return sparsity_detail::slim(view, options, {}, on_layer, on_linears);
+}
+
+SparsityReport sparsity_detail::slim(const MoEView& view, const ExpertSparsityOptions& options,
+                                     const LinearTransform& transform,
+                                     const LayerSparsityCallback& on_layer,
+                                     const LinearSparsityCallback& on_linears) {
   const auto blocks = model_sparsity_detail::targeted_blocks(view, options);
 
   SparsityReport report;
   const auto prune_layer = [&](const MoELayerEntry& entry, const LayerCalls* calls) {
-    report.layers.push_back(sparsify_moe_layer(entry, calls, options));
+    report.layers.push_back(sparsity_detail::slim_moe_layer(entry, calls, options, transform));
     if (on_layer) on_layer(report.layers.back());
   };
   // Prunes a block's dense layers from their statistics (null: no calibration), `at` being the
@@ -106,7 +113,8 @@ SparsityReport sparsify(const MoEView& view, const ExpertSparsityOptions& option
                     stats->begin() + static_cast<std::ptrdiff_t>(at + group.size()));
         at += group.size();
       }
-      report.linears.push_back(sparsify_linears(group, own ? &*own : nullptr, options));
+      report.linears.push_back(
+          sparsity_detail::slim_linears(group, own ? &*own : nullptr, options, transform));
       if (on_linears) on_linears(report.linears.back());
     }
   };

@@ -4,9 +4,12 @@
 // reconstruction error the reports give: shared by the experts' (expert_sparsity.cpp) and the
 // dense layers' (linear_sparsity.cpp) drivers.
 #include <moeprune/compression/expert_sparsity.h>
+#include <moeprune/compression/linear_sparsity.h>
+#include <moeprune/compression/model_sparsity.h>
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <limits>
 #include <optional>
 #include <utility>
@@ -26,12 +29,12 @@ struct Calibration {
   std::optional<SparseGPTFactor> factor;
   torch::Tensor scaled;  // [n, in] fp32, or undefined
 
+  // `full`: keep the whole Gram matrix (SparseGPT, GPTQ); Wanda and magnitude need the diagonal.
   Calibration(const torch::Tensor& x, const torch::Tensor& weight,
-              const ExpertSparsityOptions& options)
-      // Wanda and magnitude need the diagonal only; SparseGPT the whole Gram matrix.
-      : stats(x.size(1), options.method() == SparsityMethod::kSparseGPT) {
+              const ExpertSparsityOptions& options, bool full)
+      : stats(x.size(1), full) {
     stats.add(x, weight);
-    if (stats.full()) {
+    if (full && options.method() == SparsityMethod::kSparseGPT) {
       factor = sparsegpt_factor(stats.gram(), options.sparsegpt());
     }
     if (!stats.full() || x.size(0) < x.size(1)) {
@@ -42,10 +45,10 @@ struct Calibration {
   }
   // From statistics gathered elsewhere (a dense linear's captured inputs); they must be full,
   // since the error report needs the Gram matrix without the tokens.
-  Calibration(InputStatistics gathered, const ExpertSparsityOptions& options)
+  Calibration(InputStatistics gathered, const ExpertSparsityOptions& options, bool sparsegpt)
       : stats(std::move(gathered)) {
     TORCH_CHECK(stats.full(), "Calibration: diagonal-only statistics");
-    if (options.method() == SparsityMethod::kSparseGPT) {
+    if (sparsegpt) {
       factor = sparsegpt_factor(stats.gram(), options.sparsegpt());
     }
   }
@@ -59,23 +62,33 @@ struct PrunedLinear {
   double error = 0.0, reference = 0.0;
 };
 
+// What becomes of one linear [out, in] given its calibration (null: none): its new weight, in
+// w's dtype. Set by quantisation (expert_quantization.cpp); unset, the options' sparsity method
+// and pattern prune it.
+using LinearTransform =
+    std::function<torch::Tensor(const torch::Tensor& w, const Calibration* calibration)>;
+
 inline PrunedLinear prune_linear(const torch::Tensor& w, const Calibration* calibration,
-                                 const ExpertSparsityOptions& options) {
+                                 const ExpertSparsityOptions& options,
+                                 const LinearTransform& transform = {}) {
   PrunedLinear out;
-  switch (options.method()) {
-    case SparsityMethod::kMagnitude:
-      out.weight = w * magnitude_mask(w, options.pattern()).to(w.scalar_type());
-      break;
-    case SparsityMethod::kWanda:
-      out.weight =
-          w *
-          wanda_mask(w, calibration->stats.column_norms(), options.pattern()).to(w.scalar_type());
-      break;
-    case SparsityMethod::kSparseGPT:
-      out.weight =
-          sparsegpt(w, *calibration->factor, options.pattern(), options.sparsegpt()).weight;
-      break;
-  }
+  if (transform) {
+    out.weight = transform(w, calibration);
+  } else
+    switch (options.method()) {
+      case SparsityMethod::kMagnitude:
+        out.weight = w * magnitude_mask(w, options.pattern()).to(w.scalar_type());
+        break;
+      case SparsityMethod::kWanda:
+        out.weight =
+            w *
+            wanda_mask(w, calibration->stats.column_norms(), options.pattern()).to(w.scalar_type());
+        break;
+      case SparsityMethod::kSparseGPT:
+        out.weight =
+            sparsegpt(w, *calibration->factor, options.pattern(), options.sparsegpt()).weight;
+        break;
+    }
   if (calibration == nullptr) {
     out.error = out.reference = std::numeric_limits<double>::quiet_NaN();
     return out;
@@ -97,5 +110,18 @@ inline PrunedLinear prune_linear(const torch::Tensor& w, const Calibration* cali
   }
   return out;
 }
+
+// The drivers behind sparsify_moe_layer, sparsify_linears and sparsify, with `transform` in
+// place of pruning when set (no option checks: their callers do them).
+LayerSparsityReport slim_moe_layer(const MoELayerEntry& entry, const LayerCalls* calls,
+                                   const ExpertSparsityOptions& options,
+                                   const LinearTransform& transform);
+LinearSparsityReport slim_linears(const std::vector<LinearEntry>& linears,
+                                  const std::vector<InputStatistics>* inputs,
+                                  const ExpertSparsityOptions& options,
+                                  const LinearTransform& transform);
+SparsityReport slim(const MoEView& view, const ExpertSparsityOptions& options,
+                    const LinearTransform& transform, const LayerSparsityCallback& on_layer,
+                    const LinearSparsityCallback& on_linears);
 
 }  // namespace moeprune::compression::sparsity_detail
