@@ -26,6 +26,7 @@ Runner add_eval(CLI::App& app);
 Runner add_tokenize(CLI::App& app);
 Runner add_merge(CLI::App& app);
 Runner add_sparsify(CLI::App& app);
+Runner add_quantize(CLI::App& app);
 
 /// The calibration options score, prune, merge and sparsify share: --calibration (`what` says
 /// what the data is for), --calibration-format, --tokenizer, --samples, --seq-len and

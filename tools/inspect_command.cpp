@@ -90,6 +90,19 @@ Runner add_inspect(CLI::App& app) {
                    r.value("pattern", std::string("?")), where, how);
       }
     }
+    if (config.is_object() && config.contains("moeprune") && config["moeprune"].is_object() &&
+        config["moeprune"].contains("quantization") &&
+        config["moeprune"]["quantization"].is_array()) {
+      for (const auto& r : config["moeprune"]["quantization"]) {
+        if (!r.is_object()) continue;
+        const auto group = r.value("group_size", int64_t{0});
+        fmt::print("quantized (stored dequantised): {} W{} {} {} in {}\n",
+                   r.value("method", std::string("?")), r.value("bits", int64_t{0}),
+                   group == 0 ? std::string("per channel") : "g" + std::to_string(group),
+                   r.value("symmetric", true) ? "symmetric" : "asymmetric",
+                   r.value("targets", std::string("experts")));
+      }
+    }
     for (const auto& ref : info.layers) {
       std::string state;
       if (!ref.state.bank.groups.empty()) {

@@ -25,9 +25,9 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   const auto registry = moeprune::pruning::CriterionRegistry::with_builtins();
   const std::vector<cli::Runner> commands{
-      cli::add_inspect(app), cli::add_score(app, registry), cli::add_prune(app, registry),
-      cli::add_eval(app),    cli::add_merge(app),           cli::add_sparsify(app),
-      cli::add_tokenize(app)};
+      cli::add_inspect(app),  cli::add_score(app, registry), cli::add_prune(app, registry),
+      cli::add_eval(app),     cli::add_merge(app),           cli::add_sparsify(app),
+      cli::add_quantize(app), cli::add_tokenize(app)};
   CLI11_PARSE(app, argc, argv);
   try {
     for (const auto& run : commands) {

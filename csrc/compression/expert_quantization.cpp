@@ -19,20 +19,40 @@ std::string to_string(QuantMethod method) {
   return method == QuantMethod::kRTN ? "rtn" : "gptq";
 }
 
-SparsityReport quantize(const MoEView& view, const QuantizeOptions& options,
-                        const LayerSparsityCallback& on_layer,
-                        const LinearSparsityCallback& on_linears) {
+sparsity_detail::LinearTransform sparsity_detail::quantization_transform(
+    const QuantizeOptions& options) {
+  const bool gptq = options.method() == QuantMethod::kGPTQ;
+  const auto scheme = options.scheme();
+  const auto gptq_options = options.gptq();
+  return
+      [gptq, scheme, gptq_options](const torch::Tensor& w, const Calibration* c) -> torch::Tensor {
+        if (!gptq) return rtn_quantize(w, scheme).dequantize(w.scalar_type());
+        TORCH_CHECK(c != nullptr, "gptq needs calibration inputs");
+        return compression::gptq(w, c->stats.gram(), scheme, gptq_options).weight;
+      };
+}
+
+ExpertSparsityOptions sparsity_detail::quantization_calibration(const QuantizeOptions& options) {
   auto calibration = options.calibration();
   // The sparsity checks of the calibration fields (the pattern is not used: any valid one).
   calibration.pattern(SparsityPattern::unstructured(0.5));
   check_sparsity_options(calibration);
-  // Bits and group size alone (each layer's inputs are checked below).
+  // Bits and group size alone (each layer's inputs are checked where it is quantised).
   check_quant_scheme(options.scheme(), std::max<int64_t>(options.scheme().group_size(), 1));
+  // With calibration data, RTN is still measured (the error report) but not calibrated.
+  if (options.method() == QuantMethod::kRTN) calibration.method(SparsityMethod::kMagnitude);
+  return calibration;
+}
+
+SparsityReport quantize(const MoEView& view, const QuantizeOptions& options,
+                        const LayerSparsityCallback& on_layer,
+                        const LinearSparsityCallback& on_linears) {
+  const auto calibration = sparsity_detail::quantization_calibration(options);
   // Every targeted layer's inputs in whole groups, checked before any work.
-  const auto& scheme_in = options.scheme();
+  const auto& scheme = options.scheme();
   const auto check_inputs = [&](int64_t in, const std::string& what) {
-    TORCH_CHECK(scheme_in.group_size() == 0 || in % scheme_in.group_size() == 0, "quantize: ", what,
-                " has ", in, " inputs, not a whole number of groups of ", scheme_in.group_size());
+    TORCH_CHECK(scheme.group_size() == 0 || in % scheme.group_size() == 0, "quantize: ", what,
+                " has ", in, " inputs, not a whole number of groups of ", scheme.group_size());
   };
   const auto& targets = calibration.targets();
   if (targets.experts) {
@@ -47,21 +67,10 @@ SparsityReport quantize(const MoEView& view, const QuantizeOptions& options,
       if (targets.wants(entry.role)) check_inputs(entry.linear->weight.size(1), entry.name);
     }
   }
-  const bool gptq = options.method() == QuantMethod::kGPTQ;
-  TORCH_CHECK(!gptq || view.has_calibration(),
+  TORCH_CHECK(options.method() != QuantMethod::kGPTQ || view.has_calibration(),
               "quantize: gptq needs calibration data and the MoE view has none");
-  // With calibration data, RTN is still measured (the error report) but not calibrated.
-  if (!gptq) calibration.method(SparsityMethod::kMagnitude);
-  const auto scheme = options.scheme();
-  const auto gptq_options = options.gptq();
-  const sparsity_detail::LinearTransform transform =
-      [gptq, scheme, gptq_options](const torch::Tensor& w,
-                                   const sparsity_detail::Calibration* c) -> torch::Tensor {
-    if (!gptq) return rtn_quantize(w, scheme).dequantize(w.scalar_type());
-    TORCH_CHECK(c != nullptr, "quantize: gptq needs calibration inputs");
-    return compression::gptq(w, c->stats.gram(), scheme, gptq_options).weight;
-  };
-  return sparsity_detail::slim(view, calibration, transform, on_layer, on_linears);
+  return sparsity_detail::slim(view, calibration, sparsity_detail::quantization_transform(options),
+                               on_layer, on_linears);
 }
 
 }  // namespace moeprune::compression

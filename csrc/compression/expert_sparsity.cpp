@@ -146,11 +146,16 @@ LayerSparsityReport sparsify_layer(const MoELayerEntry& entry, const LayerCalls*
     const auto* in = input_calibration ? &*input_calibration : nullptr;
     const auto* hid = hidden_calibration ? &*hidden_calibration : nullptr;
     std::vector<std::pair<torch::Tensor, PrunedLinear>> done;
-    done.emplace_back(bank->w1, prune_linear(w1, in, options, transform));
-    if (gated) {
-      done.emplace_back(bank->w3, prune_linear(w3, in, options, transform));
+    try {
+      done.emplace_back(bank->w1, prune_linear(w1, in, options, transform));
+      if (gated) {
+        done.emplace_back(bank->w3, prune_linear(w3, in, options, transform));
+      }
+      done.emplace_back(bank->w2, prune_linear(w2, hid, options, transform));
+    } catch (const c10::Error& e) {
+      TORCH_CHECK(false, "MoE layer ", entry.name, ", expert ",
+                  report.experts[static_cast<size_t>(b)], ": ", e.what_without_backtrace());
     }
-    done.emplace_back(bank->w2, prune_linear(w2, hid, options, transform));
     for (auto& [param, pruned] : done) {
       param[b].copy_(pruned.weight.t());
       error += pruned.error;

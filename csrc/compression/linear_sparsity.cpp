@@ -112,8 +112,13 @@ LinearSparsityReport sparsity_detail::slim_linears(const std::vector<LinearEntry
                     " calibration tokens): ", e.what_without_backtrace());
       }
     }
-    auto pruned = sparsity_detail::prune_linear(
-        weight.detach(), calibration ? &*calibration : nullptr, options, transform);
+    sparsity_detail::PrunedLinear pruned;
+    try {
+      pruned = sparsity_detail::prune_linear(weight.detach(), calibration ? &*calibration : nullptr,
+                                             options, transform);
+    } catch (const c10::Error& e) {
+      TORCH_CHECK(false, entry.name, ": ", e.what_without_backtrace());
+    }
     weight.detach().copy_(pruned.weight);
     error += pruned.error;
     reference += pruned.reference;

@@ -3,6 +3,7 @@
 // Pruning one linear layer from the statistics of its calibration inputs, with the relative
 // reconstruction error the reports give: shared by the experts' (expert_sparsity.cpp) and the
 // dense layers' (linear_sparsity.cpp) drivers.
+#include <moeprune/compression/expert_quantization.h>
 #include <moeprune/compression/expert_sparsity.h>
 #include <moeprune/compression/linear_sparsity.h>
 #include <moeprune/compression/model_sparsity.h>
@@ -110,6 +111,12 @@ inline PrunedLinear prune_linear(const torch::Tensor& w, const Calibration* cali
   }
   return out;
 }
+
+// The transform quantize() applies: each weight replaced by its RTN or GPTQ dequantised value, in
+// its dtype. The calibration options for the drivers are options.calibration() with RTN's method
+// set to magnitude (no statistics beyond the error report).
+LinearTransform quantization_transform(const QuantizeOptions& options);
+ExpertSparsityOptions quantization_calibration(const QuantizeOptions& options);
 
 // The drivers behind sparsify_moe_layer, sparsify_linears and sparsify, with `transform` in
 // place of pruning when set (no option checks: their callers do them).

@@ -145,7 +145,8 @@ WriteReport write_sparsified_checkpoint(const Source& source,
                                         const std::map<int64_t, std::string>& experts,
                                         const std::string& out, const std::string& record,
                                         const WriteOptions& options,
-                                        const std::vector<std::string>& linears) {
+                                        const std::vector<std::string>& linears,
+                                        const std::string& record_list) {
   TORCH_CHECK(!std::filesystem::exists(out), out,
               ": already exists; choose a new output folder (nothing was written)");
   const auto& info = source.info();
@@ -235,10 +236,10 @@ WriteReport write_sparsified_checkpoint(const Source& source,
     config["moeprune"] = nlohmann::ordered_json::object();
   }
   auto& section = config["moeprune"];
-  if (!section.contains("sparsity") || !section["sparsity"].is_array()) {
-    section["sparsity"] = nlohmann::ordered_json::array();
+  if (!section.contains(record_list) || !section[record_list].is_array()) {
+    section[record_list] = nlohmann::ordered_json::array();
   }
-  section["sparsity"].push_back(entry);
+  section[record_list].push_back(entry);
   return detail::write_folder(source, layers, /*cut=*/false, out, config.dump(2) + "\n", {},
                               options, replaced);
 }

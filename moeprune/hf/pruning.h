@@ -114,7 +114,8 @@ WriteReport write_merged_checkpoint(const Source& source,
 /// layout. A merged group's other members get their first member's tensors; experts the bank
 /// does not hold (zeroed by pruning) and every other tensor are copied byte for byte.
 /// config.json keeps the source's "moeprune" section and appends `record` (a JSON object: what
-/// was done) to its "sparsity" list. `linears`: safetensors files of other weights replaced
+/// was done) to its `record_list` list ("sparsity", or "quantization" for dequantised weights).
+/// `linears`: safetensors files of other weights replaced
 /// (sparsified dense layers: attention, shared experts, dense MLPs), each tensor under the
 /// checkpoint's name, dtype and shape. Per-expert layouts only. Written like
 /// write_pruned_checkpoint: streamed, into a temporary folder renamed at the end.
@@ -122,6 +123,7 @@ WriteReport write_sparsified_checkpoint(const Source& source,
                                         const std::map<int64_t, std::string>& experts,
                                         const std::string& out, const std::string& record,
                                         const WriteOptions& options = {},
-                                        const std::vector<std::string>& linears = {});
+                                        const std::vector<std::string>& linears = {},
+                                        const std::string& record_list = "sparsity");
 
 }  // namespace moeprune::hf

@@ -1,9 +1,11 @@
 #include <moeprune/models/lm/streamed_sparsity.h>
 
+#include "compression/pruned_linear.h"
 #include "hf/checkpoint_rewrite.h"
 #include "models/lm/checkpoint_tensors.h"
 #include "models/lm/scratch_files.h"
 #include "models/lm/streamed_moe_layers.h"
+#include "models/lm/streamed_slimming.h"
 
 #include <moeprune/compression/linear_sparsity.h>
 #include <moeprune/hf/checkpoint.h>
@@ -106,19 +108,36 @@ SparsifyCheckpointResult sparsify_checkpoint(
     const SparsifyCheckpointOptions& options, const hf::WriteOptions& write,
     const compression::LayerSparsityCallback& on_layer,
     const compression::LinearSparsityCallback& on_linears) {
-  using streamed_sparsity_detail::round_and_spill;
-  using streamed_sparsity_detail::round_and_spill_linears;
   const auto& sparsity = options.sparsity();
-  const auto& targets = sparsity.targets();
-  const auto& info = checkpoint.info();
   compression::check_sparsity_options(sparsity);
-  streamed_sparsity_detail::check_checkpoint(checkpoint);
   const auto& pattern = sparsity.pattern();
   TORCH_CHECK(write.sparse_format != hf::SparseFormat::kCompressedTensors24 ||
                   (pattern.m == 4 && pattern.n <= 2),
               "sparsify_checkpoint: compressed-tensors stores 2:4-sparse weights only "
               "(sparse-24-bitmask); the pattern asked for is ",
               pattern.describe(), ": write it dense (the default) instead");
+  const bool magnitude = sparsity.method() == compression::SparsityMethod::kMagnitude;
+  TORCH_CHECK(magnitude || calibration.defined(),
+              "sparsify_checkpoint: ", compression::to_string(sparsity.method()),
+              " needs calibration token ids");
+  return detail::slim_checkpoint(checkpoint, calibration, out, options, {},
+                                 sparsity_record(sparsity), "sparsity", write, on_layer,
+                                 on_linears);
+}
+
+SparsifyCheckpointResult detail::slim_checkpoint(
+    const CheckpointLayers& checkpoint, const torch::Tensor& calibration, const std::string& out,
+    const SparsifyCheckpointOptions& options,
+    const compression::sparsity_detail::LinearTransform& transform, const std::string& record,
+    const std::string& record_list, const hf::WriteOptions& write,
+    const compression::LayerSparsityCallback& on_layer,
+    const compression::LinearSparsityCallback& on_linears) {
+  using streamed_sparsity_detail::round_and_spill;
+  using streamed_sparsity_detail::round_and_spill_linears;
+  const auto& sparsity = options.sparsity();
+  const auto& targets = sparsity.targets();
+  const auto& info = checkpoint.info();
+  streamed_sparsity_detail::check_checkpoint(checkpoint);
   TORCH_CHECK(targets.experts || targets.beyond_experts(), "sparsify_checkpoint: no targets");
   TORCH_CHECK(sparsity.layers().empty() || !targets.beyond_experts(),
               "sparsify_checkpoint: layers select MoE layers; with targets beyond the experts (",
@@ -149,10 +168,6 @@ SparsifyCheckpointResult sparsify_checkpoint(
     TORCH_CHECK(!want || has || targets.everything, "sparsify_checkpoint: the target ", role,
                 " has no linear layers in ", checkpoint.directory(), " (", o.model_type(), ")");
   }
-  const bool magnitude = sparsity.method() == compression::SparsityMethod::kMagnitude;
-  TORCH_CHECK(magnitude || calibration.defined(),
-              "sparsify_checkpoint: ", compression::to_string(sparsity.method()),
-              " needs calibration token ids");
 
   SparsifyCheckpointResult result;
   detail::ScratchFiles scratch(options.stream().scratch_dir(), "sparse");
@@ -180,8 +195,8 @@ SparsifyCheckpointResult sparsify_checkpoint(
                          const std::vector<compression::InputStatistics>* stats,
                          int64_t decoder_layer) {
     if (ref != nullptr) {
-      auto report =
-          compression::sparsify_moe_layer({ref->index, ref->prefix, moe}, calls, sparsity);
+      auto report = compression::sparsity_detail::slim_moe_layer({ref->index, ref->prefix, moe},
+                                                                 calls, sparsity, transform);
       files[ref->index] = scratch.next(ref->index);
       round_and_spill(checkpoint.source(), *ref, moe, files.at(ref->index));
       result.layers.push_back(std::move(report));
@@ -197,8 +212,8 @@ SparsifyCheckpointResult sparsify_checkpoint(
                     stats->begin() + static_cast<std::ptrdiff_t>(at + group.size()));
       }
       at += group.size();
-      result.linears.push_back(
-          compression::sparsify_linears(group, own ? &*own : nullptr, sparsity));
+      result.linears.push_back(compression::sparsity_detail::slim_linears(
+          group, own ? &*own : nullptr, sparsity, transform));
       if (on_linears) on_linears(result.linears.back());
       all.insert(all.end(), group.begin(), group.end());
     }
@@ -211,7 +226,7 @@ SparsifyCheckpointResult sparsify_checkpoint(
     return out;
   };
 
-  if (magnitude && !calibration.defined()) {
+  if (!calibration.defined()) {
     // No forward pass: each decoder layer alone, as it is stored.
     for (int64_t index = 0; index < checkpoint.num_layers(); ++index) {
       auto layer = checkpoint.layer(index);
@@ -263,8 +278,8 @@ SparsifyCheckpointResult sparsify_checkpoint(
           }
         });
   }
-  result.report = hf::write_sparsified_checkpoint(checkpoint.source(), files, out,
-                                                  sparsity_record(sparsity), write, linear_files);
+  result.report = hf::write_sparsified_checkpoint(checkpoint.source(), files, out, record, write,
+                                                  linear_files, record_list);
   return result;
 }
 

@@ -1,0 +1,191 @@
+// moeprune quantize: RTN or GPTQ weight-only quantisation of every expert of a checkpoint (the
+// Unified seed's Expert Slimming, second part), and with --targets of its attention, shared
+// experts and dense MLPs. Calibration streams through the model one decoder layer at a time as
+// for sparsify; the folder holds the dequantised weights in the checkpoint's own dtype, so every
+// tool loads it and computes what the quantised model would (packed formats come later).
+#include <moeprune/models/lm/streamed_quantization.h>
+
+#include <fmt/core.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+
+namespace cli {
+namespace {
+
+namespace cm = moeprune::compression;
+
+struct QuantizeArgs {
+  std::string checkpoint, out, json, method = "gptq", dtype = "fp32", targets = "experts";
+  std::string calibration_mode = "routed", scratch_dir = "/tmp";
+  TokenSource calibration;
+  int64_t samples = 8, seq_len = 512, batch_size = 4, min_tokens = 1, bits = 4, group_size = 128;
+  bool asymmetric = false, act_order = false, static_groups = false, router_weighted = false,
+       not_sequential = false;
+};
+
+int run_quantize(const QuantizeArgs& args) {
+  check_new_folder("--out", args.out);
+  check_result_path("--json", args.json,
+                    {args.checkpoint, args.calibration.path, args.calibration.tokenizer});
+  cm::QuantizeOptions options;
+  options.method(cm::parse_quant_method(args.method))
+      .scheme(
+          cm::QuantScheme().bits(args.bits).group_size(args.group_size).symmetric(!args.asymmetric))
+      .gptq(cm::GPTQOptions().act_order(args.act_order).static_groups(args.static_groups))
+      .calibration(cm::ExpertSparsityOptions()
+                       .calibration(cm::parse_expert_calibration(args.calibration_mode))
+                       .router_weighted(args.router_weighted)
+                       .min_tokens(args.min_tokens)
+                       .sequential(!args.not_sequential)
+                       .targets(cm::SparsityTargets::parse(args.targets)));
+  const bool gptq = options.method() == cm::QuantMethod::kGPTQ;
+  TORCH_CHECK(!gptq || !args.calibration.path.empty(),
+              "--method gptq needs --calibration (text "
+              "or token ids)");
+  const auto start = std::chrono::steady_clock::now();
+  const moeprune::lm::CheckpointLayers model(
+      args.checkpoint, moeprune::lm::LoadOptions().dtype(parse_dtype(args.dtype)));
+  torch::Tensor sequences;
+  if (!args.calibration.path.empty()) {
+    const auto stream = read_token_stream(args.calibration, args.checkpoint);
+    sequences = calibration_sequences(stream, args.samples, args.seq_len, args.calibration.path);
+    fmt::print("calibration: {} sequences of {} tokens from {}\n", args.samples, args.seq_len,
+               args.calibration.path);
+  }
+  fmt::print("{} {} in {} ({} decoder layers)\n", args.method, options.scheme().describe(),
+             options.calibration().targets().describe(), model.num_layers());
+  fmt::print("{:<36} {:<14} {:>10} {:>11} {:>7}\n", "layer", "weights", "rel.error", "fewest tok",
+             "seconds");
+  const auto error_text = [](double e) {
+    return std::isnan(e) ? std::string("-") : fmt::format("{:.4f}", e);
+  };
+  nlohmann::json rows = nlohmann::json::array();
+  const auto on_layer = [&](const cm::LayerSparsityReport& r) {
+    int64_t fewest = -1;
+    for (const auto n : r.routed_tokens) fewest = fewest < 0 ? n : std::min(fewest, n);
+    fmt::print("{:<36} {:<14} {:>10} {:>11} {:>7.1f}\n", r.name, "experts",
+               error_text(r.relative_error), fewest < 0 ? std::string("-") : std::to_string(fewest),
+               r.seconds);
+    std::fflush(stdout);
+    nlohmann::json j{{"module", r.name},
+                     {"weights", "experts"},
+                     {"routed_tokens", r.routed_tokens},
+                     {"fell_back", r.fell_back},
+                     {"seconds", r.seconds}};
+    j["relative_error"] =
+        std::isnan(r.relative_error) ? nlohmann::json() : nlohmann::json(r.relative_error);
+    rows.push_back(std::move(j));
+  };
+  const auto on_linears = [&](const cm::LinearSparsityReport& r) {
+    fmt::print("{:<36} {:<14} {:>10} {:>11} {:>7.1f}\n", r.name, moeprune::to_string(r.role),
+               error_text(r.relative_error), r.tokens > 0 ? std::to_string(r.tokens) : "-",
+               r.seconds);
+    std::fflush(stdout);
+    nlohmann::json j{{"module", r.name},
+                     {"weights", moeprune::to_string(r.role)},
+                     {"linears", r.linears},
+                     {"tokens", r.tokens},
+                     {"seconds", r.seconds}};
+    j["relative_error"] =
+        std::isnan(r.relative_error) ? nlohmann::json() : nlohmann::json(r.relative_error);
+    rows.push_back(std::move(j));
+  };
+  LazyBar write_bar("writing", "MB");
+  const auto write_progress = write_bar.callback();
+  moeprune::hf::WriteOptions wo;
+  wo.progress = [&](uint64_t done, uint64_t total) {
+    write_progress(static_cast<int64_t>(done >> 20), static_cast<int64_t>(total >> 20));
+  };
+  const auto result = moeprune::lm::quantize_checkpoint(
+      model, sequences, args.out,
+      moeprune::lm::QuantizeCheckpointOptions()
+          .quantize(options)
+          .batch_size(args.batch_size)
+          .stream(moeprune::lm::StreamOptions().scratch_dir(args.scratch_dir)),
+      wo, on_layer, on_linears);
+  write_bar.finish();
+  const double seconds = seconds_since(start);
+  fmt::print(
+      "wrote {}: {:.1f} MB in {:.1f} s; tensors rewritten {}, copied {}; peak RSS {:.0f} MB\n"
+      "the weights are stored dequantised in the checkpoint's dtype (what a {}-bit model "
+      "computes; the files do not shrink)\n",
+      args.out, result.report.bytes_written / 1e6, seconds, result.report.tensors_merged,
+      result.report.tensors_copied, peak_rss_mb(), args.bits);
+  if (!args.json.empty()) {
+    nlohmann::json j{{"checkpoint", args.checkpoint},
+                     {"out", args.out},
+                     {"record", nlohmann::json::parse(moeprune::lm::quantization_record(options))},
+                     {"layers", rows},
+                     {"bytes_written", result.report.bytes_written},
+                     {"seconds", seconds},
+                     {"peak_rss_mb", peak_rss_mb()}};
+    write_file_atomically(args.json, j.dump(1) + "\n");
+    fmt::print("per-layer figures written to {}\n", args.json);
+  }
+  return 0;
+}
+
+}  // namespace
+
+Runner add_quantize(CLI::App& app) {
+  auto args = std::make_shared<QuantizeArgs>();
+  auto* command = app.add_subcommand(
+      "quantize",
+      "Quantise the experts' weights (RTN or GPTQ; 2-8 bits, group-wise), and with --targets the "
+      "attention, shared experts and dense MLPs, and write a checkpoint folder of the "
+      "dequantised weights");
+  command->add_option("checkpoint", args->checkpoint, "Checkpoint folder")->required();
+  command->add_option("--method", args->method, "gptq or rtn")
+      ->check(CLI::IsMember({"gptq", "rtn"}))
+      ->capture_default_str();
+  command->add_option("--bits", args->bits, "Bits per weight: 2, 3, 4 or 8")->capture_default_str();
+  command
+      ->add_option("--group-size", args->group_size,
+                   "Inputs per scale (0: one scale per output row)")
+      ->capture_default_str();
+  command->add_flag("--asymmetric", args->asymmetric, "A zero point per group (default: none)");
+  command->add_flag("--act-order", args->act_order, "GPTQ: columns by decreasing Hessian diagonal");
+  command->add_flag("--static-groups", args->static_groups,
+                    "GPTQ with --act-order: group scales from the original weights");
+  add_calibration_options(command, args->calibration, args->samples, args->seq_len,
+                          args->batch_size, "for GPTQ's Hessians (not needed for rtn)");
+  command
+      ->add_option("--expert-calibration", args->calibration_mode,
+                   "routed: each expert on the tokens routed to it; all: every expert on every "
+                   "token (expert-balanced)")
+      ->check(CLI::IsMember({"routed", "all"}))
+      ->capture_default_str();
+  command->add_flag("--router-weighted", args->router_weighted,
+                    "Weight each routed token by its router weight for the expert");
+  command
+      ->add_option("--min-tokens", args->min_tokens,
+                   "An expert routed fewer calibration tokens is calibrated on all of them")
+      ->capture_default_str();
+  command->add_flag("--not-sequential", args->not_sequential,
+                    "Calibrate every layer on the unquantised model (default: on the outputs of "
+                    "the quantised layers before it)");
+  command
+      ->add_option("--targets", args->targets,
+                   "What to quantise, comma-separated: experts, attention, shared_experts, dense, "
+                   "or all; routers, norms, embeddings and the head never")
+      ->capture_default_str();
+  command->add_option("--dtype", args->dtype, "fp32 or bf16 (the calibration forward)")
+      ->capture_default_str();
+  command
+      ->add_option("--scratch-dir", args->scratch_dir,
+                   "Folder for spilled activations and the quantised layers")
+      ->capture_default_str();
+  command->add_option("--out", args->out, "Output folder (must not exist)")->required();
+  command->add_option("--json", args->json, "Write the per-layer figures to this file");
+  return [command, args]() -> int {
+    if (!*command) return -1;
+    return run_quantize(*args);
+  };
+}
+
+}  // namespace cli
