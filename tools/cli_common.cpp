@@ -187,6 +187,46 @@ torch::Tensor calibration_sequences(const torch::Tensor& stream, int64_t samples
   return stream.narrow(0, 0, need).view({samples, seq_len}).clone();
 }
 
+void SlimmingArgs::add_options(CLI::App* command, const std::string& verb) {
+  command
+      ->add_option("--expert-calibration", calibration_mode,
+                   "routed: each expert on the tokens routed to it; all: every expert on every "
+                   "token (expert-balanced)")
+      ->check(CLI::IsMember({"routed", "all"}))
+      ->capture_default_str();
+  command->add_flag("--router-weighted", router_weighted,
+                    "Weight each routed token by its router weight for the expert (MoE-Pruner)");
+  command
+      ->add_option("--min-tokens", min_tokens,
+                   "An expert routed fewer calibration tokens is calibrated on all of them")
+      ->capture_default_str();
+  command->add_flag("--not-sequential", not_sequential,
+                    "Calibrate every layer on the unchanged model (default: each layer on the "
+                    "outputs of the layers changed before it)");
+  command
+      ->add_option("--targets", targets,
+                   "What to " + verb +
+                       ", comma-separated: experts, attention, shared_experts, dense (the dense "
+                       "layers' MLPs), or all; routers, norms, embeddings and the head never")
+      ->capture_default_str();
+  command->add_option("--dtype", dtype, "fp32 or bf16 (the calibration forward)")
+      ->capture_default_str();
+  command
+      ->add_option("--scratch-dir", scratch_dir,
+                   "Folder for spilled activations and the changed layers")
+      ->capture_default_str();
+}
+
+moeprune::compression::ExpertSparsityOptions SlimmingArgs::options() const {
+  namespace cm = moeprune::compression;
+  return cm::ExpertSparsityOptions()
+      .calibration(cm::parse_expert_calibration(calibration_mode))
+      .router_weighted(router_weighted)
+      .min_tokens(min_tokens)
+      .sequential(!not_sequential)
+      .targets(cm::SparsityTargets::parse(targets));
+}
+
 CLI::Option* add_calibration_options(CLI::App* command, TokenSource& source, int64_t& samples,
                                      int64_t& seq_len, int64_t& batch_size,
                                      const std::string& what) {

@@ -2,6 +2,7 @@
 
 // The moeprune subcommands. Each add_* registers its options on the application and returns
 // what runs it once the command line is parsed.
+#include <moeprune/compression/expert_sparsity.h>
 #include <moeprune/hf/source.h>
 #include <moeprune/models/lm/stream_journal.h>
 #include <moeprune/pruning/criterion.h>
@@ -34,6 +35,21 @@ Runner add_quantize(CLI::App& app);
 CLI::Option* add_calibration_options(CLI::App* command, TokenSource& source, int64_t& samples,
                                      int64_t& seq_len, int64_t& batch_size,
                                      const std::string& what);
+
+/// What sparsify and quantize share: how each expert and dense layer is calibrated, what is
+/// targeted, the forward's dtype and the scratch folder.
+struct SlimmingArgs {
+  std::string calibration_mode = "routed", targets = "experts", dtype = "fp32",
+              scratch_dir = "/tmp";
+  int64_t min_tokens = 1;
+  bool router_weighted = false, not_sequential = false;
+
+  /// --expert-calibration, --router-weighted, --min-tokens, --not-sequential, --targets, --dtype
+  /// and --scratch-dir; `verb` ("prune", "quantise") goes into the help.
+  void add_options(CLI::App* command, const std::string& verb);
+  /// The calibration fields and targets of the sparsity options (method and pattern: defaults).
+  moeprune::compression::ExpertSparsityOptions options() const;
+};
 
 /// How the experts of a checkpoint are scored: the options `score` and `prune` share.
 struct ScoreArgs {

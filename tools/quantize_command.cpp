@@ -20,12 +20,11 @@ namespace {
 namespace cm = moeprune::compression;
 
 struct QuantizeArgs {
-  std::string checkpoint, out, json, method = "gptq", dtype = "fp32", targets = "experts";
-  std::string calibration_mode = "routed", scratch_dir = "/tmp";
+  std::string checkpoint, out, json, method = "gptq";
   TokenSource calibration;
-  int64_t samples = 8, seq_len = 512, batch_size = 4, min_tokens = 1, bits = 4, group_size = 128;
-  bool asymmetric = false, act_order = false, static_groups = false, router_weighted = false,
-       not_sequential = false;
+  SlimmingArgs slimming;
+  int64_t samples = 8, seq_len = 512, batch_size = 4, bits = 4, group_size = 128;
+  bool asymmetric = false, act_order = false, static_groups = false;
 };
 
 int run_quantize(const QuantizeArgs& args) {
@@ -37,19 +36,14 @@ int run_quantize(const QuantizeArgs& args) {
       .scheme(
           cm::QuantScheme().bits(args.bits).group_size(args.group_size).symmetric(!args.asymmetric))
       .gptq(cm::GPTQOptions().act_order(args.act_order).static_groups(args.static_groups))
-      .calibration(cm::ExpertSparsityOptions()
-                       .calibration(cm::parse_expert_calibration(args.calibration_mode))
-                       .router_weighted(args.router_weighted)
-                       .min_tokens(args.min_tokens)
-                       .sequential(!args.not_sequential)
-                       .targets(cm::SparsityTargets::parse(args.targets)));
+      .calibration(args.slimming.options());
   const bool gptq = options.method() == cm::QuantMethod::kGPTQ;
   TORCH_CHECK(!gptq || !args.calibration.path.empty(),
               "--method gptq needs --calibration (text "
               "or token ids)");
   const auto start = std::chrono::steady_clock::now();
   const moeprune::lm::CheckpointLayers model(
-      args.checkpoint, moeprune::lm::LoadOptions().dtype(parse_dtype(args.dtype)));
+      args.checkpoint, moeprune::lm::LoadOptions().dtype(parse_dtype(args.slimming.dtype)));
   torch::Tensor sequences;
   if (!args.calibration.path.empty()) {
     const auto stream = read_token_stream(args.calibration, args.checkpoint);
@@ -106,7 +100,7 @@ int run_quantize(const QuantizeArgs& args) {
       moeprune::lm::QuantizeCheckpointOptions()
           .quantize(options)
           .batch_size(args.batch_size)
-          .stream(moeprune::lm::StreamOptions().scratch_dir(args.scratch_dir)),
+          .stream(moeprune::lm::StreamOptions().scratch_dir(args.slimming.scratch_dir)),
       wo, on_layer, on_linears);
   write_bar.finish();
   const double seconds = seconds_since(start);
@@ -154,32 +148,7 @@ Runner add_quantize(CLI::App& app) {
                     "GPTQ with --act-order: group scales from the original weights");
   add_calibration_options(command, args->calibration, args->samples, args->seq_len,
                           args->batch_size, "for GPTQ's Hessians (not needed for rtn)");
-  command
-      ->add_option("--expert-calibration", args->calibration_mode,
-                   "routed: each expert on the tokens routed to it; all: every expert on every "
-                   "token (expert-balanced)")
-      ->check(CLI::IsMember({"routed", "all"}))
-      ->capture_default_str();
-  command->add_flag("--router-weighted", args->router_weighted,
-                    "Weight each routed token by its router weight for the expert");
-  command
-      ->add_option("--min-tokens", args->min_tokens,
-                   "An expert routed fewer calibration tokens is calibrated on all of them")
-      ->capture_default_str();
-  command->add_flag("--not-sequential", args->not_sequential,
-                    "Calibrate every layer on the unquantised model (default: on the outputs of "
-                    "the quantised layers before it)");
-  command
-      ->add_option("--targets", args->targets,
-                   "What to quantise, comma-separated: experts, attention, shared_experts, dense, "
-                   "or all; routers, norms, embeddings and the head never")
-      ->capture_default_str();
-  command->add_option("--dtype", args->dtype, "fp32 or bf16 (the calibration forward)")
-      ->capture_default_str();
-  command
-      ->add_option("--scratch-dir", args->scratch_dir,
-                   "Folder for spilled activations and the quantised layers")
-      ->capture_default_str();
+  args->slimming.add_options(command, "quantise");
   command->add_option("--out", args->out, "Output folder (must not exist)")->required();
   command->add_option("--json", args->json, "Write the per-layer figures to this file");
   return [command, args]() -> int {

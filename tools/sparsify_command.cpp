@@ -21,13 +21,11 @@ namespace {
 namespace cm = moeprune::compression;
 
 struct SparsifyArgs {
-  std::string checkpoint, out, json, method = "wanda", sparsity, nm, dtype = "fp32";
-  std::string calibration_mode = "routed", scratch_dir = "/tmp", format = "dense";
-  std::string targets = "experts";
+  std::string checkpoint, out, json, method = "wanda", sparsity, nm, format = "dense";
   TokenSource calibration;
-  int64_t samples = 8, seq_len = 512, batch_size = 4, min_tokens = 1;
+  SlimmingArgs slimming;
+  int64_t samples = 8, seq_len = 512, batch_size = 4;
   std::vector<int64_t> layers;
-  bool router_weighted = false, not_sequential = false;
 };
 
 cm::SparsityPattern pattern_of(const SparsifyArgs& args) {
@@ -46,29 +44,24 @@ int run_sparsify(const SparsifyArgs& args) {
   check_new_folder("--out", args.out);
   check_result_path("--json", args.json,
                     {args.checkpoint, args.calibration.path, args.calibration.tokenizer});
-  cm::ExpertSparsityOptions options;
+  auto options = args.slimming.options();
   options.method(cm::parse_sparsity_method(args.method))
       .pattern(pattern_of(args))
-      .calibration(cm::parse_expert_calibration(args.calibration_mode))
-      .router_weighted(args.router_weighted)
-      .min_tokens(args.min_tokens)
-      .sequential(!args.not_sequential)
-      .layers(args.layers)
-      .targets(cm::SparsityTargets::parse(args.targets));
+      .layers(args.layers);
   const bool magnitude = options.method() == cm::SparsityMethod::kMagnitude;
   TORCH_CHECK(magnitude || !args.calibration.path.empty(), "--method ", args.method,
               " needs --calibration (text or token ids)");
   const auto start = std::chrono::steady_clock::now();
   const moeprune::lm::CheckpointLayers model(
-      args.checkpoint, moeprune::lm::LoadOptions().dtype(parse_dtype(args.dtype)));
+      args.checkpoint, moeprune::lm::LoadOptions().dtype(parse_dtype(args.slimming.dtype)));
   torch::Tensor sequences;
   if (!args.calibration.path.empty()) {
     const auto stream = read_token_stream(args.calibration, args.checkpoint);
     sequences = calibration_sequences(stream, args.samples, args.seq_len, args.calibration.path);
     fmt::print("calibration: {} sequences of {} tokens from {} ({})\n", args.samples, args.seq_len,
                args.calibration.path,
-               args.calibration_mode == "all" ? "every expert on every token"
-                                              : "each expert on the tokens routed to it");
+               args.slimming.calibration_mode == "all" ? "every expert on every token"
+                                                       : "each expert on the tokens routed to it");
   }
   const auto& targets = options.targets();
   if (targets.experts) {
@@ -151,7 +144,7 @@ int run_sparsify(const SparsifyArgs& args) {
       moeprune::lm::SparsifyCheckpointOptions()
           .sparsity(options)
           .batch_size(args.batch_size)
-          .stream(moeprune::lm::StreamOptions().scratch_dir(args.scratch_dir)),
+          .stream(moeprune::lm::StreamOptions().scratch_dir(args.slimming.scratch_dir)),
       wo, on_layer, on_linears);
   write_bar.finish();
   int64_t weights = 0, zeros = 0;
@@ -219,35 +212,9 @@ Runner add_sparsify(CLI::App& app) {
   add_calibration_options(command, args->calibration, args->samples, args->seq_len,
                           args->batch_size,
                           "for the experts' statistics (not needed for magnitude)");
-  command
-      ->add_option("--expert-calibration", args->calibration_mode,
-                   "routed: each expert on the tokens routed to it; all: every expert on every "
-                   "token (expert-balanced)")
-      ->check(CLI::IsMember({"routed", "all"}))
-      ->capture_default_str();
-  command->add_flag("--router-weighted", args->router_weighted,
-                    "Weight each routed token by its router weight for the expert (MoE-Pruner)");
-  command
-      ->add_option("--min-tokens", args->min_tokens,
-                   "An expert routed fewer calibration tokens is calibrated on all of them")
-      ->capture_default_str();
-  command->add_flag("--not-sequential", args->not_sequential,
-                    "Calibrate every layer on the unpruned model (default: each layer on the "
-                    "outputs of the pruned layers before it)");
+  args->slimming.add_options(command, "prune");
   command->add_option("--layers", args->layers,
                       "Only these MoE layers (by index; with --targets experts only)");
-  command
-      ->add_option("--targets", args->targets,
-                   "What to prune, comma-separated: experts, attention, shared_experts, dense "
-                   "(the dense layers' MLPs), or all; routers, norms, embeddings and the head "
-                   "never")
-      ->capture_default_str();
-  command->add_option("--dtype", args->dtype, "fp32 or bf16 (the calibration forward)")
-      ->capture_default_str();
-  command
-      ->add_option("--scratch-dir", args->scratch_dir,
-                   "Folder for spilled activations and the pruned experts")
-      ->capture_default_str();
   command
       ->add_option("--format", args->format,
                    "dense: the source's format with exact zeros, every tool loads it; "

@@ -24,6 +24,16 @@ void add_gated_mlp(std::vector<std::pair<std::string, torch::Tensor>>& out, cons
   add_linear(out, name + ".down_proj", mlp->down_proj);
 }
 
+// The projections an attention holds (grouped-query or latent), by Hugging Face name; the ones
+// it does not use are empty.
+std::vector<std::pair<const char*, const torch::nn::Linear*>> attention_projections(
+    const Attention& attn) {
+  return {{"q_proj", &attn->q_proj},       {"q_a_proj", &attn->q_a_proj},
+          {"q_b_proj", &attn->q_b_proj},   {"kv_a_proj_with_mqa", &attn->kv_a_proj_with_mqa},
+          {"kv_b_proj", &attn->kv_b_proj}, {"k_proj", &attn->k_proj},
+          {"v_proj", &attn->v_proj},       {"o_proj", &attn->o_proj}};
+}
+
 }  // namespace
 
 std::string layer_prefix(int64_t i) {
@@ -37,15 +47,7 @@ void add_layer_tensors(NamedTensors& out, const CausalLMOptions& o, DecoderLayer
   // The projections the attention holds (grouped-query or latent), in Hugging Face's names.
   const auto& attn = layer.self_attn;
   const auto a = p + "self_attn.";
-  for (const auto& [name, linear] :
-       {std::pair<const char*, const torch::nn::Linear*>{"q_proj", &attn->q_proj},
-        {"q_a_proj", &attn->q_a_proj},
-        {"q_b_proj", &attn->q_b_proj},
-        {"kv_a_proj_with_mqa", &attn->kv_a_proj_with_mqa},
-        {"kv_b_proj", &attn->kv_b_proj},
-        {"k_proj", &attn->k_proj},
-        {"v_proj", &attn->v_proj},
-        {"o_proj", &attn->o_proj}}) {
+  for (const auto& [name, linear] : attention_projections(attn)) {
     if (!linear->is_empty()) {
       add_linear(out, a + name, *linear);
     }
@@ -99,15 +101,7 @@ std::vector<LinearEntry> layer_linears(const CausalLMOptions& o, DecoderLayerImp
     if (!linear.is_empty()) out.push_back({block, name, role, linear});
   };
   const auto& attn = layer.self_attn;
-  for (const auto& [name, linear] :
-       {std::pair<const char*, const torch::nn::Linear*>{"q_proj", &attn->q_proj},
-        {"q_a_proj", &attn->q_a_proj},
-        {"q_b_proj", &attn->q_b_proj},
-        {"kv_a_proj_with_mqa", &attn->kv_a_proj_with_mqa},
-        {"kv_b_proj", &attn->kv_b_proj},
-        {"k_proj", &attn->k_proj},
-        {"v_proj", &attn->v_proj},
-        {"o_proj", &attn->o_proj}}) {
+  for (const auto& [name, linear] : attention_projections(attn)) {
     add(p + "self_attn." + name, LinearRole::kAttention, *linear);
   }
   const auto add_mlp = [&](const std::string& name, LinearRole role, const GatedMLP& mlp) {
