@@ -118,6 +118,10 @@ int run_quantize(const QuantizeArgs& args) {
                      {"bytes_written", result.report.bytes_written},
                      {"seconds", seconds},
                      {"peak_rss_mb", peak_rss_mb()}};
+    if (!args.calibration.path.empty()) {
+      j["calibration"] = {
+          {"path", args.calibration.path}, {"samples", args.samples}, {"seq_len", args.seq_len}};
+    }
     write_file_atomically(args.json, j.dump(1) + "\n");
     fmt::print("per-layer figures written to {}\n", args.json);
   }

@@ -29,11 +29,11 @@ TEST_CASE("a streamed quantize of a checkpoint equals the in-memory one", "[lm][
       auto gen = at::detail::createCPUGenerator(9);
       const auto calibration =
           torch::randint(model->options.vocab_size(), {6, 12}, gen, torch::kLong);
-      const auto options = cm::QuantizeOptions()
-                               .method(method)
-                               .scheme(cm::QuantScheme().bits(4).group_size(8).symmetric(false))
-                               .calibration(cm::ExpertSparsityOptions().targets(
-                                   cm::SparsityTargets::parse("all")));
+      const auto options =
+          cm::QuantizeOptions()
+              .method(method)
+              .scheme(cm::QuantScheme().bits(4).group_size(8).symmetric(false))
+              .calibration(cm::ExpertSparsityOptions().targets(cm::SparsityTargets::parse("all")));
       auto view = lm::moe_view(model, [&](const auto& visit) {
         visit(calibration.narrow(0, 0, 4));
         visit(calibration.narrow(0, 4, 2));
@@ -86,10 +86,10 @@ TEST_CASE("a streamed quantize refuses bad requests before writing", "[lm][quant
       lm::quantize_checkpoint(checkpoint, {}, out,
                               with(cm::QuantScheme().group_size(12), cm::QuantMethod::kRTN)),
       Catch::Contains("have 32 inputs, not a whole number of groups of 12"));
-  CHECK_THROWS_WITH(lm::quantize_checkpoint(
-                        checkpoint, {}, out,
-                        with(cm::QuantScheme().bits(5).group_size(8), cm::QuantMethod::kRTN)),
-                    Catch::Contains("bits should be 2, 3, 4 or 8, got 5"));
+  CHECK_THROWS_WITH(
+      lm::quantize_checkpoint(checkpoint, {}, out,
+                              with(cm::QuantScheme().bits(5).group_size(8), cm::QuantMethod::kRTN)),
+      Catch::Contains("bits should be 2, 3, 4 or 8, got 5"));
   CHECK_FALSE(test::path_exists(out));
 }
 
