@@ -58,10 +58,13 @@ int run_sparsify(const SparsifyArgs& args) {
   if (!args.calibration.path.empty()) {
     const auto stream = read_token_stream(args.calibration, args.checkpoint);
     sequences = calibration_sequences(stream, args.samples, args.seq_len, args.calibration.path);
+    // How the experts are calibrated; dense layers always see every token that reaches them.
+    const std::string how = !options.targets().experts ? "each layer on every token"
+                            : args.slimming.calibration_mode == "all"
+                                ? "every expert on every token"
+                                : "each expert on the tokens routed to it";
     fmt::print("calibration: {} sequences of {} tokens from {} ({})\n", args.samples, args.seq_len,
-               args.calibration.path,
-               args.slimming.calibration_mode == "all" ? "every expert on every token"
-                                                       : "each expert on the tokens routed to it");
+               args.calibration.path, how);
   }
   const auto& targets = options.targets();
   if (targets.experts) {
