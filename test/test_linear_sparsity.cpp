@@ -214,6 +214,14 @@ TEST_CASE("quantising attention: RTN as rtn_quantize rounds, GPTQ on the layer's
                         cm::gptq(qkv, x.t().mm(x), scheme, fp64).weight, 1e-5, 1e-6));
 }
 
+TEST_CASE("a dense layer no calibration token reaches is refused by name") {
+  torch::nn::Linear used(4, 3), idle(4, 3);
+  cm::LinearCalibration calibration({{0, "used", moeprune::LinearRole::kAttention, used},
+                                     {0, "idle", moeprune::LinearRole::kAttention, idle}});
+  used(torch::randn({2, 4}));
+  CHECK_THROWS_WITH(calibration.finish(), Catch::Contains("no calibration tokens reached idle"));
+}
+
 TEST_CASE("sparsity targets: parsing and the refusals") {
   CHECK(cm::SparsityTargets::parse("all").describe() == "all");
   CHECK(cm::SparsityTargets::parse("dense,experts").describe() == "experts,dense");
