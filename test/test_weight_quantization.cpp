@@ -51,6 +51,23 @@ TEST_CASE("RTN codes, scales and zero points of hand-computed groups") {
   CHECK(torch::equal(z.dequantize(), torch::zeros({1, 4})));
 }
 
+TEST_CASE("RTN rounds each scale to the stored dtype before coding the group") {
+  // Symmetric 4-bit, max |w| = 1: s = 1 / 7.5 = 0.13333 in fp32; bf16 keeps 8 significant bits:
+  // 0.13333 = 136.53 * 2^-10, stored as 137 * 2^-10 = 0.1337890625. 0.868 / 0.13333 = 6.51 codes
+  // as 7, 0.868 / 0.13379 = 6.488 as 6.
+  const auto w = rows({{1.0f, 0.868f, 0.0f, -0.3f}});
+  const auto fp32 = cm::rtn_quantize(w, cm::QuantScheme().bits(4).group_size(0));
+  CHECK(fp32.codes[0][1].item<int>() == 7);
+  const auto bf16 =
+      cm::rtn_quantize(w, cm::QuantScheme().bits(4).group_size(0).scale_dtype(torch::kBFloat16));
+  CHECK(bf16.scales.item<float>() == 0.1337890625f);
+  CHECK(torch::equal(bf16.codes, torch::tensor({7, 6, 0, -2}, torch::kChar).view({1, 4})));
+  // The stored scale reproduces the weights exactly: s * q is exact in fp32 (8 + 4 bits).
+  CHECK(bf16.dequantize()[0][1].item<float>() == 6 * 0.1337890625f);
+  CHECK_THROWS_WITH(cm::rtn_quantize(w, cm::QuantScheme().scale_dtype(torch::kInt)),
+                    Catch::Contains("scale_dtype should be a floating dtype"));
+}
+
 // The group parameters from the formulas (compressed-tensors' calculate_qparams), per row.
 std::pair<torch::Tensor, torch::Tensor> naive_params(const torch::Tensor& w,
                                                      const cm::QuantScheme& s) {
@@ -60,6 +77,11 @@ std::pair<torch::Tensor, torch::Tensor> naive_params(const torch::Tensor& w,
     const double lo = std::min(0.0, w[r].min().item<double>());
     const double hi = std::max(0.0, w[r].max().item<double>());
     double sc = s.symmetric() ? std::max(-lo, hi) / ((qmax - qmin) / 2) : (hi - lo) / (qmax - qmin);
+    // Stored in the scheme's scale dtype (a bf16 scale keeps 8 significant bits), rounded to
+    // nearest even by c10's conversion.
+    if (s.scale_dtype() == torch::kBFloat16)
+      sc = static_cast<float>(c10::BFloat16(static_cast<float>(sc)));
+    if (s.scale_dtype() == torch::kFloat) sc = static_cast<float>(sc);
     if (sc == 0) sc = 1;
     scale[r] = sc;
     zero[r] = s.symmetric() ? 0.0 : std::clamp(std::nearbyint(qmin - lo / sc), qmin, qmax);
@@ -149,16 +171,22 @@ TEST_CASE("GPTQ equals a naive column-by-column implementation of the paper") {
     cm::QuantScheme scheme;
     bool act_order, static_groups;
   };
+  // fp64 scales (no rounding) as the naive computation's, and bf16 ones (each rounded first).
+  const auto fp64 = cm::QuantScheme().scale_dtype(torch::kDouble);
   const std::vector<Case> cases{
-      {cm::QuantScheme().bits(4).group_size(4), false, false},
-      {cm::QuantScheme().bits(3).group_size(8).symmetric(false), false, false},
-      {cm::QuantScheme().bits(4).group_size(0).symmetric(false), false, false},
-      {cm::QuantScheme().bits(2).group_size(4), true, false},
-      {cm::QuantScheme().bits(4).group_size(4).symmetric(false), true, true},
-      {cm::QuantScheme().bits(8).group_size(16), true, false},
+      {cm::QuantScheme(fp64).bits(4).group_size(4), false, false},
+      {cm::QuantScheme(fp64).bits(3).group_size(8).symmetric(false), false, false},
+      {cm::QuantScheme(fp64).bits(4).group_size(0).symmetric(false), false, false},
+      {cm::QuantScheme(fp64).bits(2).group_size(4), true, false},
+      {cm::QuantScheme(fp64).bits(4).group_size(4).symmetric(false), true, true},
+      {cm::QuantScheme(fp64).bits(8).group_size(16), true, false},
+      {cm::QuantScheme().bits(4).group_size(4).scale_dtype(torch::kBFloat16), true, false},
+      {cm::QuantScheme().bits(3).group_size(0).symmetric(false).scale_dtype(torch::kBFloat16),
+       false, false},
   };
   for (const auto& c : cases) {
-    INFO(c.scheme.describe() << (c.act_order ? " act-order" : "")
+    INFO(c.scheme.describe() << " scales " << c.scheme.scale_dtype()
+                             << (c.act_order ? " act-order" : "")
                              << (c.static_groups ? " static" : ""));
     const auto naive = naive_gptq(W, H, c.scheme, c.act_order, c.static_groups, 0.01);
     const auto got = cm::gptq(W, H, c.scheme,

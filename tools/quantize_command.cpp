@@ -1,8 +1,9 @@
 // moeprune quantize: RTN or GPTQ weight-only quantisation of every expert of a checkpoint (the
 // Unified seed's Expert Slimming, second part), and with --targets of its attention, shared
 // experts and dense MLPs. Calibration streams through the model one decoder layer at a time as
-// for sparsify; the folder holds the dequantised weights in the checkpoint's own dtype, so every
-// tool loads it and computes what the quantised model would (packed formats come later).
+// for sparsify; the folder holds the dequantised weights in the checkpoint's own dtype (every
+// tool loads it and computes what the quantised model does), or with --format compressed-tensors
+// the packed codes and scales transformers (with compressed-tensors) and vLLM load.
 #include <moeprune/models/lm/streamed_quantization.h>
 
 #include <fmt/core.h>
@@ -20,7 +21,7 @@ namespace {
 namespace cm = moeprune::compression;
 
 struct QuantizeArgs {
-  std::string checkpoint, out, json, method = "gptq";
+  std::string checkpoint, out, json, method = "gptq", format = "dense";
   TokenSource calibration;
   SlimmingArgs slimming;
   int64_t samples = 8, seq_len = 512, batch_size = 4, bits = 4, group_size = 128;
@@ -29,6 +30,7 @@ struct QuantizeArgs {
 
 int run_quantize(const QuantizeArgs& args) {
   check_new_folder("--out", args.out);
+  const auto format = moeprune::lm::parse_quant_format(args.format);
   check_result_path("--json", args.json,
                     {args.checkpoint, args.calibration.path, args.calibration.tokenizer});
   cm::QuantizeOptions options;
@@ -100,24 +102,36 @@ int run_quantize(const QuantizeArgs& args) {
       moeprune::lm::QuantizeCheckpointOptions()
           .quantize(options)
           .batch_size(args.batch_size)
-          .stream(moeprune::lm::StreamOptions().scratch_dir(args.slimming.scratch_dir)),
+          .stream(moeprune::lm::StreamOptions().scratch_dir(args.slimming.scratch_dir))
+          .format(format),
       wo, on_layer, on_linears);
   write_bar.finish();
   const double seconds = seconds_since(start);
   fmt::print(
-      "wrote {}: {:.1f} MB in {:.1f} s; tensors rewritten {}, copied {}; peak RSS {:.0f} MB\n"
-      "the weights are stored dequantised in the checkpoint's dtype (what a {}-bit model "
-      "computes; the files do not shrink)\n",
+      "wrote {}: {:.1f} MB in {:.1f} s; tensors rewritten {}, copied {}; peak RSS {:.0f} MB\n",
       args.out, result.report.bytes_written / 1e6, seconds, result.report.tensors_merged,
-      result.report.tensors_copied, peak_rss_mb(), args.bits);
+      result.report.tensors_copied, peak_rss_mb());
+  if (format == moeprune::lm::QuantFormat::kDense) {
+    fmt::print(
+        "the weights are stored dequantised in the checkpoint's dtype (what a {}-bit model "
+        "computes; the files do not shrink)\n",
+        args.bits);
+  } else {
+    fmt::print(
+        "the quantised weights are stored compressed-tensors pack-quantized ({}-bit codes in "
+        "int32 words, scales in the checkpoint's dtype): transformers with compressed-tensors "
+        "and vLLM load it\n",
+        args.bits);
+  }
   if (!args.json.empty()) {
-    nlohmann::json j{{"checkpoint", args.checkpoint},
-                     {"out", args.out},
-                     {"record", nlohmann::json::parse(moeprune::lm::quantization_record(options))},
-                     {"layers", rows},
-                     {"bytes_written", result.report.bytes_written},
-                     {"seconds", seconds},
-                     {"peak_rss_mb", peak_rss_mb()}};
+    nlohmann::json j{
+        {"checkpoint", args.checkpoint},
+        {"out", args.out},
+        {"record", nlohmann::json::parse(moeprune::lm::quantization_record(options, format))},
+        {"layers", rows},
+        {"bytes_written", result.report.bytes_written},
+        {"seconds", seconds},
+        {"peak_rss_mb", peak_rss_mb()}};
     if (!args.calibration.path.empty()) {
       j["calibration"] = {
           {"path", args.calibration.path}, {"samples", args.samples}, {"seq_len", args.seq_len}};
@@ -135,8 +149,8 @@ Runner add_quantize(CLI::App& app) {
   auto* command = app.add_subcommand(
       "quantize",
       "Quantise the experts' weights (RTN or GPTQ; 2-8 bits, group-wise), and with --targets the "
-      "attention, shared experts and dense MLPs, and write a checkpoint folder of the "
-      "dequantised weights");
+      "attention, shared experts and dense MLPs, and write a checkpoint folder: dequantised "
+      "weights, or packed (--format compressed-tensors)");
   command->add_option("checkpoint", args->checkpoint, "Checkpoint folder")->required();
   command->add_option("--method", args->method, "gptq or rtn")
       ->check(CLI::IsMember({"gptq", "rtn"}))
@@ -153,6 +167,12 @@ Runner add_quantize(CLI::App& app) {
   add_calibration_options(command, args->calibration, args->samples, args->seq_len,
                           args->batch_size, "for GPTQ's Hessians (not needed for rtn)");
   args->slimming.add_options(command, "quantise");
+  command
+      ->add_option("--format", args->format,
+                   "dense (dequantised weights in the checkpoint's dtype) or compressed-tensors "
+                   "(pack-quantized: int32-packed codes with group scales)")
+      ->check(CLI::IsMember({"dense", "compressed-tensors"}))
+      ->capture_default_str();
   command->add_option("--out", args->out, "Output folder (must not exist)")->required();
   command->add_option("--json", args->json, "Write the per-layer figures to this file");
   return [command, args]() -> int {

@@ -20,16 +20,26 @@ std::string to_string(QuantMethod method) {
 }
 
 sparsity_detail::LinearTransform sparsity_detail::quantization_transform(
-    const QuantizeOptions& options) {
+    const QuantizeOptions& options, QuantizedWeights* keep) {
   const bool gptq = options.method() == QuantMethod::kGPTQ;
   const auto scheme = options.scheme();
   const auto gptq_options = options.gptq();
-  return
-      [gptq, scheme, gptq_options](const torch::Tensor& w, const Calibration* c) -> torch::Tensor {
-        if (!gptq) return rtn_quantize(w, scheme).dequantize(w.scalar_type());
-        TORCH_CHECK(c != nullptr, "gptq needs calibration inputs");
-        return compression::gptq(w, c->stats.gram(), scheme, gptq_options).weight;
-      };
+  return [gptq, scheme, gptq_options, keep](const torch::Tensor& w,
+                                            const Calibration* c) -> torch::Tensor {
+    QuantizedWeight quantized;
+    torch::Tensor weight;
+    if (gptq) {
+      TORCH_CHECK(c != nullptr, "gptq needs calibration inputs");
+      auto result = compression::gptq(w, c->stats.gram(), scheme, gptq_options);
+      quantized = std::move(result.quantized);
+      weight = std::move(result.weight);
+    } else {
+      quantized = rtn_quantize(w, scheme);
+      weight = quantized.dequantize(w.scalar_type());
+    }
+    if (keep != nullptr) (*keep)[w.data_ptr()] = std::move(quantized);
+    return weight;
+  };
 }
 
 ExpertSparsityOptions sparsity_detail::quantization_calibration(const QuantizeOptions& options) {

@@ -12,6 +12,7 @@
 
 #include <functional>
 #include <limits>
+#include <map>
 #include <optional>
 #include <utility>
 
@@ -112,10 +113,17 @@ inline PrunedLinear prune_linear(const torch::Tensor& w, const Calibration* cali
   return out;
 }
 
+// The codes behind the weights a quantisation transform changed, by the address of the weight's
+// first element as the transform was given it (a bank slab or a linear's weight, which is
+// where the drivers write the new weight back): for writers that store codes, not values.
+using QuantizedWeights = std::map<const void*, QuantizedWeight>;
+
 // The transform quantize() applies: each weight replaced by its RTN or GPTQ dequantised value, in
-// its dtype. The calibration options for the drivers are options.calibration() with RTN's method
-// set to magnitude (no statistics beyond the error report).
-LinearTransform quantization_transform(const QuantizeOptions& options);
+// its dtype; with `keep`, each weight's codes are recorded there too. The calibration options
+// for the drivers are options.calibration() with RTN's method set to magnitude (no statistics
+// beyond the error report).
+LinearTransform quantization_transform(const QuantizeOptions& options,
+                                       QuantizedWeights* keep = nullptr);
 ExpertSparsityOptions quantization_calibration(const QuantizeOptions& options);
 
 // The drivers behind sparsify_moe_layer, sparsify_linears and sparsify, with `transform` in

@@ -48,6 +48,8 @@ void check_quant_scheme(const QuantScheme& scheme, int64_t in_features) {
               "quantisation: group_size should be >= 1 (or 0 for one "
               "group per row), got ",
               scheme.group_size());
+  TORCH_CHECK(at::isFloatingType(scheme.scale_dtype()),
+              "quantisation: scale_dtype should be a floating dtype, got ", scheme.scale_dtype());
   TORCH_CHECK(scheme.group_size() == 0 || in_features % scheme.group_size() == 0,
               "quantisation: group_size ", scheme.group_size(), " does not divide the ",
               in_features, " inputs");
@@ -68,7 +70,10 @@ std::pair<torch::Tensor, torch::Tensor> quant_params(const torch::Tensor& w,
   } else {
     scale = (hi - lo) / range;
   }
-  // An all-zero row: any positive scale codes it as zeros (the reference uses 1 there).
+  // Stored in scale_dtype: the zero point and codes come from the stored value. An all-zero row
+  // (or a scale below the dtype's range): any positive scale codes it as zeros (the reference
+  // uses 1 there).
+  scale = scale.to(scheme.scale_dtype()).to(scale.scalar_type());
   scale = torch::where(scale.eq(0), torch::ones_like(scale), scale);
   if (!scheme.symmetric()) {
     zero = (static_cast<double>(scheme.qmin()) - lo / scale)

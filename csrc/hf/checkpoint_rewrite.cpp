@@ -24,12 +24,20 @@ struct TensorPlan {
   bool merged = false;                         // a merged expert's weights
   std::vector<safetensors::ByteRange> ranges;  // empty: copied whole
   std::vector<int64_t> shape;
-  // Written as the three sparse-24-bitmask tensors of module `sparse24_from` of this file.
-  const safetensors::File* sparse24 = nullptr;
-  std::string sparse24_from;
+  // Written as the `parts` of module `encoded_from` of this file (encoded_parts).
+  const safetensors::File* encoded = nullptr;
+  std::string encoded_from;
+  std::vector<std::string> parts;
 };
 
-constexpr const char* kSparse24Parts[] = {"compressed", "bitmask", "shape"};
+// Sets p's encoding when `file` (may be null) holds `module` encoded.
+void plan_encoded(TensorPlan& p, const safetensors::File* file, const std::string& module) {
+  if (file == nullptr || module.empty()) return;
+  p.parts = encoded_parts(*file, module);
+  if (p.parts.empty()) return;
+  p.encoded = file;
+  p.encoded_from = module;
+}
 
 // Byte ranges of rows `rows` of a tensor whose first dimension is E (contiguous runs merged);
 // `zero_rows` (sorted) are written as zeros in place instead.
@@ -89,12 +97,7 @@ TensorPlan plan_layer_tensor(const std::string& name, const safetensors::File& f
                 ti.scalar_type, " ", ti.shape);
     p.ranges = {{f_merged.fd(), f_merged.data_offset() + mi.begin, mi.nbytes()}};
     p.merged = true;
-    const auto module = weight_module(from);
-    if (layer.sparse24 != nullptr && !module.empty() &&
-        layer.sparse24->contains(module + ".compressed")) {
-      p.sparse24 = layer.sparse24;
-      p.sparse24_from = module;
-    }
+    plan_encoded(p, layer.encoded, weight_module(from));
     return p;
   }
   const auto fused = ref.fused ? family.expert_tensors(ref, 0) : std::vector<std::string>{};
@@ -150,12 +153,7 @@ TensorPlan plan_tensor(const std::string& name, const safetensors::File& f,
     p.shape = ti.shape;
     p.ranges = {{from.fd(), from.data_offset() + ri.begin, ri.nbytes()}};
     p.merged = true;
-    const auto module = weight_module(name);
-    if (r->second.sparse24 != nullptr && !module.empty() &&
-        r->second.sparse24->contains(module + ".compressed")) {
-      p.sparse24 = r->second.sparse24;
-      p.sparse24_from = module;
-    }
+    plan_encoded(p, r->second.encoded, weight_module(name));
     return p;
   }
   for (const auto& [prefix, layer] : pruned) {
@@ -195,11 +193,11 @@ nlohmann::ordered_json write_shards(const safetensors::Checkpoint& checkpoint,
         continue;
       }
       const auto& ti = f.info(name);
-      if (p.sparse24 != nullptr) {
+      if (p.encoded != nullptr) {
         const auto module = weight_module(p.out_name);
-        for (const auto* part : kSparse24Parts) {
+        for (const auto& part : p.parts) {
           const auto out_name = module + "." + part;
-          writer.add_copy(out_name, *p.sparse24, p.sparse24_from + "." + part);
+          writer.add_copy(out_name, *p.encoded, p.encoded_from + "." + part);
           weight_map[out_name] = shard;
         }
         ++report.tensors_merged;
@@ -233,6 +231,23 @@ nlohmann::ordered_json write_shards(const safetensors::Checkpoint& checkpoint,
 }
 
 }  // namespace
+
+std::vector<std::string> encoded_parts(const safetensors::File& file, const std::string& module) {
+  // The first part of each format marks it; the others are those present (a symmetric scheme
+  // has no zero points, a scheme without act-order no g_idx).
+  static const std::vector<std::vector<std::string>> formats = {
+      {"compressed", "bitmask", "shape"},
+      {"weight_packed", "weight_scale", "weight_zero_point", "weight_g_idx", "weight_shape"}};
+  for (const auto& parts : formats) {
+    if (!file.contains(module + "." + parts.front())) continue;
+    std::vector<std::string> present;
+    for (const auto& part : parts) {
+      if (file.contains(module + "." + part)) present.push_back(part);
+    }
+    return present;
+  }
+  return {};
+}
 
 std::string weight_module(const std::string& name) {
   const std::string suffix = ".weight";

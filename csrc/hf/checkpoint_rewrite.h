@@ -22,18 +22,23 @@ struct PrunedLayer {
   std::vector<int64_t> kept;  // the others, increasing
   const safetensors::File* merged = nullptr;
   std::vector<int64_t> front;
-  // With `merged`: when set, each expert weight `X.weight` of `merged` that this file holds as
-  // X.compressed, X.bitmask and X.shape is written as those three (compressed-tensors'
-  // sparse-24-bitmask; compressed_tensors_sparse.h), renamed like the weight, instead of dense.
-  const safetensors::File* sparse24 = nullptr;
+  // With `merged`: when set, each expert weight `X.weight` of `merged` that this file holds
+  // encoded (encoded_parts) is written as those parts, renamed like the weight, instead of dense.
+  const safetensors::File* encoded = nullptr;
 };
 
+// The tensors that stand for X.weight in `file` when it holds X encoded (compressed-tensors'
+// sparse-24-bitmask X.compressed, X.bitmask, X.shape; pack-quantized X.weight_packed,
+// X.weight_scale, X.weight_zero_point, X.weight_g_idx, X.weight_shape): the suffixes present;
+// empty when X is not encoded there.
+std::vector<std::string> encoded_parts(const safetensors::File& file, const std::string& module);
+
 // A tensor written from another file instead of the source (a sparsified dense layer's weight):
-// `file` holds the new values under the source's name, same shape and dtype; when `sparse24` is
-// set, the weight X.weight is written as the X.compressed, X.bitmask and X.shape it holds.
+// `file` holds the new values under the source's name, same shape and dtype; when `encoded` is
+// set and holds the weight X.weight encoded (encoded_parts), those parts are written instead.
 struct Replacement {
   const safetensors::File* file = nullptr;
-  const safetensors::File* sparse24 = nullptr;
+  const safetensors::File* encoded = nullptr;
 };
 using Replacements = std::map<std::string, Replacement>;
 

@@ -130,4 +130,45 @@ torch::Tensor decode_pack_quantized(const PackQuantized& parts, int64_t bits, bo
   return (s * (codes.to(torch::kFloat) - zero.index_select(1, g))).to(dtype);
 }
 
+nlohmann::ordered_json pack_quantized_config(const PackedQuantization& scheme,
+                                             const std::vector<std::string>& targets) {
+  check_bits(scheme.bits, "pack_quantized_config");
+  TORCH_CHECK(scheme.group_size >= 0, "pack_quantized_config: group_size should be >= 0, got ",
+              scheme.group_size);
+  TORCH_CHECK(scheme.actorder.empty() || scheme.actorder == "group" || scheme.actorder == "weight",
+              "pack_quantized_config: actorder should be \"\", \"group\" or \"weight\", got \"",
+              scheme.actorder, "\"");
+  TORCH_CHECK(!targets.empty(), "pack_quantized_config: no targets");
+  const bool grouped = scheme.group_size > 0;
+  const auto null = nlohmann::ordered_json();
+  nlohmann::ordered_json weights{
+      {"actorder", scheme.actorder.empty() ? null : nlohmann::ordered_json(scheme.actorder)},
+      {"block_structure", null},
+      {"dynamic", false},
+      {"group_size", grouped ? nlohmann::ordered_json(scheme.group_size) : null},
+      {"num_bits", scheme.bits},
+      {"observer", "minmax"},
+      {"observer_kwargs", nlohmann::ordered_json::object()},
+      {"scale_dtype", null},
+      {"strategy", grouped ? "group" : "channel"},
+      {"symmetric", scheme.symmetric},
+      {"type", "int"},
+      {"zp_dtype", null}};
+  nlohmann::ordered_json group{{"format", "pack-quantized"},
+                               {"input_activations", null},
+                               {"output_activations", null},
+                               {"targets", targets},
+                               {"weights", weights}};
+  return {{"config_groups", {{"group_0", group}}},
+          {"format", "pack-quantized"},
+          {"global_compression_ratio", null},
+          {"ignore", nlohmann::ordered_json::array()},
+          {"kv_cache_scheme", null},
+          {"quant_method", "compressed-tensors"},
+          {"quantization_status", "compressed"},
+          {"sparsity_config", nlohmann::ordered_json::object()},
+          {"transform_config", nlohmann::ordered_json::object()},
+          {"version", "0.14.0.1"}};
+}
+
 }  // namespace moeprune::hf::detail

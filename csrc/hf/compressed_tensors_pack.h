@@ -13,10 +13,14 @@
 //   X.weight_g_idx       int32 [cols], act-order only: each input's group;
 //   X.weight_shape       int32 [2]: rows, cols;
 // and W = scale[r, g(j)] * (q[r, j] - zero[r, g(j)]).
+#include <moeprune/hf/pruning.h>
+
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace moeprune::hf::detail {
 
@@ -44,5 +48,12 @@ PackQuantized encode_pack_quantized(const torch::Tensor& codes, const torch::Ten
 /// groups agree with weight_shape).
 torch::Tensor decode_pack_quantized(const PackQuantized& parts, int64_t bits, bool symmetric,
                                     torch::Dtype dtype, const std::string& name);
+
+/// config.json's "quantization_config" for a checkpoint whose modules `targets` (compressed-
+/// tensors target strings) hold weights stored pack-quantized with `scheme`: one config group, the
+/// fields compressed-tensors 0.14.0.1's QuantizationConfig serialises (weights only, int,
+/// minmax observer).
+nlohmann::ordered_json pack_quantized_config(const PackedQuantization& scheme,
+                                             const std::vector<std::string>& targets);
 
 }  // namespace moeprune::hf::detail

@@ -5,6 +5,7 @@
 #include <moeprune/hf/pruning.h>
 
 #include "hf/checkpoint_rewrite.h"
+#include "hf/compressed_tensors_pack.h"
 #include "hf/compressed_tensors_sparse.h"
 #include "hf/config.h"
 #include "hf/family.h"
@@ -13,7 +14,9 @@
 #include <nlohmann/json.hpp>
 
 #include <filesystem>
+#include <functional>
 #include <memory>
+#include <set>
 #include <vector>
 
 namespace moeprune::hf {
@@ -29,62 +32,65 @@ std::string regex_literal(const std::string& text) {
   return out;
 }
 
-// The expert weights of `layer` that its merged file holds, in sparse-24-bitmask next to it
-// (`path`, removed with this object); fills the layer's compressed-tensors target and counts the
-// zeros written (each expert a merged group writes counts once per member).
-class Sparse24File {
- public:
-  Sparse24File(const detail::PrunedLayer& layer, std::string path, std::string& target,
-               int64_t& zeros)
-      : path_(std::move(path)) {
-    const auto& ref = *layer.ref;
-    const auto& family = family_of(ref.model_type);
-    const auto stem = family.expert_stem(ref);
-    safetensors::Writer writer(path_, /*overwrite=*/true);
-    std::vector<std::string> ids, locals;
-    for (int64_t j = 0; j < ref.num_experts; ++j) {
-      const auto front = layer.front[static_cast<size_t>(j)];
-      if (front < 0) continue;
-      ids.push_back(std::to_string(j));
-      const auto own = family.expert_tensors(ref, j);
-      const auto from = family.expert_tensors(ref, front);
-      for (size_t t = 0; t < from.size(); ++t) {
-        const std::string suffix = ".weight";
-        if (from[t].size() <= suffix.size() ||
-            from[t].compare(from[t].size() - suffix.size(), suffix.size(), suffix) != 0) {
-          continue;
-        }
-        const auto weight = layer.merged->tensor(from[t]);
-        if (weight.dim() != 2) continue;
-        zeros += (weight == 0).sum().item<int64_t>();
-        if (ids.size() == 1) {  // the local names ("gate_proj"): every expert has the same
-          const auto module = own[t].substr(0, own[t].size() - suffix.size());
-          locals.push_back(regex_literal(module.substr(stem.size() + ids.back().size() + 1)));
-        }
-        if (front != j) continue;  // a merged group's member: its front's tensors serve
-        const auto module = from[t].substr(0, from[t].size() - suffix.size());
-        const auto encoded = detail::encode_sparse24_bitmask(weight, from[t]);
-        writer.add(module + ".compressed", encoded.compressed);
-        writer.add(module + ".bitmask", encoded.bitmask);
-        writer.add(module + ".shape", encoded.shape);
-      }
+// Calls fn(j, own, from) for each expert weight (2-D `.weight`) of every expert j the layer's
+// bank holds: `own` its name, `from` the name its new values have in the layer's file (its
+// merged group's first member's).
+void for_each_expert_weight(
+    const detail::PrunedLayer& layer,
+    const std::function<void(int64_t, const std::string&, const std::string&)>& fn) {
+  const auto& ref = *layer.ref;
+  const auto& family = family_of(ref.model_type);
+  for (int64_t j = 0; j < ref.num_experts; ++j) {
+    const auto front = layer.front[static_cast<size_t>(j)];
+    if (front < 0) continue;
+    const auto own = family.expert_tensors(ref, j);
+    const auto from = family.expert_tensors(ref, front);
+    for (size_t t = 0; t < from.size(); ++t) {
+      if (detail::weight_module(from[t]).empty() || layer.merged->info(from[t]).shape.size() != 2)
+        continue;
+      fn(j, own[t], from[t]);
     }
+  }
+}
+
+// The compressed-tensors target naming the expert weights of `layer` its bank holds:
+// "re:^<stem>(<ids>)\.(<local module names>)$".
+std::string experts_target(const detail::PrunedLayer& layer) {
+  const auto& ref = *layer.ref;
+  const auto stem = family_of(ref.model_type).expert_stem(ref);
+  std::vector<std::string> ids;
+  std::set<std::string> locals;
+  for_each_expert_weight(layer, [&](int64_t j, const std::string& own, const std::string&) {
+    const auto id = std::to_string(j);
+    if (ids.empty() || ids.back() != id) ids.push_back(id);
+    locals.insert(regex_literal(detail::weight_module(own).substr(stem.size() + id.size() + 1)));
+  });
+  const auto join = [](const auto& parts) {
+    std::string out;
+    for (const auto& p : parts) out += (out.empty() ? "" : "|") + p;
+    return out;
+  };
+  return "re:^" + regex_literal(stem) + "(" + join(ids) + ")\\.(" + join(locals) + ")$";
+}
+
+// A scratch safetensors file `path` that `fill` writes (encoded weights beside a file of new
+// values), removed with this object.
+class EncodedScratch {
+ public:
+  EncodedScratch(std::string path, const std::function<void(safetensors::Writer&)>& fill)
+      : path_(std::move(path)) {
+    safetensors::Writer writer(path_, /*overwrite=*/true);
+    fill(writer);
     writer.finish();
     file_ = std::make_unique<safetensors::File>(path_);
-    auto join = [](const std::vector<std::string>& parts) {
-      std::string out;
-      for (const auto& p : parts) out += (out.empty() ? "" : "|") + p;
-      return out;
-    };
-    target = "re:^" + regex_literal(stem) + "(" + join(ids) + ")\\.(" + join(locals) + ")$";
   }
-  ~Sparse24File() {
+  ~EncodedScratch() {
     file_.reset();
     std::error_code ignored;
     std::filesystem::remove(path_, ignored);
   }
-  Sparse24File(const Sparse24File&) = delete;
-  Sparse24File& operator=(const Sparse24File&) = delete;
+  EncodedScratch(const EncodedScratch&) = delete;
+  EncodedScratch& operator=(const EncodedScratch&) = delete;
   const safetensors::File* file() const { return file_.get(); }
 
  private:
@@ -92,42 +98,39 @@ class Sparse24File {
   std::unique_ptr<safetensors::File> file_;
 };
 
-// The 2-D weights of a file of sparsified dense layers, in sparse-24-bitmask next to it (`path`,
-// removed with this object); adds their module names to the compressed-tensors targets and counts
-// their zeros.
-class Sparse24Linears {
- public:
-  Sparse24Linears(const safetensors::File& weights, std::string path,
-                  std::vector<std::string>& modules, int64_t& zeros)
-      : path_(std::move(path)) {
-    safetensors::Writer writer(path_, /*overwrite=*/true);
-    for (const auto& name : weights.names()) {
-      const auto module = detail::weight_module(name);
-      const auto weight = weights.tensor(name);
-      if (module.empty() || weight.dim() != 2) continue;
-      zeros += (weight == 0).sum().item<int64_t>();
-      const auto encoded = detail::encode_sparse24_bitmask(weight, name);
-      writer.add(module + ".compressed", encoded.compressed);
-      writer.add(module + ".bitmask", encoded.bitmask);
-      writer.add(module + ".shape", encoded.shape);
-      modules.push_back(module);
-    }
-    writer.finish();
-    file_ = std::make_unique<safetensors::File>(path_);
-  }
-  ~Sparse24Linears() {
-    file_.reset();
-    std::error_code ignored;
-    std::filesystem::remove(path_, ignored);
-  }
-  Sparse24Linears(const Sparse24Linears&) = delete;
-  Sparse24Linears& operator=(const Sparse24Linears&) = delete;
-  const safetensors::File* file() const { return file_.get(); }
+void add_sparse24(safetensors::Writer& writer, const std::string& name,
+                  const torch::Tensor& weight) {
+  const auto module = detail::weight_module(name);
+  const auto encoded = detail::encode_sparse24_bitmask(weight, name);
+  writer.add(module + ".compressed", encoded.compressed);
+  writer.add(module + ".bitmask", encoded.bitmask);
+  writer.add(module + ".shape", encoded.shape);
+}
 
- private:
-  std::string path_;
-  std::unique_ptr<safetensors::File> file_;
-};
+// The 2-D weights of a file of new dense-layer weights (the others are biases).
+std::vector<std::string> linear_weights(const safetensors::File& file) {
+  std::vector<std::string> out;
+  for (const auto& name : file.names()) {
+    if (!detail::weight_module(name).empty() && file.info(name).shape.size() == 2)
+      out.push_back(name);
+  }
+  return out;
+}
+
+// X.weight_packed, X.weight_scale... of a file that holds X.weight: a part of its encoding.
+bool is_packed_part(const safetensors::File& file, const std::string& name) {
+  const auto at = name.rfind(".weight_");
+  return at != std::string::npos && file.contains(name.substr(0, at) + ".weight") &&
+         !detail::encoded_parts(file, name.substr(0, at)).empty();
+}
+
+// "re:^(<m1>|<m2>...)$": exactly the named modules.
+std::string modules_target(const std::vector<std::string>& modules) {
+  std::string alternatives;
+  for (const auto& m : modules)
+    alternatives += (alternatives.empty() ? "" : "|") + regex_literal(m);
+  return "re:^(" + alternatives + ")$";
+}
 
 }  // namespace
 
@@ -191,46 +194,88 @@ WriteReport write_sparsified_checkpoint(const Source& source,
   for (const auto& path : linears) {
     files.emplace_back(path);
     for (const auto& name : files.back().names()) {
+      if (options.packed && is_packed_part(files.back(), name)) continue;
       TORCH_CHECK(source.checkpoint().contains(name), path, " holds ", name, ", which ", dir,
                   " does not have");
       TORCH_CHECK(replaced.emplace(name, detail::Replacement{&files.back(), nullptr}).second, name,
                   " is replaced twice");
     }
   }
+  // The replaced tensors from the linears' files only (their encoded parts ride along).
+  for (auto& [name, r] : replaced) {
+    if (options.packed) r.encoded = r.file;
+  }
   auto config = source.config().json();
-  // compressed-tensors: each layer's expert weights encoded beside its file, then copied in.
-  std::vector<std::unique_ptr<Sparse24File>> encoded;
-  std::vector<std::unique_ptr<Sparse24Linears>> encoded_linears;
+  TORCH_CHECK(!options.packed || options.sparse_format == SparseFormat::kDense,
+              "write_sparsified_checkpoint: quantised weights are stored pack-quantized or "
+              "dense, not sparse-24-bitmask");
+  std::vector<std::string> targets;
+  std::vector<std::string> modules;  // dense layers' modules stored encoded
+  // compressed-tensors 2:4: each layer's expert weights encoded beside its file, then copied in.
+  std::vector<std::unique_ptr<EncodedScratch>> encoded;
   if (options.sparse_format == SparseFormat::kCompressedTensors24) {
-    std::vector<std::string> targets;
     int64_t zeros = 0;
     for (auto& [prefix, layer] : layers) {
-      targets.emplace_back();
-      encoded.push_back(std::make_unique<Sparse24File>(layer, layer.merged->path() + ".sparse24",
-                                                       targets.back(), zeros));
-      layer.sparse24 = encoded.back()->file();
+      const auto& held = layer;
+      encoded.push_back(std::make_unique<EncodedScratch>(
+          layer.merged->path() + ".sparse24", [&](safetensors::Writer& writer) {
+            for_each_expert_weight(held,
+                                   [&](int64_t j, const std::string&, const std::string& from) {
+                                     const auto weight = held.merged->tensor(from);
+                                     // Each member of a merged group counts; the group's tensors
+                                     // are written once.
+                                     zeros += (weight == 0).sum().item<int64_t>();
+                                     if (held.front[static_cast<size_t>(j)] == j)
+                                       add_sparse24(writer, from, weight);
+                                   });
+          }));
+      layer.encoded = encoded.back()->file();
+      targets.push_back(experts_target(layer));
     }
-    std::vector<std::string> modules;
     for (size_t i = 0; i < linears.size(); ++i) {
       const auto& file = files[experts.size() + i];
-      encoded_linears.push_back(
-          std::make_unique<Sparse24Linears>(file, file.path() + ".sparse24", modules, zeros));
-      for (const auto& name : file.names()) {
-        replaced.at(name).sparse24 = encoded_linears.back()->file();
-      }
-    }
-    if (!modules.empty()) {
-      std::string alternatives;
-      for (const auto& m : modules)
-        alternatives += (alternatives.empty() ? "" : "|") + regex_literal(m);
-      targets.push_back("re:^(" + alternatives + ")$");
+      encoded.push_back(
+          std::make_unique<EncodedScratch>(file.path() + ".sparse24", [&](safetensors::Writer& w) {
+            for (const auto& name : linear_weights(file)) {
+              const auto weight = file.tensor(name);
+              zeros += (weight == 0).sum().item<int64_t>();
+              add_sparse24(w, name, weight);
+              modules.push_back(detail::weight_module(name));
+            }
+          }));
+      for (const auto& name : file.names()) replaced.at(name).encoded = encoded.back()->file();
     }
     int64_t total = 0;
     for (const auto& name : source.checkpoint().names()) {
       total += source.checkpoint().info(name).numel();
     }
-    config["quantization_config"] = detail::sparse24_quantization_config(
-        targets, total > 0 ? static_cast<double>(zeros) / static_cast<double>(total) : 0.0);
+    const double sparsity = total > 0 ? static_cast<double>(zeros) / static_cast<double>(total) : 0;
+    if (!modules.empty()) targets.push_back(modules_target(modules));
+    config["quantization_config"] = detail::sparse24_quantization_config(targets, sparsity);
+  }
+  // pack-quantized: the files hold every new weight's parts beside it.
+  if (options.packed) {
+    const auto check = [&](const safetensors::File& file, const std::string& name) {
+      TORCH_CHECK(!detail::encoded_parts(file, detail::weight_module(name)).empty(), file.path(),
+                  ": ", name, " has no pack-quantized parts (", detail::weight_module(name),
+                  ".weight_packed ...) to write");
+    };
+    for (auto& [prefix, layer] : layers) {
+      for_each_expert_weight(layer, [&](int64_t, const std::string&, const std::string& from) {
+        check(*layer.merged, from);
+      });
+      layer.encoded = layer.merged;
+      targets.push_back(experts_target(layer));
+    }
+    for (size_t i = 0; i < linears.size(); ++i) {
+      const auto& file = files[experts.size() + i];
+      for (const auto& name : linear_weights(file)) {
+        check(file, name);
+        modules.push_back(detail::weight_module(name));
+      }
+    }
+    if (!modules.empty()) targets.push_back(modules_target(modules));
+    config["quantization_config"] = detail::pack_quantized_config(*options.packed, targets);
   }
   if (!config.contains("moeprune") || !config["moeprune"].is_object()) {
     config["moeprune"] = nlohmann::ordered_json::object();

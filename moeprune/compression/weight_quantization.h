@@ -35,6 +35,10 @@ struct QuantScheme {
   /// Inputs per group; 0: one group per output row (per channel).
   TORCH_ARG(int64_t, group_size) = 128;
   TORCH_ARG(bool, symmetric) = true;
+  /// The dtype the scales are stored in: each group's scale is rounded to it before its zero
+  /// point and codes are computed, so the stored scales reproduce the codes' weights exactly
+  /// (compressed-tensors and GPTQ files store them in the model's dtype, fp16 or bf16).
+  TORCH_ARG(torch::Dtype, scale_dtype) = torch::kFloat;
 };
 
 /// Refuses an unsupported scheme, or one whose groups do not divide `in_features` inputs.
@@ -43,7 +47,7 @@ void check_quant_scheme(const QuantScheme& scheme, int64_t in_features);
 /// A quantised weight [out, in].
 struct QuantizedWeight {
   torch::Tensor codes;   ///< [out, in] int8, in [qmin, qmax]
-  torch::Tensor scales;  ///< [out, groups] fp32
+  torch::Tensor scales;  ///< [out, groups] fp32 (values of the scheme's scale_dtype)
   torch::Tensor zeros;   ///< [out, groups] int8 (all 0 when symmetric)
   torch::Tensor g_idx;   ///< [in] int32: each input's group (j / group_size without act-order)
   /// s[r, g_idx[j]] * (q[r, j] - z[r, g_idx[j]]), in `dtype`.

@@ -16,6 +16,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -58,10 +59,27 @@ enum class SparseFormat {
 SparseFormat parse_sparse_format(const std::string& name);
 std::string to_string(SparseFormat format);
 
+/// How write_sparsified_checkpoint stores quantised weights in compressed-tensors'
+/// "pack-quantized" (what llm-compressor writes for W4A16 and W8A16; transformers with the
+/// compressed-tensors package and vLLM load it).
+struct PackedQuantization {
+  int64_t bits = 4;
+  int64_t group_size = 128;  ///< inputs per scale; 0: one per output row ("channel")
+  bool symmetric = true;
+  /// compressed-tensors' actorder: "" (none), "group" (act-order, each input's group in
+  /// X.weight_g_idx) or "weight" (act-order with static groups: no g_idx).
+  std::string actorder;
+};
+
 struct WriteOptions {
   RouterRows router = RouterRows::kCut;
   /// write_sparsified_checkpoint only.
   SparseFormat sparse_format = SparseFormat::kDense;
+  /// write_sparsified_checkpoint only: when set, each new weight X.weight whose file also holds
+  /// its pack-quantized parts (X.weight_packed, X.weight_scale, X.weight_shape and, as the
+  /// scheme needs, X.weight_zero_point and X.weight_g_idx) is written as those parts, and
+  /// config.json gets the quantization_config describing them.
+  std::optional<PackedQuantization> packed;
   /// Called as bytes are written (done, total).
   std::function<void(uint64_t, uint64_t)> progress;
 };

@@ -5,12 +5,23 @@
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
+#include <optional>
 #include <string>
 #include <vector>
 
 namespace moeprune::lm {
 
-std::string quantization_record(const compression::QuantizeOptions& options) {
+QuantFormat parse_quant_format(const std::string& name) {
+  if (name == "dense") return QuantFormat::kDense;
+  if (name == "compressed-tensors") return QuantFormat::kCompressedTensors;
+  TORCH_CHECK(false, "unknown quantised format '", name, "' (dense, compressed-tensors)");
+}
+
+std::string to_string(QuantFormat format) {
+  return format == QuantFormat::kDense ? "dense" : "compressed-tensors";
+}
+
+std::string quantization_record(const compression::QuantizeOptions& options, QuantFormat format) {
   const auto& s = options.scheme();
   const auto& c = options.calibration();
   nlohmann::ordered_json j;
@@ -19,7 +30,7 @@ std::string quantization_record(const compression::QuantizeOptions& options) {
   j["group_size"] = s.group_size();
   j["symmetric"] = s.symmetric();
   j["targets"] = c.targets().describe();
-  j["stored"] = "dequantised";
+  j["stored"] = format == QuantFormat::kDense ? "dequantised" : "pack-quantized";
   if (options.method() == compression::QuantMethod::kGPTQ) {
     j["act_order"] = options.gptq().act_order();
     j["static_groups"] = options.gptq().static_groups();
@@ -38,13 +49,19 @@ SparsifyCheckpointResult quantize_checkpoint(
     const QuantizeCheckpointOptions& options, const hf::WriteOptions& write,
     const compression::LayerSparsityCallback& on_layer,
     const compression::LinearSparsityCallback& on_linears) {
-  const auto& q = options.quantize();
+  auto q = options.quantize();
   const auto sparsity = compression::sparsity_detail::quantization_calibration(q);
-  TORCH_CHECK(write.sparse_format == hf::SparseFormat::kDense,
-              "quantize_checkpoint: writes dequantised weights in the checkpoint's own format "
-              "only (packed formats are not written yet)");
+  TORCH_CHECK(write.sparse_format == hf::SparseFormat::kDense && !write.packed,
+              "quantize_checkpoint: the format is QuantizeCheckpointOptions::format");
   TORCH_CHECK(q.method() != compression::QuantMethod::kGPTQ || calibration.defined(),
               "quantize_checkpoint: gptq needs calibration token ids");
+  // The scales in the dtype the checkpoint stores its weights in (both formats hold that model).
+  const auto& info = checkpoint.info();
+  if (!info.layers.empty()) {
+    const auto name = info.layers.front().expert_tensors(0).front();
+    const auto& c = checkpoint.source().checkpoint();
+    q.scheme().scale_dtype(c.file(c.shard_of(name)).info(name).scalar_type);
+  }
   // The targeted layers' inputs in whole groups, from the model's sizes, before any work (an
   // attention projection's inner width is checked when it is reached, naming it).
   const auto gs = q.scheme().group_size();
@@ -61,14 +78,27 @@ SparsifyCheckpointResult quantize_checkpoint(
   check(targets.experts, width, "the experts' down projections");
   check(targets.shared_experts, o.shared_expert_size(), "the shared experts' down projections");
   check(targets.dense, o.intermediate_size(), "the dense MLPs' down projections");
-  return detail::slim_checkpoint(checkpoint, calibration, out,
-                                 SparsifyCheckpointOptions()
-                                     .sparsity(sparsity)
-                                     .batch_size(options.batch_size())
-                                     .stream(options.stream()),
-                                 compression::sparsity_detail::quantization_transform(q),
-                                 quantization_record(q), "quantization", write, on_layer,
-                                 on_linears);
+  auto written = write;
+  std::optional<detail::PackedSpill> packed;
+  if (options.format() == QuantFormat::kCompressedTensors) {
+    packed.emplace();
+    packed->scheme = q.scheme();
+    const auto& g = q.gptq();
+    const bool act_order = q.method() == compression::QuantMethod::kGPTQ && g.act_order();
+    packed->g_idx = act_order && !g.static_groups();
+    written.packed =
+        hf::PackedQuantization{q.scheme().bits(), q.scheme().group_size(), q.scheme().symmetric(),
+                               act_order ? (packed->g_idx ? "group" : "weight") : ""};
+  }
+  return detail::slim_checkpoint(
+      checkpoint, calibration, out,
+      SparsifyCheckpointOptions()
+          .sparsity(sparsity)
+          .batch_size(options.batch_size())
+          .stream(options.stream()),
+      compression::sparsity_detail::quantization_transform(q, packed ? &packed->codes : nullptr),
+      quantization_record(q, options.format()), "quantization", written, on_layer, on_linears,
+      packed ? &*packed : nullptr);
 }
 
 }  // namespace moeprune::lm

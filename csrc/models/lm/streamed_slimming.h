@@ -11,6 +11,14 @@
 
 namespace moeprune::lm::detail {
 
+/// Quantised weights to store pack-quantized: the transform records each weight's codes in
+/// `codes`, and each spilled weight X.weight gets its parts (X.weight_packed ...) beside it.
+struct PackedSpill {
+  compression::sparsity_detail::QuantizedWeights codes;
+  compression::QuantScheme scheme;
+  bool g_idx = false;  ///< store each input's group (act-order without static groups)
+};
+
 /// The method-specific checks are the caller's. Without `calibration` no forward pass runs (each
 /// linear gets no calibration). `record` (a JSON object) is appended to config.json's
 /// "moeprune"[`record_list`].
@@ -20,6 +28,6 @@ SparsifyCheckpointResult slim_checkpoint(
     const compression::sparsity_detail::LinearTransform& transform, const std::string& record,
     const std::string& record_list, const hf::WriteOptions& write,
     const compression::LayerSparsityCallback& on_layer,
-    const compression::LinearSparsityCallback& on_linears);
+    const compression::LinearSparsityCallback& on_linears, PackedSpill* packed = nullptr);
 
 }  // namespace moeprune::lm::detail

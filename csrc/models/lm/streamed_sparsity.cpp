@@ -2,6 +2,7 @@
 
 #include "compression/pruned_linear.h"
 #include "hf/checkpoint_rewrite.h"
+#include "hf/compressed_tensors_pack.h"
 #include "models/lm/checkpoint_tensors.h"
 #include "models/lm/scratch_files.h"
 #include "models/lm/streamed_moe_layers.h"
@@ -25,11 +26,37 @@
 namespace moeprune::lm {
 namespace streamed_sparsity_detail {
 
+// With `packed`: writes the pack-quantized parts of weight `name` (whose new values start at
+// `at`) beside it, from the codes the transform recorded.
+void spill_packed(detail::PackedSpill* packed, const void* at, const std::string& name,
+                  torch::Dtype stored, safetensors::Writer& writer) {
+  if (packed == nullptr) return;
+  const auto it = packed->codes.find(at);
+  TORCH_CHECK(it != packed->codes.end(), "quantize_checkpoint: ", name,
+              " was not quantised; nothing to pack");
+  TORCH_CHECK(stored == packed->scheme.scale_dtype(), "quantize_checkpoint: ", name,
+              " is stored in ", stored, ", the scales were rounded to ",
+              packed->scheme.scale_dtype(), " (the other quantised weights' dtype)");
+  const auto& q = it->second;
+  const auto parts = hf::detail::encode_pack_quantized(
+      q.codes, q.scales, q.zeros, packed->g_idx ? q.g_idx : torch::Tensor(), packed->scheme.bits(),
+      packed->scheme.symmetric(), stored, name);
+  const auto module = hf::detail::weight_module(name);
+  writer.add(module + ".weight_packed", parts.weight_packed);
+  writer.add(module + ".weight_scale", parts.weight_scale);
+  if (parts.weight_zero_point.defined())
+    writer.add(module + ".weight_zero_point", parts.weight_zero_point);
+  if (parts.weight_g_idx.defined()) writer.add(module + ".weight_g_idx", parts.weight_g_idx);
+  writer.add(module + ".weight_shape", parts.weight_shape);
+  packed->codes.erase(it);
+}
+
 // Rounds the layer's expert weights to the dtypes the checkpoint stores them in (what the
 // written folder will hold, and so what the next layer's calibration should see), then writes
-// every held expert's tensors under its names, [out, in], to `path`.
+// every held expert's tensors under its names, [out, in], to `path` (and their pack-quantized
+// parts with `packed`).
 void round_and_spill(const hf::Source& source, const hf::MoELayerRef& ref, const MoELayer& layer,
-                     const std::string& path) {
+                     const std::string& path, detail::PackedSpill* packed) {
   torch::NoGradGuard no_grad;
   const auto& bank = layer->experts();
   const std::vector<torch::Tensor> weights{bank->w1, bank->w2, bank->w3};
@@ -49,6 +76,7 @@ void round_and_spill(const hf::Source& source, const hf::MoELayerRef& ref, const
       const auto stored = slab.to(type);
       slab.copy_(stored);
       writer.add(names[w], stored.t().contiguous());
+      spill_packed(packed, slab.data_ptr(), names[w], type, writer);
     }
   }
   writer.finish();
@@ -57,7 +85,7 @@ void round_and_spill(const hf::Source& source, const hf::MoELayerRef& ref, const
 // Rounds the dense layers' weights to their stored dtypes (as round_and_spill does for experts)
 // and writes them under their checkpoint names to `path`.
 void round_and_spill_linears(const hf::Source& source, const std::vector<LinearEntry>& linears,
-                             const std::string& path) {
+                             const std::string& path, detail::PackedSpill* packed) {
   torch::NoGradGuard no_grad;
   safetensors::Writer writer(path);
   for (const auto& entry : linears) {
@@ -68,6 +96,7 @@ void round_and_spill_linears(const hf::Source& source, const std::vector<LinearE
     const auto stored = weight.to(type);
     weight.copy_(stored);
     writer.add(name, stored.contiguous());
+    spill_packed(packed, weight.data_ptr(), name, type, writer);
   }
   writer.finish();
 }
@@ -131,7 +160,7 @@ SparsifyCheckpointResult detail::slim_checkpoint(
     const compression::sparsity_detail::LinearTransform& transform, const std::string& record,
     const std::string& record_list, const hf::WriteOptions& write,
     const compression::LayerSparsityCallback& on_layer,
-    const compression::LinearSparsityCallback& on_linears) {
+    const compression::LinearSparsityCallback& on_linears, PackedSpill* packed) {
   using streamed_sparsity_detail::round_and_spill;
   using streamed_sparsity_detail::round_and_spill_linears;
   const auto& sparsity = options.sparsity();
@@ -198,7 +227,7 @@ SparsifyCheckpointResult detail::slim_checkpoint(
       auto report = compression::sparsity_detail::slim_moe_layer({ref->index, ref->prefix, moe},
                                                                  calls, sparsity, transform);
       files[ref->index] = scratch.next(ref->index);
-      round_and_spill(checkpoint.source(), *ref, moe, files.at(ref->index));
+      round_and_spill(checkpoint.source(), *ref, moe, files.at(ref->index), packed);
       result.layers.push_back(std::move(report));
       if (on_layer) on_layer(result.layers.back());
     }
@@ -218,7 +247,7 @@ SparsifyCheckpointResult detail::slim_checkpoint(
       all.insert(all.end(), group.begin(), group.end());
     }
     linear_files.push_back(scratch.next(checkpoint.num_layers() + decoder_layer));
-    round_and_spill_linears(checkpoint.source(), all, linear_files.back());
+    round_and_spill_linears(checkpoint.source(), all, linear_files.back(), packed);
   };
   const auto flatten = [](const std::vector<std::vector<LinearEntry>>& groups) {
     std::vector<LinearEntry> out;
@@ -278,6 +307,9 @@ SparsifyCheckpointResult detail::slim_checkpoint(
           }
         });
   }
+  TORCH_CHECK(packed == nullptr || packed->codes.empty(),
+              "quantize_checkpoint: ", packed == nullptr ? 0 : packed->codes.size(),
+              " quantised weights were not written (a layer moeprune cannot spill)");
   result.report = hf::write_sparsified_checkpoint(checkpoint.source(), files, out, record, write,
                                                   linear_files, record_list);
   return result;
