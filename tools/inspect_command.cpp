@@ -17,15 +17,18 @@ namespace cli {
 namespace {
 
 // config.json's compressed-tensors sparsity format ("?" where it does not say).
-std::string sparsity_format_of(const std::string& dir) {
+std::string stored_format_of(const std::string& dir) {
   std::ifstream file(dir + "/config.json");
   const auto c = nlohmann::json::parse(file, nullptr, /*allow_exceptions=*/false);
-  const auto* at = &c;
-  for (const char* key : {"quantization_config", "sparsity_config", "format"}) {
-    if (!at->is_object() || !at->contains(key)) return "?";
-    at = &(*at)[key];
+  if (!c.is_object() || !c.contains("quantization_config")) return "?";
+  const auto& q = c["quantization_config"];
+  if (!q.is_object()) return "?";
+  // The sparse formats say it in sparsity_config, the quantised ones at the top.
+  if (q.contains("sparsity_config") && q["sparsity_config"].is_object() &&
+      q["sparsity_config"].contains("format") && q["sparsity_config"]["format"].is_string()) {
+    return q["sparsity_config"]["format"].get<std::string>();
   }
-  return at->is_string() ? at->get<std::string>() : "?";
+  return q.contains("format") && q["format"].is_string() ? q["format"].get<std::string>() : "?";
 }
 
 }  // namespace
@@ -50,7 +53,8 @@ Runner add_inspect(CLI::App& app) {
       return 0;
     }
     TORCH_CHECK(!dir->empty(), "inspect: give a checkpoint folder (or --families)");
-    // Through hf::Source, so weights stored in compressed-tensors' sparse formats read as dense.
+    // Through hf::Source, so weights stored in compressed-tensors' sparse or pack-quantized formats
+    // read as dense.
     const moeprune::hf::Source source(*dir);
     const auto& checkpoint = source.checkpoint();
     const auto& info = source.info();
@@ -64,7 +68,7 @@ Runner add_inspect(CLI::App& app) {
     fmt::print("{} tensors, {:.1f} MB\n", checkpoint.names().size(), bytes / 1e6);
     if (checkpoint.decoded_count() > 0) {
       fmt::print("{} weights stored in compressed-tensors' {} format (read as dense)\n",
-                 checkpoint.decoded_count(), sparsity_format_of(*dir));
+                 checkpoint.decoded_count(), stored_format_of(*dir));
     }
     // What `moeprune sparsify` recorded (config.json "moeprune": {"sparsity": [...]}).
     // describe() has read config.json already and refused it if it were not JSON.
@@ -96,7 +100,8 @@ Runner add_inspect(CLI::App& app) {
       for (const auto& r : config["moeprune"]["quantization"]) {
         if (!r.is_object()) continue;
         const auto group = r.value("group_size", int64_t{0});
-        fmt::print("quantized (stored dequantised): {} W{} {} {} in {}\n",
+        fmt::print("quantized (stored {}): {} W{} {} {} in {}\n",
+                   r.value("stored", std::string("dequantised")),
                    r.value("method", std::string("?")), r.value("bits", int64_t{0}),
                    group == 0 ? std::string("per channel") : "g" + std::to_string(group),
                    r.value("symmetric", true) ? "symmetric" : "asymmetric",

@@ -1,5 +1,6 @@
 #include <moeprune/hf/checkpoint.h>
 
+#include "hf/compressed_tensors_quantized.h"
 #include "hf/compressed_tensors_sparse.h"
 #include "hf/config.h"
 #include "hf/default_dtype.h"
@@ -112,11 +113,13 @@ namespace {
 ModelInfo describe_config(const Config& config, const safetensors::Checkpoint& checkpoint) {
   ModelInfo info;
   info.model_type = config.text("model_type", "");
-  // compressed-tensors' sparse formats are read when hf::Source has added their weights as
-  // decoded tensors (add_compressed_tensors_weights); every other quantisation is refused.
-  const bool decoded_sparse =
-      !detail::compressed_tensors_sparse_format(config).empty() && checkpoint.decoded_count() > 0;
-  if (config.is_set("quantization_config") && !decoded_sparse) {
+  // compressed-tensors' sparse and pack-quantized formats are read when hf::Source has added
+  // their weights as decoded tensors (add_compressed_tensors_weights,
+  // add_pack_quantized_weights); every other quantisation is refused.
+  const bool decoded = (!detail::compressed_tensors_sparse_format(config).empty() ||
+                        !detail::pack_quantized_groups(config).empty()) &&
+                       checkpoint.decoded_count() > 0;
+  if (config.is_set("quantization_config") && !decoded) {
     // Quantised or compressed weights (GPTQ, AWQ, FP8, compressed-tensors' sparse formats)
     // are not the dense tensors the families read: say what the file is rather than name a
     // tensor as missing.

@@ -1,5 +1,6 @@
 #include <moeprune/hf/source.h>
 
+#include "hf/compressed_tensors_quantized.h"
 #include "hf/compressed_tensors_sparse.h"
 #include "hf/config.h"
 #include "hf/describe.h"
@@ -7,9 +8,11 @@
 namespace moeprune::hf {
 namespace {
 
-// describe() once weights stored in compressed-tensors' sparse formats read as dense ones.
+// describe() once weights stored in compressed-tensors' sparse or pack-quantized formats read as
+// dense ones.
 ModelInfo describe_decoded(const Config& config, safetensors::Checkpoint& checkpoint) {
   detail::add_compressed_tensors_weights(config, checkpoint);
+  detail::add_pack_quantized_weights(config, checkpoint);
   return detail::describe(config, checkpoint);
 }
 

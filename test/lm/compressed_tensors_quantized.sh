@@ -5,7 +5,8 @@
 # run is written dense (dequantised) and packed with the same options; compressed-tensors'
 # decompressor must give the dense run's weights exactly, its compressor our words, the config's
 # targets exactly the packed modules (check_compressed_tensors_quantized.py); the packed folder
-# must load in transformers with moeprune's logits of the dense one and be smaller. Schemes:
+# must load in transformers with moeprune's logits of the dense one, be smaller, and read in
+# moeprune as the dense one. Schemes:
 # GPTQ W4 g16 act-order (g_idx), GPTQ W4 g16 asymmetric with static groups, RTN W8 per channel
 # asymmetric on the experts and the attention, and RTN W4 on a bf16 copy (scales stored bf16).
 #   compressed_tensors_quantized.sh MOEPRUNE LM_LOGITS FIXTURE_DIR REFERENCE TOKENIZER
@@ -40,11 +41,18 @@ quantize() {
   echo "$name: model.safetensors $packed bytes packed, $dense dense"
   ((packed < dense)) || { echo "$name: the packed file is not smaller" >&2; exit 1; }
 }
-# loads DIR in transformers and compares with moeprune's logits of its dense twin
+# loads DIR in transformers and compares with moeprune's logits of its dense twin; moeprune
+# reads DIR (decoding the packed weights) with the dense twin's logits bit for bit.
 loads_with_dense_logits() {
   "$logits" "$1.dense" "$reference" "$1.dense.logits.safetensors"
   "$ct_python" "$here/check_lm_transformers_load.py" "$1" "$1.dense.logits.safetensors" \
     --tol 1e-5
+  "$logits" "$1" "$reference" "$1.logits.safetensors"
+  "$ct_python" -c 'import sys, torch
+from safetensors.torch import load_file
+a, b = (load_file(p)["logits"] for p in sys.argv[1:3])
+sys.exit(0 if torch.equal(a, b) else f"moeprune reads {sys.argv[1]} with other logits")' \
+    "$1.logits.safetensors" "$1.dense.logits.safetensors"
 }
 
 quantize gptq4 "$work/model" "$experts" --method gptq --bits 4 --group-size 16 --act-order \

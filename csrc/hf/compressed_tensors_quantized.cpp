@@ -1,0 +1,174 @@
+#include "hf/compressed_tensors_quantized.h"
+
+#include "hf/compressed_tensors_pack.h"
+
+#include <torch/torch.h>
+
+#include <regex>
+
+namespace moeprune::hf::detail {
+namespace {
+
+// compressed-tensors' is_match on a module name: "re:" patterns with Python's re.match (anchored
+// at the start only), other targets the exact name, or the class every packed module is.
+bool target_matches(const std::string& target, const std::string& module) {
+  if (target.rfind("re:", 0) == 0) {
+    std::regex pattern;
+    try {
+      pattern = std::regex(target.substr(3));
+    } catch (const std::regex_error& e) {
+      TORCH_CHECK(false, "quantization_config target \"", target,
+                  "\" is not a regular expression moeprune reads: ", e.what());
+    }
+    return std::regex_search(module, pattern, std::regex_constants::match_continuous);
+  }
+  return target == module || target == "Linear";
+}
+
+}  // namespace
+
+std::vector<PackedGroup> pack_quantized_groups(const Config& config) {
+  if (!config.is_set("quantization_config")) return {};
+  const auto& q = config.json().at("quantization_config");
+  if (!q.is_object() || q.value("quant_method", std::string()) != "compressed-tensors") return {};
+  if (!q.contains("config_groups") || !q["config_groups"].is_object() ||
+      q["config_groups"].empty()) {
+    return {};
+  }
+  const auto where = config.path() + ": quantization_config.config_groups.";
+  TORCH_CHECK(!q.contains("sparsity_config") || !q["sparsity_config"].is_object() ||
+                  q["sparsity_config"].empty() || !q["sparsity_config"].contains("format") ||
+                  q["sparsity_config"]["format"] == "dense",
+              config.path(),
+              ": quantization_config both quantises and sparsifies; moeprune reads one or the "
+              "other");
+  const auto top_format = q.contains("format") && q["format"].is_string()
+                              ? q["format"].get<std::string>()
+                              : std::string();
+  std::vector<PackedGroup> groups;
+  for (const auto& [name, g] : q["config_groups"].items()) {
+    TORCH_CHECK(g.is_object(), where, name, " should be an object");
+    const auto format = g.contains("format") && g["format"].is_string()
+                            ? g["format"].get<std::string>()
+                            : top_format;
+    TORCH_CHECK(format == "pack-quantized", where, name, ".format is \"", format,
+                "\"; moeprune reads pack-quantized weights only");
+    for (const char* key : {"input_activations", "output_activations"}) {
+      TORCH_CHECK(!g.contains(key) || g[key].is_null(), where, name, ".", key,
+                  " is set: activation quantisation is not read (weight-only schemes only)");
+    }
+    TORCH_CHECK(g.contains("weights") && g["weights"].is_object(), where, name,
+                ".weights should be an object");
+    TORCH_CHECK(g.contains("targets") && g["targets"].is_array() && !g["targets"].empty(), where,
+                name, ".targets should be a non-empty list");
+    const auto& w = g["weights"];
+    PackedGroup group;
+    group.name = name;
+    for (const auto& t : g["targets"]) {
+      TORCH_CHECK(t.is_string(), where, name, ".targets should hold strings");
+      group.targets.push_back(t.get<std::string>());
+    }
+    const auto type = w.value("type", std::string("int"));
+    TORCH_CHECK(type == "int", where, name, ".weights.type is \"", type,
+                "\"; pack-quantized weights are int");
+    TORCH_CHECK(w.contains("num_bits") && w["num_bits"].is_number_integer(), where, name,
+                ".weights.num_bits should be an integer");
+    group.bits = w["num_bits"].get<int64_t>();
+    TORCH_CHECK(group.bits >= 1 && group.bits <= 8, where, name, ".weights.num_bits is ",
+                group.bits, "; pack-quantized stores 1 to 8 bits");
+    group.symmetric = w.value("symmetric", true);
+    TORCH_CHECK(!w.contains("dynamic") || w["dynamic"] == false, where, name,
+                ".weights.dynamic is set: dynamic weight quantisation is not read");
+    const auto strategy = w.contains("strategy") && w["strategy"].is_string()
+                              ? w["strategy"].get<std::string>()
+                              : std::string();
+    if (strategy == "group") {
+      TORCH_CHECK(w.contains("group_size") && w["group_size"].is_number_integer() &&
+                      w["group_size"].get<int64_t>() >= 1,
+                  where, name,
+                  ".weights.group_size should be a positive integer with strategy "
+                  "group");
+      group.group_size = w["group_size"].get<int64_t>();
+    } else {
+      TORCH_CHECK(strategy == "channel", where, name, ".weights.strategy is \"", strategy,
+                  "\"; moeprune reads group and channel scales");
+    }
+    groups.push_back(std::move(group));
+  }
+  return groups;
+}
+
+int64_t add_pack_quantized_weights(const Config& config, safetensors::Checkpoint& checkpoint) {
+  const auto groups = pack_quantized_groups(config);
+  if (groups.empty()) return 0;
+  int64_t added = 0;
+  for (const auto& name : checkpoint.names()) {
+    const std::string suffix = ".weight_packed";
+    if (name.size() <= suffix.size() ||
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0) {
+      continue;
+    }
+    const auto module = name.substr(0, name.size() - suffix.size());
+    const PackedGroup* group = nullptr;
+    for (const auto& g : groups) {
+      for (const auto& t : g.targets) {
+        if (target_matches(t, module)) group = &g;
+      }
+      if (group != nullptr) break;
+    }
+    TORCH_CHECK(group != nullptr, checkpoint.directory(), ": ", name,
+                " is stored pack-quantized but no config group of ", config.path(), " targets ",
+                module);
+    std::vector<std::string> parts = {module + ".weight_packed", module + ".weight_scale",
+                                      module + ".weight_shape"};
+    if (!group->symmetric) parts.push_back(module + ".weight_zero_point");
+    for (const auto& part : parts) {
+      TORCH_CHECK(checkpoint.contains(part), checkpoint.directory(), ": pack-quantized ", module,
+                  ".weight needs ", part, ", which is missing");
+    }
+    const bool has_g_idx = checkpoint.contains(module + ".weight_g_idx");
+    if (has_g_idx) parts.push_back(module + ".weight_g_idx");
+    TORCH_CHECK(!checkpoint.contains(module + ".weight"), checkpoint.directory(), ": ", module,
+                " holds both .weight and .weight_packed");
+    const auto shape = checkpoint.tensor(module + ".weight_shape").to(torch::kLong).flatten();
+    TORCH_CHECK(shape.numel() == 2, checkpoint.directory(), ": ", module,
+                ".weight_shape should hold rows and cols, got ", shape.numel(), " values");
+    const int64_t rows = shape[0].item<int64_t>(), cols = shape[1].item<int64_t>();
+    TORCH_CHECK(rows >= 1 && cols >= 1, checkpoint.directory(), ": ", module, ".weight_shape is [",
+                rows, ", ", cols, "]");
+    const auto& scale = checkpoint.info(module + ".weight_scale");
+    const int64_t groups_expected =
+        group->group_size == 0 ? 1 : (cols + group->group_size - 1) / group->group_size;
+    TORCH_CHECK(scale.shape == std::vector<int64_t>({rows, groups_expected}),
+                checkpoint.directory(), ": ", module, ".weight_scale is ",
+                c10::IntArrayRef(scale.shape), ", expected [", rows, ", ", groups_expected,
+                "] for a ", rows, " x ", cols, " weight with ", group->name, "'s ",
+                group->group_size == 0 ? std::string("one scale per row")
+                                       : "groups of " + std::to_string(group->group_size));
+    TORCH_CHECK(c10::isFloatingType(scale.scalar_type), checkpoint.directory(), ": ", module,
+                ".weight_scale is ", scale.scalar_type, ", not floating point");
+    safetensors::Checkpoint::Decoded d;
+    d.info.name = module + ".weight";
+    d.info.dtype = scale.dtype;
+    d.info.scalar_type = scale.scalar_type;
+    d.info.shape = {rows, cols};
+    d.parts = parts;
+    const auto bits = group->bits;
+    const bool symmetric = group->symmetric;
+    const auto dtype = scale.scalar_type;
+    d.decode = [module, bits, symmetric, has_g_idx, dtype](const safetensors::Checkpoint& c) {
+      PackQuantized p;
+      p.weight_packed = c.tensor(module + ".weight_packed");
+      p.weight_scale = c.tensor(module + ".weight_scale");
+      p.weight_shape = c.tensor(module + ".weight_shape");
+      if (!symmetric) p.weight_zero_point = c.tensor(module + ".weight_zero_point");
+      if (has_g_idx) p.weight_g_idx = c.tensor(module + ".weight_g_idx");
+      return decode_pack_quantized(p, bits, symmetric, dtype, module);
+    };
+    checkpoint.add_decoded(std::move(d));
+    ++added;
+  }
+  return added;
+}
+
+}  // namespace moeprune::hf::detail
