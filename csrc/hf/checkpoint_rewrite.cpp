@@ -260,9 +260,10 @@ std::string weight_module(const std::string& name) {
 
 void check_dense_source(const Source& source) {
   TORCH_CHECK(source.checkpoint().decoded_count() == 0, source.directory(),
-              " stores its weights in a compressed-tensors sparse format; moeprune reads it but "
-              "writes only from dense checkpoints: write it dense first (moeprune sparsify "
-              "without --format, or transformers' save_pretrained)");
+              " stores its weights encoded (compressed-tensors' sparse or pack-quantized "
+              "formats); moeprune reads it, and cuts experts out of it (prune --router cut), but "
+              "writes new or zeroed weights only from dense checkpoints: write it dense first "
+              "(moeprune sparsify/quantize without --format, or transformers' save_pretrained)");
 }
 
 void keep_dropped_mlp_layers(const nlohmann::ordered_json& config, nlohmann::ordered_json& record) {
@@ -272,10 +273,10 @@ void keep_dropped_mlp_layers(const nlohmann::ordered_json& config, nlohmann::ord
   }
 }
 
-void keep_sparsity_record(const nlohmann::ordered_json& config, nlohmann::ordered_json& record) {
-  if (config.contains("moeprune") && config["moeprune"].is_object() &&
-      config["moeprune"].contains("sparsity")) {
-    record["sparsity"] = config["moeprune"]["sparsity"];
+void keep_slimming_records(const nlohmann::ordered_json& config, nlohmann::ordered_json& record) {
+  if (!config.contains("moeprune") || !config["moeprune"].is_object()) return;
+  for (const char* list : {"sparsity", "quantization"}) {
+    if (config["moeprune"].contains(list)) record[list] = config["moeprune"][list];
   }
 }
 
@@ -284,7 +285,9 @@ WriteReport write_folder(const Source& source, const std::map<std::string, Prune
                          const std::map<std::string, std::string>& extra,
                          const WriteOptions& options, const Replacements& replaced) {
   const auto& checkpoint = source.checkpoint();
-  check_dense_source(source);
+  // Encoded weights (compressed-tensors) are copied, dropped or renamed by their stored parts;
+  // only replacing or zeroing one needs a dense source.
+  if (!cut || !replaced.empty()) check_dense_source(source);
   io::AtomicFolder folder(out);
   const auto& dir = folder.path();
   WriteReport report;

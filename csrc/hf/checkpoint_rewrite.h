@@ -54,16 +54,18 @@ WriteReport write_folder(const Source& source, const std::map<std::string, Prune
 /// "X.weight" -> "X"; empty for a name that is not a weight.
 std::string weight_module(const std::string& name);
 
-/// Refuses a source read through decoded tensors (compressed-tensors' sparse formats): the
-/// writers copy the source's bytes, which are not the dense weights there.
+/// Refuses a source read through decoded tensors (compressed-tensors' sparse and pack-quantized
+/// formats) where new or zeroed weights are to be written: the writers copy the source's bytes,
+/// which are not the dense weights there (cutting experts out copies or drops whole parts).
 void check_dense_source(const Source& source);
 
 /// Carries a Layer-Dropped source's "dropped_mlp_layers" (lm::save_causal_lm) into `record`, so
 /// its zero MoE blocks stay dropped on reload.
 void keep_dropped_mlp_layers(const nlohmann::ordered_json& config, nlohmann::ordered_json& record);
 
-/// Carries the source's "sparsity" list (write_sparsified_checkpoint) into `record`: pruning
-/// experts out keeps the others' zeros (merging averages them away, so it does not carry it).
-void keep_sparsity_record(const nlohmann::ordered_json& config, nlohmann::ordered_json& record);
+/// Carries the source's "sparsity" and "quantization" lists (write_sparsified_checkpoint) into
+/// `record`: pruning experts out keeps the others' zeros and codes (merging averages them away,
+/// so it does not carry them).
+void keep_slimming_records(const nlohmann::ordered_json& config, nlohmann::ordered_json& record);
 
 }  // namespace moeprune::hf::detail

@@ -116,7 +116,7 @@ std::string pruned_config(const Source& source, const ModelInfo& info,
     record["layer_states"] = states;
   }
   detail::keep_dropped_mlp_layers(config, record);
-  detail::keep_sparsity_record(config, record);
+  detail::keep_slimming_records(config, record);
   config["moeprune"] = record;
   return config.dump(2) + "\n";
 }
@@ -130,6 +130,17 @@ WriteReport write_pruned_checkpoint(const Source& source, const pruning::Pruning
   const auto& info = source.info();
   const bool cut = options.router == RouterRows::kCut;
   const auto pruned = pruned_layers(info, plan, source.directory());
+  // An encoded source (compressed-tensors) is cut by its stored parts: the router rows are cut
+  // from a dense router only.
+  const auto& checkpoint = source.checkpoint();
+  for (const auto& [prefix, layer] : pruned) {
+    for (const auto& name : {layer.ref->router, layer.ref->router_bias}) {
+      TORCH_CHECK(name.empty() || checkpoint.file(checkpoint.shard_of(name)).contains(name),
+                  source.directory(), ": ", name,
+                  " (a router) is stored encoded; moeprune cuts router rows from dense routers "
+                  "only");
+    }
+  }
   const auto new_experts = new_expert_count(info, pruned, cut);
   return detail::write_folder(source, pruned, cut, out,
                               pruned_config(source, info, plan, pruned, cut, new_experts),

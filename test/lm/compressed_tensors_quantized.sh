@@ -8,7 +8,8 @@
 # must load in transformers with moeprune's logits of the dense one, be smaller, and read in
 # moeprune as the dense one. Schemes:
 # GPTQ W4 g16 act-order (g_idx), GPTQ W4 g16 asymmetric with static groups, RTN W8 per channel
-# asymmetric on the experts and the attention, and RTN W4 on a bf16 copy (scales stored bf16).
+# asymmetric on the experts and the attention, and RTN W4 on a bf16 copy (scales stored bf16);
+# and experts cut out of a packed folder by `moeprune prune`.
 #   compressed_tensors_quantized.sh MOEPRUNE LM_LOGITS FIXTURE_DIR REFERENCE TOKENIZER
 set -euo pipefail
 cli="$1" logits="$2" source="$3" reference="$4" tokenizer="$5"
@@ -59,6 +60,22 @@ quantize gptq4 "$work/model" "$experts" --method gptq --bits 4 --group-size 16 -
   "${calibration[@]}"
 grep -q '"actorder": "group"' "$work/gptq4/config.json"
 loads_with_dense_logits "$work/gptq4"
+
+# Cutting 2 of 6 experts per layer out of the packed folder copies the survivors' parts (nothing
+# is requantised): the same cut of the dense twin holds the same model. Keeping the router rows
+# (zeroing the pruned experts) needs dense weights and is refused.
+prune=(prune --criterion random --experts-per-layer 2)
+"$cli" "${prune[@]}" --finetuned "$work/gptq4" --router cut --out "$work/gptq4_cut"
+"$cli" "${prune[@]}" --finetuned "$work/gptq4.dense" --router cut --out "$work/gptq4_cut.dense"
+"$ct_python" "$here/check_compressed_tensors_quantized.py" "$work/gptq4_cut.dense" \
+  "$work/gptq4_cut" --expect 24
+loads_with_dense_logits "$work/gptq4_cut"
+if "$cli" "${prune[@]}" --finetuned "$work/gptq4" --router keep --out "$work/gptq4_keep" \
+  2> "$work/keep.err"; then
+  echo "prune --router keep of a packed folder was not refused" >&2
+  exit 1
+fi
+grep -q 'cuts experts out of it (prune --router cut)' "$work/keep.err"
 
 quantize gptq4_static "$work/model" "$experts" --method gptq --bits 4 --group-size 16 \
   --asymmetric --act-order --static-groups "${calibration[@]}"
