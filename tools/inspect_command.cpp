@@ -23,12 +23,16 @@ std::string stored_format_of(const std::string& dir) {
   if (!c.is_object() || !c.contains("quantization_config")) return "?";
   const auto& q = c["quantization_config"];
   if (!q.is_object()) return "?";
+  if (q.value("quant_method", std::string()) == "fp8") return "block-scaled FP8";
+  const auto format = [](const nlohmann::json& f) {
+    return "compressed-tensors' " + (f.is_string() ? f.get<std::string>() : "?") + " format";
+  };
   // The sparse formats say it in sparsity_config, the quantised ones at the top.
   if (q.contains("sparsity_config") && q["sparsity_config"].is_object() &&
       q["sparsity_config"].contains("format") && q["sparsity_config"]["format"].is_string()) {
-    return q["sparsity_config"]["format"].get<std::string>();
+    return format(q["sparsity_config"]["format"]);
   }
-  return q.contains("format") && q["format"].is_string() ? q["format"].get<std::string>() : "?";
+  return format(q.contains("format") ? q["format"] : nlohmann::json());
 }
 
 }  // namespace
@@ -67,8 +71,8 @@ Runner add_inspect(CLI::App& app) {
                info.layers.size(), info.num_experts, info.top_k, info.d_model, info.hidden_dim);
     fmt::print("{} tensors, {:.1f} MB\n", checkpoint.names().size(), bytes / 1e6);
     if (checkpoint.decoded_count() > 0) {
-      fmt::print("{} weights stored in compressed-tensors' {} format (read as dense)\n",
-                 checkpoint.decoded_count(), stored_format_of(*dir));
+      fmt::print("{} weights stored in {} (read as dense)\n", checkpoint.decoded_count(),
+                 stored_format_of(*dir));
     }
     // What `moeprune sparsify` recorded (config.json "moeprune": {"sparsity": [...]}).
     // describe() has read config.json already and refused it if it were not JSON.

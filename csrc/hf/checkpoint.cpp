@@ -6,6 +6,7 @@
 #include "hf/default_dtype.h"
 #include "hf/describe.h"
 #include "hf/family.h"
+#include "hf/fp8_blocks.h"
 
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
@@ -113,11 +114,12 @@ namespace {
 ModelInfo describe_config(const Config& config, const safetensors::Checkpoint& checkpoint) {
   ModelInfo info;
   info.model_type = config.text("model_type", "");
-  // compressed-tensors' sparse and pack-quantized formats are read when hf::Source has added
-  // their weights as decoded tensors (add_compressed_tensors_weights,
-  // add_pack_quantized_weights); every other quantisation is refused.
+  // compressed-tensors' sparse and pack-quantized formats and block-scaled FP8 are read when
+  // hf::Source has added their weights as decoded tensors (add_compressed_tensors_weights,
+  // add_pack_quantized_weights, add_fp8_block_weights); every other quantisation is refused.
   const bool decoded = (!detail::compressed_tensors_sparse_format(config).empty() ||
-                        !detail::pack_quantized_groups(config).empty()) &&
+                        !detail::pack_quantized_groups(config).empty() ||
+                        detail::fp8_block_size(config).has_value()) &&
                        checkpoint.decoded_count() > 0;
   if (config.is_set("quantization_config") && !decoded) {
     // Quantised or compressed weights (GPTQ, AWQ, FP8, compressed-tensors' sparse formats)

@@ -135,8 +135,7 @@ WriteReport write_pruned_checkpoint(const Source& source, const pruning::Pruning
   const auto& checkpoint = source.checkpoint();
   for (const auto& [prefix, layer] : pruned) {
     for (const auto& name : {layer.ref->router, layer.ref->router_bias}) {
-      TORCH_CHECK(name.empty() || checkpoint.file(checkpoint.shard_of(name)).contains(name),
-                  source.directory(), ": ", name,
+      TORCH_CHECK(name.empty() || !checkpoint.is_decoded(name), source.directory(), ": ", name,
                   " (a router) is stored encoded; moeprune cuts router rows from dense routers "
                   "only");
     }

@@ -94,8 +94,11 @@ std::vector<std::string> Checkpoint::names() const {
 
 void Checkpoint::add_decoded(Decoded decoded) {
   const auto& name = decoded.info.name;
-  TORCH_CHECK(shard_of_.count(name) == 0 && decoded_.count(name) == 0, directory_, ": tensor '",
-              name, "' is stored both as itself and encoded in other tensors");
+  // A stored tensor may be decoded under its own name when it is its first part (an FP8 weight
+  // read with its block scales).
+  const bool own = !decoded.parts.empty() && decoded.parts.front() == name;
+  TORCH_CHECK((shard_of_.count(name) == 0 || own) && decoded_.count(name) == 0, directory_,
+              ": tensor '", name, "' is stored both as itself and encoded in other tensors");
   TORCH_CHECK(!decoded.parts.empty() && decoded.decode, directory_, ": decoded tensor '", name,
               "' needs its parts and a decoder");
   for (const auto& part : decoded.parts) {
@@ -113,12 +116,12 @@ void Checkpoint::release(const std::string& name) const {
     file(shard_of(name)).release(name);
     return;
   }
-  for (const auto& part : it->second.parts) file(shard_of(part)).release(part);
+  for (const auto& part : it->second.parts) file(shard_of_.at(part)).release(part);
 }
 
 const std::string& Checkpoint::shard_of(const std::string& name) const {
   const auto decoded = decoded_.find(name);
-  if (decoded != decoded_.end()) return shard_of(decoded->second.parts.front());
+  if (decoded != decoded_.end()) return shard_of_.at(decoded->second.parts.front());
   const auto it = shard_of_.find(name);
   TORCH_CHECK(it != shard_of_.end(),
               directory_ + ": checkpoint has no tensor named '" + name + "'");
@@ -134,6 +137,13 @@ const File& Checkpoint::file(const std::string& shard) const {
 const TensorInfo& Checkpoint::info(const std::string& name) const {
   const auto it = decoded_.find(name);
   return it != decoded_.end() ? it->second.info : file(shard_of(name)).info(name);
+}
+
+torch::Tensor Checkpoint::stored_tensor(const std::string& name) const {
+  const auto it = shard_of_.find(name);
+  TORCH_CHECK(it != shard_of_.end(),
+              directory_ + ": checkpoint stores no tensor named '" + name + "'");
+  return file(it->second).tensor(name);
 }
 
 torch::Tensor Checkpoint::tensor(const std::string& name) const {

@@ -154,9 +154,11 @@ class Checkpoint {
   void release(const std::string& name) const;
 
   /// A tensor the files store encoded in other tensors, its `parts` (compressed-tensors' sparse
-  /// formats: hf/compressed_tensors_sparse.h). Once added, names() lists it instead of its
-  /// parts, info() gives `info` (dtype and shape as decoded; no byte range) and tensor() returns
-  /// `decode(*this)`. Readers only: the writers copy bytes, and refuse a checkpoint with any.
+  /// and pack-quantized formats, FP8 weights with block scales: hf/compressed_tensors_*.h,
+  /// hf/fp8_blocks.h); the first part may be the tensor itself, stored in another dtype. Once
+  /// added, names() lists it instead of its parts, info() gives `info` (dtype and shape as
+  /// decoded; no byte range) and tensor() returns `decode(*this)` (which reads the parts with
+  /// stored_tensor). Readers only: the writers copy, drop or rename the stored parts.
   struct Decoded {
     TensorInfo info;
     std::vector<std::string> parts;
@@ -165,6 +167,10 @@ class Checkpoint {
   void add_decoded(Decoded decoded);
   /// Tensors added by add_decoded.
   size_t decoded_count() const { return decoded_.size(); }
+  bool is_decoded(const std::string& name) const { return decoded_.count(name) == 1; }
+  /// A tensor as the files store it (a decoded tensor's part, or a tensor decoded under its own
+  /// name: its stored bytes), never decoded.
+  torch::Tensor stored_tensor(const std::string& name) const;
   /// The index's "metadata" object as JSON text ("{}" when not sharded).
   const std::string& index_metadata() const { return index_metadata_; }
 

@@ -94,20 +94,20 @@ same_eval "$work/ct_own" "$work/dense"
 same_eval "$work/bitmask50" "$work/dense50"
 "$cli" inspect "$work/bitmask50" | grep -q 'sparsified: wanda 50% unstructured'
 
-# The writers copy bytes: a sparse-format source is refused, saying so.
+# Zeroing experts (--router keep) would need dense weights: a sparse-format source is refused.
 if "$cli" prune --finetuned "$work/ct" --criterion random --experts-per-layer 2 --router keep \
   --out "$work/ct_pruned" > "$work/prune.log" 2>&1; then
   echo "moeprune prune wrote from a sparse-24-bitmask folder" >&2
   exit 1
 fi
-grep -q 'writes only from dense checkpoints' "$work/prune.log" || { cat "$work/prune.log" >&2; exit 1; }
+grep -q 'writes new or zeroed weights only from dense checkpoints' "$work/prune.log" || { cat "$work/prune.log" >&2; exit 1; }
 # sparsify and merge refuse it before calibrating (no layer table printed).
 refuses_sparse_source() {
   if "$cli" "$@" > "$work/refused.log" 2>&1; then
     echo "moeprune $1 wrote from a sparse-24-bitmask folder" >&2
     exit 1
   fi
-  grep -q 'writes only from dense checkpoints' "$work/refused.log" ||
+  grep -q 'writes new or zeroed weights only from dense checkpoints' "$work/refused.log" ||
     { cat "$work/refused.log" >&2; exit 1; }
   if grep -q 'block_sparse_moe' "$work/refused.log"; then
     echo "moeprune $1 calibrated before refusing" >&2
