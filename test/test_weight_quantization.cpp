@@ -237,4 +237,103 @@ TEST_CASE("quantisation refuses unsupported schemes and a singular Hessian") {
       Catch::Contains("not positive definite"));
 }
 
+// AWQ as llm-awq states it, on the tokens themselves (no Gram matrix): for each alpha, s from
+// the tokens' mean |x|, the weight W diag(s) rounded to nearest and divided back, the output error
+// summed over tokens; then, on the chosen scaled weight and the tokens x / s, each row's group
+// clipped to the shrink whose partial output is closest; ties go to the first.
+struct NaiveAWQ {
+  double ratio = 0.0;
+  torch::Tensor scales, weight;
+};
+NaiveAWQ naive_awq(const torch::Tensor& W, const torch::Tensor& X, const cm::QuantScheme& scheme,
+                   int64_t grid, double max_shrink, bool clip) {
+  const auto rtn = [](const torch::Tensor& w, const cm::QuantScheme& s) {
+    return cm::rtn_quantize(w, s).dequantize(torch::kFloat);
+  };
+  const auto mean_abs = X.abs().mean(0).to(torch::kFloat);
+  NaiveAWQ out;
+  double best = 1e300;
+  for (int64_t i = 0; i < grid; ++i) {
+    const double ratio = static_cast<double>(i) / static_cast<double>(grid);
+    auto s = mean_abs.pow(ratio).clamp_min(1e-4);
+    s = s / (s.max() * s.min()).sqrt();
+    const auto q = rtn(W * s, scheme) / s;
+    double error = 0.0;
+    for (int64_t t = 0; t < X.size(0); ++t) {
+      const auto x = X[t].to(torch::kDouble);
+      error +=
+          (q.to(torch::kDouble).mv(x) - W.to(torch::kDouble).mv(x)).square().sum().item<double>();
+    }
+    if (error < best) {
+      best = error;
+      out.ratio = ratio;
+      out.scales = s;
+    }
+  }
+  auto Ws = W * out.scales;
+  const auto Xs = X.to(torch::kDouble) / out.scales.to(torch::kDouble);
+  const int64_t cols = W.size(1), gs = scheme.group_size() == 0 ? cols : scheme.group_size();
+  const auto per_row = cm::QuantScheme(scheme).group_size(0);
+  if (clip) {
+    for (int64_t r = 0; r < W.size(0); ++r) {
+      for (int64_t g = 0; g < cols / gs; ++g) {
+        const auto w = Ws[r].narrow(0, g * gs, gs).clone();
+        const auto x = Xs.narrow(1, g * gs, gs);
+        const double top = w.abs().max().item<double>();
+        double best_error = 1e300, best_max = top;
+        for (int64_t i = 0; i < static_cast<int64_t>(max_shrink * grid); ++i) {
+          const double m = top * (1.0 - static_cast<double>(i) / static_cast<double>(grid));
+          const auto c = w.clamp(-m, m);
+          const auto q = rtn(c.unsqueeze(0), per_row)[0];
+          const double e = (x.mv(q.to(torch::kDouble)) - x.mv(w.to(torch::kDouble)))
+                               .square()
+                               .sum()
+                               .item<double>();
+          if (e < best_error) {
+            best_error = e;
+            best_max = m;
+          }
+        }
+        Ws[r].narrow(0, g * gs, gs).copy_(w.clamp(-best_max, best_max));
+      }
+    }
+  }
+  out.weight = rtn(Ws, scheme) / out.scales;
+  return out;
+}
+
+TEST_CASE("AWQ's scales and clipping equal a naive search on the tokens") {
+  torch::manual_seed(13);
+  // Inputs of very different magnitudes (what AWQ's scales are for), and an outlier weight.
+  const auto X = torch::randn({64, 16}) * torch::linspace(0.05, 4.0, 16);
+  auto W = torch::randn({6, 16});
+  W[2][3] = 9.0f;
+  const auto gram = X.to(torch::kDouble).t().mm(X.to(torch::kDouble));
+  const auto mean_abs = X.abs().mean(0);
+  for (const auto& scheme : {cm::QuantScheme().bits(4).group_size(8),
+                             cm::QuantScheme().bits(3).group_size(0).symmetric(false)}) {
+    for (const bool clip : {false, true}) {
+      INFO(scheme.describe() << (clip ? " clip" : ""));
+      const auto naive = naive_awq(W, X, scheme, 20, 0.5, clip);
+      const auto got = cm::awq(W, gram, mean_abs, scheme, cm::AWQOptions().clip(clip));
+      CHECK(got.ratio == naive.ratio);
+      CHECK(torch::allclose(got.input_scales, naive.scales, 1e-6, 0));
+      CHECK(torch::allclose(got.weight, naive.weight, 1e-5, 1e-6));
+      CHECK(torch::allclose(got.quantized.dequantize() / got.input_scales, got.weight, 1e-6, 1e-7));
+    }
+  }
+  // Its output error is below RTN's here (the inputs' magnitudes span 80x).
+  const auto error = [&](const torch::Tensor& q) {
+    const auto d = (q - W).to(torch::kDouble);
+    return d.mm(gram).mul(d).sum().item<double>();
+  };
+  const auto scheme = cm::QuantScheme().bits(3).group_size(8);
+  CHECK(error(cm::awq(W, gram, mean_abs, scheme).weight) <
+        error(cm::rtn_quantize(W, scheme).dequantize()));
+  CHECK_THROWS_WITH(cm::awq(W, gram, mean_abs.narrow(0, 0, 4), scheme),
+                    Catch::Contains("mean magnitudes should be [16]"));
+  CHECK_THROWS_WITH(cm::awq(W, gram, mean_abs, scheme, cm::AWQOptions().max_shrink(1.0)),
+                    Catch::Contains("max_shrink should be in [0, 1)"));
+}
+
 }  // namespace weight_quantization_test

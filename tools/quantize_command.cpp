@@ -1,4 +1,4 @@
-// moeprune quantize: RTN or GPTQ weight-only quantisation of every expert of a checkpoint (the
+// moeprune quantize: RTN, GPTQ or AWQ weight-only quantisation of every expert of a checkpoint (the
 // Unified seed's Expert Slimming, second part), and with --targets of its attention, shared
 // experts and dense MLPs. Calibration streams through the model one decoder layer at a time as
 // for sparsify; the folder holds the dequantised weights in the checkpoint's own dtype (every
@@ -25,7 +25,7 @@ struct QuantizeArgs {
   TokenSource calibration;
   SlimmingArgs slimming;
   int64_t samples = 8, seq_len = 512, batch_size = 4, bits = 4, group_size = 128;
-  bool asymmetric = false, act_order = false, static_groups = false;
+  bool asymmetric = false, act_order = false, static_groups = false, no_clip = false;
 };
 
 int run_quantize(const QuantizeArgs& args) {
@@ -38,11 +38,10 @@ int run_quantize(const QuantizeArgs& args) {
       .scheme(
           cm::QuantScheme().bits(args.bits).group_size(args.group_size).symmetric(!args.asymmetric))
       .gptq(cm::GPTQOptions().act_order(args.act_order).static_groups(args.static_groups))
+      .awq(cm::AWQOptions().clip(!args.no_clip))
       .calibration(args.slimming.options());
-  const bool gptq = options.method() == cm::QuantMethod::kGPTQ;
-  TORCH_CHECK(!gptq || !args.calibration.path.empty(),
-              "--method gptq needs --calibration (text "
-              "or token ids)");
+  TORCH_CHECK(options.method() == cm::QuantMethod::kRTN || !args.calibration.path.empty(),
+              "--method ", args.method, " needs --calibration (text or token ids)");
   const auto start = std::chrono::steady_clock::now();
   const moeprune::lm::CheckpointLayers model(
       args.checkpoint, moeprune::lm::LoadOptions().dtype(parse_dtype(args.slimming.dtype)));
@@ -148,12 +147,13 @@ Runner add_quantize(CLI::App& app) {
   auto args = std::make_shared<QuantizeArgs>();
   auto* command = app.add_subcommand(
       "quantize",
-      "Quantise the experts' weights (RTN or GPTQ; 2-8 bits, group-wise), and with --targets the "
+      "Quantise the experts' weights (RTN, GPTQ or AWQ; 2-8 bits, group-wise), and with --targets "
+      "the "
       "attention, shared experts and dense MLPs, and write a checkpoint folder: dequantised "
       "weights, or packed (--format compressed-tensors)");
   command->add_option("checkpoint", args->checkpoint, "Checkpoint folder")->required();
-  command->add_option("--method", args->method, "gptq or rtn")
-      ->check(CLI::IsMember({"gptq", "rtn"}))
+  command->add_option("--method", args->method, "gptq, awq or rtn")
+      ->check(CLI::IsMember({"gptq", "awq", "rtn"}))
       ->capture_default_str();
   command->add_option("--bits", args->bits, "Bits per weight: 2, 3, 4 or 8")->capture_default_str();
   command
@@ -164,6 +164,7 @@ Runner add_quantize(CLI::App& app) {
   command->add_flag("--act-order", args->act_order, "GPTQ: columns by decreasing Hessian diagonal");
   command->add_flag("--static-groups", args->static_groups,
                     "GPTQ with --act-order: group scales from the original weights");
+  command->add_flag("--no-clip", args->no_clip, "AWQ: the input scales alone (no clipping search)");
   add_calibration_options(command, args->calibration, args->samples, args->seq_len,
                           args->batch_size, "for GPTQ's Hessians (not needed for rtn)");
   args->slimming.add_options(command, "quantise");

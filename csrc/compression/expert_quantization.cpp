@@ -12,25 +12,43 @@ namespace moeprune::compression {
 QuantMethod parse_quant_method(const std::string& name) {
   if (name == "rtn") return QuantMethod::kRTN;
   if (name == "gptq") return QuantMethod::kGPTQ;
-  TORCH_CHECK(false, "unknown quantisation method '", name, "': rtn or gptq");
+  if (name == "awq") return QuantMethod::kAWQ;
+  TORCH_CHECK(false, "unknown quantisation method '", name, "': rtn, gptq or awq");
 }
 
 std::string to_string(QuantMethod method) {
-  return method == QuantMethod::kRTN ? "rtn" : "gptq";
+  switch (method) {
+    case QuantMethod::kRTN:
+      return "rtn";
+    case QuantMethod::kGPTQ:
+      return "gptq";
+    case QuantMethod::kAWQ:
+      return "awq";
+  }
+  TORCH_CHECK(false, "unknown quantisation method");
 }
 
 sparsity_detail::LinearTransform sparsity_detail::quantization_transform(
     const QuantizeOptions& options, QuantizedWeights* keep) {
-  const bool gptq = options.method() == QuantMethod::kGPTQ;
+  const auto method = options.method();
   const auto scheme = options.scheme();
   const auto gptq_options = options.gptq();
-  return [gptq, scheme, gptq_options, keep](const torch::Tensor& w,
-                                            const Calibration* c) -> torch::Tensor {
+  const auto awq_options = options.awq();
+  TORCH_CHECK(method != QuantMethod::kAWQ || keep == nullptr,
+              "awq: its codes stand for W diag(s) and need the input scales folded into the "
+              "previous operation to be stored; moeprune stores AWQ's result dequantised");
+  return [method, scheme, gptq_options, awq_options, keep](const torch::Tensor& w,
+                                                           const Calibration* c) -> torch::Tensor {
     QuantizedWeight quantized;
     torch::Tensor weight;
-    if (gptq) {
+    if (method == QuantMethod::kGPTQ) {
       TORCH_CHECK(c != nullptr, "gptq needs calibration inputs");
       auto result = compression::gptq(w, c->stats.gram(), scheme, gptq_options);
+      quantized = std::move(result.quantized);
+      weight = std::move(result.weight);
+    } else if (method == QuantMethod::kAWQ) {
+      TORCH_CHECK(c != nullptr, "awq needs calibration inputs");
+      auto result = compression::awq(w, c->stats.gram(), c->stats.mean_abs(), scheme, awq_options);
       quantized = std::move(result.quantized);
       weight = std::move(result.weight);
     } else {
@@ -77,8 +95,9 @@ SparsityReport quantize(const MoEView& view, const QuantizeOptions& options,
       if (targets.wants(entry.role)) check_inputs(entry.linear->weight.size(1), entry.name);
     }
   }
-  TORCH_CHECK(options.method() != QuantMethod::kGPTQ || view.has_calibration(),
-              "quantize: gptq needs calibration data and the MoE view has none");
+  TORCH_CHECK(options.method() == QuantMethod::kRTN || view.has_calibration(),
+              "quantize: ", to_string(options.method()),
+              " needs calibration data and the MoE view has none");
   return sparsity_detail::slim(view, calibration, sparsity_detail::quantization_transform(options),
                                on_layer, on_linears);
 }

@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <limits>
 #include <optional>
 #include <tuple>
 #include <utility>
@@ -231,6 +232,82 @@ GPTQResult gptq(const torch::Tensor& weight, const torch::Tensor& gram, const Qu
     out.g_idx = position.div(gs, "floor").to(torch::kInt);
   }
   result.weight = Q.to(weight.scalar_type());
+  return result;
+}
+
+AWQResult awq(const torch::Tensor& weight, const torch::Tensor& gram, const torch::Tensor& mean_abs,
+              const QuantScheme& scheme, const AWQOptions& options) {
+  using namespace weight_quantization_detail;
+  check_weight(weight, scheme, "awq");
+  const int64_t rows = weight.size(0), cols = weight.size(1), gs = group_size_of(scheme, cols);
+  TORCH_CHECK(gram.dim() == 2 && gram.size(0) == cols && gram.size(1) == cols,
+              "awq: the inputs' Gram matrix should be [", cols, ", ", cols, "], got ",
+              gram.sizes());
+  TORCH_CHECK(mean_abs.dim() == 1 && mean_abs.size(0) == cols,
+              "awq: the inputs' mean magnitudes should be [", cols, "], got ", mean_abs.sizes());
+  TORCH_CHECK(options.grid() >= 1, "awq: grid should be >= 1, got ", options.grid());
+  TORCH_CHECK(options.max_shrink() >= 0.0 && options.max_shrink() < 1.0,
+              "awq: max_shrink should be in [0, 1), got ", options.max_shrink());
+  torch::NoGradGuard no_grad;
+  const auto W = weight.detach().to(torch::kCPU, torch::kFloat);
+  const auto G = gram.detach().to(torch::kCPU, torch::kDouble);
+  const auto m = mean_abs.detach().to(torch::kCPU, torch::kFloat);
+  // tr(D G D^T), the output error of the weight change D [r, n] on inputs whose Gram is G, per row.
+  const auto row_errors = [](const torch::Tensor& D, const torch::Tensor& g) {
+    const auto d = D.to(torch::kDouble);
+    return d.mm(g).mul(d).sum(1);
+  };
+  const auto fake_quantize = [&](const torch::Tensor& w, const QuantScheme& s) {
+    return rtn_quantize(w, s).dequantize(torch::kFloat);
+  };
+  // The scale search (auto_scale.py): the first alpha with the lowest error wins.
+  AWQResult result;
+  double best = std::numeric_limits<double>::infinity();
+  torch::Tensor scales;
+  for (int64_t i = 0; i < options.grid(); ++i) {
+    const double ratio = static_cast<double>(i) / static_cast<double>(options.grid());
+    auto s = m.pow(ratio).clamp_min(1e-4);
+    s = s / (s.max() * s.min()).sqrt();
+    const auto q = fake_quantize(W * s.unsqueeze(0), scheme) / s.unsqueeze(0);
+    const double error = row_errors(q - W, G).sum().item<double>();
+    if (error < best) {
+      best = error;
+      scales = s;
+      result.ratio = ratio;
+    }
+  }
+  auto Ws = W * scales.unsqueeze(0);
+  if (options.clip()) {
+    // The clipping search (auto_clip.py) on the scaled weight, whose inputs are x / s: per output
+    // row and group, the shrink of max|w| with the lowest error of the group's partial output.
+    const auto inv = (1.0 / scales.to(torch::kDouble));
+    const auto Gs = G * inv.unsqueeze(1) * inv.unsqueeze(0);
+    const auto per_row = QuantScheme(scheme).group_size(0);
+    const auto steps =
+        static_cast<int64_t>(options.max_shrink() * static_cast<double>(options.grid()));
+    for (int64_t g = 0; g < cols / gs; ++g) {
+      const auto w = Ws.narrow(1, g * gs, gs).clone();
+      const auto Gg = Gs.narrow(0, g * gs, gs).narrow(1, g * gs, gs);
+      const auto original = w.abs().amax(1, /*keepdim=*/true);
+      auto best_max = original.clone();
+      auto best_error =
+          torch::full({rows}, std::numeric_limits<double>::infinity(), torch::kDouble);
+      for (int64_t i = 0; i < std::max<int64_t>(steps, 1); ++i) {
+        const auto max_val =
+            original * (1.0 - static_cast<double>(i) / static_cast<double>(options.grid()));
+        const auto clipped = torch::max(torch::min(w, max_val), -max_val);
+        const auto error = row_errors(fake_quantize(clipped, per_row) - w, Gg);
+        const auto better = error < best_error;
+        best_error = torch::where(better, error, best_error);
+        best_max = torch::where(better.unsqueeze(1), max_val, best_max);
+      }
+      Ws.narrow(1, g * gs, gs).copy_(torch::max(torch::min(w, best_max), -best_max));
+    }
+  }
+  result.quantized = rtn_quantize(Ws, scheme);
+  result.input_scales = scales;
+  result.weight =
+      (result.quantized.dequantize(torch::kFloat) / scales.unsqueeze(0)).to(weight.scalar_type());
   return result;
 }
 

@@ -120,6 +120,7 @@ InputStatistics::InputStatistics(int64_t in_features, bool full)
   TORCH_CHECK(in_features >= 1, "InputStatistics: in_features should be >= 1, got ", in_features);
   sums_ = full ? torch::zeros({in_features, in_features}, torch::kDouble)
                : torch::zeros({in_features}, torch::kDouble);
+  abs_sums_ = torch::zeros({in_features}, torch::kDouble);
 }
 
 void InputStatistics::add(const torch::Tensor& x, const torch::Tensor& token_weights) {
@@ -135,8 +136,13 @@ void InputStatistics::add(const torch::Tensor& x, const torch::Tensor& token_wei
     const auto w = token_weights.detach().to(torch::kCPU, torch::kDouble);
     TORCH_CHECK(w.ge(0).all().item<bool>() && w.isfinite().all().item<bool>(),
                 "InputStatistics: token weights should be finite and >= 0");
+    abs_sums_.add_(xd.abs().mul(w.unsqueeze(1)).sum(0));
+    weight_sum_ += w.sum().item<double>();
     // sum_t w_t x_t x_t^T = (sqrt(w) x)^T (sqrt(w) x).
     xd = xd * w.sqrt().unsqueeze(1);
+  } else {
+    abs_sums_.add_(xd.abs().sum(0));
+    weight_sum_ += static_cast<double>(x.size(0));
   }
   if (full_) {
     sums_.addmm_(xd.t(), xd);
@@ -155,6 +161,10 @@ const torch::Tensor& InputStatistics::gram() const {
 
 torch::Tensor InputStatistics::column_norms() const {
   return (full_ ? sums_.diagonal() : sums_).clamp_min(0.0).sqrt();
+}
+
+torch::Tensor InputStatistics::mean_abs() const {
+  return weight_sum_ > 0.0 ? abs_sums_ / weight_sum_ : torch::zeros_like(abs_sums_);
 }
 
 torch::Tensor magnitude_mask(const torch::Tensor& weight, const SparsityPattern& pattern) {

@@ -16,6 +16,12 @@
 //   parameters are computed when its first column comes, from the weights updated so far;
 //   act-order takes the columns by decreasing H_jj (static groups: parameters from the original
 //   weights, by original column) and records each input's group in g_idx.
+// - AWQ (Lin et al. 2023, mit-han-lab/llm-awq auto_scale.py / auto_clip.py): input channel j is
+//   scaled by s_j = m_j^alpha / sqrt(max m^alpha min m^alpha), m_j the mean |x_j| over the
+//   calibration tokens, alpha the grid point i / n (i < n) whose RTN of W diag(s), applied to
+//   x / s, gives the lowest output error; then each output row's group of W diag(s) is clipped to
+//   the range (1 - i / n) max|w| (i < max_shrink n) with the lowest error of its partial output.
+//   The quantised weight stands for W diag(s); what it computes on x is Q diag(1/s) x.
 #include <torch/arg.h>
 #include <torch/types.h>
 
@@ -89,5 +95,33 @@ struct GPTQResult {
 /// reference does. Refuses a Hessian that is not positive definite after damping.
 GPTQResult gptq(const torch::Tensor& weight, const torch::Tensor& gram, const QuantScheme& scheme,
                 const GPTQOptions& options = {});
+
+struct AWQOptions {
+  /// Scale exponents alpha = i / grid, i = 0..grid-1, and clipping steps of 1 / grid (llm-awq's
+  /// n_grid).
+  TORCH_ARG(int64_t, grid) = 20;
+  /// The clipping search shrinks a group's range by at most this fraction (llm-awq: 0.5).
+  TORCH_ARG(double, max_shrink) = 0.5;
+  /// false: no clipping search (the scales alone).
+  TORCH_ARG(bool, clip) = true;
+};
+
+struct AWQResult {
+  /// The codes of the scaled, clipped weight W diag(s) and their group parameters.
+  QuantizedWeight quantized;
+  /// s [in] fp32: the input scales, folded into the previous operation when stored packed.
+  torch::Tensor input_scales;
+  /// What the quantised layer computes, as a weight: dequantize() diag(1/s), [out, in], in the
+  /// weight's dtype.
+  torch::Tensor weight;
+  /// The chosen exponent alpha.
+  double ratio = 0.0;
+};
+
+/// AWQ on weight [out, in] with its inputs' Gram matrix `gram` [in, in] (the output error of a
+/// weight change D is tr(D G D^T): the loss on the calibration tokens without them) and their
+/// mean |x| per input `mean_abs` [in] (InputStatistics::mean_abs).
+AWQResult awq(const torch::Tensor& weight, const torch::Tensor& gram, const torch::Tensor& mean_abs,
+              const QuantScheme& scheme, const AWQOptions& options = {});
 
 }  // namespace moeprune::compression

@@ -58,11 +58,15 @@ class InputStatistics {
   const torch::Tensor& gram() const;
   /// ||X_j||_2 over the (weighted) tokens, [in] fp64: Wanda's input norms.
   torch::Tensor column_norms() const;
+  /// The (weighted) mean of |x_j| over the tokens, [in] fp64: AWQ's activation magnitudes.
+  torch::Tensor mean_abs() const;
 
  private:
   int64_t in_features_ = 0;
   bool full_ = true;
-  torch::Tensor sums_;  // [in, in], or [in] when not full
+  torch::Tensor sums_;      // [in, in], or [in] when not full
+  torch::Tensor abs_sums_;  // [in]: sum_t w_t |x_t|
+  double weight_sum_ = 0.0;
   int64_t tokens_ = 0;
 };
 

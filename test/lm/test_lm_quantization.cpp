@@ -21,7 +21,8 @@ namespace cm = moeprune::compression;
 
 TEST_CASE("a streamed quantize of a checkpoint equals the in-memory one", "[lm][quantization]") {
   for (const std::string family : {"qwen2_moe", "deepseek"}) {
-    for (const auto method : {cm::QuantMethod::kGPTQ, cm::QuantMethod::kRTN}) {
+    for (const auto method :
+         {cm::QuantMethod::kGPTQ, cm::QuantMethod::kRTN, cm::QuantMethod::kAWQ}) {
       INFO(family << " " << cm::to_string(method));
       const std::string dir = lm_test::kFixtures + "/" + family;
       auto model = lm::load_causal_lm(dir);
@@ -41,7 +42,7 @@ TEST_CASE("a streamed quantize of a checkpoint equals the in-memory one", "[lm][
       const auto in_memory = cm::quantize(*view, options);
       const auto out = test::scratch_dir() + "/quant_" + family + "_" + cm::to_string(method);
       const auto result = lm::quantize_checkpoint(
-          checkpoint, method == cm::QuantMethod::kGPTQ ? calibration : torch::Tensor(), out,
+          checkpoint, method != cm::QuantMethod::kRTN ? calibration : torch::Tensor(), out,
           lm::QuantizeCheckpointOptions().quantize(options).batch_size(4).stream(
               lm::StreamOptions().scratch_dir(test::scratch_dir())));
       REQUIRE(result.layers.size() == in_memory.layers.size());
@@ -82,6 +83,15 @@ TEST_CASE("a streamed quantize refuses bad requests before writing", "[lm][quant
       lm::quantize_checkpoint(checkpoint, {}, out,
                               with(cm::QuantScheme().group_size(8), cm::QuantMethod::kGPTQ)),
       Catch::Contains("gptq needs calibration token ids"));
+  CHECK_THROWS_WITH(
+      lm::quantize_checkpoint(checkpoint, {}, out,
+                              with(cm::QuantScheme().group_size(8), cm::QuantMethod::kAWQ)),
+      Catch::Contains("awq needs calibration token ids"));
+  CHECK_THROWS_WITH(
+      lm::quantize_checkpoint(checkpoint, torch::zeros({1, 4}, torch::kLong), out,
+                              with(cm::QuantScheme().group_size(8), cm::QuantMethod::kAWQ)
+                                  .format(lm::QuantFormat::kCompressedTensors)),
+      Catch::Contains("moeprune writes AWQ dense (--format dense) for now"));
   CHECK_THROWS_WITH(
       lm::quantize_checkpoint(checkpoint, {}, out,
                               with(cm::QuantScheme().group_size(12), cm::QuantMethod::kRTN)),

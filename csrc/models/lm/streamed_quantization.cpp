@@ -35,6 +35,13 @@ std::string quantization_record(const compression::QuantizeOptions& options, Qua
     j["act_order"] = options.gptq().act_order();
     j["static_groups"] = options.gptq().static_groups();
     j["percdamp"] = options.gptq().percdamp();
+  }
+  if (options.method() == compression::QuantMethod::kAWQ) {
+    j["grid"] = options.awq().grid();
+    j["clip"] = options.awq().clip();
+    if (options.awq().clip()) j["max_shrink"] = options.awq().max_shrink();
+  }
+  if (options.method() != compression::QuantMethod::kRTN) {
     j["calibration"] = compression::to_string(c.calibration());
     j["router_weighted"] = c.router_weighted();
     j["min_tokens"] = c.min_tokens();
@@ -53,8 +60,14 @@ SparsifyCheckpointResult quantize_checkpoint(
   const auto sparsity = compression::sparsity_detail::quantization_calibration(q);
   TORCH_CHECK(write.sparse_format == hf::SparseFormat::kDense && !write.packed,
               "quantize_checkpoint: the format is QuantizeCheckpointOptions::format");
-  TORCH_CHECK(q.method() != compression::QuantMethod::kGPTQ || calibration.defined(),
-              "quantize_checkpoint: gptq needs calibration token ids");
+  TORCH_CHECK(q.method() == compression::QuantMethod::kRTN || calibration.defined(),
+              "quantize_checkpoint: ", compression::to_string(q.method()),
+              " needs calibration token ids");
+  TORCH_CHECK(
+      q.method() != compression::QuantMethod::kAWQ || options.format() == QuantFormat::kDense,
+      "quantize_checkpoint: AWQ's codes stand for the weights times its input scales, "
+      "which must be folded into the previous operation (the norm, the up projection) "
+      "to store them packed; moeprune writes AWQ dense (--format dense) for now");
   // The scales in the dtype the checkpoint stores its weights in (both formats hold that model).
   const auto& info = checkpoint.info();
   if (!info.layers.empty()) {
