@@ -3,7 +3,10 @@
 // - REAP scoring on calibration tokens and the pruned write (`moeprune prune --calibration`);
 //   results: bench/results/streamed_reap_qwen3_shape.json;
 // - with --sparsify METHOD:PATTERN (e.g. sparsegpt:2:4 wanda:0.5), each a `moeprune sparsify` run
-//   inside the experts instead; results: bench/results/streamed_sparsify_qwen3_shape.json.
+//   inside the experts instead; results: bench/results/streamed_sparsify_qwen3_shape.json;
+// - with --quantize METHOD:BITS:GROUP[:FORMAT] (e.g. gptq:4:128:compressed-tensors), each a
+//   `moeprune quantize` run of the experts; results:
+//   bench/results/streamed_quantize_qwen3_shape.json.
 //
 // The checkpoint has Qwen3-30B-A3B's real widths (d 2048, 128 experts of 768, top-8, 32 query /
 // 4 key-value heads of 128, vocabulary 151936) in bf16, with random weights (N(0, 1/fan-in);
@@ -55,7 +58,7 @@ int main(int argc, char** argv) {
   std::string work = "bench-streamed", cli = "build/tools/moeprune",
               json_out = "bench/results/streamed_reap_qwen3_shape.json";
   int64_t layers = 0, samples = 8, seq_len = 512, pruned = 64, slabs = 4;
-  std::vector<std::string> sparsify;
+  std::vector<std::string> sparsify, quantize;
   bool keep = false;
   app.add_option("--work", work, "Scratch folder (removed at the end)")->capture_default_str();
   app.add_option("--cli", cli, "The moeprune command line")->capture_default_str();
@@ -66,12 +69,21 @@ int main(int argc, char** argv) {
   app.add_option("--sparsify", sparsify,
                  "Instead of pruning: `moeprune sparsify` runs, each METHOD:PATTERN "
                  "(sparsegpt:0.5, wanda:2:4, ...)");
+  app.add_option("--quantize", quantize,
+                 "Instead of pruning: `moeprune quantize` runs, each METHOD:BITS:GROUP[:FORMAT] "
+                 "(gptq:4:128:compressed-tensors, rtn:8:0, ...)");
   app.add_option("--json", json_out, "Result file")->capture_default_str();
   app.add_flag("--keep", keep, "Keep the scratch folder");
   CLI11_PARSE(app, argc, argv);
-  if (!sparsify.empty() && app.count("--json") == 0) {
-    json_out = "bench/results/streamed_sparsify_qwen3_shape.json";
+  if (!sparsify.empty() && !quantize.empty()) {
+    fmt::print(stderr, "give --sparsify or --quantize, not both\n");
+    return 2;
   }
+  if (app.count("--json") == 0 && (!sparsify.empty() || !quantize.empty())) {
+    json_out = sparsify.empty() ? "bench/results/streamed_quantize_qwen3_shape.json"
+                                : "bench/results/streamed_sparsify_qwen3_shape.json";
+  }
+  const bool pruning = sparsify.empty() && quantize.empty();
 
   const auto src = work + "/src", out = work + "/pruned";
   if (std::system(("rm -rf '" + work + "' && mkdir -p '" + src + "'").c_str()) != 0) return 1;
@@ -84,8 +96,7 @@ int main(int argc, char** argv) {
     // The source and its pruned copy (experts kept: 128 - prune) or its sparse copy (as large),
     // with 3 GB to spare.
     const double per_layer =
-        layer_bytes *
-        (1.0 + (sparsify.empty() ? static_cast<double>(kExperts - pruned) / kExperts : 1.0));
+        layer_bytes * (1.0 + (pruning ? static_cast<double>(kExperts - pruned) / kExperts : 1.0));
     const double room = static_cast<double>(free_bytes(work)) - 2.0 * fixed_bytes - 3e9;
     layers = std::clamp<int64_t>(static_cast<int64_t>(room / per_layer), 1, kRealLayers);
   }
@@ -220,7 +231,7 @@ int main(int argc, char** argv) {
   };
 
   nlohmann::json j;
-  if (sparsify.empty()) {
+  if (pruning) {
     const auto m = measure({"prune", "--finetuned", src, "--criterion", "reap",
                             "--experts-per-layer", std::to_string(pruned), "--router", "cut"});
     if (!m) return 1;
@@ -256,6 +267,8 @@ int main(int argc, char** argv) {
         per_layer * kRealLayers / 60.0);
   } else {
     nlohmann::json runs = nlohmann::json::array();
+    // Each spec as the command's arguments and the fields its result row gets.
+    std::vector<std::pair<std::vector<std::string>, nlohmann::json>> specs;
     for (const auto& spec : sparsify) {
       const auto colon = spec.find(':');
       if (colon == std::string::npos) {
@@ -264,28 +277,52 @@ int main(int argc, char** argv) {
       }
       const auto method = spec.substr(0, colon), pattern = spec.substr(colon + 1);
       const bool nm = pattern.find(':') != std::string::npos;
-      const auto m =
-          measure({"sparsify", src, "--method", method, nm ? "--nm" : "--sparsity", pattern});
+      specs.push_back({{"sparsify", src, "--method", method, nm ? "--nm" : "--sparsity", pattern},
+                       {{"method", method}, {"pattern", pattern}}});
+    }
+    for (const auto& spec : quantize) {
+      std::vector<std::string> parts;
+      for (size_t at = 0;;) {
+        const auto colon = spec.find(':', at);
+        parts.push_back(spec.substr(at, colon - at));
+        if (colon == std::string::npos) break;
+        at = colon + 1;
+      }
+      if (parts.size() < 3 || parts.size() > 4) {
+        fmt::print(stderr, "--quantize {}: give METHOD:BITS:GROUP[:FORMAT], e.g. gptq:4:128\n",
+                   spec);
+        return 2;
+      }
+      const auto format = parts.size() == 4 ? parts[3] : std::string("dense");
+      specs.push_back({{"quantize", src, "--method", parts[0], "--bits", parts[1], "--group-size",
+                        parts[2], "--format", format},
+                       {{"method", parts[0]},
+                        {"bits", std::stoi(parts[1])},
+                        {"group_size", std::stoi(parts[2])},
+                        {"format", format}}});
+    }
+    for (const auto& [args, fields] : specs) {
+      const auto m = measure(args);
       if (!m) return 1;
       const double per_layer = m->run.seconds / static_cast<double>(layers);
-      runs.push_back({{"method", method},
-                      {"pattern", pattern},
-                      {"page_cache_dropped", m->dropped},
-                      {"seconds", m->run.seconds},
-                      {"seconds_per_layer", per_layer},
-                      {"peak_rss_mb", m->run.peak_rss_mb},
-                      {"gb_written", m->written / 1e9},
-                      {"extrapolated_48_layers_minutes", per_layer * kRealLayers / 60.0}});
+      auto row = fields;
+      row.update({{"page_cache_dropped", m->dropped},
+                  {"seconds", m->run.seconds},
+                  {"seconds_per_layer", per_layer},
+                  {"peak_rss_mb", m->run.peak_rss_mb},
+                  {"gb_written", m->written / 1e9},
+                  {"extrapolated_48_layers_minutes", per_layer * kRealLayers / 60.0}});
+      runs.push_back(row);
       fmt::print(
-          "{} {} on {} layers ({:.1f} GB): {:.1f} s ({:.1f} s/layer), peak RSS {:.0f} MB; 48 "
-          "layers: ~{:.0f} min at the same peak\n",
-          method, pattern, layers, checkpoint_gb, m->run.seconds, per_layer, m->run.peak_rss_mb,
-          per_layer * kRealLayers / 60.0);
+          "{} on {} layers ({:.1f} GB): {:.1f} s ({:.1f} s/layer), peak RSS {:.0f} MB, wrote "
+          "{:.2f} GB; 48 layers: ~{:.0f} min at the same peak\n",
+          fmt::join(args.begin() + 2, args.end(), " "), layers, checkpoint_gb, m->run.seconds,
+          per_layer, m->run.peak_rss_mb, m->written / 1e9, per_layer * kRealLayers / 60.0);
       std::fflush(stdout);
     }
-    j = {{"benchmark",
-          "moeprune sparsify inside the experts, each expert calibrated on its routed tokens "
-          "(layer-streamed, sequential)"},
+    j = {{"benchmark", std::string(sparsify.empty() ? "moeprune quantize" : "moeprune sparsify") +
+                           " inside the experts, each expert calibrated on its routed tokens "
+                           "(layer-streamed, sequential)"},
          {"machine", bench::machine_info()},
          {"model", model},
          {"calibration_tokens", samples * seq_len},
@@ -297,7 +334,9 @@ int main(int argc, char** argv) {
           "time grows with the layers; peak memory is one decoder layer, its captured inputs, "
           "one expert's Gram matrices and the activations, so it does not"},
          {"peer",
-          {{"what", "llm-compressor and the Wanda/SparseGPT references load the model whole"},
+          {{"what", sparsify.empty()
+                        ? "llm-compressor and GPTQModel/AutoAWQ load the model whole"
+                        : "llm-compressor and the Wanda/SparseGPT references load the model whole"},
            {"weights_gb_bf16", real_gb}}}};
   }
   moeprune::io::write_file_atomically(json_out, j.dump(2) + "\n");

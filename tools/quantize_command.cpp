@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "slimming_table.h"
 
 namespace cli {
 namespace {
@@ -54,42 +55,10 @@ int run_quantize(const QuantizeArgs& args) {
   }
   fmt::print("{} {} in {} ({} decoder layers)\n", args.method, options.scheme().describe(),
              options.calibration().targets().describe(), model.num_layers());
-  fmt::print("{:<36} {:<14} {:>10} {:>11} {:>7}\n", "layer", "weights", "rel.error", "fewest tok",
-             "seconds");
-  const auto error_text = [](double e) {
-    return std::isnan(e) ? std::string("-") : fmt::format("{:.4f}", e);
-  };
-  nlohmann::json rows = nlohmann::json::array();
-  const auto on_layer = [&](const cm::LayerSparsityReport& r) {
-    int64_t fewest = -1;
-    for (const auto n : r.routed_tokens) fewest = fewest < 0 ? n : std::min(fewest, n);
-    fmt::print("{:<36} {:<14} {:>10} {:>11} {:>7.1f}\n", r.name, "experts",
-               error_text(r.relative_error), fewest < 0 ? std::string("-") : std::to_string(fewest),
-               r.seconds);
-    std::fflush(stdout);
-    nlohmann::json j{{"module", r.name},
-                     {"weights", "experts"},
-                     {"routed_tokens", r.routed_tokens},
-                     {"fell_back", r.fell_back},
-                     {"seconds", r.seconds}};
-    j["relative_error"] =
-        std::isnan(r.relative_error) ? nlohmann::json() : nlohmann::json(r.relative_error);
-    rows.push_back(std::move(j));
-  };
-  const auto on_linears = [&](const cm::LinearSparsityReport& r) {
-    fmt::print("{:<36} {:<14} {:>10} {:>11} {:>7.1f}\n", r.name, moeprune::to_string(r.role),
-               error_text(r.relative_error), r.tokens > 0 ? std::to_string(r.tokens) : "-",
-               r.seconds);
-    std::fflush(stdout);
-    nlohmann::json j{{"module", r.name},
-                     {"weights", moeprune::to_string(r.role)},
-                     {"linears", r.linears},
-                     {"tokens", r.tokens},
-                     {"seconds", r.seconds}};
-    j["relative_error"] =
-        std::isnan(r.relative_error) ? nlohmann::json() : nlohmann::json(r.relative_error);
-    rows.push_back(std::move(j));
-  };
+  // The zeros column: weights whose code dequantises to 0.
+  SlimmingTable table("zeros");
+  const auto on_layer = [&](const cm::LayerSparsityReport& r) { table.layer(r); };
+  const auto on_linears = [&](const cm::LinearSparsityReport& r) { table.linears(r); };
   LazyBar write_bar("writing", "MB");
   const auto write_progress = write_bar.callback();
   moeprune::hf::WriteOptions wo;
@@ -127,7 +96,8 @@ int run_quantize(const QuantizeArgs& args) {
         {"checkpoint", args.checkpoint},
         {"out", args.out},
         {"record", nlohmann::json::parse(moeprune::lm::quantization_record(options, format))},
-        {"layers", rows},
+        {"layers", table.layers()},
+        {"linears", table.linear_groups()},
         {"bytes_written", result.report.bytes_written},
         {"seconds", seconds},
         {"peak_rss_mb", peak_rss_mb()}};

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "slimming_table.h"
 
 namespace cli {
 namespace {
@@ -87,54 +88,9 @@ int run_sparsify(const SparsifyArgs& args) {
                options.pattern().describe(), roles, model.num_layers());
   }
 
-  // Per layer: the zeros reached, the relative output error on the calibration tokens, the
-  // fewest tokens an expert was routed, and how many experts fell below --min-tokens (dense
-  // layers: the tokens that reached them).
-  fmt::print("{:<36} {:<14} {:>9} {:>10} {:>11} {:>9} {:>7}\n", "layer", "weights", "sparsity",
-             "rel.error", "fewest tok", "fell back", "seconds");
-  const auto error_text = [](double e) {
-    return std::isnan(e) ? std::string("-") : fmt::format("{:.4f}", e);
-  };
-  nlohmann::json layers = nlohmann::json::array();
-  const auto on_layer = [&](const cm::LayerSparsityReport& r) {
-    int64_t fewest = -1, fell = 0;
-    for (size_t i = 0; i < r.routed_tokens.size(); ++i) {
-      fewest = fewest < 0 ? r.routed_tokens[i] : std::min(fewest, r.routed_tokens[i]);
-      fell += r.fell_back[i] ? 1 : 0;
-    }
-    fmt::print("{:<36} {:<14} {:>8.2f}% {:>10} {:>11} {:>9} {:>7.1f}\n", r.name, "experts",
-               100.0 * r.sparsity(), error_text(r.relative_error),
-               fewest < 0 ? std::string("-") : std::to_string(fewest), fell, r.seconds);
-    std::fflush(stdout);
-    nlohmann::json j{{"index", r.key},
-                     {"prefix", r.name},
-                     {"weights", r.weights},
-                     {"zeros", r.zeros},
-                     {"sparsity", r.sparsity()},
-                     {"experts", r.experts},
-                     {"routed_tokens", r.routed_tokens},
-                     {"fell_back", r.fell_back},
-                     {"layer_tokens", r.layer_tokens},
-                     {"seconds", r.seconds}};
-    // JSON has no NaN: no calibration, no error measured.
-    j["relative_error"] =
-        std::isnan(r.relative_error) ? nlohmann::json() : nlohmann::json(r.relative_error);
-    layers.push_back(std::move(j));
-  };
-  nlohmann::json linears = nlohmann::json::array();
-  const auto on_linears = [&](const cm::LinearSparsityReport& r) {
-    fmt::print("{:<36} {:<14} {:>8.2f}% {:>10} {:>11} {:>9} {:>7.1f}\n", r.name,
-               moeprune::to_string(r.role), 100.0 * r.sparsity(), error_text(r.relative_error),
-               r.tokens > 0 ? std::to_string(r.tokens) : "-", "", r.seconds);
-    std::fflush(stdout);
-    nlohmann::json j{
-        {"decoder_layer", r.block}, {"module", r.name},     {"role", moeprune::to_string(r.role)},
-        {"linears", r.linears},     {"weights", r.weights}, {"zeros", r.zeros},
-        {"sparsity", r.sparsity()}, {"tokens", r.tokens},   {"seconds", r.seconds}};
-    j["relative_error"] =
-        std::isnan(r.relative_error) ? nlohmann::json() : nlohmann::json(r.relative_error);
-    linears.push_back(std::move(j));
-  };
+  SlimmingTable table("sparsity");
+  const auto on_layer = [&](const cm::LayerSparsityReport& r) { table.layer(r); };
+  const auto on_linears = [&](const cm::LinearSparsityReport& r) { table.linears(r); };
   LazyBar write_bar("writing", "MB");
   const auto write_progress = write_bar.callback();
   moeprune::hf::WriteOptions wo;
@@ -178,8 +134,8 @@ int run_sparsify(const SparsifyArgs& args) {
     nlohmann::json j{{"checkpoint", args.checkpoint},
                      {"out", args.out},
                      {"record", nlohmann::json::parse(moeprune::lm::sparsity_record(options))},
-                     {"layers", layers},
-                     {"linears", linears},
+                     {"layers", table.layers()},
+                     {"linears", table.linear_groups()},
                      {"weights", weights},
                      {"zeros", zeros},
                      {"format", moeprune::hf::to_string(wo.sparse_format)},
