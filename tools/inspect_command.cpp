@@ -24,6 +24,7 @@ std::string stored_format_of(const std::string& dir) {
   const auto& q = c["quantization_config"];
   if (!q.is_object()) return "?";
   if (q.value("quant_method", std::string()) == "fp8") return "block-scaled FP8";
+  if (q.value("quant_method", std::string()) == "gptq") return "the GPTQ layout";
   const auto format = [](const nlohmann::json& f) {
     return "compressed-tensors' " + (f.is_string() ? f.get<std::string>() : "?") + " format";
   };

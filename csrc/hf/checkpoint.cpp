@@ -7,6 +7,7 @@
 #include "hf/describe.h"
 #include "hf/family.h"
 #include "hf/fp8_blocks.h"
+#include "hf/gptq_layout.h"
 
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
@@ -114,12 +115,13 @@ namespace {
 ModelInfo describe_config(const Config& config, const safetensors::Checkpoint& checkpoint) {
   ModelInfo info;
   info.model_type = config.text("model_type", "");
-  // compressed-tensors' sparse and pack-quantized formats and block-scaled FP8 are read when
-  // hf::Source has added their weights as decoded tensors (add_compressed_tensors_weights,
-  // add_pack_quantized_weights, add_fp8_block_weights); every other quantisation is refused.
+  // compressed-tensors' sparse and pack-quantized formats, block-scaled FP8 and the GPTQ layout
+  // are read when hf::Source has added their weights as decoded tensors; every other
+  // quantisation (AWQ's layout, bitsandbytes...) is refused.
   const bool decoded = (!detail::compressed_tensors_sparse_format(config).empty() ||
                         !detail::pack_quantized_groups(config).empty() ||
-                        detail::fp8_block_size(config).has_value()) &&
+                        detail::fp8_block_size(config).has_value() ||
+                        detail::gptq_layout(config).has_value()) &&
                        checkpoint.decoded_count() > 0;
   if (config.is_set("quantization_config") && !decoded) {
     // Quantised or compressed weights (GPTQ, AWQ, FP8, compressed-tensors' sparse formats)
@@ -135,9 +137,9 @@ ModelInfo describe_config(const Config& config, const safetensors::Checkpoint& c
     }
     TORCH_CHECK(false, config.path(), ": the checkpoint is stored quantised or compressed (",
                 "quantization_config: ", what,
-                "); moeprune reads dense checkpoints only: decompress it first (for "
-                "compressed-tensors: load it in transformers and save_pretrained without "
-                "compression)");
+                "); moeprune reads dense checkpoints, compressed-tensors' pack-quantized and sparse "
+                "formats, block-scaled FP8 and the GPTQ layout: decompress it first (load it in "
+                "transformers and save_pretrained without compression)");
   }
   const auto& family = family_of(info.model_type, config.path());
   auto refs = family.describe(config, checkpoint, info);

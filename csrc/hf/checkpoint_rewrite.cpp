@@ -261,7 +261,8 @@ std::string weight_module(const std::string& name) {
 void check_dense_source(const Source& source) {
   TORCH_CHECK(source.checkpoint().decoded_count() == 0, source.directory(),
               " stores its weights encoded (compressed-tensors' sparse or pack-quantized "
-              "formats, or block-scaled FP8); moeprune reads it, and cuts experts out of it (prune "
+              "formats, block-scaled FP8 or the GPTQ layout); moeprune reads it, and cuts experts "
+              "out of it (prune "
               "--router cut), but "
               "writes new or zeroed weights only from dense checkpoints: write it dense first "
               "(moeprune sparsify/quantize without --format, or transformers' save_pretrained)");

@@ -5,16 +5,18 @@
 #include "hf/config.h"
 #include "hf/describe.h"
 #include "hf/fp8_blocks.h"
+#include "hf/gptq_layout.h"
 
 namespace moeprune::hf {
 namespace {
 
-// describe() once weights stored in compressed-tensors' sparse or pack-quantized formats, or in
-// block-scaled FP8, read as dense ones.
+// describe() once weights stored in compressed-tensors' sparse or pack-quantized formats, in
+// block-scaled FP8 or in the GPTQ layout, read as dense ones.
 ModelInfo describe_decoded(const Config& config, safetensors::Checkpoint& checkpoint) {
   detail::add_compressed_tensors_weights(config, checkpoint);
   detail::add_pack_quantized_weights(config, checkpoint);
   detail::add_fp8_block_weights(config, checkpoint);
+  detail::add_gptq_weights(config, checkpoint);
   return detail::describe(config, checkpoint);
 }
 

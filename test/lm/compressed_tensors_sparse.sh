@@ -122,12 +122,12 @@ cp -r "$work/model" "$work/gptq"
 "$ct_python" -c 'import json, sys
 p = sys.argv[1] + "/config.json"
 c = json.load(open(p))
-c["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+c["quantization_config"] = {"quant_method": "awq", "bits": 4}
 json.dump(c, open(p, "w"))' "$work/gptq"
 if "$cli" inspect "$work/gptq" > "$work/gptq.log" 2>&1; then
-  echo "moeprune inspect read a GPTQ folder" >&2
+  echo "moeprune inspect read an AWQ folder" >&2
   exit 1
 fi
-grep -q 'stored quantised or compressed (quantization_config: gptq); moeprune reads dense' \
+grep -q 'stored quantised or compressed (quantization_config: awq); moeprune reads dense' \
   "$work/gptq.log" || { cat "$work/gptq.log" >&2; exit 1; }
 echo "compressed_tensors_sparse: all checks passed"
