@@ -380,7 +380,7 @@ TEST_CASE("GPTQ inside the experts quantises each on its routed tokens' Gram mat
                                  cm::QuantizeOptions().scheme(cm::QuantScheme().group_size(3))),
                     Catch::Contains("layer 0's expert gate/up projections has 8 inputs, not a "
                                     "whole number of groups of 3"));
-  CHECK_THROWS_WITH(cm::parse_quant_method("awq"), Catch::Contains("rtn or gptq"));
+  CHECK_THROWS_WITH(cm::parse_quant_method("hqq"), Catch::Contains("rtn, gptq or awq"));
 }
 
 }  // namespace expert_sparsity_test

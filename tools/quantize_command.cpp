@@ -3,7 +3,8 @@
 // experts and dense MLPs. Calibration streams through the model one decoder layer at a time as
 // for sparsify; the folder holds the dequantised weights in the checkpoint's own dtype (every
 // tool loads it and computes what the quantised model does), or with --format compressed-tensors
-// the packed codes and scales transformers (with compressed-tensors) and vLLM load.
+// the packed codes and scales transformers (with compressed-tensors) loads, in the layout
+// llm-compressor writes for vLLM.
 #include <moeprune/models/lm/streamed_quantization.h>
 
 #include <fmt/core.h>
@@ -87,8 +88,8 @@ int run_quantize(const QuantizeArgs& args) {
   } else {
     fmt::print(
         "the quantised weights are stored compressed-tensors pack-quantized ({}-bit codes in "
-        "int32 words, scales in the checkpoint's dtype): transformers with compressed-tensors "
-        "and vLLM load it\n",
+        "int32 words, scales in the checkpoint's dtype), as llm-compressor writes them: "
+        "transformers with compressed-tensors loads it\n",
         args.bits);
   }
   if (!args.json.empty()) {

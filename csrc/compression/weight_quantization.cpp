@@ -263,7 +263,8 @@ AWQResult awq(const torch::Tensor& weight, const torch::Tensor& gram, const torc
   // The scale search (auto_scale.py): the first alpha with the lowest error wins.
   AWQResult result;
   double best = std::numeric_limits<double>::infinity();
-  torch::Tensor scales;
+  // alpha = 0 (no scaling, RTN) unless a grid point is better (also when every error is NaN).
+  auto scales = torch::ones_like(m);
   for (int64_t i = 0; i < options.grid(); ++i) {
     const double ratio = static_cast<double>(i) / static_cast<double>(options.grid());
     auto s = m.pow(ratio).clamp_min(1e-4);

@@ -118,11 +118,11 @@ ModelInfo describe_config(const Config& config, const safetensors::Checkpoint& c
   // compressed-tensors' sparse and pack-quantized formats, block-scaled FP8 and the GPTQ layout
   // are read when hf::Source has added their weights as decoded tensors; every other
   // quantisation (AWQ's layout, bitsandbytes...) is refused.
-  const bool decoded = (!detail::compressed_tensors_sparse_format(config).empty() ||
-                        !detail::pack_quantized_groups(config).empty() ||
-                        detail::fp8_block_size(config).has_value() ||
-                        detail::gptq_layout(config).has_value()) &&
-                       checkpoint.decoded_count() > 0;
+  const bool decoded =
+      (!detail::compressed_tensors_sparse_format(config).empty() ||
+       !detail::pack_quantized_groups(config).empty() ||
+       detail::fp8_block_size(config).has_value() || detail::gptq_layout(config).has_value()) &&
+      checkpoint.decoded_count() > 0;
   if (config.is_set("quantization_config") && !decoded) {
     // Quantised or compressed weights (GPTQ, AWQ, FP8, compressed-tensors' sparse formats)
     // are not the dense tensors the families read: say what the file is rather than name a
@@ -135,11 +135,12 @@ ModelInfo describe_config(const Config& config, const safetensors::Checkpoint& c
     if (q.is_object() && q.contains("format") && q["format"].is_string()) {
       what += ", format " + q["format"].get<std::string>();
     }
-    TORCH_CHECK(false, config.path(), ": the checkpoint is stored quantised or compressed (",
-                "quantization_config: ", what,
-                "); moeprune reads dense checkpoints, compressed-tensors' pack-quantized and sparse "
-                "formats, block-scaled FP8 and the GPTQ layout: decompress it first (load it in "
-                "transformers and save_pretrained without compression)");
+    TORCH_CHECK(
+        false, config.path(), ": the checkpoint is stored quantised or compressed (",
+        "quantization_config: ", what,
+        "); moeprune reads dense checkpoints, compressed-tensors' pack-quantized and sparse "
+        "formats, block-scaled FP8 and the GPTQ layout: decompress it first (load it in "
+        "transformers and save_pretrained without compression)");
   }
   const auto& family = family_of(info.model_type, config.path());
   auto refs = family.describe(config, checkpoint, info);

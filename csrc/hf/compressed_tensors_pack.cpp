@@ -97,7 +97,8 @@ PackQuantized encode_pack_quantized(const torch::Tensor& codes, const torch::Ten
 }
 
 torch::Tensor decode_pack_quantized(const PackQuantized& parts, int64_t bits, bool symmetric,
-                                    torch::Dtype dtype, const std::string& name) {
+                                    torch::Dtype dtype, const std::string& name,
+                                    int64_t group_size) {
   TORCH_CHECK(parts.weight_shape.defined() && parts.weight_shape.numel() == 2, name,
               ": weight_shape should hold rows and cols");
   const auto shape = parts.weight_shape.to(torch::kLong);
@@ -116,6 +117,10 @@ torch::Tensor decode_pack_quantized(const PackQuantized& parts, int64_t bits, bo
                     g.max().item<int64_t>() < groups,
                 name, ": weight_g_idx should give each of the ", cols, " inputs a group below ",
                 groups);
+  } else if (group_size > 0) {
+    TORCH_CHECK((cols + group_size - 1) / group_size == groups, name, ": ", groups,
+                " groups of scales for ", cols, " inputs in groups of ", group_size);
+    g = torch::arange(cols, torch::kLong).div(group_size, "floor");
   } else {
     TORCH_CHECK(cols % groups == 0, name, ": ", groups, " groups do not divide ", cols, " inputs");
     g = torch::arange(cols, torch::kLong).div(cols / groups, "floor");
@@ -131,15 +136,17 @@ torch::Tensor decode_pack_quantized(const PackQuantized& parts, int64_t bits, bo
 }
 
 nlohmann::ordered_json pack_quantized_config(const PackedQuantization& scheme,
-                                             const std::vector<std::string>& targets) {
+                                             const std::vector<std::string>& ignore) {
   check_bits(scheme.bits, "pack_quantized_config");
   TORCH_CHECK(scheme.group_size >= 0, "pack_quantized_config: group_size should be >= 0, got ",
               scheme.group_size);
   TORCH_CHECK(scheme.actorder.empty() || scheme.actorder == "group" || scheme.actorder == "weight",
               "pack_quantized_config: actorder should be \"\", \"group\" or \"weight\", got \"",
               scheme.actorder, "\"");
-  TORCH_CHECK(!targets.empty(), "pack_quantized_config: no targets");
   const bool grouped = scheme.group_size > 0;
+  TORCH_CHECK(grouped || scheme.actorder.empty(),
+              "pack_quantized_config: actorder needs groups (compressed-tensors refuses it with "
+              "one scale per row)");
   const auto null = nlohmann::ordered_json();
   nlohmann::ordered_json weights{
       {"actorder", scheme.actorder.empty() ? null : nlohmann::ordered_json(scheme.actorder)},
@@ -157,12 +164,12 @@ nlohmann::ordered_json pack_quantized_config(const PackedQuantization& scheme,
   nlohmann::ordered_json group{{"format", "pack-quantized"},
                                {"input_activations", null},
                                {"output_activations", null},
-                               {"targets", targets},
+                               {"targets", nlohmann::ordered_json::array({"Linear"})},
                                {"weights", weights}};
   return {{"config_groups", {{"group_0", group}}},
           {"format", "pack-quantized"},
           {"global_compression_ratio", null},
-          {"ignore", nlohmann::ordered_json::array()},
+          {"ignore", ignore},
           {"kv_cache_scheme", null},
           {"quant_method", "compressed-tensors"},
           {"quantization_status", "compressed"},

@@ -45,15 +45,18 @@ PackQuantized encode_pack_quantized(const torch::Tensor& codes, const torch::Ten
                                     const std::string& name);
 
 /// The dense weight [rows, cols] in `dtype` that `parts` stores (checked: shapes, dtypes and the
-/// groups agree with weight_shape).
+/// groups agree with weight_shape). Without g_idx input j is in group j / group_size
+/// (group_size 0: cols / groups, which must divide cols).
 torch::Tensor decode_pack_quantized(const PackQuantized& parts, int64_t bits, bool symmetric,
-                                    torch::Dtype dtype, const std::string& name);
+                                    torch::Dtype dtype, const std::string& name,
+                                    int64_t group_size = 0);
 
-/// config.json's "quantization_config" for a checkpoint whose modules `targets` (compressed-
-/// tensors target strings) hold weights stored pack-quantized with `scheme`: one config group, the
-/// fields compressed-tensors 0.14.0.1's QuantizationConfig serialises (weights only, int,
-/// minmax observer).
+/// config.json's "quantization_config" for a checkpoint whose linear modules hold weights stored
+/// pack-quantized with `scheme`, except the `ignore`d ones: one config group targeting "Linear",
+/// as llm-compressor writes it (vLLM's MoE paths look the scheme up under "Linear"), with the
+/// fields compressed-tensors 0.14.0.1's QuantizationConfig serialises (weights only, int, minmax
+/// observer).
 nlohmann::ordered_json pack_quantized_config(const PackedQuantization& scheme,
-                                             const std::vector<std::string>& targets);
+                                             const std::vector<std::string>& ignore);
 
 }  // namespace moeprune::hf::detail

@@ -4,25 +4,47 @@
 
 #include <torch/torch.h>
 
+#include <optional>
 #include <regex>
 
 namespace moeprune::hf::detail {
 namespace {
 
-// compressed-tensors' is_match on a module name: "re:" patterns with Python's re.match (anchored
-// at the start only), other targets the exact name, or the class every packed module is.
-bool target_matches(const std::string& target, const std::string& module) {
-  if (target.rfind("re:", 0) == 0) {
-    std::regex pattern;
+// One target or ignore entry, compiled once.
+struct Matcher {
+  std::string text;
+  std::optional<std::regex> pattern;
+  explicit Matcher(std::string entry) : text(std::move(entry)) {
+    if (text.rfind("re:", 0) != 0) return;
     try {
-      pattern = std::regex(target.substr(3));
+      pattern.emplace(text.substr(3));
     } catch (const std::regex_error& e) {
-      TORCH_CHECK(false, "quantization_config target \"", target,
+      TORCH_CHECK(false, "quantization_config target \"", text,
                   "\" is not a regular expression moeprune reads: ", e.what());
     }
-    return std::regex_search(module, pattern, std::regex_constants::match_continuous);
   }
-  return target == module || target == "Linear";
+  // compressed-tensors' is_match on a name: re.match (anchored at the start only), else the exact
+  // name, or the class every packed module is.
+  bool matches(const std::string& module) const {
+    if (pattern) {
+      return std::regex_search(module, *pattern, std::regex_constants::match_continuous);
+    }
+    return text == module || text == "Linear";
+  }
+};
+
+bool any_match(const std::vector<Matcher>& matchers, const std::string& module) {
+  for (const auto& m : matchers) {
+    if (m.matches(module)) return true;
+  }
+  return false;
+}
+
+std::vector<Matcher> compile(const std::vector<std::string>& entries) {
+  std::vector<Matcher> out;
+  out.reserve(entries.size());
+  for (const auto& e : entries) out.emplace_back(e);
+  return out;
 }
 
 }  // namespace
@@ -77,6 +99,8 @@ std::vector<PackedGroup> pack_quantized_groups(const Config& config) {
     TORCH_CHECK(group.bits >= 1 && group.bits <= 8, where, name, ".weights.num_bits is ",
                 group.bits, "; pack-quantized stores 1 to 8 bits");
     group.symmetric = w.value("symmetric", true);
+    group.act_order_groups = w.contains("actorder") && w["actorder"].is_string() &&
+                             (w["actorder"] == "group" || w["actorder"] == "dynamic");
     TORCH_CHECK(!w.contains("dynamic") || w["dynamic"] == false, where, name,
                 ".weights.dynamic is set: dynamic weight quantisation is not read");
     const auto strategy = w.contains("strategy") && w["strategy"].is_string()
@@ -95,12 +119,29 @@ std::vector<PackedGroup> pack_quantized_groups(const Config& config) {
     }
     groups.push_back(std::move(group));
   }
+  if (q.contains("ignore") && q["ignore"].is_array()) {
+    std::vector<std::string> ignore;
+    for (const auto& entry : q["ignore"]) {
+      TORCH_CHECK(entry.is_string(), config.path(),
+                  ": quantization_config.ignore should hold "
+                  "strings");
+      ignore.push_back(entry.get<std::string>());
+    }
+    for (auto& g : groups) g.ignore = ignore;
+  }
   return groups;
+}
+
+bool targets_module(const PackedGroup& group, const std::string& module) {
+  return any_match(compile(group.targets), module) && !any_match(compile(group.ignore), module);
 }
 
 int64_t add_pack_quantized_weights(const Config& config, safetensors::Checkpoint& checkpoint) {
   const auto groups = pack_quantized_groups(config);
   if (groups.empty()) return 0;
+  std::vector<std::vector<Matcher>> targets;
+  for (const auto& g : groups) targets.push_back(compile(g.targets));
+  const auto ignore = compile(groups.front().ignore);
   int64_t added = 0;
   for (const auto& name : checkpoint.names()) {
     const std::string suffix = ".weight_packed";
@@ -110,11 +151,8 @@ int64_t add_pack_quantized_weights(const Config& config, safetensors::Checkpoint
     }
     const auto module = name.substr(0, name.size() - suffix.size());
     const PackedGroup* group = nullptr;
-    for (const auto& g : groups) {
-      for (const auto& t : g.targets) {
-        if (target_matches(t, module)) group = &g;
-      }
-      if (group != nullptr) break;
+    for (size_t i = 0; i < groups.size() && group == nullptr; ++i) {
+      if (any_match(targets[i], module) && !any_match(ignore, module)) group = &groups[i];
     }
     TORCH_CHECK(group != nullptr, checkpoint.directory(), ": ", name,
                 " is stored pack-quantized but no config group of ", config.path(), " targets ",
@@ -127,6 +165,9 @@ int64_t add_pack_quantized_weights(const Config& config, safetensors::Checkpoint
                   ".weight needs ", part, ", which is missing");
     }
     const bool has_g_idx = checkpoint.contains(module + ".weight_g_idx");
+    TORCH_CHECK(has_g_idx || !group->act_order_groups, checkpoint.directory(), ": ", module,
+                " is quantised with ", group->name, "'s actorder \"group\", but ", module,
+                ".weight_g_idx (each input's group) is missing");
     if (has_g_idx) parts.push_back(module + ".weight_g_idx");
     TORCH_CHECK(!checkpoint.contains(module + ".weight"), checkpoint.directory(), ": ", module,
                 " holds both .weight and .weight_packed");
@@ -156,14 +197,16 @@ int64_t add_pack_quantized_weights(const Config& config, safetensors::Checkpoint
     const auto bits = group->bits;
     const bool symmetric = group->symmetric;
     const auto dtype = scale.scalar_type;
-    d.decode = [module, bits, symmetric, has_g_idx, dtype](const safetensors::Checkpoint& c) {
+    const auto group_size = group->group_size;
+    d.decode = [module, bits, symmetric, has_g_idx, dtype,
+                group_size](const safetensors::Checkpoint& c) {
       PackQuantized p;
       p.weight_packed = c.tensor(module + ".weight_packed");
       p.weight_scale = c.tensor(module + ".weight_scale");
       p.weight_shape = c.tensor(module + ".weight_shape");
       if (!symmetric) p.weight_zero_point = c.tensor(module + ".weight_zero_point");
       if (has_g_idx) p.weight_g_idx = c.tensor(module + ".weight_g_idx");
-      return decode_pack_quantized(p, bits, symmetric, dtype, module);
+      return decode_pack_quantized(p, bits, symmetric, dtype, module, group_size);
     };
     checkpoint.add_decoded(std::move(d));
     ++added;

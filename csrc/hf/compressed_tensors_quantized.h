@@ -22,8 +22,15 @@ struct PackedGroup {
   std::vector<std::string> targets;
   int64_t bits = 4;
   bool symmetric = true;
-  int64_t group_size = 0;  ///< inputs per scale; 0: one per output row (strategy "channel")
+  int64_t group_size = 0;         ///< inputs per scale; 0: one per output row (strategy "channel")
+  bool act_order_groups = false;  ///< actorder "group": each weight stores its g_idx
+  std::vector<std::string> ignore;  ///< the config's ignore list (modules left unquantised)
 };
+
+/// Whether `group` quantises `module` (a target matches and no ignore entry does), matching as
+/// compressed-tensors' is_match does on a name: "re:" patterns from the start of the name, other
+/// entries the exact name, or the class "Linear" (every module moeprune asks about is one).
+bool targets_module(const PackedGroup& group, const std::string& module);
 
 /// The groups of a compressed-tensors quantization_config whose weights are stored
 /// pack-quantized; empty for any other config. Refuses, naming the field and config.json, what

@@ -8,8 +8,9 @@ namespace {
 // Unsigned b-bit fields of int32 words `packed` along `dim`: [words * 32 / b] along it.
 torch::Tensor unpack_unsigned(const torch::Tensor& packed, int64_t bits, int64_t dim) {
   const int64_t per_word = 32 / bits;
-  const auto words = packed.to(torch::kLong).bitwise_and(0xFFFFFFFFLL);  // as unsigned
-  const auto shifts = torch::arange(0, 32, bits, torch::kLong);
+  // int32 shifts are arithmetic, but the mask keeps only the field's own bits.
+  const auto& words = packed;
+  const auto shifts = torch::arange(0, 32, bits, torch::kInt);
   auto fields = words.unsqueeze(dim + 1)
                     .bitwise_right_shift(dim == 0 ? shifts.view({1, per_word, 1})
                                                   : shifts.view({1, 1, per_word}))
@@ -45,6 +46,15 @@ std::optional<GPTQLayout> gptq_layout(const Config& config) {
   TORCH_CHECK(format == "gptq" || format == "gptq_v2", where, "checkpoint_format is \"", format,
               "\"; moeprune reads gptq and gptq_v2");
   layout.zero_offset = format == "gptq" ? 1 : 0;
+  // GPTQModel's per-module overrides and other word types would change the shapes read here.
+  TORCH_CHECK(!q.contains("dynamic") || q["dynamic"].is_null() || q["dynamic"].empty(), where,
+              "dynamic (per-module bits or group sizes) is set; moeprune reads one scheme for "
+              "every module");
+  const auto pack = q.contains("pack_dtype") && q["pack_dtype"].is_string()
+                        ? q["pack_dtype"].get<std::string>()
+                        : std::string("int32");
+  TORCH_CHECK(pack == "int32" || pack == "torch.int32", where, "pack_dtype is \"", pack,
+              "\"; moeprune reads int32 words");
   return layout;
 }
 

@@ -4,6 +4,7 @@
 #include <moeprune/hf/pruning.h>
 
 #include "hf/checkpoint_rewrite.h"
+#include "hf/compressed_tensors_quantized.h"
 #include "hf/config.h"
 #include "hf/family.h"
 
@@ -67,6 +68,37 @@ std::map<std::string, PrunedLayer> pruned_layers(const ModelInfo& info,
     out[ref.prefix] = std::move(p);
   }
   return out;
+}
+
+// A pack-quantized source cut: its quantization_config names the modules left dense (ignore)
+// by their old expert numbers, so each renumbered expert must stay on the side it was.
+void check_packed_renumbering(const Source& source,
+                              const std::map<std::string, PrunedLayer>& pruned) {
+  const auto groups = detail::pack_quantized_groups(source.config());
+  if (groups.empty()) return;
+  const auto& checkpoint = source.checkpoint();
+  for (const auto& [prefix, layer] : pruned) {
+    const auto& ref = *layer.ref;
+    const auto& family = family_of(ref.model_type);
+    const auto stem = family.expert_stem(ref);
+    for (size_t at = 0; at < layer.kept.size(); ++at) {
+      const auto j = layer.kept[at];
+      for (const auto& name : family.expert_tensors(ref, j)) {
+        const auto module = detail::weight_module(name);
+        if (module.empty()) continue;
+        const bool packed = checkpoint.is_decoded(name);
+        const auto renamed =
+            stem + std::to_string(at) + module.substr(stem.size() + std::to_string(j).size());
+        bool targeted = false;
+        for (const auto& g : groups) targeted = targeted || detail::targets_module(g, renamed);
+        TORCH_CHECK(packed == targeted, source.directory(), ": cutting experts renumbers ", module,
+                    " to ", renamed, ", which its quantization_config ",
+                    targeted ? "expects pack-quantized" : "leaves dense", " while it is stored ",
+                    packed ? "packed" : "dense",
+                    "; prune before quantising, or keep the router rows of the dense source");
+      }
+    }
+  }
 }
 
 // The expert count config.json gets: a cut checkpoint must lose the same number everywhere.
@@ -141,6 +173,7 @@ WriteReport write_pruned_checkpoint(const Source& source, const pruning::Pruning
     }
   }
   const auto new_experts = new_expert_count(info, pruned, cut);
+  if (cut) check_packed_renumbering(source, pruned);
   return detail::write_folder(source, pruned, cut, out,
                               pruned_config(source, info, plan, pruned, cut, new_experts),
                               {{"pruning_plan.json", plan.to_json() + "\n"}}, options);

@@ -253,29 +253,38 @@ WriteReport write_sparsified_checkpoint(const Source& source,
     if (!modules.empty()) targets.push_back(modules_target(modules));
     config["quantization_config"] = detail::sparse24_quantization_config(targets, sparsity);
   }
-  // pack-quantized: the files hold every new weight's parts beside it.
+  // pack-quantized: the files hold every new weight's parts beside it; the config targets every
+  // Linear and ignores the modules left dense (llm-compressor's form).
   if (options.packed) {
+    std::set<std::string> packed;
     const auto check = [&](const safetensors::File& file, const std::string& name) {
       TORCH_CHECK(!detail::encoded_parts(file, detail::weight_module(name)).empty(), file.path(),
                   ": ", name, " has no pack-quantized parts (", detail::weight_module(name),
                   ".weight_packed ...) to write");
     };
     for (auto& [prefix, layer] : layers) {
-      for_each_expert_weight(layer, [&](int64_t, const std::string&, const std::string& from) {
+      for_each_expert_weight(layer, [&](int64_t, const std::string& own, const std::string& from) {
         check(*layer.merged, from);
+        packed.insert(detail::weight_module(own));
       });
       layer.encoded = layer.merged;
-      targets.push_back(experts_target(layer));
     }
     for (size_t i = 0; i < linears.size(); ++i) {
       const auto& file = files[experts.size() + i];
       for (const auto& name : linear_weights(file)) {
         check(file, name);
-        modules.push_back(detail::weight_module(name));
+        packed.insert(detail::weight_module(name));
       }
     }
-    if (!modules.empty()) targets.push_back(modules_target(modules));
-    config["quantization_config"] = detail::pack_quantized_config(*options.packed, targets);
+    std::vector<std::string> ignore;
+    for (const auto& name : source.checkpoint().names()) {
+      const auto module = detail::weight_module(name);
+      if (!module.empty() && source.checkpoint().info(name).shape.size() == 2 &&
+          packed.count(module) == 0) {
+        ignore.push_back(module);
+      }
+    }
+    config["quantization_config"] = detail::pack_quantized_config(*options.packed, ignore);
   }
   if (!config.contains("moeprune") || !config["moeprune"].is_object()) {
     config["moeprune"] = nlohmann::ordered_json::object();

@@ -67,7 +67,7 @@ struct PackedQuantization {
   int64_t group_size = 128;  ///< inputs per scale; 0: one per output row ("channel")
   bool symmetric = true;
   /// compressed-tensors' actorder: "" (none), "group" (act-order, each input's group in
-  /// X.weight_g_idx) or "weight" (act-order with static groups: no g_idx).
+  /// X.weight_g_idx) or "weight" (act-order with static groups: no g_idx); groups only.
   std::string actorder;
 };
 

@@ -26,7 +26,7 @@ namespace d = moeprune::hf::detail;
 // format pack-quantized unless it says otherwise, targeting `target`) and `tensors`.
 std::string folder(const std::string& name, const std::string& group, const std::string& target,
                    const std::map<std::string, torch::Tensor>& tensors) {
-  const auto dir = test::scratch_dir("moeprune-ct-quantized") + "/" + name;
+  const auto dir = test::scratch_dir("moeprune-ct-quantized") + "/ct-quantized-" + name;
   ::mkdir(dir.c_str(), 0755);
   moeprune::safetensors::save_file(dir + "/model.safetensors", tensors);
   std::ofstream(dir + "/config.json")
@@ -117,10 +117,34 @@ TEST_CASE("a pack-quantized folder the reader does not understand is refused by 
                  "group_size": 4})",
               packed_m()),
       Catch::Contains("pack-quantized m.weight needs m.weight_zero_point, which is missing"));
+  CHECK_THROWS_WITH(
+      refused("g_idx",
+              R"("weights": {"num_bits": 4, "strategy": "group", "group_size": 4,
+                 "actorder": "group"})",
+              packed_m()),
+      Catch::Contains("m is quantised with group_0's actorder \"group\", but m.weight_g_idx "
+                      "(each input's group) is missing"));
   auto both = packed_m();
   both["m.weight"] = torch::zeros({2, 8});
   CHECK_THROWS_WITH(refused("both", kW4g4, both),
                     Catch::Contains("m holds both .weight and .weight_packed"));
+}
+
+TEST_CASE("pack-quantized groups that do not divide the inputs decode by the group size",
+          "[compressed-tensors]") {
+  // 10 inputs in groups of 4: 3 scales, the last group 2 wide (cols / groups would say 3.33).
+  d::PackQuantized p;
+  p.weight_packed =
+      d::pack_int32(torch::tensor({1, 2, 3, 4, 1, 2, 3, 4, 1, 2}, torch::kChar).view({1, 10}), 4);
+  p.weight_scale = torch::tensor({1.f, 2.f, 4.f}).view({1, 3});
+  p.weight_shape = torch::tensor({1, 10}, torch::kInt);
+  CHECK(torch::equal(
+      d::decode_pack_quantized(p, 4, true, torch::kFloat, "m", 4),
+      torch::tensor({1.f, 2.f, 3.f, 4.f, 2.f, 4.f, 6.f, 8.f, 4.f, 8.f}).view({1, 10})));
+  CHECK_THROWS_WITH(d::decode_pack_quantized(p, 4, true, torch::kFloat, "m"),
+                    Catch::Contains("m: 3 groups do not divide 10 inputs"));
+  CHECK_THROWS_WITH(d::decode_pack_quantized(p, 4, true, torch::kFloat, "m", 3),
+                    Catch::Contains("m: 3 groups of scales for 10 inputs in groups of 3"));
 }
 
 }  // namespace compressed_tensors_quantized_test

@@ -41,7 +41,7 @@ torch::Tensor fp8_expected() {
 
 std::string folder(const std::string& name, const std::string& quantization,
                    const std::map<std::string, torch::Tensor>& tensors) {
-  const auto dir = test::scratch_dir("moeprune-fp8") + "/" + name;
+  const auto dir = test::scratch_dir("moeprune-fp8") + "/fp8-" + name;
   ::mkdir(dir.c_str(), 0755);
   moeprune::safetensors::save_file(dir + "/model.safetensors", tensors);
   std::ofstream(dir + "/config.json") << R"({"quantization_config": )" << quantization << "}";

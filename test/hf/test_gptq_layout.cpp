@@ -5,7 +5,13 @@
 #include <torch/torch.h>
 #include <catch2/catch.hpp>
 
+#include "../scratch_dir.h"
 #include "hf/gptq_layout.h"
+
+#include <sys/stat.h>
+
+#include <fstream>
+#include <string>
 
 namespace gptq_layout_test {
 
@@ -49,6 +55,32 @@ TEST_CASE("the GPTQ layout dequantises hand-packed words", "[gptq]") {
                     Catch::Contains("x.g_idx should give each of the 8 inputs a group below 2"));
   CHECK_THROWS_WITH(d::dequantize_gptq(qweight, qzeros, scales, {}, {4, 2, 1}, "x"),
                     Catch::Contains("x: 2 groups of scales for 8 inputs in groups of 2"));
+}
+
+TEST_CASE("a GPTQ config moeprune cannot read is refused by field", "[gptq]") {
+  const auto layout_of = [](const std::string& name, const std::string& quantization) {
+    const auto dir = test::scratch_dir("moeprune-gptq") + "/gptq-" + name;
+    ::mkdir(dir.c_str(), 0755);
+    std::ofstream(dir + "/config.json") << R"({"quantization_config": )" << quantization << "}";
+    return d::gptq_layout(moeprune::hf::Config(dir));
+  };
+  const auto ok = layout_of("ok", R"({"quant_method": "gptq", "bits": 4, "group_size": -1,
+                                      "checkpoint_format": "gptq_v2"})");
+  REQUIRE(ok.has_value());
+  CHECK(ok->group_size == 0);
+  CHECK(ok->zero_offset == 0);
+  CHECK_FALSE(layout_of("awq", R"({"quant_method": "awq", "bits": 4})").has_value());
+  CHECK_THROWS_WITH(layout_of("bits", R"({"quant_method": "gptq", "bits": 3})"),
+                    Catch::Contains("quantization_config.bits is 3"));
+  CHECK_THROWS_WITH(
+      layout_of("format", R"({"quant_method": "gptq", "bits": 4, "checkpoint_format": "marlin"})"),
+      Catch::Contains("checkpoint_format is \"marlin\"; moeprune reads gptq and gptq_v2"));
+  CHECK_THROWS_WITH(layout_of("dynamic", R"({"quant_method": "gptq", "bits": 4,
+                               "dynamic": {"+:.*down_proj": {"bits": 8}}})"),
+                    Catch::Contains("dynamic (per-module bits or group sizes) is set"));
+  CHECK_THROWS_WITH(
+      layout_of("pack", R"({"quant_method": "gptq", "bits": 4, "pack_dtype": "int16"})"),
+      Catch::Contains("pack_dtype is \"int16\"; moeprune reads int32 words"));
 }
 
 }  // namespace gptq_layout_test

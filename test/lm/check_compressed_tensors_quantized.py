@@ -9,8 +9,9 @@ dense, with the PyPI compressed-tensors package (0.14.0.1, scripts/compressed_te
   scheme needs X.weight_zero_point, X.weight_g_idx) decompresses, with compressed-tensors'
   PackedQuantizationCompressor, to DENSE's X.weight exactly, and its compressor on DENSE's weight
   with our scales and zero points gives our words;
-- the config's targets match exactly the modules stored packed (compressed-tensors' own
-  matching of "re:" targets by module name), and every other tensor equals DENSE's;
+- the config's targets and ignore list select exactly the modules stored packed
+  (compressed-tensors' own is_match on each module name as a Linear), and every other tensor
+  equals DENSE's;
 - with --expect N: N weights are stored packed.
 Exits 1 naming the first difference.
 """
@@ -76,16 +77,17 @@ def main():
                                            zero_point=zero, g_idx=data.get("weight_g_idx"))
         if not torch.equal(again["weight_packed"], data["weight_packed"]):
             fail(f"{m}: compressed-tensors' compressor gives other words for the dense weight")
-        if not is_match(m, module, scheme.targets):
-            fail(f"{m} is stored packed but no target of the config matches it")
+        if not is_match(m, module, scheme.targets, config.ignore):
+            fail(f"{m} is stored packed but the config's targets and ignore list skip it")
     for name, tensor in dense.items():
         m = name[:-len(".weight")] if name.endswith(".weight") else None
         if m in modules:
             continue
         if name not in packed or not torch.equal(packed[name], tensor):
             fail(f"{name}: not quantised, yet the folders differ there")
-        if m is not None and tensor.dim() == 2 and is_match(m, module, scheme.targets):
-            fail(f"{m} is not stored packed but a target of the config matches it")
+        if m is not None and tensor.dim() == 2 and is_match(m, module, scheme.targets,
+                                                            config.ignore):
+            fail(f"{m} is not stored packed but the config selects it")
     if args.expect is not None and len(modules) != args.expect:
         fail(f"{len(modules)} weights stored packed, expected {args.expect}")
     print(f"ok: {len(modules)} pack-quantized weights ({weights_args.num_bits}-bit, "

@@ -76,6 +76,34 @@ if "$cli" "${prune[@]}" --finetuned "$work/gptq4" --router keep --out "$work/gpt
   exit 1
 fi
 grep -q 'cuts experts out of it (prune --router cut)' "$work/keep.err"
+# A folder whose config leaves expert 5 dense by name (ignore): cutting an earlier expert would
+# renumber it onto a name the config expects packed, so the cut is refused.
+cp -r "$work/gptq4" "$work/mixed"
+"$ct_python" - "$work/mixed" "$work/model" <<'PY'
+import json, sys
+from safetensors.torch import load_file, save_file
+folder, dense = sys.argv[1:3]
+t = load_file(folder + "/model.safetensors")
+src = load_file(dense + "/model.safetensors")
+modules = [f"model.layers.{n}.block_sparse_moe.experts.5.{w}" for n in (0, 1) for w in ("w1", "w2", "w3")]
+for m in modules:
+    for part in ("weight_packed", "weight_scale", "weight_shape", "weight_g_idx"):
+        t.pop(f"{m}.{part}", None)
+    t[m + ".weight"] = src[m + ".weight"]
+save_file(t, folder + "/model.safetensors", metadata={"format": "pt"})
+with open(folder + "/config.json") as f:
+    c = json.load(f)
+c["quantization_config"]["ignore"] += modules
+with open(folder + "/config.json", "w") as f:
+    json.dump(c, f, indent=2)
+PY
+if "$cli" prune --criterion random --experts-per-layer 1 --router cut --finetuned "$work/mixed" \
+  --out "$work/mixed_cut" 2> "$work/mixed.err"; then
+  echo "a cut renumbering a dense expert onto a packed name was not refused" >&2
+  exit 1
+fi
+grep -q 'experts.4.w1, which its quantization_config expects pack-quantized while it is stored dense' \
+  "$work/mixed.err"
 
 quantize gptq4_static "$work/model" "$experts" --method gptq --bits 4 --group-size 16 \
   --asymmetric --act-order --static-groups "${calibration[@]}"

@@ -97,7 +97,10 @@ SparsifyCheckpointResult quantize_checkpoint(
     packed.emplace();
     packed->scheme = q.scheme();
     const auto& g = q.gptq();
-    const bool act_order = q.method() == compression::QuantMethod::kGPTQ && g.act_order();
+    // With one group per row every input is in group 0: act-order changes the codes, not the
+    // layout (compressed-tensors allows actorder with group strategies only).
+    const bool act_order = q.method() == compression::QuantMethod::kGPTQ && g.act_order() &&
+                           q.scheme().group_size() > 0;
     packed->g_idx = act_order && !g.static_groups();
     written.packed =
         hf::PackedQuantization{q.scheme().bits(), q.scheme().group_size(), q.scheme().symmetric(),
