@@ -119,8 +119,7 @@ Runner add_quantize(CLI::App& app) {
   auto* command = app.add_subcommand(
       "quantize",
       "Quantise the experts' weights (RTN, GPTQ or AWQ; 2-8 bits, group-wise), and with --targets "
-      "the "
-      "attention, shared experts and dense MLPs, and write a checkpoint folder: dequantised "
+      "the attention, shared experts and dense MLPs, and write a checkpoint folder: dequantised "
       "weights, or packed (--format compressed-tensors)");
   command->add_option("checkpoint", args->checkpoint, "Checkpoint folder")->required();
   command->add_option("--method", args->method, "gptq, awq or rtn")

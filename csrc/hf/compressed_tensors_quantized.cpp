@@ -90,8 +90,8 @@ std::vector<PackedGroup> pack_quantized_groups(const Config& config) {
       TORCH_CHECK(t.is_string(), where, name, ".targets should hold strings");
       group.targets.push_back(t.get<std::string>());
     }
-    const auto type = w.value("type", std::string("int"));
-    TORCH_CHECK(type == "int", where, name, ".weights.type is \"", type,
+    const auto kind = w.value("type", std::string("int"));
+    TORCH_CHECK(kind == "int", where, name, ".weights.type is \"", kind,
                 "\"; pack-quantized weights are int");
     TORCH_CHECK(w.contains("num_bits") && w["num_bits"].is_number_integer(), where, name,
                 ".weights.num_bits should be an integer");
